@@ -1,0 +1,144 @@
+"""Image I/O and conversions: robust RGB loading, [-1, 1] tensors, output mappings, and
+the published API's resize-pad to 256 x 256 and its inverse."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+CANVAS = 256
+CONTENT_W = 176   # DeepFashion frames are 256 x 176 (h x w)
+JPEG_QUALITY = 95
+
+
+class ImageError(ValueError):
+    """An input file is not a usable image; the message says why."""
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image as RGB: grey, palette, alpha (composited on white) and CMYK are
+    converted; empty, truncated and non-image files raise ImageError with the reason."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise ImageError(f"cannot read: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"not a readable image: {exc}") from exc
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Like `load_rgb` for bytes already read."""
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return to_rgb(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"not a readable image: {exc}") from exc
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    im = ImageOps.exif_transpose(im) if im.format == "JPEG" else im
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def to_tensor(im: Image.Image | np.ndarray) -> torch.Tensor:
+    """HWC uint8 -> CHW float in [-1, 1]."""
+    arr = np.asarray(im, dtype=np.uint8)
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor, minmax: bool = False) -> np.ndarray:
+    """Generator output (C,H,W) or (N,C,H,W) in [-1, 1] -> HWC / NHWC uint8.
+
+    Default mapping (x + 1) / 2. `minmax` reproduces the published test script, which
+    stretched each image to its own [min, max] before saving.
+    """
+    x = x.detach().float().cpu()
+    batched = x.dim() == 4
+    if not batched:
+        x = x[None]
+    if minmax:
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        x = (x - lo) / (hi - lo).clamp_min(1e-8)
+    else:
+        x = (x + 1.0) / 2.0
+    out = (x.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out if batched else out[0]
+
+
+def encode_jpeg(arr: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class PadBox:
+    """Where an image's content sits on the 256 x 256 canvas, to undo the padding."""
+
+    orig_w: int
+    orig_h: int
+    scaled_w: int      # width after scaling the height to 256
+    crop_x0: int       # columns cropped from the scaled image on the left
+    left: int          # canvas column where the content starts
+    width: int         # content width on the canvas
+
+
+def resize_pad_256(im: Image.Image) -> tuple[Image.Image, PadBox]:
+    """The published API's preprocessing: scale to height 256 (bicubic, width floored),
+    centre-crop the width to at most 176, then pad with white to 256 x 256."""
+    w, h = im.size
+    scaled_w = max(1, int(w * CANVAS / h))
+    scaled = im.convert("RGB").resize((scaled_w, CANVAS), Image.BICUBIC)
+    crop_x0 = max(0, (scaled_w - CONTENT_W) // 2)
+    width = min(scaled_w, CONTENT_W)
+    content = scaled.crop((crop_x0, 0, crop_x0 + width, CANVAS))
+    left = (CANVAS - width) // 2
+    canvas = Image.new("RGB", (CANVAS, CANVAS), (255, 255, 255))
+    canvas.paste(content, (left, 0))
+    return canvas, PadBox(w, h, scaled_w, crop_x0, left, width)
+
+
+def unpad_256(canvas: Image.Image, box: PadBox) -> Image.Image:
+    """Inverse of `resize_pad_256`: an image of the original size whose visible region
+    is the canvas content scaled back; columns the crop removed stay white."""
+    content = canvas.crop((box.left, 0, box.left + box.width, CANVAS))
+    scale = box.orig_h / CANVAS
+    x0 = int(round(box.crop_x0 * scale))
+    x1 = min(box.orig_w, int(round((box.crop_x0 + box.width) * scale)))
+    out = Image.new("RGB", (box.orig_w, box.orig_h), (255, 255, 255))
+    out.paste(content.resize((max(1, x1 - x0), box.orig_h), Image.BICUBIC), (x0, 0))
+    return out
+
+
+def keypoints_to_canvas(x: np.ndarray, y: np.ndarray, box: PadBox) -> tuple[np.ndarray, np.ndarray]:
+    """Map original-image keypoints onto the 256 canvas (missing and cropped-out: -1)."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    s = CANVAS / box.orig_h
+    cx = np.round(x * s - box.crop_x0 + box.left).astype(np.int32)
+    cy = np.round(y * s).astype(np.int32)
+    bad = (x < 0) | (y < 0) | (cx < box.left) | (cx >= box.left + box.width) | (cy >= CANVAS)
+    cx[bad] = -1
+    cy[bad] = -1
+    return cx, cy

@@ -1,0 +1,102 @@
+"""Ray runtime: one place that starts or joins Ray, sets resources and detects GPUs,
+and the stage interface every stage implements (a pure core plus a thin Ray wrapper)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import Config, RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
+    """Start a local Ray (default) or join `ray_cfg.address` / $RAY_ADDRESS; reuse an
+    existing session. Returns the cluster resources."""
+    import ray
+
+    ray_cfg = ray_cfg or RayConfig()
+    if not ray.is_initialized():
+        address = ray_cfg.address or os.environ.get("RAY_ADDRESS") or None
+        kwargs: dict[str, Any] = dict(
+            include_dashboard=False, log_to_driver=True, configure_logging=False,
+            ignore_reinit_error=True,
+        )  # fmt: skip
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=ray_cfg.num_cpus, num_gpus=ray_cfg.num_gpus, **kwargs)
+        _quiet_ray_data()
+    return ray.cluster_resources()
+
+
+def _quiet_ray_data() -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    # Progress bars come from our own tqdm per stage; Ray's per-operator bars flood logs.
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def available_gpus() -> int:
+    """GPUs in the Ray cluster when Ray is up, else on this machine."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return int(ray.cluster_resources().get("GPU", 0))
+    except ImportError:
+        pass
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def best_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class StageResult:
+    """What a stage reports to the DAG runner and the run manifest."""
+
+    stage: str
+    rows_in: int = 0
+    rows_out: int = 0
+    errors: int = 0
+    skipped: int = 0
+    outputs: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+
+    def finish(self) -> StageResult:
+        self.ended = time.time()
+        return self
+
+    def summary(self) -> str:
+        secs = (self.ended or time.time()) - self.started
+        text = (f"{self.stage}: {self.rows_in} in, {self.rows_out} out, {self.errors} errors, "
+                f"{self.skipped} skipped ({secs:.1f}s)")
+        return "\n".join([text, *(f"  {n}" for n in self.notes)])
+
+
+# A stage's entry point: the config plus stage options in, a StageResult out. The pure
+# core lives beside it in the stage module as functions over tables and arrays.
+StageFn = Callable[..., StageResult]
+
+
+def run_stage(name: str, fn: StageFn, cfg: Config, **options: Any) -> StageResult:
+    init_ray(cfg.ray)
+    result = fn(cfg, **options)
+    result.finish()
+    log.info(result.summary())
+    return result

@@ -1,0 +1,44 @@
+"""Shared fixtures: reference files, a small synthetic tree, one local Ray session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = REPO.parent / "shared" / "reference"
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    if not REFERENCE.exists():
+        pytest.fail(f"reference files not found at {REFERENCE} (expected ../shared/reference)")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small synthetic dataset shared read-only by the whole session."""
+    from pipeline.synthetic import write_synthetic_tree
+
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_tree(root, identities=8, poses_per_identity=4, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the suite (starting Ray takes seconds; share it)."""
+    import ray
+
+    from pipeline.config import RayConfig
+    from pipeline.runtime import init_ray
+
+    init_ray(RayConfig(num_cpus=2))
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,105 @@
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.tables import (
+    KEYPOINTS_SCHEMA, PAIRS_SCHEMA, DataError, atomic_path, file_id, identity_group,
+    read_image_list, read_keypoints_csv, read_pairs_csv, read_table, safe_path,
+    write_image_list, write_keypoints_csv, write_pairs_csv, write_table,
+)  # fmt: skip
+
+
+def keypoint_rows(n=3):
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "path": [f"img/MEN/Denim/id_0000000{i}/01_1_front.jpg" for i in range(n)],
+        "file_id": [f"imgMENDenimid_0000000{i}01_1_front" for i in range(n)],
+        "split": "train", "img_h": 256, "img_w": 176,
+        "x": [rng.integers(-1, 176, 18) for _ in range(n)],
+        "y": [rng.integers(-1, 256, 18) for _ in range(n)],
+        "score": [rng.random(18).astype(np.float32) for _ in range(n)],
+        "n_valid": 10, "estimator": "test", "error": [None] * (n - 1) + ["broken: reason"],
+    })  # fmt: skip
+
+
+def test_file_id_as_published():
+    assert file_id("img/MEN/Denim/id_00000080/01_1_front.jpg") == "imgMENDenimid_0000008001_1_front"
+    assert identity_group("img/MEN/Denim/id_00000080/01_1_front.jpg") == "MEN/Denim/id_00000080"
+
+
+def test_parquet_round_trip_keeps_schema(tmp_path):
+    df = keypoint_rows()
+    write_table(df, tmp_path / "kp.parquet", KEYPOINTS_SCHEMA)
+    back = read_table(tmp_path / "kp.parquet", KEYPOINTS_SCHEMA)
+    assert list(back.columns) == KEYPOINTS_SCHEMA.names
+    np.testing.assert_array_equal(np.stack(back.x), np.stack(df.x))
+    assert back.error.isna().tolist() == [True, True, False]
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    target = tmp_path / "t.parquet"
+    bad = keypoint_rows()
+    bad["x"] = [[1, 2]] * len(bad)          # wrong list length: the write must fail
+    with pytest.raises(DataError, match="column 'x'"):
+        write_table(bad, target, KEYPOINTS_SCHEMA)
+    assert os.listdir(tmp_path) == []
+    write_table(keypoint_rows(), target, KEYPOINTS_SCHEMA)
+    before = target.read_bytes()
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("crash mid-write")
+    assert target.read_bytes() == before and os.listdir(tmp_path) == ["t.parquet"]
+
+
+def test_keypoints_csv_round_trip_omits_error_rows(tmp_path):
+    df = keypoint_rows()
+    write_keypoints_csv(df, tmp_path / "k.csv")
+    header = (tmp_path / "k.csv").read_text().splitlines()[0]
+    assert header.startswith("file_id,img_h,img_w,p0_x,p0_y,p1_x") and header.endswith("p17_x,p17_y")
+    back = read_keypoints_csv(tmp_path / "k.csv")
+    assert len(back) == 2
+    np.testing.assert_array_equal(np.stack(back.x), np.stack(df.x[:2]))
+    np.testing.assert_array_equal(np.stack(back.y), np.stack(df.y[:2]))
+
+
+def test_keypoints_csv_bad_value_names_row(tmp_path):
+    write_keypoints_csv(keypoint_rows(2).assign(error=None), tmp_path / "k.csv")
+    text = (tmp_path / "k.csv").read_text().splitlines()
+    text[2] = text[2].replace(",256,", ",abc,", 1)
+    (tmp_path / "k.csv").write_text("\n".join(text))
+    with pytest.raises(DataError, match="row 2, column img_h"):
+        read_keypoints_csv(tmp_path / "k.csv")
+
+
+def test_pairs_and_image_list_round_trip(tmp_path):
+    paths = ["img/MEN/Denim/id_00000001/01_1_front.jpg", "img/MEN/Denim/id_00000001/01_2_side.jpg"]
+    write_image_list(paths, tmp_path / "train_img_list.csv")
+    assert (tmp_path / "train_img_list.csv").read_text().splitlines()[0] == "img"
+    assert read_image_list(tmp_path / "train_img_list.csv", tmp_path) == paths
+    pairs = pd.DataFrame({"imgA": paths, "imgB": paths[::-1]})
+    write_pairs_csv(pairs, tmp_path / "p.csv")
+    back = read_pairs_csv(tmp_path / "p.csv", tmp_path)
+    assert back.imgA.tolist() == paths and back.fidB[0] == file_id(paths[1])
+    assert back.group.tolist() == ["MEN/Denim/id_00000001"] * 2
+    assert list(back.columns) == PAIRS_SCHEMA.names
+
+
+def test_paths_escaping_the_root_are_refused(tmp_path):
+    root = tmp_path / "root"
+    (root / "img").mkdir(parents=True)
+    assert safe_path(root, "img/a.jpg") == (root / "img/a.jpg").resolve()
+    with pytest.raises(DataError, match="absolute"):
+        safe_path(root, "/etc/passwd")
+    with pytest.raises(DataError, match=r"'\.\.'"):
+        safe_path(root, "img/../../secret.jpg")
+    (tmp_path / "outside").mkdir()
+    (root / "img" / "link").symlink_to(tmp_path / "outside")
+    with pytest.raises(DataError, match="outside the dataset root"):
+        safe_path(root, "img/link/x.jpg")
+    pd.DataFrame({"imgA": ["img/a.jpg", "../b.jpg"], "imgB": ["/abs.jpg", "img/c.jpg"]}).to_csv(
+        tmp_path / "pairs.csv", index=False)
+    with pytest.raises(DataError) as err:
+        read_pairs_csv(tmp_path / "pairs.csv", root)
+    assert "row 2" in str(err.value) and "row 3" in str(err.value) and "2 path(s)" in str(err.value)

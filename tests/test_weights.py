@@ -1,0 +1,43 @@
+import os
+
+import pytest
+import torch
+
+from pipeline.networks import NetG
+from pipeline.weights import WeightsError, checkpoint_id, expand_checkpoints, load_into, load_state_dict
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/pose_pwned",))
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    path = tmp_path / "netG_1.pth"
+    torch.save({"w": torch.zeros(1), "payload": Evil()}, path)
+    with pytest.raises(WeightsError, match="not a plain state dict"):
+        load_state_dict(path)
+    assert not os.path.exists("/tmp/pose_pwned")
+    torch.save(NetG(ngf=2), tmp_path / "module.pth")   # a whole pickled module
+    with pytest.raises(WeightsError, match="not a plain state dict"):
+        load_state_dict(tmp_path / "module.pth")
+
+
+def test_wrong_shapes_name_the_file(tmp_path):
+    path = tmp_path / "netG_500.pth"
+    torch.save(NetG(ngf=4).state_dict(), path)
+    with pytest.raises(WeightsError, match=r"netG_500\.pth does not fit NetG.*wrong ngf"):
+        load_into(NetG(ngf=8), path)
+    load_into(NetG(ngf=4), path)
+
+
+def test_checkpoint_resolution(tmp_path):
+    for it in (1000, 500):
+        torch.save(NetG(ngf=2).state_dict(), tmp_path / f"netG_{it}.pth")
+    found = expand_checkpoints([str(tmp_path)])
+    assert [checkpoint_id(p) for p in found] == ["500", "1000"]
+    assert expand_checkpoints(["500"], tmp_path) == [tmp_path / "netG_500.pth"]
+    with pytest.raises(WeightsError, match="netG_7.pth"):
+        expand_checkpoints(["7"], tmp_path)
+    with pytest.raises(WeightsError, match="not found"):
+        load_state_dict(tmp_path / "nope.pth")
