@@ -6,6 +6,7 @@ Global options come before the subcommand:
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -33,7 +34,24 @@ class PipelineContext:
         return self._cfg
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# Stage commands live beside their stage (stages/<name>.py) and load only when invoked,
+# so `--help` stays fast and a stage's heavy imports never slow down another.
+LAZY_COMMANDS: dict[str, str] = {
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="YAML config (configs/demo.yaml, configs/deepfashion.yaml). Defaults apply without it.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
