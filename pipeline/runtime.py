@@ -27,6 +27,13 @@ def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
             include_dashboard=False, log_to_driver=True, configure_logging=False,
             ignore_reinit_error=True,
         )  # fmt: skip
+        # Ship this checkout's code to every worker, so workers on other nodes (and
+        # local workers of a second checkout) run the same code as the driver.
+        import pipeline
+        import stages
+
+        kwargs["runtime_env"] = {"py_modules": [os.path.dirname(pipeline.__file__),
+                                                os.path.dirname(stages.__file__)]}
         if address:
             ray.init(address=address, **kwargs)
         else:
