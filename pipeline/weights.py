@@ -107,3 +107,60 @@ def expand_checkpoints(refs: list[str], checkpoint_dir: str | os.PathLike | None
         else:
             out.append(resolve_checkpoint(ref, checkpoint_dir))
     return out
+
+
+# --- the registry of third-party weights (never downloaded at test time) ---------------
+
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    name: str
+    used_for: str
+    filename: str          # as the torch hub cache names it
+    url: str
+
+
+_TV = "https://download.pytorch.org/models/"
+KNOWN_WEIGHTS: dict[str, WeightSpec] = {w.name: w for w in (
+    WeightSpec("vgg19", "training: perceptual loss", "vgg19-dcbb9e9d.pth", _TV + "vgg19-dcbb9e9d.pth"),
+    WeightSpec("inception_v3", "evaluate: IS", "inception_v3_google-0cc3c7bd.pth",
+               _TV + "inception_v3_google-0cc3c7bd.pth"),
+    WeightSpec("fid_inception", "evaluate: FID", "pt_inception-2015-12-05-6726825d.pth",
+               "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+               "pt_inception-2015-12-05-6726825d.pth"),
+    WeightSpec("alexnet", "evaluate: LPIPS alex", "alexnet-owt-7be5be79.pth", _TV + "alexnet-owt-7be5be79.pth"),
+    WeightSpec("vgg16", "evaluate: LPIPS vgg", "vgg16-397923af.pth", _TV + "vgg16-397923af.pth"),
+    WeightSpec("squeezenet1_1", "evaluate: LPIPS squeeze", "squeezenet1_1-b8a52dc0.pth",
+               _TV + "squeezenet1_1-b8a52dc0.pth"),
+    WeightSpec("ssd300", "evaluate: DS (person detection)", "ssd300_vgg16_coco-b556d3b4.pth",
+               _TV + "ssd300_vgg16_coco-b556d3b4.pth"),
+)}  # fmt: skip
+
+
+def weight_search_dirs(extra_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Where weight files are looked for, in order: the configured dir, the torch cache."""
+    dirs = [Path(extra_dir)] if extra_dir else []
+    return dirs + [torch_cache_dir() / "hub" / "checkpoints"]
+
+
+def find_weight(filename: str, extra_dir: str | os.PathLike | None = None) -> Path | None:
+    for d in weight_search_dirs(extra_dir):
+        if (d / filename).is_file():
+            return d / filename
+    return None
+
+
+def require_weight(name: str, extra_dir: str | os.PathLike | None = None) -> Path:
+    """The file of a known weight, or a WeightsError naming the file and where to put it."""
+    spec = KNOWN_WEIGHTS[name]
+    found = find_weight(spec.filename, extra_dir)
+    if found is None:
+        dirs = " or ".join(str(d) for d in weight_search_dirs(extra_dir))
+        raise WeightsError(
+            f"missing weights for {spec.used_for}: {spec.filename} not found in {dirs}. "
+            f"Put the file there (from {spec.url}), or run `run_pipeline.py weights fetch {name}` "
+            "where the internet is reachable."
+        )
+    return found
