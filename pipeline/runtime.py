@@ -107,3 +107,26 @@ def run_stage(name: str, fn: StageFn, cfg: Config, **options: Any) -> StageResul
     result.finish()
     log.info(result.summary())
     return result
+
+
+# --- test-only fault hook ---------------------------------------------------------------
+# POSE_PIPELINE_FAULT=<stage>:<n> makes the worker that handles its n-th batch of <stage>
+# exit abruptly, once (POSE_PIPELINE_FAULT_MARKER records that it happened), so tests can
+# prove a stage survives a killed worker. Unset, it costs one dict lookup per batch.
+FAULT_ENV, FAULT_MARKER_ENV = "POSE_PIPELINE_FAULT", "POSE_PIPELINE_FAULT_MARKER"
+_batches_seen: dict[str, int] = {}
+
+
+def inject_fault(stage: str) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    name, _, nth = spec.partition(":")
+    if name != stage:
+        return
+    _batches_seen[stage] = _batches_seen.get(stage, 0) + 1
+    marker = os.environ.get(FAULT_MARKER_ENV)
+    if _batches_seen[stage] == int(nth or 1) and marker and not os.path.exists(marker):
+        with open(marker, "w") as fh:
+            fh.write(f"{stage} batch {nth} killed pid {os.getpid()}\n")
+        os._exit(17)
