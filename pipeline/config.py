@@ -91,6 +91,10 @@ class TrainConfig:
     ckpt_every: int = field(default=500, metadata=_check(1))
     sample_every: int = field(default=500, metadata=_check(1))
     num_workers: int = field(default=1, metadata=_check(1))
+    # DataLoader processes decoding pairs for each Ray Train worker (0: in the worker).
+    loader_workers: int = field(default=1, metadata=_check(0))
+    # CPUs (and torch threads) per Ray Train worker; None: the cluster's CPUs shared evenly.
+    cpus_per_worker: int | None = field(default=None, metadata=_check(1))
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     autocast: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = 0
