@@ -62,7 +62,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 def to_tensor(im: Image.Image | np.ndarray) -> torch.Tensor:
     """HWC uint8 -> CHW float in [-1, 1]."""
-    arr = np.asarray(im, dtype=np.uint8)
+    arr = np.array(im, dtype=np.uint8)   # a writable copy: PIL-backed arrays are read-only
     return torch.from_numpy(arr).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
