@@ -178,7 +178,7 @@ def real_images(pairs: pd.DataFrame) -> pd.DataFrame:
 def load_image(gen_root: str, rel: str) -> np.ndarray:
     from pipeline.imaging import load_rgb
 
-    return np.asarray(load_rgb(Path(gen_root) / rel))
+    return np.array(load_rgb(Path(gen_root) / rel))   # a writable copy: torch refuses read-only arrays
 
 
 def _load_pairs(gen_root: str, rows: list[dict]) -> tuple[list, list, dict[int, str]]:

@@ -112,8 +112,7 @@ def build_report(eval_dir: str | os.PathLike, name: str, grid_pairs: int = 3,
         for direction in ("AB", "BA"):
             for label, rows in grid_rows(ssim, pairs, last, direction, grid_pairs).items():
                 if len(rows) and gen_root.is_dir():
-                    caption = (f"{label.capitalize()} pairs by SSIM, checkpoint {last}, direction "
-                               f"{direction[0]}→{direction[1]}: condition | target | generated")
+                    caption = f"{label.capitalize()} by SSIM: checkpoint {last}, {direction[0]}→{direction[1]}"
                     report.figures.append((f"grid_{last}_{direction}_{label}.png", caption, pair_grid(gen_root, rows)))
     else:
         report.warnings.append("SSIM was not scored, so there are no SSIM histogram and image grids.")
@@ -137,7 +136,7 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto
 table{border-collapse:collapse;margin:8px 0 16px;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f2f2f2}.warn{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px;margin:8px 0}
 td.real{color:#555}figure{margin:16px 0}figcaption{font-size:13px;color:#444;margin-bottom:4px}
-img{max-width:100%;border:1px solid #ddd}code{background:#f4f4f4;padding:1px 3px}.small{font-size:12px;color:#555}"""
+img{max-width:100%;border:1px solid #ddd}.row{display:flex;gap:12px}.row figure{flex:1;margin:8px 0}code{background:#f4f4f4;padding:1px 3px}.small{font-size:12px;color:#555}"""
 
 
 def render_html(report: Report) -> str:
@@ -169,8 +168,16 @@ def render_html(report: Report) -> str:
                    "and rerun <code>evaluate</code>: scored images are kept, only the missing metrics run.</p>")
     if report.figures:
         out.append("<h2>Figures</h2>")
-    for _, caption, png in report.figures:
+    grids = [f for f in report.figures if f[0].startswith("grid_")]
+    for fname, caption, png in report.figures:
+        if fname.startswith("grid_"):
+            continue
         out.append(f"<figure><figcaption>{e(caption)}</figcaption><img src='{_data_uri(png)}' alt='{e(caption)}'></figure>")
+    for i in range(0, len(grids), 3):   # best, median, worst of one direction side by side
+        out.append("<div class='row'>")
+        out += [f"<figure><figcaption>{e(c)}</figcaption><img src='{_data_uri(p)}' alt='{e(c)}'></figure>"
+                for _, c, p in grids[i:i + 3]]
+        out.append("</div>")
     out.append("<h2>Provenance</h2><table>")
     out += [f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in report.provenance.items()]
     out.append("</table></body></html>")

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.imaging import ImageError, load_rgb
 
-DIRECTION_STYLE = {"AB": ("tab:blue", "A→B (fake_B)"), "BA": ("tab:orange", "B→A (fake_A)")}
+DIRECTION_STYLE = {"AB": ("tab:blue", "o-", "A→B (fake_B)"), "BA": ("tab:orange", "s--", "B→A (fake_A)")}
 
 
 def _png(fig) -> bytes:
@@ -41,11 +41,11 @@ def metrics_plot(summary: pd.DataFrame, metrics: list[str], ckpts: list[str]) ->
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     xs, numeric = _ckpt_positions(ckpts)
     for ax, metric in zip(axes.flat, metrics, strict=False):
-        for direction, (colour, label) in DIRECTION_STYLE.items():
+        for direction, (colour, style, label) in DIRECTION_STYLE.items():
             part = summary[(summary["metric"] == metric) & (summary["direction"] == direction)]
             values = [part.loc[part["checkpoint"] == c, "mean"].mean() for c in ckpts]
             stds = [part.loc[part["checkpoint"] == c, "std"].mean() for c in ckpts]
-            ax.plot(xs, values, "o-", color=colour, label=label)
+            ax.plot(xs, values, style, color=colour, label=label, alpha=0.85)
             if not np.all(np.isnan(np.asarray(stds, float))):
                 lo = np.asarray(values) - np.asarray(stds)
                 hi = np.asarray(values) + np.asarray(stds)
@@ -96,7 +96,7 @@ def _tile(gen_root: Path, rel: str | None, height: int) -> Image.Image:
         return tile
 
 
-def pair_grid(gen_root: Path, rows: pd.DataFrame, height: int = 192) -> bytes:
+def pair_grid(gen_root: Path, rows: pd.DataFrame, height: int = 160) -> bytes:
     """Rows of condition | target | generated, each captioned with its SSIM and file name."""
     header, caption, gap = 22, 16, 6
     lines = []

@@ -36,7 +36,7 @@ def write_published_layout(synth_root: Path, out: Path, checkpoints: dict[str, f
             write_bytes_atomic(out / "real_images" / f"real_{side}" / name, encode_jpeg(ims[side][1]))
         for k, (ckpt, noise) in enumerate(checkpoints.items()):
             for side, (name, image) in ims.items():
-                fake = perturbed(image, noise, shift=2 + k, seed=n * 7 + k)
+                fake = perturbed(image, noise, shift=2, seed=n * 7 + k)
                 write_bytes_atomic(out / "fake_images" / f"iter_{ckpt}" / f"fake_{side}" / name, encode_jpeg(fake))
     return len(pairs)
 
