@@ -38,6 +38,9 @@ class PipelineContext:
 # so `--help` stays fast and a stage's heavy imports never slow down another.
 LAZY_COMMANDS: dict[str, str] = {
     "train": "stages.train:train_command",
+    "evaluate": "stages.evaluate:evaluate_command",
+    "report": "stages.report:report_command",
+    "weights": "stages.weights_cli:weights_group",
 }
 
 

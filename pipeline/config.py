@@ -116,12 +116,18 @@ class EvaluateConfig:
     metrics: list[str] = field(
         default_factory=lambda: ["ssim", "psnr", "is", "ds", "pckh", "lpips", "fid"]
     )
-    batch_size: int = field(default=32, metadata=_check(1))
+    batch_size: int = field(default=32, metadata=_check(1))          # images per network call
+    pixel_batch_size: int = field(default=64, metadata=_check(1))    # pairs per SSIM/PSNR task
+    concurrency: int | None = field(default=None, metadata=_check(1))  # actors per metric (CPU)
+    # "random": random-initialised networks, for tests and benchmarks only (scores are
+    # meaningless and marked as such in every output).
+    network_weights: Literal["pretrained", "random"] = "pretrained"
 
 
 @dataclass
 class ReportConfig:
     name: str = "demo"
+    grid_pairs: int = field(default=3, metadata=_check(1))   # pairs per best/median/worst grid
 
 
 @dataclass

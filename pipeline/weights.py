@@ -164,3 +164,14 @@ def require_weight(name: str, extra_dir: str | os.PathLike | None = None) -> Pat
             "where the internet is reachable."
         )
     return found
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (weight files are hundreds of MB)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

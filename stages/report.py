@@ -1,0 +1,257 @@
+"""Report stage: a self-contained HTML report (images embedded, opens offline) and a
+Markdown twin from an evaluation directory: metrics per checkpoint and direction, skipped
+metrics with reasons, plots, best/median/worst image grids by SSIM, provenance."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.runtime import StageResult
+from pipeline.tables import read_table, write_bytes_atomic
+from stages.evaluate import (
+    PAIRS_INDEX_SCHEMA, PER_IMAGE_SCHEMA, REAL, SPECS, SUMMARY_SCHEMA, EvaluationPaths, _checkpoint_key,
+)  # fmt: skip
+
+METRIC_NOTES = {
+    "ssim": "higher is better; skimage structural_similarity, 7x7 uniform window",
+    "psnr": "higher is better (dB)",
+    "is": "higher is better; one split, as published (no std)",
+    "ds": "higher is better; torchvision SSD300-VGG16 COCO, whereas the published code used "
+          "NVIDIA's SSD from torch hub, so values are not directly comparable",
+    "pckh": "higher is better; pooled correct / valid keypoints (no std)",
+    "lpips_alex": "lower is better", "lpips_vgg": "lower is better", "lpips_squeeze": "lower is better",
+    "fid": "lower is better; generated set vs the real targets of the same direction (no std)",
+}  # fmt: skip
+
+
+@dataclass
+class Report:
+    """The report's content, rendered twice (HTML and Markdown)."""
+
+    title: str
+    warnings: list[str] = field(default_factory=list)
+    table: pd.DataFrame | None = None          # rows: checkpoint, direction, images; cols: metrics
+    skipped: dict[str, str] = field(default_factory=dict)
+    figures: list[tuple[str, str, bytes]] = field(default_factory=list)   # (file name, caption, png)
+    provenance: dict[str, str] = field(default_factory=dict)
+
+
+def format_cell(row: pd.Series) -> str:
+    """mean ± std (n) for one summary row."""
+    if row["status"] != "ok" or pd.isna(row["mean"]):
+        return "–"
+    text = f"{row['mean']:.4g}"
+    if pd.notna(row["std"]):
+        text += f" ± {row['std']:.3g}"
+    text += f" (n={int(row['n'])}"
+    if row["errors"]:
+        text += f", {int(row['errors'])} unscored"
+    return text + ")"
+
+
+def metrics_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Wide table: one row per checkpoint and direction (generated images, then the real
+    sets), one column per scored metric."""
+    ok = summary[summary["status"] == "ok"]
+    metrics = [m for m in SPECS if m in set(ok["metric"])]
+    ok = ok.assign(cell=ok.apply(format_cell, axis=1))
+    wide = ok.pivot_table(index=["checkpoint", "direction", "images"], columns="metric", values="cell",
+                          aggfunc="first").reindex(columns=metrics).fillna("–").reset_index()
+    wide["order"] = wide["checkpoint"].map(lambda c: (1, 0, "") if c == REAL else (0, *_checkpoint_key(c)))
+    return wide.sort_values(["order", "direction"]).drop(columns="order").reset_index(drop=True)
+
+
+def grid_rows(ssim: pd.DataFrame, pairs: pd.DataFrame, ckpt: str, direction: str, k: int) -> dict[str, pd.DataFrame]:
+    """The k best, median and worst pairs by SSIM of one checkpoint and direction."""
+    part = ssim[(ssim["checkpoint"] == ckpt) & (ssim["direction"] == direction) & ssim["error"].isna()]
+    part = part.merge(pairs[["checkpoint", "direction", "name", "condition_path"]],
+                      on=["checkpoint", "direction", "name"], how="left").sort_values("value", ascending=False)
+    mid = max(0, len(part) // 2 - k // 2)
+    return {"best": part.head(k), "median": part.iloc[mid:mid + k], "worst": part.tail(k).iloc[::-1]}
+
+
+def build_report(eval_dir: str | os.PathLike, name: str, grid_pairs: int = 3,
+                 generated: str | os.PathLike | None = None) -> Report:
+    """Collect the report's content from an evaluation directory (the pure core)."""
+    from stages.report_figures import metrics_plot, pair_grid, ssim_histogram
+
+    paths = EvaluationPaths(eval_dir)
+    if not paths.summary.exists():
+        raise click.UsageError(f"{paths.summary} not found: run `evaluate --out {eval_dir}` first")
+    summary = read_table(paths.summary, SUMMARY_SCHEMA)
+    meta = json.loads(paths.meta.read_text()) if paths.meta.exists() else {}
+    gen_root = Path(generated or meta.get("generated", ""))
+    report = Report(title=f"Pose-transfer evaluation: {name}")
+    if meta.get("network_weights") == "random" or (summary["weights"] == "random").any():
+        report.warnings.append("Network metrics were computed with RANDOM weights (test/benchmark mode): "
+                               "IS, DS, LPIPS and FID values below are meaningless.")
+    report.skipped = dict(meta.get("skipped", {}))
+    for r in summary[summary["status"] == "skipped"].itertuples():
+        report.skipped.setdefault(r.metric, r.reason)
+    report.table = metrics_table(summary)
+    ckpts = sorted((c for c in summary["checkpoint"].unique() if c != REAL), key=_checkpoint_key)
+    scored = [m for m in SPECS if m in set(summary.loc[(summary["status"] == "ok") & (summary["checkpoint"] != REAL), "metric"])]
+    if scored:
+        report.figures.append(("metrics.png", "Each metric across checkpoints (band: ± std over images)",
+                               metrics_plot(summary[summary["checkpoint"] != REAL], scored, ckpts)))
+    if paths.per_image("ssim").exists():
+        ssim = read_table(paths.per_image("ssim"), PER_IMAGE_SCHEMA)
+        report.figures.append(("ssim_hist.png", "Per-image SSIM by checkpoint", ssim_histogram(ssim, ckpts)))
+        pairs = read_table(paths.pairs, PAIRS_INDEX_SCHEMA)
+        last = ckpts[-1]
+        for direction in ("AB", "BA"):
+            for label, rows in grid_rows(ssim, pairs, last, direction, grid_pairs).items():
+                if len(rows) and gen_root.is_dir():
+                    caption = f"{label.capitalize()} by SSIM: checkpoint {last}, {direction[0]}→{direction[1]}"
+                    report.figures.append((f"grid_{last}_{direction}_{label}.png", caption, pair_grid(gen_root, rows)))
+    else:
+        report.warnings.append("SSIM was not scored, so there are no SSIM histogram and image grids.")
+    files = meta.get("checkpoint_files", {})
+    report.provenance = {
+        "generated images": str(gen_root), "evaluation": str(Path(eval_dir).resolve()),
+        "evaluated": meta.get("date", "unknown"), "config hash": meta.get("config_hash", "unknown"),
+        "network weights": meta.get("network_weights", "unknown"),
+        **{f"checkpoint {c} sha256": (files[c]["sha256"] if c in files else "checkpoint file not found")
+           for c in ckpts},
+        **{f"package {k}": v for k, v in meta.get("packages", {}).items()},
+    }  # fmt: skip
+    return report
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#222}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f2f2f2}.warn{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px;margin:8px 0}
+td.real{color:#555}figure{margin:16px 0}figcaption{font-size:13px;color:#444;margin-bottom:4px}
+img{max-width:100%;border:1px solid #ddd}.row{display:flex;gap:12px}.row figure{flex:1;margin:8px 0}code{background:#f4f4f4;padding:1px 3px}.small{font-size:12px;color:#555}"""
+
+
+def render_html(report: Report) -> str:
+    e = html.escape
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(report.title)}</title>"
+           f"<style>{CSS}</style></head><body><h1>{e(report.title)}</h1>"]
+    out += [f"<div class='warn'>{e(w)}</div>" for w in report.warnings]
+    out.append("<h2>Metrics per checkpoint and direction</h2>")
+    table = report.table
+    if table is not None and len(table):
+        metrics = [c for c in table.columns if c not in ("checkpoint", "direction", "images")]
+        out.append("<table><tr><th>checkpoint</th><th>direction</th><th>images</th>"
+                   + "".join(f"<th>{e(m)}</th>" for m in metrics) + "</tr>")
+        for r in table.to_dict("records"):
+            cls = " class='real'" if r["checkpoint"] == REAL else ""
+            direction = f"{r['direction'][0]}→{r['direction'][1]}"
+            out.append(f"<tr><td{cls}>{e(r['checkpoint'])}</td><td{cls}>{direction}</td><td{cls}>{e(r['images'])}</td>"
+                       + "".join(f"<td{cls}>{e(str(r[m]))}</td>" for m in metrics) + "</tr>")
+        out.append("</table><p class='small'>mean ± std over images (n = images scored). "
+                   "Rows <i>real</i>: the real target images of that direction.</p><ul class='small'>")
+        out += [f"<li><b>{e(m)}</b>: {e(METRIC_NOTES[m])}</li>" for m in metrics]
+        out.append("</ul>")
+    else:
+        out.append("<p>No metric was scored.</p>")
+    if report.skipped:
+        out.append("<h2>Skipped metrics</h2><table><tr><th>metric</th><th>reason</th></tr>")
+        out += [f"<tr><td>{e(m)}</td><td>{e(r)}</td></tr>" for m, r in report.skipped.items()]
+        out.append("</table><p class='small'>Provide the files (see <code>run_pipeline.py weights status</code>) "
+                   "and rerun <code>evaluate</code>: scored images are kept, only the missing metrics run.</p>")
+    if report.figures:
+        out.append("<h2>Figures</h2>")
+    grids = [f for f in report.figures if f[0].startswith("grid_")]
+    for fname, caption, png in report.figures:
+        if fname.startswith("grid_"):
+            continue
+        out.append(f"<figure><figcaption>{e(caption)}</figcaption><img src='{_data_uri(png)}' alt='{e(caption)}'></figure>")
+    for i in range(0, len(grids), 3):   # best, median, worst of one direction side by side
+        out.append("<div class='row'>")
+        out += [f"<figure><figcaption>{e(c)}</figcaption><img src='{_data_uri(p)}' alt='{e(c)}'></figure>"
+                for _, c, p in grids[i:i + 3]]
+        out.append("</div>")
+    out.append("<h2>Provenance</h2><table>")
+    out += [f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in report.provenance.items()]
+    out.append("</table></body></html>")
+    return "\n".join(out)
+
+
+def render_markdown(report: Report, image_dir: str = "images") -> str:
+    lines = [f"# {report.title}", ""]
+    lines += [f"> **Warning:** {w}\n" for w in report.warnings]
+    lines += ["## Metrics per checkpoint and direction", ""]
+    table = report.table
+    if table is not None and len(table):
+        cols = list(table.columns)
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+        lines += ["", "mean ± std over images (n = images scored); `real`: the real target images.", ""]
+        lines += [f"- **{m}**: {METRIC_NOTES[m]}" for m in cols[3:]]
+    else:
+        lines.append("No metric was scored.")
+    if report.skipped:
+        lines += ["", "## Skipped metrics", "", "| metric | reason |", "|---|---|"]
+        lines += [f"| {m} | {r.replace('|', '/')} |" for m, r in report.skipped.items()]
+    if report.figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{caption}]({image_dir}/{fname})\n\n*{caption}*\n" for fname, caption, _ in report.figures]
+    lines += ["", "## Provenance", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report.provenance.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Report, out: str | os.PathLike) -> dict[str, str]:
+    """report.html (self-contained), report.md and its images/ folder, written atomically."""
+    out = Path(out)
+    for fname, _, png in report.figures:
+        write_bytes_atomic(out / "images" / fname, png)
+    write_bytes_atomic(out / "report.html", render_html(report).encode())
+    write_bytes_atomic(out / "report.md", render_markdown(report).encode())
+    return {"html": str(out / "report.html"), "markdown": str(out / "report.md")}
+
+
+def run_report(cfg: Config, evaluation: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+               generated: str | os.PathLike | None = None) -> StageResult:
+    """The report of O/evaluation (or `evaluation`) into O/reports/<report.name> (or `out`)."""
+    result = StageResult("report")
+    eval_dir = Path(evaluation or Path(cfg.output.root) / "evaluation")
+    out = Path(out or Path(cfg.output.root) / "reports" / cfg.report.name)
+    report = build_report(eval_dir, cfg.report.name, cfg.report.grid_pairs, generated)
+    result.outputs = write_report(report, out)
+    result.rows_in = int(np.sum(report.table is not None and len(report.table)))
+    result.rows_out = len(report.figures)
+    result.skipped = len(report.skipped)
+    result.notes = [f"{m} skipped: {r}" for m, r in report.skipped.items()] + report.warnings
+    return result.finish()
+
+
+@click.command("report")
+@click.option("--evaluation", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Evaluation directory written by `evaluate` (default: <output.root>/evaluation).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Report directory (default: <output.root>/reports/<report.name>).")
+@click.option("--generated", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Generation directory for the image grids (default: the one evaluate recorded).")
+@click.pass_obj
+def report_command(obj, evaluation, out, generated) -> None:
+    """Write report.html (self-contained, opens offline) and report.md from an evaluation.
+
+    \b
+    Contents: metrics per checkpoint and direction (mean ± std, n), skipped metrics with
+    reasons, plots (each metric across checkpoints, per-image SSIM histogram), image grids
+    (condition | target | generated) of the best, median and worst pairs by SSIM of the
+    last checkpoint, provenance (config hash, package versions, checkpoint sha256, date).
+    Example: run_pipeline.py report --evaluation out/demo/evaluation --out out/demo/reports/demo
+    """
+    result = run_report(obj.cfg, evaluation=evaluation, out=out, generated=generated)
+    click.echo(result.summary())
+    for name, path in result.outputs.items():
+        click.echo(f"  {name}: {path}")

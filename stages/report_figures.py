@@ -1,0 +1,123 @@
+"""Report figures (drawing only, no scoring): metric-by-checkpoint plots, the SSIM
+histogram and condition | target | generated image grids, as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from pipeline.imaging import ImageError, load_rgb
+
+DIRECTION_STYLE = {"AB": ("tab:blue", "o-", "A→B (fake_B)"), "BA": ("tab:orange", "s--", "B→A (fake_A)")}
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _ckpt_positions(ckpts: list[str]) -> tuple[list, bool]:
+    numeric = all(c.isdigit() for c in ckpts)
+    return ([int(c) for c in ckpts] if numeric else list(range(len(ckpts)))), numeric
+
+
+def metrics_plot(summary: pd.DataFrame, metrics: list[str], ckpts: list[str]) -> bytes:
+    """One panel per metric: its value at each checkpoint, one line per direction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    xs, numeric = _ckpt_positions(ckpts)
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        for direction, (colour, style, label) in DIRECTION_STYLE.items():
+            part = summary[(summary["metric"] == metric) & (summary["direction"] == direction)]
+            values = [part.loc[part["checkpoint"] == c, "mean"].mean() for c in ckpts]
+            stds = [part.loc[part["checkpoint"] == c, "std"].mean() for c in ckpts]
+            ax.plot(xs, values, style, color=colour, label=label, alpha=0.85)
+            if not np.all(np.isnan(np.asarray(stds, float))):
+                lo = np.asarray(values) - np.asarray(stds)
+                hi = np.asarray(values) + np.asarray(stds)
+                ax.fill_between(xs, lo, hi, color=colour, alpha=0.15)
+        ax.set_title(metric.upper() if len(metric) <= 5 else metric)
+        ax.set_xlabel("checkpoint (iteration)" if numeric else "checkpoint")
+        if not numeric:
+            ax.set_xticks(xs, ckpts)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def ssim_histogram(ssim: pd.DataFrame, ckpts: list[str]) -> bytes:
+    """Per-image SSIM distribution of each checkpoint (both directions together)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ok = ssim[ssim["error"].isna()]
+    bins = np.linspace(min(0.0, ok["value"].min()), 1.0, 41)
+    for c in ckpts:
+        values = ok.loc[ok["checkpoint"] == c, "value"]
+        ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"iter {c} (n={len(values)})")
+    ax.set_xlabel("SSIM per image")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _tile(gen_root: Path, rel: str | None, height: int) -> Image.Image:
+    """An image scaled to `height`, or a grey tile naming what is missing."""
+    try:
+        if rel is None:
+            raise ImageError("no condition image with this index")
+        im = load_rgb(gen_root / rel)
+        return im.resize((max(1, round(im.width * height / im.height)), height), Image.BICUBIC)
+    except ImageError as exc:
+        tile = Image.new("RGB", (round(height * 176 / 256), height), (200, 200, 200))
+        ImageDraw.Draw(tile).text((4, 4), f"missing:\n{str(exc)[:40]}", fill=(0, 0, 0))
+        return tile
+
+
+def pair_grid(gen_root: Path, rows: pd.DataFrame, height: int = 160) -> bytes:
+    """Rows of condition | target | generated, each captioned with its SSIM and file name."""
+    header, caption, gap = 22, 16, 6
+    lines = []
+    for r in rows.itertuples(index=False):
+        tiles = [_tile(gen_root, p, height) for p in (r.condition_path, r.real_path, r.fake_path)]
+        lines.append((r, tiles))
+    width = max(sum(t.width for t in tiles) + gap * 2 for _, tiles in lines)
+    canvas = Image.new("RGB", (width, header + len(lines) * (height + caption + gap)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for label, t in zip(("condition", "target (real)", "generated"), lines[0][1], strict=True):
+        draw.text((x + 4, 4), label, fill=(0, 0, 0))
+        x += t.width + gap
+    y = header
+    for r, tiles in lines:
+        x = 0
+        for t in tiles:
+            canvas.paste(t, (x, y))
+            x += t.width + gap
+        draw.text((4, y + height + 2), f"SSIM {r.value:.3f}   {r.name}", fill=(60, 60, 60))
+        y += height + caption + gap
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,42 @@
+"""`weights status` with an empty cache and with a weights dir holding one right-named file."""
+
+import hashlib
+
+from click.testing import CliRunner
+
+from pipeline.weights import KNOWN_WEIGHTS
+from run_pipeline import cli
+
+
+def test_status_with_empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    res = CliRunner().invoke(cli, ["--set", f"output.root={tmp_path}", "weights", "status"])
+    assert res.exit_code == 1
+    for spec in KNOWN_WEIGHTS.values():
+        assert f"MISSING  {spec.name}" in res.output and spec.filename in res.output
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in res.output
+    assert "0 present" in res.output
+
+
+def test_status_finds_a_right_named_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    data = b"not really inception weights"
+    (wdir / KNOWN_WEIGHTS["fid_inception"].filename).write_bytes(data)
+    (wdir / "fid.pth").write_bytes(data)                     # a wrong name is not picked up
+    ckpts = tmp_path / "train" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "netG_500.pth").write_bytes(b"ckpt")
+    res = CliRunner().invoke(cli, ["--set", f"weights.dir={wdir}", "--set", f"output.root={tmp_path}",
+                                   "weights", "status"])
+    assert res.exit_code == 1                                # others still missing
+    assert "present  fid_inception" in res.output
+    assert hashlib.sha256(data).hexdigest() in res.output
+    assert "present  netG 500" in res.output and hashlib.sha256(b"ckpt").hexdigest() in res.output
+    assert "2 present" in res.output
+
+
+def test_fetch_rejects_unknown_names():
+    res = CliRunner().invoke(cli, ["weights", "fetch", "nope"])
+    assert res.exit_code != 0 and "unknown weight 'nope'" in res.output
