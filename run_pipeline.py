@@ -37,6 +37,9 @@ class PipelineContext:
 # Stage commands live beside their stage (stages/<name>.py) and load only when invoked,
 # so `--help` stays fast and a stage's heavy imports never slow down another.
 LAZY_COMMANDS: dict[str, str] = {
+    "keypoints": "stages.keypoints:keypoints_command",
+    "posemaps": "stages.posemaps:posemaps_command",
+    "pairs": "stages.pairs:pairs_command",
 }
 
 
