@@ -24,6 +24,9 @@ DEFAULT_GLOB = "img/**/*.jpg"
 # An interrupted run keeps what it finished: results are flushed to part files this often.
 FLUSH_ROWS = 256
 FLUSH_SECONDS = 60.0
+# Decoding costs little next to the network; asking for a different CPU share than the
+# actors also keeps Ray Data from fusing decoding into the (GPU) actors.
+DECODE_CPUS = 0.5
 
 
 def keypoints_from_csv(csv_path, images: pd.DataFrame, estimator: str = IMPORTED) -> pd.DataFrame:
@@ -138,9 +141,10 @@ def worker_resources(cluster: dict[str, float], concurrency: int | None) -> tupl
         n = concurrency or gpus
         return n, {"num_gpus": min(1.0, gpus / n), "num_cpus": 1}
     n = concurrency or max(1, int(cpus) // 4)
-    # One logical CPU per actor keeps the decode tasks schedulable; torch still gets the
-    # actor's share of the physical cores as threads.
-    return n, {"num_cpus": 1, "threads": max(1, int(cpus) // n)}
+    # Logical CPU shares below half the cluster leave room for the decode tasks under
+    # Ray Data's per-operator budget (larger asks never start on a 2-core machine); torch
+    # still gets the actor's share of the physical cores as threads.
+    return n, {"num_cpus": min(1.0, (cpus - DECODE_CPUS) / (2 * n)), "threads": max(1, int(cpus) // n)}
 
 
 def estimate_keypoints(cfg: Config, todo: pd.DataFrame, layout: DatasetLayout, checkpoint: str,
@@ -155,9 +159,10 @@ def estimate_keypoints(cfg: Config, todo: pd.DataFrame, layout: DatasetLayout, c
     ckpt_path = str(resolve_checkpoint(checkpoint, cfg.weights.dir).resolve())
     n_workers, res = worker_resources(ray.cluster_resources(), kc.concurrency)
     threads = res.pop("threads", None)
-    ds = ray.data.from_pandas(todo[["path", "split"]]).repartition(max(1, -(-len(todo) // kc.batch_size)))
+    chunks = [todo.iloc[i:i + kc.batch_size][["path", "split"]] for i in range(0, len(todo), kc.batch_size)]
+    ds = ray.data.from_pandas(chunks)
     ds = ds.map_batches(decode_images, fn_kwargs={"root": str(Path(cfg.dataset.root).resolve())},
-                        batch_size=kc.batch_size)
+                        batch_size=kc.batch_size, num_cpus=DECODE_CPUS)
     ds = ds.map_batches(KeypointsPredictor, batch_size=kc.batch_size, concurrency=n_workers,
                         fn_constructor_kwargs={"checkpoint": ckpt_path, "device": None,
                                                "min_score": kc.min_score, "threads": threads}, **res)
