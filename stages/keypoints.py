@@ -149,14 +149,12 @@ def worker_resources(cluster: dict[str, float], concurrency: int | None) -> tupl
 
 def estimate_keypoints(cfg: Config, todo: pd.DataFrame, layout: DatasetLayout, checkpoint: str,
                        progress: bool = True) -> int:
-    """Run openpifpaf over `todo` on Ray Data, flushing finished rows to part files."""
+    """Run openpifpaf (checkpoint: a file path) over `todo` on Ray Data, flushing finished
+    rows to part files."""
     import ray
     from tqdm import tqdm
 
-    from pipeline.estimator import resolve_checkpoint
-
     kc = cfg.keypoints
-    ckpt_path = str(resolve_checkpoint(checkpoint, cfg.weights.dir).resolve())
     n_workers, res = worker_resources(ray.cluster_resources(), kc.concurrency)
     threads = res.pop("threads", None)
     chunks = [todo.iloc[i:i + kc.batch_size][["path", "split"]] for i in range(0, len(todo), kc.batch_size)]
@@ -164,7 +162,7 @@ def estimate_keypoints(cfg: Config, todo: pd.DataFrame, layout: DatasetLayout, c
     ds = ds.map_batches(decode_images, fn_kwargs={"root": str(Path(cfg.dataset.root).resolve())},
                         batch_size=kc.batch_size, num_cpus=DECODE_CPUS)
     ds = ds.map_batches(KeypointsPredictor, batch_size=kc.batch_size, concurrency=n_workers,
-                        fn_constructor_kwargs={"checkpoint": ckpt_path, "device": None,
+                        fn_constructor_kwargs={"checkpoint": checkpoint, "device": None,
                                                "min_score": kc.min_score, "threads": threads}, **res)
     parts, buffered, last, done = parts_dir(layout), [], time.time(), 0
     with tqdm(total=len(todo), desc="keypoints", unit="img", disable=not progress) as bar:
@@ -220,8 +218,12 @@ def run_keypoints(cfg: Config, checkpoint: str | None = None, annotations: str |
         todo = images[~images["path"].isin(set(finished["path"]))]
         result.skipped = len(images) - len(todo)
         if len(todo):
+            from pipeline.estimator import resolve_checkpoint
+
+            # Missing weights fail here, before Ray starts.
+            ckpt = resolve_checkpoint(checkpoint or cfg.keypoints.checkpoint, cfg.weights.dir)
             init_ray(cfg.ray)
-            estimate_keypoints(cfg, todo, layout, checkpoint or cfg.keypoints.checkpoint, progress)
+            estimate_keypoints(cfg, todo, layout, str(ckpt.resolve()), progress)
         table = pd.concat([finished, *part_rows(layout)], ignore_index=True)
         table = table[table["path"].isin(set(images["path"]))].drop_duplicates("path", keep="last")
         table = table.sort_values("path", ignore_index=True)
