@@ -41,6 +41,9 @@ LAZY_COMMANDS: dict[str, str] = {
     "evaluate": "stages.evaluate:evaluate_command",
     "report": "stages.report:report_command",
     "weights": "stages.weights_cli:weights_group",
+    "keypoints": "stages.keypoints:keypoints_command",
+    "posemaps": "stages.posemaps:posemaps_command",
+    "pairs": "stages.pairs:pairs_command",
 }
 
 

@@ -136,6 +136,11 @@ KNOWN_WEIGHTS: dict[str, WeightSpec] = {w.name: w for w in (
                _TV + "squeezenet1_1-b8a52dc0.pth"),
     WeightSpec("ssd300", "evaluate: DS (person detection)", "ssd300_vgg16_coco-b556d3b4.pth",
                _TV + "ssd300_vgg16_coco-b556d3b4.pth"),
+    # openpifpaf's default checkpoint, as its CHECKPOINT_URLS names and caches it.
+    WeightSpec("shufflenetv2k16", "keypoints and evaluate: PCKh (openpifpaf)",
+               "shufflenetv2k16-210820-232500-cocokp-slurm726069-edge513-o10s-7189450a.pkl",
+               "http://github.com/openpifpaf/torchhub/releases/download/v0.13/"
+               "shufflenetv2k16-210820-232500-cocokp-slurm726069-edge513-o10s-7189450a.pkl"),
 )}  # fmt: skip
 
 

@@ -3,13 +3,30 @@ imported from a legacy keypoints CSV; the keypoints table plus legacy CSVs."""
 
 from __future__ import annotations
 
+import time
+import uuid
+from pathlib import Path
+
+import click
 import numpy as np
 import pandas as pd
 
-from pipeline.tables import DataError, file_id, read_keypoints_csv
-from pipeline.skeleton import valid_mask
+from pipeline.config import Config
+from pipeline.runtime import StageResult
+from pipeline.skeleton import MISSING, N_KEYPOINTS, valid_mask
+from pipeline.tables import (
+    KEYPOINTS_SCHEMA, SPLITS, DataError, DatasetLayout, check_paths, file_id, read_image_list,
+    read_keypoints_csv, read_table, write_keypoints_csv, write_table,
+)  # fmt: skip
 
 IMPORTED = "imported"
+DEFAULT_GLOB = "img/**/*.jpg"
+# An interrupted run keeps what it finished: results are flushed to part files this often.
+FLUSH_ROWS = 256
+FLUSH_SECONDS = 60.0
+# Decoding costs little next to the network; asking for a different CPU share than the
+# actors also keeps Ray Data from fusing decoding into the (GPU) actors.
+DECODE_CPUS = 0.5
 
 
 def keypoints_from_csv(csv_path, images: pd.DataFrame, estimator: str = IMPORTED) -> pd.DataFrame:
@@ -31,3 +48,231 @@ def keypoints_from_csv(csv_path, images: pd.DataFrame, estimator: str = IMPORTED
         "n_valid": [int(valid_mask(a, b).sum()) for a, b in zip(x, y, strict=True)],
         "estimator": estimator, "error": None,
     }).sort_values("path", ignore_index=True)  # fmt: skip
+
+
+def list_images(cfg: Config, pattern: str | None = None) -> pd.DataFrame:
+    """The images to annotate (path, split): the legacy image lists of the config, or with
+    `pattern` (or without lists) a glob under the dataset root (split left empty)."""
+    root = Path(cfg.dataset.root)
+    lists = {"train": root / cfg.dataset.train_list, "test": root / cfg.dataset.test_list}
+    if pattern is None and any(p.is_file() for p in lists.values()):
+        rows = [(p, s) for s, f in lists.items() if f.is_file() for p in read_image_list(f, root)]
+    else:
+        found = sorted(p.relative_to(root).as_posix() for p in root.glob(pattern or DEFAULT_GLOB) if p.is_file())
+        check_paths(root, found, f"glob {pattern or DEFAULT_GLOB}")
+        rows = [(p, "") for p in found]
+    if not rows:
+        raise DataError(f"no images under {root}: no image lists ({', '.join(map(str, lists.values()))}) "
+                        f"and nothing matches {pattern or DEFAULT_GLOB}")
+    return pd.DataFrame(rows, columns=["path", "split"]).drop_duplicates("path").sort_values("path", ignore_index=True)
+
+
+def decode_images(batch: dict[str, np.ndarray], root: str) -> dict[str, np.ndarray]:
+    """Ray task: read and decode each image as RGB; unreadable ones get an error reason."""
+    from pipeline.imaging import ImageError, load_rgb
+    from pipeline.tables import safe_path
+
+    images, errors = [], []
+    for rel in batch["path"]:
+        try:
+            images.append(np.asarray(load_rgb(safe_path(root, rel))))
+            errors.append(None)
+        except (ImageError, DataError) as exc:
+            images.append(np.zeros((0, 0, 3), np.uint8))
+            errors.append(str(exc))
+    return {"path": batch["path"], "split": batch["split"], "image": images, "decode_error": errors}
+
+
+def keypoint_rows(paths, splits, images, errors, predicted: dict[int, tuple], estimator: str) -> pd.DataFrame:
+    """Table rows for one batch: predictions where decoding worked, error rows elsewhere."""
+    none = np.full(N_KEYPOINTS, MISSING, np.int32)
+    rows = []
+    for i, (path, split, image, error) in enumerate(zip(paths, splits, images, errors, strict=True)):
+        x, y, score = predicted.get(i, (none, none, np.zeros(N_KEYPOINTS, np.float32)))
+        error = None if pd.isna(error) else str(error)
+        h, w = (image.shape[0], image.shape[1]) if error is None else (0, 0)
+        rows.append((path, file_id(path), split, h, w, x, y, score, int(valid_mask(x, y).sum()), estimator, error))
+    return pd.DataFrame(rows, columns=KEYPOINTS_SCHEMA.names)
+
+
+class KeypointsPredictor:
+    """Ray Data actor: one openpifpaf network per actor, decoded images in, table rows out."""
+
+    def __init__(self, checkpoint: str, device: str | None, min_score: float, threads: int | None):
+        import torch
+
+        from pipeline.estimator import KeypointEstimator
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.estimator = KeypointEstimator(checkpoint, device=device, min_score=min_score)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
+        ok = [i for i, e in enumerate(batch["decode_error"]) if pd.isna(e)]
+        predicted = dict(zip(ok, self.estimator.predict([batch["image"][i] for i in ok]), strict=True))
+        return keypoint_rows(batch["path"], batch["split"], batch["image"], batch["decode_error"],
+                             predicted, self.estimator.name)
+
+
+def parts_dir(layout: DatasetLayout) -> Path:
+    return layout.tables / "keypoints.parts"
+
+
+def part_rows(layout: DatasetLayout) -> list[pd.DataFrame]:
+    return [read_table(p, KEYPOINTS_SCHEMA) for p in sorted(parts_dir(layout).glob("*.parquet"))]
+
+
+def finished_rows(layout: DatasetLayout) -> pd.DataFrame:
+    """Rows already done: the table plus part files an interrupted run left behind."""
+    frames = part_rows(layout)
+    if layout.keypoints_table.is_file():
+        frames.insert(0, read_table(layout.keypoints_table, KEYPOINTS_SCHEMA))
+    if not frames:
+        return pd.DataFrame(columns=KEYPOINTS_SCHEMA.names)
+    return pd.concat(frames, ignore_index=True).drop_duplicates("path", keep="last")
+
+
+def worker_resources(cluster: dict[str, float], concurrency: int | None) -> tuple[int, dict]:
+    """Actor pool size and per-actor resources: one GPU per actor when there are GPUs,
+    else the cores shared out as torch threads, so that one actor can use every core."""
+    gpus = int(cluster.get("GPU", 0))
+    cpus = float(cluster.get("CPU", 1))
+    if gpus:
+        n = concurrency or gpus
+        return n, {"num_gpus": min(1.0, gpus / n), "num_cpus": 1}
+    n = concurrency or max(1, int(cpus) // 4)
+    # Logical CPU shares below half the cluster leave room for the decode tasks under
+    # Ray Data's per-operator budget (larger asks never start on a 2-core machine); torch
+    # still gets the actor's share of the physical cores as threads.
+    return n, {"num_cpus": min(1.0, (cpus - DECODE_CPUS) / (2 * n)), "threads": max(1, int(cpus) // n)}
+
+
+def estimate_keypoints(cfg: Config, todo: pd.DataFrame, layout: DatasetLayout, checkpoint: str,
+                       progress: bool = True) -> int:
+    """Run openpifpaf (checkpoint: a file path) over `todo` on Ray Data, flushing finished
+    rows to part files."""
+    import ray
+    from tqdm import tqdm
+
+    kc = cfg.keypoints
+    n_workers, res = worker_resources(ray.cluster_resources(), kc.concurrency)
+    threads = res.pop("threads", None)
+    chunks = [todo.iloc[i:i + kc.batch_size][["path", "split"]] for i in range(0, len(todo), kc.batch_size)]
+    ds = ray.data.from_pandas(chunks)
+    ds = ds.map_batches(decode_images, fn_kwargs={"root": str(Path(cfg.dataset.root).resolve())},
+                        batch_size=kc.batch_size, num_cpus=DECODE_CPUS)
+    ds = ds.map_batches(KeypointsPredictor, batch_size=kc.batch_size, concurrency=n_workers,
+                        fn_constructor_kwargs={"checkpoint": checkpoint, "device": None,
+                                               "min_score": kc.min_score, "threads": threads}, **res)
+    parts, buffered, last, done = parts_dir(layout), [], time.time(), 0
+    with tqdm(total=len(todo), desc="keypoints", unit="img", disable=not progress) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+            buffered.append(batch)
+            bar.update(len(batch))
+            done += len(batch)
+            if sum(map(len, buffered)) >= FLUSH_ROWS or time.time() - last > FLUSH_SECONDS:
+                write_table(pd.concat(buffered), parts / f"{uuid.uuid4().hex}.parquet", KEYPOINTS_SCHEMA)
+                buffered, last = [], time.time()
+        if buffered:
+            write_table(pd.concat(buffered), parts / f"{uuid.uuid4().hex}.parquet", KEYPOINTS_SCHEMA)
+    return done
+
+
+def write_outputs(table: pd.DataFrame, layout: DatasetLayout) -> dict[str, str]:
+    """The keypoints table (sorted by path) and the legacy CSV of each split."""
+    write_table(table, layout.keypoints_table, KEYPOINTS_SCHEMA)
+    outputs = {"keypoints_table": str(layout.keypoints_table)}
+    for split in SPLITS:
+        rows = table[table["split"] == split]
+        if len(rows):
+            write_keypoints_csv(rows, layout.keypoints_csv(split))
+            outputs[f"{split}_csv"] = str(layout.keypoints_csv(split))
+    for part in parts_dir(layout).glob("*.parquet"):
+        part.unlink()
+    if parts_dir(layout).is_dir():
+        parts_dir(layout).rmdir()
+    return outputs
+
+
+def run_keypoints(cfg: Config, checkpoint: str | None = None, annotations: str | None = None,
+                  force: bool = False, out: str | None = None, pattern: str | None = None,
+                  progress: bool = True) -> StageResult:
+    """Estimate (or import) keypoints for the dataset's images; resume unless `force`."""
+    from pipeline.runtime import init_ray
+
+    result = StageResult("keypoints")
+    layout = DatasetLayout(out or cfg.dataset.root)
+    images = list_images(cfg, pattern)
+    result.rows_in = len(images)
+    annotations = annotations or cfg.keypoints.annotations
+    if annotations:
+        table = keypoints_from_csv(annotations, images, estimator=f"{IMPORTED}:{Path(annotations).name}")
+        result.notes.append(f"imported {len(table)} rows from {annotations}")
+    else:
+        if force:
+            for part in parts_dir(layout).glob("*.parquet"):
+                part.unlink()
+        finished = pd.DataFrame(columns=KEYPOINTS_SCHEMA.names) if force else finished_rows(layout)
+        # Rows with an error are retried: the file may have been fixed since.
+        finished = finished[finished["path"].isin(set(images["path"])) & finished["error"].isna()]
+        todo = images[~images["path"].isin(set(finished["path"]))]
+        result.skipped = len(images) - len(todo)
+        if len(todo):
+            from pipeline.estimator import resolve_checkpoint
+
+            # Missing weights fail here, before Ray starts.
+            ckpt = resolve_checkpoint(checkpoint or cfg.keypoints.checkpoint, cfg.weights.dir)
+            init_ray(cfg.ray)
+            estimate_keypoints(cfg, todo, layout, str(ckpt.resolve()), progress)
+        table = pd.concat([finished, *part_rows(layout)], ignore_index=True)
+        table = table[table["path"].isin(set(images["path"]))].drop_duplicates("path", keep="last")
+        table = table.sort_values("path", ignore_index=True)
+    result.rows_out = len(table)
+    result.errors = int(table["error"].notna().sum())
+    result.outputs = write_outputs(table, layout)
+    found = table[table["error"].isna()]
+    result.notes.append(f"{int((found['n_valid'] == 0).sum())} image(s) without a person; "
+                        f"{result.errors} error row(s)")
+    for reason, n in table["error"].dropna().str.split(":").str[0].value_counts().items():
+        result.notes.append(f"  error {reason}: {n}")
+    return result.finish()
+
+
+@click.command("keypoints")
+@click.option("--checkpoint", default=None, metavar="NAME|PATH",
+              help="openpifpaf checkpoint name (looked up in weights.dir and the torch hub cache) "
+                   "or file (default: keypoints.checkpoint, shufflenetv2k16).")
+@click.option("--annotations", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Import this legacy keypoints CSV instead of estimating "
+                   "(e.g. <root>/ground_truth_keypoints.csv of a synthetic tree).")
+@click.option("--glob", "pattern", default=None, metavar="PATTERN",
+              help=f"Images to annotate as a glob under the dataset root (default: the image lists, "
+                   f"else {DEFAULT_GLOB}).")
+@click.option("--force", is_flag=True, help="Recompute every image instead of resuming.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Write the legacy CSVs here and the table under OUT/tables (default: dataset root).")
+@click.pass_obj
+def keypoints_command(obj, checkpoint, annotations, pattern, force, out) -> None:
+    """OpenPose-18 keypoints for every image of dataset.root.
+
+    \b
+    Reads the legacy image lists (train_img_list.csv, test_img_list.csv) or --glob.
+    Runs openpifpaf on Ray Data: images decoded in tasks, the network in an actor pool
+    (one GPU per actor when there are GPUs). When several people are found, the one with
+    the highest score is kept; none found gives all -1 and n_valid 0. Unreadable,
+    truncated, empty or non-image files become rows with `error` set.
+    \b
+    Writes:
+      tables/keypoints.parquet                      one row per image, sorted by path
+      train_img_keypoints.csv, test_img_keypoints.csv   legacy CSVs (error rows omitted)
+    A rerun resumes: images already done are skipped unless --force.
+    Example: run_pipeline.py keypoints --annotations data/synthetic/ground_truth_keypoints.csv
+    """
+    from pipeline.estimator import WeightsError
+
+    try:
+        result = run_keypoints(obj.cfg, checkpoint=checkpoint, annotations=annotations, force=force,
+                               out=out, pattern=pattern)
+    except (WeightsError, DataError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.summary())

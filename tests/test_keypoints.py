@@ -1,0 +1,174 @@
+"""Keypoints stage: COCO-17 -> OpenPose-18 on openpifpaf annotations, safe checkpoint
+loading, the Ray Data pipeline with a random openpifpaf network, ground-truth import."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.estimator import (
+    KeypointEstimator, best_person, checkpoint_filename, inside_image, load_network, resolve_checkpoint,
+)  # fmt: skip
+from pipeline.skeleton import COCO17_NAMES, NECK, OP18_NAMES
+from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
+from pipeline.tables import (
+    KEYPOINTS_SCHEMA, DatasetLayout, read_image_list, read_keypoints_csv, read_table, write_image_list, write_table,
+)  # fmt: skip
+from pipeline.weights import KNOWN_WEIGHTS, WeightsError
+from stages.keypoints import parts_dir, run_keypoints
+
+
+def coco_annotation(xy: np.ndarray, conf: np.ndarray):
+    import openpifpaf
+
+    ann = openpifpaf.Annotation(keypoints=list(COCO17_NAMES), skeleton=[(1, 2)])
+    for k in range(17):
+        ann.add(k, (float(xy[k, 0]), float(xy[k, 1]), float(conf[k])))
+    return ann
+
+
+def test_best_person_maps_coco_names_to_openpose18():
+    xy = np.stack([np.arange(17) * 3.0 + 10, np.arange(17) * 2.0 + 20], axis=1)
+    conf = np.full(17, 0.9)
+    conf[COCO17_NAMES.index("left_ankle")] = 0.0          # not found
+    weak = coco_annotation(xy + 50, np.full(17, 0.2))
+    strong = coco_annotation(xy, conf)
+    x, y, score = best_person([weak, strong])
+    assert strong.score > weak.score
+    for op_idx, name in enumerate(OP18_NAMES):
+        if name == "neck":
+            continue
+        c = COCO17_NAMES.index(name)
+        expected = (-1, -1) if name == "left_ankle" else (round(xy[c, 0]), round(xy[c, 1]))
+        assert (x[op_idx], y[op_idx]) == expected, name
+    ls, rs = COCO17_NAMES.index("left_shoulder"), COCO17_NAMES.index("right_shoulder")
+    assert (x[NECK], y[NECK]) == tuple(np.round((xy[ls] + xy[rs]) / 2).astype(int))
+    assert score[NECK] == pytest.approx(0.9)
+
+
+def test_no_person_and_out_of_frame_points_are_missing():
+    x, y, score = best_person([])
+    assert (x == -1).all() and (y == -1).all() and (score == 0).all()
+    kp = (np.array([5, -2, 200] + [10] * 15, np.int32), np.array([5, 5, 5] + [300] * 15, np.int32),
+          np.ones(18, np.float32))
+    x, y, score = inside_image(kp, height=256, width=176)
+    assert x[0] == 5 and (x[1:] == -1).all() and (y[1:] == -1).all() and score[1:].sum() == 0
+
+
+def test_registry_names_openpifpaf_download_file():
+    assert KNOWN_WEIGHTS["shufflenetv2k16"].filename == checkpoint_filename("shufflenetv2k16")
+
+
+def test_missing_named_checkpoint_says_which_file_and_where(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(WeightsError, match=r"7189450a\.pkl.*not found in .*torch"):
+        resolve_checkpoint("shufflenetv2k16", tmp_path / "weights")
+    with pytest.raises(WeightsError, match="neither a file nor a known"):
+        resolve_checkpoint("no_such_net")
+
+
+class NotOpenpifpaf:
+    """A class outside the allow-list: a pickle naming it must be refused."""
+
+
+def test_checkpoint_outside_allowlist_is_refused(tmp_path):
+    path = tmp_path / "evil.pkl"
+    torch.save({"model": NotOpenpifpaf(), "epoch": 0}, path)
+    with pytest.raises(WeightsError, match="refused by the weights-only loader"):
+        load_network(path)
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory) -> Path:
+    """A random-initialised openpifpaf shufflenetv2k16 with COCO keypoint heads, saved the
+    way openpifpaf saves checkpoints (a pickled module)."""
+    import openpifpaf
+
+    torch.manual_seed(0)
+    factory = openpifpaf.network.Factory()
+    factory.base_name = "shufflenetv2k16"
+    net, _ = factory.factory(head_metas=openpifpaf.plugins.coco.CocoKp().head_metas)
+    path = tmp_path_factory.mktemp("openpifpaf") / "shufflenetv2k16-random.pkl"
+    torch.save({"model": net, "epoch": 0}, path)
+    return path
+
+
+def test_estimator_loads_pickled_network_and_predicts(random_checkpoint):
+    est = KeypointEstimator(random_checkpoint, device="cpu")
+    images = [np.full((64, 48, 3), 255, np.uint8), np.zeros((32, 32, 3), np.uint8), np.zeros((64, 48, 3), np.uint8)]
+    out = est.predict(images)
+    assert len(out) == 3
+    for x, y, score in out:
+        assert x.shape == y.shape == score.shape == (18,) and x.dtype == np.int32 and score.dtype == np.float32
+
+
+@pytest.fixture
+def small_tree(tmp_path) -> Path:
+    """2 identities x 3 poses plus bad files listed in the train split."""
+    root = tmp_path / "data"
+    write_synthetic_tree(root, identities=2, poses_per_identity=3, seed=5, test_fraction=0.5)
+    good = sorted((root / "img").rglob("*.jpg"))
+    (root / "img/bad").mkdir()
+    (root / "img/bad/truncated.jpg").write_bytes(good[0].read_bytes()[:2000])
+    (root / "img/bad/empty.jpg").write_bytes(b"")
+    (root / "img/bad/text.jpg").write_text("not an image\n")
+    train = read_image_list(root / "train_img_list.csv", root)
+    write_image_list(train + ["img/bad/truncated.jpg", "img/bad/empty.jpg", "img/bad/text.jpg"],
+                     root / "train_img_list.csv")
+    return root
+
+
+@pytest.mark.slow
+def test_keypoints_stage_on_ray_with_errors_and_resume(small_tree, random_checkpoint, ray_session):
+    cfg = load_config(overrides=[f"dataset.root={small_tree}", "keypoints.batch_size=4"])
+    layout = DatasetLayout(small_tree)
+    result = run_keypoints(cfg, checkpoint=str(random_checkpoint), progress=False)
+    clean = read_table(layout.keypoints_table)
+    assert list(clean.columns) == KEYPOINTS_SCHEMA.names
+    listed = sorted(read_image_list(layout.image_list("train"), small_tree)
+                    + read_image_list(layout.image_list("test"), small_tree))
+    assert clean["path"].tolist() == listed and result.rows_out == 9 and result.errors == 3
+    errors = clean.set_index("path")["error"]
+    assert errors["img/bad/empty.jpg"] == "empty file (0 bytes)"
+    assert "truncated" in errors["img/bad/truncated.jpg"]
+    assert "not a readable image" in errors["img/bad/text.jpg"]
+    fine = clean[clean["error"].isna()]
+    assert (fine["img_h"] == 256).all() and (fine["img_w"] == 176).all()
+    assert fine["estimator"].eq("openpifpaf:shufflenetv2k16-random.pkl").all()
+    assert (fine["n_valid"] == [int((np.asarray(x) >= 0).sum()) for x in fine["x"]]).all()
+    # The legacy CSVs omit error rows.
+    legacy = read_keypoints_csv(layout.keypoints_csv("train"))
+    assert len(legacy) == int((fine["split"] == "train").sum())
+
+    # An interrupted run: only part files with the first rows, no table yet.
+    layout.keypoints_table.unlink()
+    write_table(fine.iloc[:4], parts_dir(layout) / "interrupted.parquet", KEYPOINTS_SCHEMA)
+    resumed = run_keypoints(cfg, checkpoint=str(random_checkpoint), progress=False)
+    assert resumed.skipped == 4 and not parts_dir(layout).exists()
+    again = read_table(layout.keypoints_table)
+    pd.testing.assert_frame_equal(again.drop(columns=["x", "y", "score"]), clean.drop(columns=["x", "y", "score"]))
+    for col in ("x", "y"):
+        assert [list(v) for v in again[col]] == [list(v) for v in clean[col]]
+
+
+def test_annotations_import_gives_ground_truth(synth_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    cfg = load_config(overrides=[f"dataset.root={root}"])
+    result = run_keypoints(cfg, annotations=str(root / GROUND_TRUTH_CSV))
+    table = read_table(DatasetLayout(root).keypoints_table, KEYPOINTS_SCHEMA)
+    truth = read_keypoints_csv(root / GROUND_TRUTH_CSV).set_index("file_id")
+    assert result.rows_out == len(truth) == len(table) and result.errors == 0
+    for r in table.itertuples():
+        assert (np.asarray(r.x) == truth.loc[r.file_id, "x"]).all()
+        assert (np.asarray(r.y) == truth.loc[r.file_id, "y"]).all()
+    for split in ("train", "test"):
+        legacy = read_keypoints_csv(DatasetLayout(root).keypoints_csv(split))
+        assert len(legacy) == int((table["split"] == split).sum())
+        assert (np.stack(legacy["x"]) == np.stack(truth.loc[legacy["file_id"], "x"])).all()

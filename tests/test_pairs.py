@@ -1,0 +1,77 @@
+"""Pairs stage: vectorised pair listing against a hand count, sampling, legacy CSVs."""
+
+from __future__ import annotations
+
+import shutil
+from itertools import permutations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import load_config
+from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, DatasetLayout, read_table
+from stages.pairs import make_pairs, ordered_pairs, run_pairs
+
+
+def test_ordered_pairs_lists_every_pair_within_groups():
+    a, b = ordered_pairs(np.array([2, 1, 3]))
+    expected = [(0, 1), (1, 0)] + list(permutations([3, 4, 5], 2))
+    assert list(zip(a.tolist(), b.tolist(), strict=True)) == expected
+
+
+def splits_of(root):
+    from pipeline.tables import read_image_list
+
+    return {s: read_image_list(DatasetLayout(root).image_list(s), root) for s in ("train", "test")}
+
+
+def test_pairs_match_hand_count_and_exclusions(annotated_root):
+    kp = read_table(DatasetLayout(annotated_root).keypoints_table, KEYPOINTS_SCHEMA)
+    kp.loc[0, "n_valid"] = 3
+    kp.loc[5, "error"] = "not a readable image: x"
+    splits = splits_of(annotated_root)
+    table, counts = make_pairs(kp, splits, min_valid=8)
+    ok = kp[(kp["n_valid"] >= 8) & kp["error"].isna()]
+    for split, paths in splits.items():
+        per_identity = ok[ok["path"].isin(paths)].groupby(ok["path"].str.rsplit("/", n=1).str[0]).size()
+        assert counts.pairs[split] == int((per_identity * (per_identity - 1)).sum())
+        expected = {(a, b) for _, g in ok[ok["path"].isin(paths)].groupby(ok["path"].str.rsplit("/", n=1).str[0])
+                    for a, b in permutations(g["path"], 2)}
+        got = table[table["split"] == split]
+        assert set(zip(got["imgA"], got["imgB"])) == expected and len(got) == len(expected)
+    assert counts.excluded == {"keypoint error": 1, "fewer than 8 valid keypoints": 1}
+    assert (table["imgA"] != table["imgB"]).all()
+
+
+def test_sampled_pairs_are_deterministic_and_capped(annotated_root):
+    kp = read_table(DatasetLayout(annotated_root).keypoints_table, KEYPOINTS_SCHEMA)
+    splits = splits_of(annotated_root)
+    one, _ = make_pairs(kp, splits, 8, max_per_identity=5, seed=7)
+    two, _ = make_pairs(kp, splits, 8, max_per_identity=5, seed=7)
+    other, _ = make_pairs(kp, splits, 8, max_per_identity=5, seed=8)
+    pd.testing.assert_frame_equal(one, two)
+    assert not one.equals(other)
+    assert one.groupby("group").size().max() == 5 and len(one) == 8 * 5
+
+
+def test_stage_writes_table_and_legacy_csvs(annotated_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(annotated_root, root, ignore=shutil.ignore_patterns("*_pose_maps", "pairs.parquet"))
+    result = run_pairs(load_config(overrides=[f"dataset.root={root}"]), min_valid=8)
+    layout = DatasetLayout(root)
+    table = read_table(layout.pairs_table, PAIRS_SCHEMA)
+    assert result.rows_out == len(table) == 8 * 12
+    for split in ("train", "test"):
+        legacy = pd.read_csv(layout.pairs_csv(split))
+        assert list(legacy.columns) == ["imgA", "imgB"]
+        assert legacy.values.tolist() == table.loc[table["split"] == split, ["imgA", "imgB"]].values.tolist()
+    assert any("train:" in n for n in result.notes)
+
+
+def test_unknown_keypoints_table_is_a_clear_error(tmp_path):
+    import pytest
+
+    from pipeline.tables import DataError
+
+    with pytest.raises(DataError, match="run the keypoints stage first"):
+        run_pairs(load_config(overrides=[f"dataset.root={tmp_path}"]))

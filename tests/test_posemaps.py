@@ -1,0 +1,72 @@
+"""Pose-maps stage: map contents equal the keypoints, npz format, Ray run, skip/force,
+out-of-image keypoints counted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from pipeline.tables import KEYPOINTS_SCHEMA, DatasetLayout, read_table, write_table
+from stages.posemaps import load_posemap, run_posemaps, write_posemap
+
+
+def test_map_holds_exactly_the_keypoints(tmp_path):
+    x = np.array([10, -1, 30] + [-1] * 14 + [175], np.int32)
+    y = np.array([20, -1, 40] + [-1] * 14 + [255], np.int32)
+    path = tmp_path / "m.npz"
+    write_posemap(path, x, y, 256, 176)
+    with np.load(path) as data:
+        assert list(data.keys()) == ["arr_0"]
+        m = data["arr_0"]
+    assert m.shape == (256, 176, 18) and m.dtype == np.uint8
+    assert np.argwhere(m).tolist() == [[20, 10, 0], [40, 30, 2], [255, 175, 17]]
+    # As the published utility builds it: zeros, then 1 at [y, x, k].
+    expected = np.zeros((256, 176, 18), np.uint8)
+    for k in (0, 2, 17):
+        expected[y[k], x[k], k] = 1
+    assert np.array_equal(m, expected)
+
+
+def test_gaussian_map_peaks_at_keypoints(tmp_path):
+    x = np.full(18, -1, np.int32)
+    y = np.full(18, -1, np.int32)
+    x[3], y[3] = 50, 60
+    write_posemap(tmp_path / "g.npz", x, y, 128, 96, sigma=4.0)
+    m = load_posemap(tmp_path / "g.npz")
+    assert m.dtype == np.float32 and np.unravel_index(m[:, :, 3].argmax(), (128, 96)) == (60, 50)
+    assert m[:, :, 3].max() == pytest.approx(1.0) and m[:, :, 4].max() == 0
+
+
+def test_stage_writes_skips_and_counts(annotated_root, tmp_path, ray_session):
+    root = tmp_path / "data"
+    shutil.copytree(annotated_root, root, ignore=shutil.ignore_patterns("*_pose_maps"))
+    layout = DatasetLayout(root)
+    table = read_table(layout.keypoints_table, KEYPOINTS_SCHEMA)
+    x0 = np.asarray(table.at[0, "x"]).copy()
+    first_valid = int(np.nonzero(x0 >= 0)[0][0])
+    x0[first_valid] = 999                                   # outside the 176-wide image
+    table.at[0, "x"] = x0
+    table.at[1, "error"] = "not a readable image: test"
+    write_table(table, layout.keypoints_table, KEYPOINTS_SCHEMA)
+    cfg = load_config(overrides=[f"dataset.root={root}", "posemaps.batch_size=5"])
+
+    result = run_posemaps(cfg, progress=False)
+    assert result.rows_out == len(table) - 1 and result.errors == 1
+    assert any("1 out-of-image keypoint(s)" in n for n in result.notes)
+    for r in table.iloc[[0, 2, 3]].itertuples():
+        m = load_posemap(layout.posemap(r.split, r.file_id))
+        ys, xs, ks = np.nonzero(m)
+        inside = [(k, int(r.y[k]), int(r.x[k])) for k in range(18) if 0 <= r.x[k] < r.img_w and r.y[k] >= 0]
+        assert sorted(zip(ks.tolist(), ys.tolist(), xs.tolist())) == inside
+    assert not layout.posemap(table.at[1, "split"], table.at[1, "file_id"]).exists()
+
+    again = run_posemaps(cfg, progress=False)
+    assert again.rows_out == 0 and again.skipped == len(table) - 1
+    stale = layout.posemap(table.at[2, "split"], table.at[2, "file_id"])
+    os.utime(stale, (0, 0))                                  # older than the keypoints table
+    assert run_posemaps(cfg, progress=False).rows_out == 1
+    assert run_posemaps(cfg, force=True, progress=False).rows_out == len(table) - 1
