@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -57,6 +58,9 @@ class Stage:
     outputs: Callable[[Config], list[Path]]
     options: Callable[[Config, bool], dict[str, Any]] = lambda cfg, force: {"force": force}
     needed: Callable[[Config], str | None] = lambda cfg: None   # reason to skip, or None
+    # Derived outputs removed before a fresh (forced or stale) run, so nothing from an
+    # earlier configuration (say a checkpoint of a longer training) survives into this one.
+    clean: Callable[[Config], list[Path]] = lambda cfg: []
 
     def marker(self, cfg: Config) -> Path:
         return state_dir(cfg) / f"{self.name}.json"
@@ -115,22 +119,30 @@ STAGES: list[Stage] = [
           lambda cfg: [_layout(cfg).posemap_dir(s) for s in ("train", "test")]),
     Stage("pairs", "stages.pairs:run_pairs", ("pairs",),
           lambda cfg: [_layout(cfg).keypoints_table, *_image_lists(cfg)],
-          lambda cfg: [_layout(cfg).pairs_table]),
+          lambda cfg: [_layout(cfg).pairs_table],
+          options=lambda cfg, force: {}),
     Stage("train", "stages.train:run_train", ("train", "weights"),
           lambda cfg: [_layout(cfg).pairs_table, _layout(cfg).keypoints_table,
                        _layout(cfg).posemap_dir("train")],
           lambda cfg: [_checkpoints_dir(cfg)],
           options=lambda cfg, force: {"resume": not force},
-          needed=_train_needed),
+          needed=_train_needed,
+          clean=lambda cfg: [out_dir(cfg, "train")]),
     Stage("generate", "stages.generate:run_generate", ("generate",),
           _generate_inputs,
-          lambda cfg: [out_dir(cfg, "generated") / "manifest.parquet"]),
+          lambda cfg: [out_dir(cfg, "generated") / "manifest.parquet"],
+          options=lambda cfg, force: {},
+          clean=lambda cfg: [out_dir(cfg, "generated")]),
     Stage("evaluate", "stages.evaluate:run_evaluate", ("evaluate", "weights"),
           lambda cfg: [out_dir(cfg, "generated") / "manifest.parquet", _layout(cfg).keypoints_table],
-          lambda cfg: [out_dir(cfg, "evaluation")]),
+          lambda cfg: [out_dir(cfg, "evaluation")],
+          options=lambda cfg, force: {},
+          clean=lambda cfg: [out_dir(cfg, "evaluation")]),
     Stage("report", "stages.report:run_report", ("report",),
           lambda cfg: [out_dir(cfg, "evaluation"), out_dir(cfg, "generated") / "manifest.parquet"],
-          lambda cfg: [out_dir(cfg, "reports") / cfg.report.name / "report.html"]),
+          lambda cfg: [out_dir(cfg, "reports") / cfg.report.name / "report.html"],
+          options=lambda cfg, force: {},
+          clean=lambda cfg: [out_dir(cfg, "reports") / cfg.report.name]),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 
@@ -182,11 +194,13 @@ def fingerprint(stage: Stage, cfg: Config) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def up_to_date(stage: Stage, cfg: Config, fp: str) -> bool:
+def stored_fingerprint(stage: Stage, cfg: Config) -> str | None:
     marker = stage.marker(cfg)
-    if not marker.exists() or not all(p.exists() for p in stage.outputs(cfg)):
-        return False
-    return json.loads(marker.read_text()).get("fingerprint") == fp
+    return json.loads(marker.read_text()).get("fingerprint") if marker.exists() else None
+
+
+def up_to_date(stage: Stage, cfg: Config, fp: str) -> bool:
+    return stored_fingerprint(stage, cfg) == fp and all(p.exists() for p in stage.outputs(cfg))
 
 
 def package_versions() -> dict[str, str]:
@@ -248,9 +262,17 @@ def run_dag(cfg: Config, plan: RunPlan, echo: Callable[[str], None] = print) -> 
                 row.update(status="skipped", reason="up to date")
                 echo(f"[{stage.name}] up to date, skipped")
             else:
-                echo(f"[{stage.name}] running ...")
+                # Fresh when forced or when an earlier completed run used other inputs; a
+                # stage without a marker was interrupted and resumes what it had written.
+                stored = stored_fingerprint(stage, cfg)
+                fresh = stage.name in plan.forced or (stored is not None and stored != fp)
+                echo(f"[{stage.name}] running{' from scratch' if fresh else ''} ...")
                 try:
-                    result = stage.run(cfg, force=stage.name in plan.forced)
+                    if fresh:
+                        stage.marker(cfg).unlink(missing_ok=True)
+                        for path in stage.clean(cfg):
+                            shutil.rmtree(path, ignore_errors=True)
+                    result = stage.run(cfg, force=fresh)
                 except Exception as exc:
                     row.update(status="failed", reason=f"{type(exc).__name__}: {exc}",
                                end=pd.Timestamp.now().floor("s"), seconds=time.time() - t0)
