@@ -37,6 +37,8 @@ class PipelineContext:
 # Stage commands live beside their stage (stages/<name>.py) and load only when invoked,
 # so `--help` stays fast and a stage's heavy imports never slow down another.
 LAZY_COMMANDS: dict[str, str] = {
+    "generate": "stages.generate:generate_command",
+    "transfer": "stages.generate:transfer_command",
 }
 
 
