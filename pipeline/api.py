@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,8 @@ def generate_uint8(net: NetG, images: np.ndarray, maps: np.ndarray, *, minmax: b
     that layout. The output mapping is imaging.to_uint8 ((x+1)/2, or the per-image stretch).
     """
     device = next(net.parameters()).device
-    image = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
-    pose = torch.from_numpy(np.ascontiguousarray(maps)).to(device).permute(0, 3, 1, 2)
+    image = _nchw_view(images).to(device)
+    pose = _nchw_view(maps).to(device)
     if not channels_last:
         image, pose = image.contiguous(), pose.contiguous()
     image = image.float().div_(127.5).sub_(1.0)
@@ -64,6 +65,15 @@ def generate_uint8(net: NetG, images: np.ndarray, maps: np.ndarray, *, minmax: b
                                                 enabled=dtype is not None):
         out = net(image, pose)
     return to_uint8(out, minmax=minmax)
+
+
+def _nchw_view(batch: np.ndarray) -> torch.Tensor:
+    """(N, H, W, C) array as an (N, C, H, W) tensor without a copy. Ray hands batches over
+    read-only; nothing writes into this view (the float conversion copies), so torch's
+    warning about non-writable arrays does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,7 @@ def load_inputs(batch: dict[str, np.ndarray], root: str, out_dir: str, frame: tu
             if not real.is_file():
                 target = load_rgb(safe_path(root, batch["target_path"][i]))
                 # The published script stretched real images too; keep them comparable.
-                arr = to_uint8(to_tensor(target), minmax=True) if minmax else np.asarray(target)
+                arr = to_uint8(to_tensor(np.array(target)), minmax=True) if minmax else np.asarray(target)
                 write_bytes_atomic(real, encode_jpeg(arr))
         except Exception as exc:  # noqa: BLE001 - any failure of one job is that job's error row
             errors[i] = f"{type(exc).__name__}: {exc}"
