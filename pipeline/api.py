@@ -46,6 +46,17 @@ def load_generator(weights: str | os.PathLike | Mapping[str, torch.Tensor], ngf:
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
 
+def check_checkpoint(path: str | os.PathLike, ngf: int) -> None:
+    """Raise WeightsError naming `path` when it is not a NetG(ngf) state dict. The network
+    is built on the meta device: no memory, no initialisation time."""
+    with torch.device("meta"):
+        net = NetG(ngf=ngf)
+    with warnings.catch_warnings():
+        # Copying into meta tensors is a no-op that torch warns about; only the checks matter.
+        warnings.simplefilter("ignore", UserWarning)
+        load_into(net, path)
+
+
 def generate_uint8(net: NetG, images: np.ndarray, maps: np.ndarray, *, minmax: bool = False,
                    dtype: torch.dtype | None = None, channels_last: bool = True) -> np.ndarray:
     """One NetG forward on a batch: condition images (N, H, W, 3) uint8 and map pairs

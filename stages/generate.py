@@ -24,8 +24,8 @@ TEST_SPLIT = "test"
 # and differing from the actor's 1 CPU keeps Ray Data from fusing them into the actor.
 IO_CPUS = 0.5
 # Columns of a generation job (one output image of one checkpoint) besides the maps' sources.
-JOB_COLUMNS = ["direction", "index", "source_path", "source_id", "target_path", "target_id",
-               "real_path"]
+JOB_COLUMNS = ["checkpoint", "checkpoint_path", "direction", "index", "source_path", "source_id",
+               "target_path", "target_id", "real_path"]
 
 
 # --- the pure core ---------------------------------------------------------------------
@@ -181,23 +181,35 @@ def load_inputs(batch: dict[str, np.ndarray], root: str, out_dir: str, frame: tu
 
 
 class Generator:
-    """Ray Data actor: one NetG loaded once per actor, applied to whole batches."""
+    """Ray Data actor: NetG is built once per actor; a batch's checkpoint is loaded into it
+    when it differs from the previous batch's, so all checkpoints stream through one pool."""
 
-    def __init__(self, checkpoint: str, ngf: int, dtype: str, channels_last: bool, minmax: bool,
-                 cpu_threads: int):
+    def __init__(self, ngf: int, dtype: str, channels_last: bool, minmax: bool, cpu_threads: int):
         import torch
 
-        from pipeline.api import autocast_dtype, load_generator
+        from pipeline.api import autocast_dtype
         from pipeline.runtime import best_device
 
-        device = best_device()
-        if device == "cpu":
+        self.device = best_device()
+        if self.device == "cpu":
             # Ray pins workers to one thread; the actor is the only heavy compute here.
             torch.set_num_threads(cpu_threads)
-        self.net = load_generator(checkpoint, ngf, device, channels_last)
-        self.dtype = autocast_dtype(dtype, device)
-        self.channels_last = channels_last
-        self.minmax = minmax
+        self.ngf, self.channels_last, self.minmax = ngf, channels_last, minmax
+        self.dtype = autocast_dtype(dtype, self.device)
+        self.net = None
+        self.loaded: str | None = None
+
+    def use_checkpoint(self, path: str) -> None:
+        from pipeline.api import load_generator
+        from pipeline.weights import load_into
+
+        if path == self.loaded:
+            return
+        if self.net is None:
+            self.net = load_generator(path, self.ngf, self.device, self.channels_last)
+        else:
+            load_into(self.net, path)
+        self.loaded = path
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline.api import generate_uint8
@@ -205,20 +217,23 @@ class Generator:
         images = batch["image"]
         fakes = np.zeros_like(images)
         ok = batch["error"] == ""
-        if ok.any():
-            fakes[ok] = generate_uint8(self.net, images[ok], batch["maps"][ok], minmax=self.minmax,
-                                       dtype=self.dtype, channels_last=self.channels_last)
+        for path in pd.unique(batch["checkpoint_path"][ok]):
+            rows = ok & (batch["checkpoint_path"] == path)
+            self.use_checkpoint(path)
+            fakes[rows] = generate_uint8(self.net, images[rows], batch["maps"][rows], minmax=self.minmax,
+                                         dtype=self.dtype, channels_last=self.channels_last)
         return {**{k: batch[k] for k in JOB_COLUMNS}, "error": batch["error"], "fake": fakes}
 
 
-def write_outputs(batch: dict[str, np.ndarray], out_dir: str, ckpt: str) -> pd.DataFrame:
+def write_outputs(batch: dict[str, np.ndarray], out_dir: str) -> pd.DataFrame:
     """CPU task: encode and write the generated JPEGs; return their manifest rows."""
     from pipeline.imaging import encode_jpeg
     from pipeline.tables import write_bytes_atomic
 
     rows = []
     for i in range(len(batch["index"])):
-        direction, index, target = batch["direction"][i], int(batch["index"][i]), batch["target_id"][i]
+        ckpt, direction, index = batch["checkpoint"][i], batch["direction"][i], int(batch["index"][i])
+        target = batch["target_id"][i]
         rel = fake_relpath(ckpt, direction, index, target)
         error = batch["error"][i] or None
         if error is None:
@@ -265,7 +280,7 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
     import ray
     from tqdm import tqdm
 
-    from pipeline.api import load_generator
+    from pipeline.api import check_checkpoint
     from pipeline.runtime import available_gpus, init_ray
     from pipeline.tables import write_table
     from pipeline.weights import checkpoint_id, expand_checkpoints
@@ -276,7 +291,11 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
     result = StageResult("generate", outputs={"generated": str(out_dir), "manifest": str(out_dir / MANIFEST)})
     paths = expand_checkpoints(checkpoints or default_checkpoints(cfg), cfg.weights.checkpoint_dir)
     for path in paths:  # fail on a bad checkpoint before any work, naming the file
-        load_generator(path, gc.ngf, "cpu", channels_last=False)
+        check_checkpoint(path, gc.ngf)
+    ids = [checkpoint_id(p) for p in paths]
+    if len(set(ids)) < len(ids):
+        raise DataError(f"checkpoints {[str(p) for p in paths]} repeat an id ({ids}): each id is one "
+                        "output folder fake_images/iter_<id>; pass each checkpoint once")
 
     pairs = read_test_pairs(root, pairs_file or gc.pairs)
     if limit is not None:
@@ -288,13 +307,14 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
     actors = gc.concurrency or max(1, gpus)
     cpu_threads = max(1, len(os.sched_getaffinity(0)) // actors)
     manifest = read_manifest(out_dir)
-    for path in paths:
-        ckpt = checkpoint_id(path)
+    todo_parts = []
+    for path, ckpt in zip(paths, ids, strict=True):
         todo = pending_jobs(jobs, manifest, ckpt, out_dir)
-        result.rows_in += len(jobs)
         result.skipped += len(jobs) - len(todo)
-        if todo.empty:
-            continue
+        todo_parts.append(todo.assign(checkpoint=ckpt, checkpoint_path=str(path)))
+    result.rows_in = len(jobs) * len(paths)
+    todo = pd.concat(todo_parts, ignore_index=True)
+    if not todo.empty:
         # One block per batch: each block is one load task, one forward, one write task.
         blocks = [todo.iloc[i:i + gc.batch_size] for i in range(0, len(todo), gc.batch_size)]
         ds = (ray.data.from_pandas(blocks)
@@ -302,21 +322,23 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
                            fn_kwargs=dict(root=root, out_dir=str(out_dir), frame=frame, minmax=gc.minmax))
               .map_batches(Generator, batch_size=gc.batch_size, batch_format="numpy",
                            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
-                           fn_constructor_kwargs=dict(checkpoint=str(path), ngf=gc.ngf, dtype=gc.dtype,
-                                                      channels_last=gc.channels_last, minmax=gc.minmax,
-                                                      cpu_threads=cpu_threads))
+                           fn_constructor_kwargs=dict(ngf=gc.ngf, dtype=gc.dtype, channels_last=gc.channels_last,
+                                                      minmax=gc.minmax, cpu_threads=cpu_threads))
               .map_batches(write_outputs, batch_size=gc.batch_size, batch_format="numpy", num_cpus=IO_CPUS,
-                           fn_kwargs=dict(out_dir=str(out_dir), ckpt=ckpt)))  # fmt: skip
+                           fn_kwargs=dict(out_dir=str(out_dir))))  # fmt: skip
         rows = []
-        with tqdm(total=len(todo), desc=f"generate iter_{ckpt}", unit="img") as bar:
-            for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                rows.append(part)
-                bar.update(len(part))
-        new = pd.concat(rows, ignore_index=True)
-        manifest = merge_manifest(manifest, new)
-        write_table(manifest, out_dir / MANIFEST, MANIFEST_SCHEMA)
-        result.rows_out += int((new["status"] == "ok").sum())
-        result.errors += int((new["status"] == "error").sum())
+        try:
+            with tqdm(total=len(todo), desc=f"generate ({len(paths)} checkpoint(s))", unit="img") as bar:
+                for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                    rows.append(part)
+                    bar.update(len(part))
+        finally:  # an interrupted run still records what it wrote, so a rerun resumes there
+            if rows:
+                new = pd.concat(rows, ignore_index=True)
+                manifest = merge_manifest(manifest, new)
+                write_table(manifest, out_dir / MANIFEST, MANIFEST_SCHEMA)
+                result.rows_out = int((new["status"] == "ok").sum())
+                result.errors = int((new["status"] == "error").sum())
     result.notes.append(f"{len(paths)} checkpoint(s) x {len(pairs)} test pairs x 2 directions -> {out_dir}")
     if result.errors:
         first = manifest[manifest["status"] == "error"].iloc[0]
