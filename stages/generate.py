@@ -110,9 +110,12 @@ def read_manifest(out_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def pending_jobs(jobs: pd.DataFrame, manifest: pd.DataFrame, ckpt: str, out_dir: Path) -> pd.DataFrame:
-    """Jobs of `ckpt` not yet done: no ok manifest row for the same pair, or its file is gone."""
+    """Jobs of `ckpt` not yet done: no ok manifest row for the same pair, or its generated or
+    real image file is gone."""
     done = manifest[(manifest["checkpoint"] == ckpt) & (manifest["status"] == "ok")]
-    done = done[np.array([(out_dir / p).is_file() for p in done["output_path"]], dtype=bool)]
+    present = [(out_dir / f).is_file() and (out_dir / r).is_file()
+               for f, r in zip(done["output_path"], done["real_path"], strict=True)]
+    done = done[np.array(present, dtype=bool)]
     key = ["direction", "index", "source_id", "target_id"]
     merged = jobs.merge(done[key].drop_duplicates(), on=key, how="left", indicator=True)
     return jobs[(merged["_merge"] == "left_only").to_numpy()].reset_index(drop=True)
