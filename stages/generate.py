@@ -305,10 +305,6 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
         pairs = pairs.head(limit)
     jobs = attach_map_sources(generation_jobs(pairs), root)
     frame = frame_size(root, pairs["imgA"].tolist())
-    init_ray(cfg.ray)
-    gpus = available_gpus()
-    actors = gc.concurrency or max(1, gpus)
-    cpu_threads = max(1, len(os.sched_getaffinity(0)) // actors)
     manifest = read_manifest(out_dir)
     todo_parts = []
     for path, ckpt in zip(paths, ids, strict=True):
@@ -318,6 +314,10 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
     result.rows_in = len(jobs) * len(paths)
     todo = pd.concat(todo_parts, ignore_index=True)
     if not todo.empty:
+        init_ray(cfg.ray)
+        gpus = available_gpus()
+        actors = gc.concurrency or max(1, gpus)
+        cpu_threads = max(1, len(os.sched_getaffinity(0)) // actors)
         # One block per batch: each block is one load task, one forward, one write task.
         blocks = [todo.iloc[i:i + gc.batch_size] for i in range(0, len(todo), gc.batch_size)]
         ds = (ray.data.from_pandas(blocks)
