@@ -16,6 +16,7 @@ from pipeline.networks import build_generator
 from pipeline.posemap import render_map
 from pipeline.synthetic import GROUND_TRUTH_CSV
 from pipeline.tables import DataError, read_keypoints_csv
+from pipeline.weights import WeightsError
 
 NGF = 4
 W, H = 300, 500
@@ -99,3 +100,12 @@ def test_transfer_cli_with_keypoint_files(checkpoint, condition, tmp_path):
     assert Image.open(tmp_path / "c.jpg").size == (W, H)
     res = CliRunner().invoke(cli, [*args, "--ngf", "8"])
     assert res.exit_code == 1 and "netG_10.pth" in res.output and "shape mismatch" in res.output
+
+
+def test_reference_image_without_openpifpaf_weights_is_a_clear_error(checkpoint, condition, tmp_path,
+                                                                     monkeypatch):
+    pytest.importorskip("pipeline.estimator")   # the annotations branch provides it
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_cache"))
+    pt = PoseTransfer(checkpoint, device="cpu", ngf=NGF)
+    with pytest.raises(WeightsError, match="openpifpaf"):
+        pt.transfer(condition, condition, condition_pose=pose(1))
