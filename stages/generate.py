@@ -361,8 +361,8 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output directory (default <output.root>/generated).")
 @click.option("--minmax/--no-minmax", default=None,
-              help="Stretch each image to its own min..max like the published test script "
-                   "(default generate.minmax; off = the (x+1)/2 mapping).")
+              help="Stretch each image (real ones too) to its own min..max like the published "
+                   "test script (default generate.minmax; off = the (x+1)/2 mapping).")
 @click.option("--batch-size", type=int, default=None, help="Images per forward (default generate.batch_size).")
 @click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Pairs table (.parquet) or legacy pairs CSV (default: the dataset's pairs table, "
@@ -384,6 +384,8 @@ def generate_command(obj, checkpoints, ngf, out, minmax, batch_size, pairs_file,
       fake_images/iter_<ckpt>/fake_A/<n>@<fidA>.jpg generated B->A
       manifest.parquet                              one row per generated image, status ok/error
     A rerun skips images already ok in the manifest; a bad input becomes an error row.
+    NetG runs in a Ray actor pool of generate.concurrency actors (default: one per GPU, else
+    one CPU actor), autocast generate.dtype (auto = bf16 on GPU, fp32 on CPU), channels_last.
     Example: run_pipeline.py generate --checkpoint out/train/checkpoints --ngf 8 --out out/generated
     """
     from pipeline.weights import WeightsError
