@@ -44,6 +44,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "keypoints": "stages.keypoints:keypoints_command",
     "posemaps": "stages.posemaps:posemaps_command",
     "pairs": "stages.pairs:pairs_command",
+    "generate": "stages.generate:generate_command",
+    "transfer": "stages.generate:transfer_command",
 }
 
 

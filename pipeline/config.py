@@ -109,6 +109,7 @@ class GenerateConfig:
     channels_last: bool = True
     minmax: bool = False
     concurrency: int | None = field(default=None, metadata=_check(1))
+    pairs: str | None = None             # pairs table or legacy CSV; default: the dataset's
 
 
 @dataclass

@@ -1,0 +1,231 @@
+"""Benchmark: the generate stage vs the published test loop vs model-only NetG forward,
+on the same pairs, checkpoint size and batch size (bench/README.md, "Generation").
+
+    .venv/bin/python bench/generate.py --ngf 8 --batch-size 16 --pairs 48
+
+Prints one JSON object (images/s of each, the two ratios the issue sets goals for) and,
+when a GPU is present, the model-only GPU sweep (fp32/bf16, channels_last, batch 8..128).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.tables import DatasetLayout, read_table, write_pairs_csv  # noqa: E402
+
+NETG_GFLOP_256x176 = 144.0   # per image at ngf 64 (DESIGN 4: about 209 GFLOP at 256x256)
+
+
+def build_annotated_tree(root: Path, identities: int, poses: int) -> None:
+    """A synthetic tree with its keypoints table, npz pose maps and pairs table (the same
+    cores the annotation stages run)."""
+    from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
+    from pipeline.tables import (
+        KEYPOINTS_SCHEMA, PAIRS_SCHEMA, SPLITS, read_image_list, write_table,
+    )  # fmt: skip
+    from stages.keypoints import keypoints_from_csv
+    from stages.pairs import make_pairs
+    from stages.posemaps import write_posemap
+
+    write_synthetic_tree(root, identities=identities, poses_per_identity=poses, seed=0)
+    layout = DatasetLayout(root)
+    splits = {s: read_image_list(layout.image_list(s), root) for s in SPLITS}
+    images = pd.DataFrame([(p, s) for s, ps in splits.items() for p in ps], columns=["path", "split"])
+    kp = keypoints_from_csv(root / GROUND_TRUTH_CSV, images)
+    write_table(kp, layout.keypoints_table, KEYPOINTS_SCHEMA)
+    for r in kp.itertuples():
+        write_posemap(layout.posemap(r.split, r.file_id), r.x, r.y, r.img_h, r.img_w)
+    pairs, _ = make_pairs(kp, splits, min_valid=8)
+    write_table(pairs, layout.pairs_table, PAIRS_SCHEMA)
+
+
+# --- the published test script's approach ---------------------------------------------
+
+class PublishedPairs(torch.utils.data.Dataset):
+    """As the published dataloader: PIL images through ToTensor + Normalize, float32 npz
+    maps through ToTensor, A/B swapped for the reverse direction."""
+
+    def __init__(self, root: Path, pairs: pd.DataFrame, maps_dir: Path, reverse: bool):
+        import torchvision.transforms as T
+
+        self.root, self.pairs, self.maps_dir, self.reverse = root, pairs, maps_dir, reverse
+        self.img_tf = T.Compose([T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
+        self.map_tf = T.ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict:
+        from PIL import Image
+
+        row = self.pairs.iloc[i]
+        item = {}
+        for k in ("A", "B"):
+            item[f"img{k}"] = self.img_tf(Image.open(self.root / row[f"img{k}"]))
+            with np.load(self.maps_dir / f"{row[f'fid{k}']}.npz") as npz:
+                item[f"map{k}"] = self.map_tf(np.float32(npz["arr_0"]))
+            item[f"fid{k}"] = row[f"fid{k}"]
+        if self.reverse:
+            item = {k.replace("A", "#").replace("B", "A").replace("#", "B"): v for k, v in item.items()}
+        return item
+
+
+def published_loop(root: Path, pairs: pd.DataFrame, ckpt: Path, ngf: int, batch: int, out: Path,
+                   device: str) -> int:
+    """DataLoader, one forward per batch, each image saved inside the loop (make_grid with
+    normalize, ToPILImage, JPEG), both directions; returns the generated image count."""
+    import torchvision
+
+    from pipeline.networks import NetG
+    from pipeline.weights import load_into
+
+    net = load_into(NetG(ngf=ngf), ckpt).eval().to(device)
+    to_pil = torchvision.transforms.ToPILImage()
+    n_out = 0
+    for target, reverse in (("B", False), ("A", True)):
+        real_dir, fake_dir = out / f"real_{target}", out / f"fake_{target}"
+        real_dir.mkdir(parents=True)
+        fake_dir.mkdir(parents=True)
+        loader = torch.utils.data.DataLoader(PublishedPairs(root, pairs, DatasetLayout(root).posemap_dir("test"),
+                                                            reverse), batch_size=batch, shuffle=False)
+        n = 0
+        for data in loader:
+            with torch.no_grad():
+                fake = net(data["imgA"].to(device), torch.cat((data["mapA"], data["mapB"]), dim=1).to(device))
+            for i in range(fake.size(0)):
+                for img, d in ((data["imgB"][i], real_dir), (fake[i], fake_dir)):
+                    grid = torchvision.utils.make_grid(img.detach().cpu(), nrow=1, padding=0, normalize=True)
+                    to_pil(grid).save(d / f"{n}@{data['fidB'][i]}.jpg")
+                n += 1
+        n_out += n
+    return n_out
+
+
+# --- model-only ------------------------------------------------------------------------
+
+def model_only(ngf: int, batch: int, images: int, device: str, dtype: torch.dtype | None,
+               channels_last: bool, h: int = 256, w: int = 176) -> float:
+    """Images/s of NetG forward alone on in-memory uint8 batches (same path as the actors)."""
+    from pipeline.api import generate_uint8
+    from pipeline.networks import build_generator
+
+    net = build_generator(ngf, init=False).eval().to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+    maps = np.zeros((batch, h, w, 36), np.uint8)
+    maps[:, rng.integers(0, h, 36), rng.integers(0, w, 36), np.arange(36)] = 1
+
+    def step():
+        generate_uint8(net, img, maps, dtype=dtype, channels_last=channels_last)
+
+    step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    steps = max(1, images // batch)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def gpu_sweep(images: int) -> list[dict]:
+    rows = []
+    for dtype_name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        for cl in (False, True):
+            for batch in (8, 16, 32, 64, 128):
+                ips = model_only(64, batch, max(images, 4 * batch), "cuda", dtype, cl)
+                rows.append({"dtype": dtype_name, "channels_last": cl, "batch": batch,
+                             "images_per_s": round(ips, 1),
+                             "tflops": round(ips * NETG_GFLOP_256x176 / 1000, 1)})
+    return rows
+
+
+# --- the run -----------------------------------------------------------------------------
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_generate"), help="scratch directory (recreated)")
+    ap.add_argument("--identities", type=int, default=24)
+    ap.add_argument("--poses", type=int, default=6)
+    ap.add_argument("--pairs", type=int, default=48, help="test pairs used (x2 directions)")
+    ap.add_argument("--ngf", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each; the median is reported")
+    args = ap.parse_args()
+
+    from pipeline.api import autocast_dtype
+    from pipeline.config import Config
+    from pipeline.networks import build_generator
+    from pipeline.runtime import best_device, init_ray
+    from stages.generate import read_test_pairs, run_generate
+
+    shutil.rmtree(args.work, ignore_errors=True)
+    root = args.work / "data"
+    build_annotated_tree(root, args.identities, args.poses)
+    pairs = read_test_pairs(root).head(args.pairs)
+    pairs_csv = args.work / "bench_pairs.csv"
+    write_pairs_csv(pairs, pairs_csv)
+    ckpt = args.work / "ckpt" / "netG_1.pth"
+    ckpt.parent.mkdir()
+    torch.manual_seed(0)
+    torch.save(build_generator(args.ngf, init=False).state_dict(), ckpt)
+
+    cfg = Config()
+    cfg.dataset.root = str(root)
+    cfg.generate.ngf = args.ngf
+    cfg.generate.batch_size = args.batch_size
+    init_ray(cfg.ray)   # cluster start-up is not part of the stage's time
+    images = 2 * len(pairs)
+    device = best_device()
+    timings: dict[str, list[float]] = {"published": [], "stage": [], "model_only": []}
+    for rep in range(args.repeats):
+        out = args.work / f"published_{rep}"
+        start = time.perf_counter()
+        assert published_loop(root, pairs, ckpt, args.ngf, args.batch_size, out, device) == images
+        timings["published"].append(images / (time.perf_counter() - start))
+
+        start = time.perf_counter()
+        result = run_generate(cfg, checkpoints=[str(ckpt)], out=str(args.work / f"stage_{rep}"),
+                              pairs_file=str(pairs_csv))
+        assert result.rows_out == images and result.errors == 0, result.summary()
+        timings["stage"].append(images / (time.perf_counter() - start))
+
+        timings["model_only"].append(model_only(args.ngf, args.batch_size, images, device,
+                                                autocast_dtype(cfg.generate.dtype, device),
+                                                cfg.generate.channels_last))
+    med = {k: statistics.median(v) for k, v in timings.items()}
+    report = {
+        "device": device, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "ngf": args.ngf, "batch_size": args.batch_size, "images": images,
+        "images_per_s": {k: round(v, 2) for k, v in med.items()},
+        "runs": {k: [round(x, 2) for x in v] for k, v in timings.items()},
+        "stage_vs_published": round(med["stage"] / med["published"], 2),
+        "stage_vs_model_only": round(med["stage"] / med["model_only"], 2),
+    }
+    if torch.cuda.is_available():
+        report["gpu"] = torch.cuda.get_device_name()
+        report["gpu_model_only_ngf64"] = gpu_sweep(256)
+    else:
+        report["gpu"] = "none: GPU targets not measured"
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

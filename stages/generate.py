@@ -1,0 +1,454 @@
+"""Generate stage: every generator checkpoint over every test pair in both directions
+(A->B with map pair (A, B), B->A with (B, A)), NetG in a Ray Data actor pool, written in
+the published test-output layout with a generation manifest; reruns resume."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.runtime import StageResult
+from pipeline.tables import (
+    MANIFEST_SCHEMA, DataError, DatasetLayout, read_pairs_csv, read_table, safe_path,
+)  # fmt: skip
+
+DIRECTIONS = ("AB", "BA")
+MANIFEST = "manifest.parquet"
+TEST_SPLIT = "test"
+# Decode/encode tasks are light next to NetG: half a logical CPU lets two overlap a forward,
+# and differing from the actor's 1 CPU keeps Ray Data from fusing them into the actor.
+IO_CPUS = 0.5
+# Columns of a generation job (one output image of one checkpoint) besides the maps' sources.
+JOB_COLUMNS = ["checkpoint", "checkpoint_path", "direction", "index", "source_path", "source_id",
+               "target_path", "target_id", "real_path"]
+
+
+# --- the pure core ---------------------------------------------------------------------
+
+def real_relpath(direction: str, index: int, target_id: str) -> str:
+    """`real_images/real_B/<n>@<fidB>.jpg` (A->B) or `real_images/real_A/<n>@<fidA>.jpg`."""
+    return f"real_images/real_{direction[1]}/{index}@{target_id}.jpg"
+
+
+def fake_relpath(ckpt: str, direction: str, index: int, target_id: str) -> str:
+    return f"fake_images/iter_{ckpt}/fake_{direction[1]}/{index}@{target_id}.jpg"
+
+
+def read_test_pairs(root: str | os.PathLike, pairs_file: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The test pairs in table order: `pairs_file` (Parquet pairs table or legacy CSV), else
+    the dataset's pairs table (split test), else its legacy `test_img_pairs.csv`."""
+    layout = DatasetLayout(root)
+    if pairs_file is not None:
+        path = Path(pairs_file)
+    elif layout.pairs_table.exists():
+        path = layout.pairs_table
+    elif layout.pairs_csv(TEST_SPLIT).exists():
+        path = layout.pairs_csv(TEST_SPLIT)
+    else:
+        raise DataError(f"no pairs under {root}: neither {layout.pairs_table} nor "
+                        f"{layout.pairs_csv(TEST_SPLIT)} exists; run the pairs stage first")
+    if path.suffix.lower() == ".csv":
+        pairs = read_pairs_csv(path, root)
+    else:
+        pairs = read_table(path)
+        if "split" in pairs and (pairs["split"] != "").any():
+            pairs = pairs[pairs["split"] == TEST_SPLIT]
+    if pairs.empty:
+        raise DataError(f"{path}: no test pairs to generate")
+    return pairs.reset_index(drop=True)
+
+
+def generation_jobs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (direction, n): n is the pair's 0-based position in the table, as the
+    published test script counts it; B->A swaps the roles of A and B."""
+    n = np.arange(len(pairs))
+    frames = []
+    for direction in DIRECTIONS:
+        src, dst = ("A", "B") if direction == "AB" else ("B", "A")
+        frames.append(pd.DataFrame({
+            "direction": direction, "index": n,
+            "source_path": pairs[f"img{src}"].to_numpy(), "source_id": pairs[f"fid{src}"].to_numpy(),
+            "target_path": pairs[f"img{dst}"].to_numpy(), "target_id": pairs[f"fid{dst}"].to_numpy(),
+        }))  # fmt: skip
+    jobs = pd.concat(frames, ignore_index=True)
+    jobs["real_path"] = [real_relpath(d, i, t) for d, i, t in
+                         zip(jobs["direction"], jobs["index"], jobs["target_id"], strict=True)]
+    return jobs
+
+
+def attach_map_sources(jobs: pd.DataFrame, root: str | os.PathLike) -> pd.DataFrame:
+    """Where each job's two pose maps come from: the legacy npz when it exists, else the
+    keypoints table's row (rendered on the fly), else nothing (the job becomes an error)."""
+    layout = DatasetLayout(root)
+    fids = pd.unique(pd.concat([jobs["source_id"], jobs["target_id"]]))
+    npz = {f: str(layout.posemap(TEST_SPLIT, f)) for f in fids}
+    lacking = [f for f in fids if not os.path.exists(npz[f])]
+    keypoints: dict[str, np.ndarray] = {}
+    if lacking and layout.keypoints_table.exists():
+        table = read_table(layout.keypoints_table)
+        table = table[table["file_id"].isin(set(lacking)) & table["error"].isna()]
+        for r in table.itertuples(index=False):
+            # height, width, 18 x, 18 y: what posemap.render_map needs, in one flat array.
+            keypoints[r.file_id] = np.concatenate([[r.img_h, r.img_w], r.x, r.y]).astype(np.int32)
+    out = jobs.copy()
+    for role in ("source", "target"):
+        out[f"{role}_map"] = out[f"{role}_id"].map(npz)
+        out[f"{role}_keypoints"] = [keypoints.get(f) for f in out[f"{role}_id"]]
+    return out
+
+
+def read_manifest(out_dir: str | os.PathLike) -> pd.DataFrame:
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return MANIFEST_SCHEMA.empty_table().to_pandas()
+    return read_table(path, MANIFEST_SCHEMA)
+
+
+def pending_jobs(jobs: pd.DataFrame, manifest: pd.DataFrame, ckpt: str, out_dir: Path) -> pd.DataFrame:
+    """Jobs of `ckpt` not yet done: no ok manifest row for the same pair, or its generated or
+    real image file is gone."""
+    done = manifest[(manifest["checkpoint"] == ckpt) & (manifest["status"] == "ok")]
+    present = [(out_dir / f).is_file() and (out_dir / r).is_file()
+               for f, r in zip(done["output_path"], done["real_path"], strict=True)]
+    done = done[np.array(present, dtype=bool)]
+    key = ["direction", "index", "source_id", "target_id"]
+    merged = jobs.merge(done[key].drop_duplicates(), on=key, how="left", indicator=True)
+    return jobs[(merged["_merge"] == "left_only").to_numpy()].reset_index(drop=True)
+
+
+def merge_manifest(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """New rows replace old rows of the same (checkpoint, direction, index)."""
+    key = ["checkpoint", "direction", "index"]
+    both = pd.concat([old, new], ignore_index=True).drop_duplicates(key, keep="last")
+    return both.sort_values(key, ignore_index=True)
+
+
+def _read_map(npz_path: str, keypoints, fid: str) -> np.ndarray:
+    from pipeline.posemap import render_map
+    from stages.posemaps import load_posemap
+
+    if os.path.exists(npz_path):
+        return load_posemap(Path(npz_path))
+    if keypoints is not None:
+        h, w = int(keypoints[0]), int(keypoints[1])
+        return render_map(keypoints[2:20], keypoints[20:38], h, w)
+    raise DataError(f"pose map {npz_path} not found and no keypoints row for {fid}; "
+                    "run the posemaps (or keypoints) stage")
+
+
+def load_inputs(batch: dict[str, np.ndarray], root: str, out_dir: str, frame: tuple[int, int],
+                minmax: bool) -> dict[str, np.ndarray]:
+    """CPU task: decode the condition images and both pose maps of each job, and write the
+    real (target) image when it is not there yet. A job that fails keeps an error and
+    zero arrays, so the batch keeps its shape."""
+    from pipeline.imaging import encode_jpeg, load_rgb, to_tensor, to_uint8
+    from pipeline.tables import write_bytes_atomic
+
+    n = len(batch["index"])
+    h, w = frame
+    images = np.zeros((n, h, w, 3), np.uint8)
+    maps = None
+    errors = [""] * n   # "" = fine: an all-null column would not survive Ray's Arrow blocks
+    for i in range(n):
+        try:
+            cond = np.asarray(load_rgb(safe_path(root, batch["source_path"][i])))
+            if cond.shape[:2] != frame:
+                raise DataError(f"image is {cond.shape[0]}x{cond.shape[1]}, expected {h}x{w} "
+                                "like the rest of the test set")
+            pair = np.concatenate([
+                _read_map(batch[f"{role}_map"][i], batch[f"{role}_keypoints"][i], batch[f"{role}_id"][i])
+                for role in ("source", "target")], axis=2)  # fmt: skip
+            if pair.shape[:2] != frame:
+                raise DataError(f"pose map is {pair.shape[0]}x{pair.shape[1]}, image is {h}x{w}")
+            real = Path(out_dir) / batch["real_path"][i]
+            if not real.is_file():
+                target = load_rgb(safe_path(root, batch["target_path"][i]))
+                # The published script stretched real images too; keep them comparable.
+                arr = to_uint8(to_tensor(np.array(target)), minmax=True) if minmax else np.asarray(target)
+                write_bytes_atomic(real, encode_jpeg(arr))
+        except Exception as exc:  # noqa: BLE001 - any failure of one job is that job's error row
+            errors[i] = f"{type(exc).__name__}: {exc}"
+            continue
+        if maps is None:
+            maps = np.zeros((n, h, w, pair.shape[2]), pair.dtype)
+        images[i] = cond
+        maps[i] = pair
+    meta = {k: batch[k] for k in JOB_COLUMNS}
+    return {**meta, "image": images, "maps": maps if maps is not None else np.zeros((n, h, w, 36), np.uint8),
+            "error": np.array(errors)}
+
+
+class Generator:
+    """Ray Data actor: NetG is built once per actor; a batch's checkpoint is loaded into it
+    when it differs from the previous batch's, so all checkpoints stream through one pool."""
+
+    def __init__(self, ngf: int, dtype: str, channels_last: bool, minmax: bool, cpu_threads: int):
+        import torch
+
+        from pipeline.api import autocast_dtype
+        from pipeline.runtime import best_device
+
+        self.device = best_device()
+        if self.device == "cpu":
+            # Ray pins workers to one thread; the actor is the only heavy compute here.
+            torch.set_num_threads(cpu_threads)
+        self.ngf, self.channels_last, self.minmax = ngf, channels_last, minmax
+        self.dtype = autocast_dtype(dtype, self.device)
+        self.net = None
+        self.loaded: str | None = None
+
+    def use_checkpoint(self, path: str) -> None:
+        from pipeline.api import load_generator
+        from pipeline.weights import load_into
+
+        if path == self.loaded:
+            return
+        if self.net is None:
+            self.net = load_generator(path, self.ngf, self.device, self.channels_last)
+        else:
+            load_into(self.net, path)
+        self.loaded = path
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.api import generate_uint8
+
+        images = batch["image"]
+        fakes = np.zeros_like(images)
+        ok = batch["error"] == ""
+        for path in pd.unique(batch["checkpoint_path"][ok]):
+            rows = ok & (batch["checkpoint_path"] == path)
+            self.use_checkpoint(path)
+            fakes[rows] = generate_uint8(self.net, images[rows], batch["maps"][rows], minmax=self.minmax,
+                                         dtype=self.dtype, channels_last=self.channels_last)
+        return {**{k: batch[k] for k in JOB_COLUMNS}, "error": batch["error"], "fake": fakes}
+
+
+def write_outputs(batch: dict[str, np.ndarray], out_dir: str) -> pd.DataFrame:
+    """CPU task: encode and write the generated JPEGs; return their manifest rows."""
+    from pipeline.imaging import encode_jpeg
+    from pipeline.tables import write_bytes_atomic
+
+    rows = []
+    for i in range(len(batch["index"])):
+        ckpt, direction, index = batch["checkpoint"][i], batch["direction"][i], int(batch["index"][i])
+        target = batch["target_id"][i]
+        rel = fake_relpath(ckpt, direction, index, target)
+        error = batch["error"][i] or None
+        if error is None:
+            try:
+                write_bytes_atomic(Path(out_dir) / rel, encode_jpeg(batch["fake"][i]))
+            except OSError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        rows.append((ckpt, direction, index, batch["source_id"][i], target, batch["real_path"][i],
+                     rel, "ok" if error is None else "error", error))
+    return pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
+
+
+def frame_size(root: str | os.PathLike, paths: list[str]) -> tuple[int, int]:
+    """(H, W) of the test images: that of the first readable one. NetG needs multiples of 16."""
+    from pipeline.imaging import ImageError, load_rgb
+
+    for rel in paths:
+        try:
+            w, h = load_rgb(safe_path(root, rel)).size
+        except (ImageError, DataError):
+            continue
+        if h % 16 or w % 16:
+            raise DataError(f"test images are {h}x{w} ({rel}); NetG needs height and width "
+                            "divisible by 16 (DeepFashion frames are 256x176)")
+        return h, w
+    raise DataError(f"none of the {len(paths)} test images under {root} could be read")
+
+
+# --- the Ray wrapper -------------------------------------------------------------------
+
+def default_checkpoints(cfg: Config) -> list[str]:
+    if cfg.generate.checkpoints:
+        return list(cfg.generate.checkpoints)
+    ckpt_dir = Path(cfg.output.root) / "train" / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise DataError(f"no --checkpoint given, generate.checkpoints is empty and {ckpt_dir} does "
+                        "not exist; train first or pass --checkpoint PATH")
+    return [str(ckpt_dir)]
+
+
+def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | None = None,
+                 pairs_file: str | None = None, limit: int | None = None) -> StageResult:
+    """Generate every pending (checkpoint, direction, pair) image; see the module doc."""
+    import ray
+    from tqdm import tqdm
+
+    from pipeline.api import check_checkpoint
+    from pipeline.runtime import available_gpus, init_ray
+    from pipeline.tables import write_table
+    from pipeline.weights import checkpoint_id, expand_checkpoints
+
+    gc = cfg.generate
+    root = str(Path(cfg.dataset.root).resolve())
+    out_dir = Path(out or Path(cfg.output.root) / "generated").resolve()
+    result = StageResult("generate", outputs={"generated": str(out_dir), "manifest": str(out_dir / MANIFEST)})
+    paths = expand_checkpoints(checkpoints or default_checkpoints(cfg), cfg.weights.checkpoint_dir)
+    for path in paths:  # fail on a bad checkpoint before any work, naming the file
+        check_checkpoint(path, gc.ngf)
+    ids = [checkpoint_id(p) for p in paths]
+    if len(set(ids)) < len(ids):
+        raise DataError(f"checkpoints {[str(p) for p in paths]} repeat an id ({ids}): each id is one "
+                        "output folder fake_images/iter_<id>; pass each checkpoint once")
+
+    pairs = read_test_pairs(root, pairs_file or gc.pairs)
+    if limit is not None:
+        pairs = pairs.head(limit)
+    jobs = attach_map_sources(generation_jobs(pairs), root)
+    frame = frame_size(root, pairs["imgA"].tolist())
+    manifest = read_manifest(out_dir)
+    todo_parts = []
+    for path, ckpt in zip(paths, ids, strict=True):
+        todo = pending_jobs(jobs, manifest, ckpt, out_dir)
+        result.skipped += len(jobs) - len(todo)
+        todo_parts.append(todo.assign(checkpoint=ckpt, checkpoint_path=str(path)))
+    result.rows_in = len(jobs) * len(paths)
+    todo = pd.concat(todo_parts, ignore_index=True)
+    if not todo.empty:
+        init_ray(cfg.ray)
+        gpus = available_gpus()
+        actors = gc.concurrency or max(1, gpus)
+        cpu_threads = max(1, len(os.sched_getaffinity(0)) // actors)
+        # One block per batch: each block is one load task, one forward, one write task.
+        blocks = [todo.iloc[i:i + gc.batch_size] for i in range(0, len(todo), gc.batch_size)]
+        ds = (ray.data.from_pandas(blocks)
+              .map_batches(load_inputs, batch_size=gc.batch_size, batch_format="numpy", num_cpus=IO_CPUS,
+                           fn_kwargs=dict(root=root, out_dir=str(out_dir), frame=frame, minmax=gc.minmax))
+              .map_batches(Generator, batch_size=gc.batch_size, batch_format="numpy",
+                           compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
+                           fn_constructor_kwargs=dict(ngf=gc.ngf, dtype=gc.dtype, channels_last=gc.channels_last,
+                                                      minmax=gc.minmax, cpu_threads=cpu_threads))
+              .map_batches(write_outputs, batch_size=gc.batch_size, batch_format="numpy", num_cpus=IO_CPUS,
+                           fn_kwargs=dict(out_dir=str(out_dir))))  # fmt: skip
+        rows = []
+        try:
+            with tqdm(total=len(todo), desc=f"generate ({len(paths)} checkpoint(s))", unit="img") as bar:
+                for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                    rows.append(part)
+                    bar.update(len(part))
+        finally:  # an interrupted run still records what it wrote, so a rerun resumes there
+            if rows:
+                new = pd.concat(rows, ignore_index=True)
+                manifest = merge_manifest(manifest, new)
+                write_table(manifest, out_dir / MANIFEST, MANIFEST_SCHEMA)
+                result.rows_out = int((new["status"] == "ok").sum())
+                result.errors = int((new["status"] == "error").sum())
+    result.notes.append(f"{len(paths)} checkpoint(s) x {len(pairs)} test pairs x 2 directions -> {out_dir}")
+    if result.errors:
+        first = manifest[manifest["status"] == "error"].iloc[0]
+        result.notes.append(f"{result.errors} error row(s) in the manifest, e.g. {first['real_path']}: "
+                            f"{first['error']}")
+    return result.finish()
+
+
+# --- CLI -------------------------------------------------------------------------------
+
+@click.command("generate")
+@click.option("--checkpoint", "checkpoints", multiple=True, metavar="PATH|ID|DIR",
+              help="A netG_<iter>.pth file, an iteration id (looked up in weights.checkpoint_dir), "
+                   "or a directory (every netG_<iter>.pth in it). Repeatable. Default: "
+                   "generate.checkpoints, else every netG_*.pth in <output.root>/train/checkpoints.")
+@click.option("--ngf", type=int, default=None, help="Generator width of the checkpoints (default generate.ngf).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output directory (default <output.root>/generated).")
+@click.option("--minmax/--no-minmax", default=None,
+              help="Stretch each image (real ones too) to its own min..max like the published "
+                   "test script (default generate.minmax; off = the (x+1)/2 mapping).")
+@click.option("--batch-size", type=int, default=None, help="Images per forward (default generate.batch_size).")
+@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Pairs table (.parquet) or legacy pairs CSV (default: the dataset's pairs table, "
+                   "else test_img_pairs.csv).")
+@click.option("--limit", type=int, default=None, help="Only the first N test pairs (quick runs).")
+@click.pass_obj
+def generate_command(obj, checkpoints, ngf, out, minmax, batch_size, pairs_file, limit) -> None:
+    """Generate every test pair with one or more checkpoints, both directions.
+
+    \b
+    Inputs: the test pairs (tables/pairs.parquet, split test, or test_img_pairs.csv), the
+    images under dataset.root, pose maps test_pose_maps/<fid>.npz (rendered from
+    tables/keypoints.parquet when missing), generator checkpoints.
+    Outputs under OUT, as the published test script lays them out (n = 0-based index of the
+    pair in the pairs table, counted per direction):
+      real_images/real_B/<n>@<fidB>.jpg             target images, A->B
+      real_images/real_A/<n>@<fidA>.jpg             target images, B->A
+      fake_images/iter_<ckpt>/fake_B/<n>@<fidB>.jpg generated A->B (condition A, map pair A,B)
+      fake_images/iter_<ckpt>/fake_A/<n>@<fidA>.jpg generated B->A
+      manifest.parquet                              one row per generated image, status ok/error
+    A rerun skips images already ok in the manifest; a bad input becomes an error row.
+    NetG runs in a Ray actor pool of generate.concurrency actors (default: one per GPU, else
+    one CPU actor), autocast generate.dtype (auto = bf16 on GPU, fp32 on CPU), channels_last.
+    Example: run_pipeline.py generate --checkpoint out/train/checkpoints --ngf 8 --out out/generated
+    """
+    from pipeline.weights import WeightsError
+
+    cfg = obj.cfg
+    if ngf is not None:
+        cfg.generate.ngf = ngf
+    if minmax is not None:
+        cfg.generate.minmax = minmax
+    if batch_size is not None:
+        cfg.generate.batch_size = batch_size
+    try:
+        result = run_generate(cfg, list(checkpoints) or None, out, pairs_file, limit)
+    except (DataError, WeightsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.summary())
+
+
+@click.command("transfer")
+@click.option("--condition", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Image of the person to re-pose (any size).")
+@click.option("--reference", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Image whose pose is the target (keypoints estimated with openpifpaf).")
+@click.option("--keypoints", "keypoints_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Target keypoints file instead of --reference (format below).")
+@click.option("--condition-keypoints", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Keypoints of the condition image (default: estimated with openpifpaf).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output image path.")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Generator checkpoint netG_<iter>.pth.")
+@click.option("--ngf", type=int, default=64, show_default=True, help="Generator width of the checkpoint.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available).")
+def transfer_command(condition, reference, keypoints_file, condition_keypoints, out, checkpoint, ngf,
+                     device) -> None:
+    """Re-pose the person of one image: the condition in the pose of a reference image or
+    of given keypoints. The output has the condition's size.
+
+    \b
+    Keypoints file: JSON {"x": [18 ints], "y": [18 ints], "width": W, "height": H} in
+    OpenPose-18 order, -1 for missing, pixel coordinates of an image of size W x H
+    (width/height optional: default the condition's size); or a legacy keypoints CSV
+    (file_id,img_h,img_w,p0_x,p0_y,...,p17_y), first row used.
+    Example: run_pipeline.py transfer --condition A.jpg --reference B.jpg --out C.jpg \\
+             --checkpoint out/train/checkpoints/netG_600.pth --ngf 8
+    """
+    from PIL import Image
+
+    from pipeline.api import PoseTransfer, read_pose_file
+    from pipeline.imaging import ImageError
+    from pipeline.tables import atomic_path
+    from pipeline.weights import WeightsError
+
+    if (reference is None) == (keypoints_file is None):
+        raise click.UsageError("give exactly one of --reference IMAGE or --keypoints FILE")
+    fmt = Image.registered_extensions().get(Path(out).suffix.lower())
+    if fmt is None:
+        raise click.BadParameter(f"{out}: unknown image extension (use .jpg or .png)", param_hint="--out")
+    try:
+        target = reference if reference is not None else read_pose_file(keypoints_file)
+        cond_pose = read_pose_file(condition_keypoints) if condition_keypoints else None
+        image = PoseTransfer(checkpoint, device=device, ngf=ngf).transfer(condition, target, cond_pose)
+    except (DataError, ImageError, WeightsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    with atomic_path(out) as tmp:
+        image.save(tmp, format=fmt)
+    click.echo(f"transfer: {image.size[0]}x{image.size[1]} image written to {out}")

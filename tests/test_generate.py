@@ -1,0 +1,168 @@
+"""Generate stage: published layout, manifest, two checkpoints, resume, error rows,
+determinism, equality with a direct NetG forward, legacy inputs through the CLI."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.config import Config
+from pipeline.imaging import encode_jpeg, load_rgb, to_tensor, to_uint8
+from pipeline.networks import NetG, build_generator
+from pipeline.tables import MANIFEST_SCHEMA, DatasetLayout, read_table, write_pairs_csv
+from pipeline.weights import WeightsError, load_into
+from stages.generate import MANIFEST, generation_jobs, read_test_pairs, run_generate
+from stages.posemaps import load_posemap
+
+NGF = 4
+PAIRS = 5          # first test pairs used: enough for two batches of 4 per direction
+ITERS = (100, 200)
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("ckpt")
+    for seed, it in enumerate(ITERS):
+        torch.manual_seed(seed)
+        # PyTorch default init: the published N(0, 0.02) one gives near-constant grey images.
+        torch.save(build_generator(NGF, init=False).state_dict(), d / f"netG_{it}.pth")
+    return d
+
+
+def make_cfg(root: Path, out_root: Path) -> Config:
+    cfg = Config()
+    cfg.dataset.root = str(root)
+    cfg.output.root = str(out_root)
+    cfg.ray.num_cpus = 2
+    cfg.generate.ngf = NGF
+    cfg.generate.batch_size = 4
+    return cfg
+
+
+def files_under(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*.jpg"))}
+
+
+@pytest.fixture(scope="module")
+def two_checkpoint_run(annotated_root, ckpt_dir, ray_session, tmp_path_factory):
+    out_root = tmp_path_factory.mktemp("gen")
+    cfg = make_cfg(annotated_root, out_root)
+    cfg.generate.checkpoints = [str(ckpt_dir)]    # the default taken when no --checkpoint
+    result = run_generate(cfg, limit=PAIRS)
+    return cfg, out_root / "generated", result
+
+
+def test_jobs_swap_roles_for_b_to_a():
+    pairs = pd.DataFrame({"imgA": ["img/a.jpg"], "imgB": ["img/b.jpg"], "fidA": ["imga"], "fidB": ["imgb"]})
+    jobs = generation_jobs(pairs).set_index("direction")
+    assert (jobs.loc["AB", "source_id"], jobs.loc["AB", "target_id"]) == ("imga", "imgb")
+    assert (jobs.loc["BA", "source_id"], jobs.loc["BA", "target_id"]) == ("imgb", "imga")
+    assert jobs.loc["AB", "real_path"] == "real_images/real_B/0@imgb.jpg"
+    assert jobs.loc["BA", "real_path"] == "real_images/real_A/0@imga.jpg"
+
+
+def test_published_layout_and_complete_manifest(two_checkpoint_run, annotated_root):
+    _, out, result = two_checkpoint_run
+    pairs = read_test_pairs(annotated_root).head(PAIRS)
+    expected = set()
+    for n, p in enumerate(pairs.itertuples()):
+        expected |= {f"real_images/real_B/{n}@{p.fidB}.jpg", f"real_images/real_A/{n}@{p.fidA}.jpg"}
+        for it in ITERS:
+            expected |= {f"fake_images/iter_{it}/fake_B/{n}@{p.fidB}.jpg",
+                         f"fake_images/iter_{it}/fake_A/{n}@{p.fidA}.jpg"}
+    assert set(files_under(out)) == expected
+    manifest = read_table(out / MANIFEST, MANIFEST_SCHEMA)
+    assert len(manifest) == len(ITERS) * 2 * PAIRS == result.rows_out and result.errors == 0
+    assert (manifest["status"] == "ok").all() and manifest["error"].isna().all()
+    assert set(manifest["checkpoint"]) == {str(i) for i in ITERS}
+    assert set(manifest["output_path"]) | set(manifest["real_path"]) == expected
+    # The two checkpoints are different networks, so their images differ.
+    a = (out / manifest["output_path"].iloc[0]).read_bytes()
+    b = (out / manifest["output_path"].iloc[2 * PAIRS]).read_bytes()
+    assert a != b
+
+
+def test_rerun_skips_everything_done(two_checkpoint_run):
+    cfg, out, _ = two_checkpoint_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
+    result = run_generate(cfg, limit=PAIRS)
+    assert result.skipped == len(ITERS) * 2 * PAIRS and result.rows_out == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")} == before
+
+
+def test_generated_image_equals_direct_forward(two_checkpoint_run, annotated_root, ckpt_dir):
+    _, out, _ = two_checkpoint_run
+    manifest = read_table(out / MANIFEST)
+    net = load_into(NetG(ngf=NGF), ckpt_dir / "netG_200.pth").eval()
+    layout = DatasetLayout(annotated_root)
+    pairs = read_test_pairs(annotated_root)
+    rows = manifest[manifest["checkpoint"] == "200"].groupby("direction").head(2)
+    for r in rows.itertuples():
+        pair = pairs.iloc[r.index]
+        source = pair.imgA if r.direction == "AB" else pair.imgB
+        maps = np.concatenate([load_posemap(layout.posemap("test", f)) for f in (r.source_id, r.target_id)], 2)
+        with torch.no_grad():
+            y = net(to_tensor(np.array(load_rgb(annotated_root / source)))[None],
+                    torch.from_numpy(maps).permute(2, 0, 1).float()[None])
+        assert (out / r.output_path).read_bytes() == encode_jpeg(to_uint8(y)[0]), r.output_path
+
+
+def test_missing_image_is_an_error_row_rerun_completes_identically(
+        two_checkpoint_run, annotated_root, ckpt_dir, tmp_path, ray_session):
+    _, clean_out, _ = two_checkpoint_run
+    root = tmp_path / "data"
+    shutil.copytree(annotated_root, root)
+    pairs = read_test_pairs(root).head(PAIRS)
+    removed = pairs["imgA"].iloc[0]
+    (root / removed).rename(tmp_path / "kept.jpg")
+    cfg = make_cfg(root, tmp_path)
+    result = run_generate(cfg, checkpoints=[str(ckpt_dir / "netG_200.pth")], limit=PAIRS)
+    manifest = read_table(tmp_path / "generated" / MANIFEST)
+    fid = pairs["fidA"].iloc[0]
+    involved = (manifest["source_id"] == fid) | (manifest["target_id"] == fid)
+    assert (manifest.loc[involved, "status"] == "error").all() and result.errors == involved.sum() > 0
+    assert manifest.loc[involved, "error"].str.contains("cannot read").all()
+    assert (manifest.loc[~involved, "status"] == "ok").all() and (~involved).sum() > 0
+
+    (tmp_path / "kept.jpg").rename(root / removed)
+    again = run_generate(cfg, checkpoints=[str(ckpt_dir / "netG_200.pth")], limit=PAIRS)
+    assert again.rows_out == involved.sum() and again.skipped == (~involved).sum()
+    assert (read_table(tmp_path / "generated" / MANIFEST)["status"] == "ok").all()
+    # Same inputs, same images: the resumed run matches the clean run byte for byte.
+    clean = {k: v for k, v in files_under(clean_out).items() if "iter_100" not in k}
+    assert files_under(tmp_path / "generated") == clean
+
+
+def test_bad_checkpoint_is_named_before_any_work(annotated_root, tmp_path):
+    wide = tmp_path / "netG_7.pth"
+    torch.save(build_generator(NGF * 2).state_dict(), wide)
+    with pytest.raises(WeightsError, match=r"netG_7\.pth.*shape mismatch"):
+        run_generate(make_cfg(annotated_root, tmp_path), checkpoints=[str(wide)])
+    assert not (tmp_path / "generated").exists()
+
+
+def test_cli_legacy_pairs_csv_and_maps_rendered_from_keypoints(
+        two_checkpoint_run, annotated_root, ckpt_dir, tmp_path, ray_session):
+    """Without npz maps and without a pairs table the stage renders maps from the keypoints
+    table and reads test_img_pairs.csv: the images equal those made from the npz maps."""
+    from run_pipeline import cli
+
+    _, clean_out, _ = two_checkpoint_run
+    root = tmp_path / "data"
+    shutil.copytree(annotated_root, root, ignore=shutil.ignore_patterns("*_pose_maps", "pairs.parquet"))
+    layout = DatasetLayout(root)
+    write_pairs_csv(read_test_pairs(annotated_root).head(2), layout.pairs_csv("test"))
+    res = CliRunner().invoke(cli, [
+        "--set", f"dataset.root={root}", "--set", "ray.num_cpus=2", "generate",
+        "--checkpoint", str(ckpt_dir / "netG_100.pth"), "--ngf", str(NGF), "--out", str(tmp_path / "g")])
+    assert res.exit_code == 0, res.output
+    assert "4 in, 4 out, 0 errors" in res.output       # 2 pairs x 2 directions, 1 checkpoint
+    got, clean = files_under(tmp_path / "g"), files_under(clean_out)
+    assert len(got) == 8 and got.keys() <= clean.keys()
+    assert all(got[k] == clean[k] for k in got)
