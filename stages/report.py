@@ -18,6 +18,7 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.runtime import StageResult
 from pipeline.tables import read_table, write_bytes_atomic
+from stages.report_pipeline import stage_overview, training_figures
 from stages.evaluate import (
     PAIRS_INDEX_SCHEMA, PER_IMAGE_SCHEMA, REAL, SPECS, SUMMARY_SCHEMA, EvaluationPaths, _checkpoint_key,
 )  # fmt: skip
@@ -43,6 +44,8 @@ class Report:
     table: pd.DataFrame | None = None          # rows: checkpoint, direction, images; cols: metrics
     skipped: dict[str, str] = field(default_factory=dict)
     figures: list[tuple[str, str, bytes]] = field(default_factory=list)   # (file name, caption, png)
+    stages: list[dict[str, str]] = field(default_factory=list)            # stage, produced, errors
+    notes: list[str] = field(default_factory=list)                        # under the metrics table
     provenance: dict[str, str] = field(default_factory=dict)
 
 
@@ -69,6 +72,17 @@ def metrics_table(summary: pd.DataFrame) -> pd.DataFrame:
                           aggfunc="first").reindex(columns=metrics).fillna("–").reset_index()
     wide["order"] = wide["checkpoint"].map(lambda c: (1, 0, "") if c == REAL else (0, *_checkpoint_key(c)))
     return wide.sort_values(["order", "direction"]).drop(columns="order").reset_index(drop=True)
+
+
+def symmetric_note(summary: pd.DataFrame) -> list[str]:
+    """Explain identical A→B and B→A rows: when the test pairs hold both (a, b) and (b, a),
+    both directions generate the same set of images."""
+    ok = summary[(summary["status"] == "ok") & (summary["checkpoint"] != REAL)]
+    wide = ok.pivot_table(index=["checkpoint", "metric"], columns="direction", values="mean")
+    if {"AB", "BA"} <= set(wide.columns) and len(wide) and np.allclose(wide["AB"], wide["BA"]):
+        return ["A→B and B→A agree because the test pairs contain every pair in both orders "
+                "((a, b) and (b, a)), so both directions generate the same set of images."]
+    return []
 
 
 def grid_rows(ssim: pd.DataFrame, pairs: pd.DataFrame, ckpt: str, direction: str, k: int) -> dict[str, pd.DataFrame]:
@@ -99,6 +113,7 @@ def build_report(eval_dir: str | os.PathLike, name: str, grid_pairs: int = 3,
     for r in summary[summary["status"] == "skipped"].itertuples():
         report.skipped.setdefault(r.metric, r.reason)
     report.table = metrics_table(summary)
+    report.notes += symmetric_note(summary)
     ckpts = sorted((c for c in summary["checkpoint"].unique() if c != REAL), key=_checkpoint_key)
     scored = [m for m in SPECS if m in set(summary.loc[(summary["status"] == "ok") & (summary["checkpoint"] != REAL), "metric"])]
     if scored:
@@ -159,8 +174,14 @@ def render_html(report: Report) -> str:
                    "Rows <i>real</i>: the real target images of that direction.</p><ul class='small'>")
         out += [f"<li><b>{e(m)}</b>: {e(METRIC_NOTES[m])}</li>" for m in metrics]
         out.append("</ul>")
+        out += [f"<p class='small'>{e(n)}</p>" for n in report.notes]
     else:
         out.append("<p>No metric was scored.</p>")
+    if report.stages:
+        out.append("<h2>Pipeline stages</h2><table><tr><th>stage</th><th>produced</th><th>error rows</th></tr>")
+        out += [f"<tr><td>{e(r['stage'])}</td><td>{e(r['produced'])}</td><td>{e(r['errors'])}</td></tr>"
+                for r in report.stages]
+        out.append("</table>")
     if report.skipped:
         out.append("<h2>Skipped metrics</h2><table><tr><th>metric</th><th>reason</th></tr>")
         out += [f"<tr><td>{e(m)}</td><td>{e(r)}</td></tr>" for m, r in report.skipped.items()]
@@ -195,8 +216,12 @@ def render_markdown(report: Report, image_dir: str = "images") -> str:
         lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
         lines += ["", "mean ± std over images (n = images scored); `real`: the real target images.", ""]
         lines += [f"- **{m}**: {METRIC_NOTES[m]}" for m in cols[3:]]
+        lines += ["", *report.notes]
     else:
         lines.append("No metric was scored.")
+    if report.stages:
+        lines += ["", "## Pipeline stages", "", "| stage | produced | error rows |", "|---|---|---|"]
+        lines += [f"| {r['stage']} | {r['produced']} | {r['errors']} |" for r in report.stages]
     if report.skipped:
         lines += ["", "## Skipped metrics", "", "| metric | reason |", "|---|---|"]
         lines += [f"| {m} | {r.replace('|', '/')} |" for m, r in report.skipped.items()]
@@ -225,6 +250,8 @@ def run_report(cfg: Config, evaluation: str | os.PathLike | None = None, out: st
     eval_dir = Path(evaluation or Path(cfg.output.root) / "evaluation")
     out = Path(out or Path(cfg.output.root) / "reports" / cfg.report.name)
     report = build_report(eval_dir, cfg.report.name, cfg.report.grid_pairs, generated)
+    report.stages = stage_overview(cfg)
+    report.figures += training_figures(cfg)
     result.outputs = write_report(report, out)
     result.rows_in = int(np.sum(report.table is not None and len(report.table)))
     result.rows_out = len(report.figures)

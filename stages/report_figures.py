@@ -83,6 +83,26 @@ def ssim_histogram(ssim: pd.DataFrame, ckpts: list[str]) -> bytes:
     return _png(fig)
 
 
+def loss_plot(log: pd.DataFrame) -> bytes:
+    """Generator and discriminator losses per iteration (a rolling mean over 20 steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for column in ("g_total", "g_l1", "g_gan", "g_perceptual", "d_total"):
+        if column in log and log[column].notna().any() and log[column].abs().sum() > 0:
+            ax.plot(log["iteration"], log[column].rolling(20, min_periods=1).mean(), label=column)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (rolling mean of 20)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _tile(gen_root: Path, rel: str | None, height: int) -> Image.Image:
     """An image scaled to `height`, or a grey tile naming what is missing."""
     try:

@@ -1,0 +1,72 @@
+"""The report's pipeline overview: what every stage produced (annotations, training,
+generation) and the error rows it counted, read from the files the stages wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.tables import SPLITS, DatasetLayout
+
+
+def _reasons(errors: pd.Series, limit: int = 5) -> str:
+    """'3 (not a readable image: 2, empty file: 1)' from a column of error strings."""
+    errors = errors.dropna()
+    if errors.empty:
+        return "0"
+    top = errors.map(lambda e: str(e).split(":")[0][:60]).value_counts().head(limit)
+    return f"{len(errors)} (" + ", ".join(f"{k}: {v}" for k, v in top.items()) + ")"
+
+
+def stage_overview(cfg: Config) -> list[dict[str, str]]:
+    """One row per stage whose outputs exist: stage, what it produced, error rows."""
+    rows: list[dict[str, str]] = []
+    layout = DatasetLayout(cfg.dataset.root)
+    out = Path(cfg.output.root)
+    if layout.keypoints_table.exists():
+        kp = pd.read_parquet(layout.keypoints_table, columns=["split", "n_valid", "estimator", "error"])
+        estimators = ", ".join(sorted(kp["estimator"].dropna().unique()))
+        rows.append({"stage": "keypoints", "produced": f"{len(kp)} images, mean {kp['n_valid'].mean():.1f} "
+                     f"valid keypoints ({estimators})", "errors": _reasons(kp["error"])})
+    maps = [len(list(layout.posemap_dir(s).glob("*.npz"))) for s in SPLITS if layout.posemap_dir(s).is_dir()]
+    if maps:
+        rows.append({"stage": "posemaps", "produced": f"{sum(maps)} pose maps", "errors": "0"})
+    if layout.pairs_table.exists():
+        pairs = pd.read_parquet(layout.pairs_table, columns=["split"])
+        per = ", ".join(f"{s} {n}" for s, n in pairs["split"].value_counts().sort_index().items())
+        rows.append({"stage": "pairs", "produced": f"{len(pairs)} pairs ({per})", "errors": "0"})
+    log = out / "train" / "log.parquet"
+    if log.exists():
+        losses = pd.read_parquet(log)
+        last = losses.iloc[-1]
+        meta_path = out / "train" / "run_meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        note = "" if meta.get("perceptual_used", True) else "; perceptual term skipped (no VGG19 weights)"
+        rows.append({"stage": "train", "produced": f"{int(last['iteration'])} iterations, final L1 "
+                     f"{last['g_l1']:.4f}, G {last['g_total']:.3f}, D {last['d_total']:.3f}{note}",
+                     "errors": str(int(meta.get("skipped_pairs", 0) or 0))})
+    manifest = out / "generated" / "manifest.parquet"
+    if manifest.exists():
+        m = pd.read_parquet(manifest, columns=["checkpoint", "status", "error"])
+        rows.append({"stage": "generate", "produced": f"{int((m['status'] == 'ok').sum())} images from "
+                     f"{m['checkpoint'].nunique()} checkpoint(s)", "errors": _reasons(m["error"])})
+    return rows
+
+
+def training_figures(cfg: Config) -> list[tuple[str, str, bytes]]:
+    """The loss curves and the last training sample grid, when training ran."""
+    from stages.report_figures import loss_plot
+
+    train = Path(cfg.output.root) / "train"
+    figures = []
+    if (train / "log.parquet").exists():
+        figures.append(("train_losses.png", "Training losses per iteration",
+                        loss_plot(pd.read_parquet(train / "log.parquet"))))
+    samples = sorted((train / "samples").glob("iter_*.png"), key=lambda p: int(p.stem.split("_")[1]))
+    if samples:
+        figures.append(("train_sample.png", f"Training sample at {samples[-1].stem.replace('_', ' ')} "
+                        "(condition | target | generated)", samples[-1].read_bytes()))
+    return figures
