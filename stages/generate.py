@@ -5,6 +5,7 @@ the published test-output layout with a generation manifest; reruns resume."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import click
@@ -19,6 +20,7 @@ from pipeline.tables import (
 
 DIRECTIONS = ("AB", "BA")
 MANIFEST = "manifest.parquet"
+MANIFEST_FLUSH_S = 20   # seconds between manifest saves during a run
 TEST_SPLIT = "test"
 # Decode/encode tasks are light next to NetG: half a logical CPU lets two overlap a forward,
 # and differing from the actor's 1 CPU keeps Ray Data from fusing them into the actor.
@@ -216,6 +218,9 @@ class Generator:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline.api import generate_uint8
+        from pipeline.runtime import inject_fault
+
+        inject_fault("generate")
 
         images = batch["image"]
         fakes = np.zeros_like(images)
@@ -330,11 +335,17 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
               .map_batches(write_outputs, batch_size=gc.batch_size, batch_format="numpy", num_cpus=IO_CPUS,
                            fn_kwargs=dict(out_dir=str(out_dir))))  # fmt: skip
         rows = []
+        flushed = time.monotonic()
         try:
             with tqdm(total=len(todo), desc=f"generate ({len(paths)} checkpoint(s))", unit="img") as bar:
                 for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
                     rows.append(part)
                     bar.update(len(part))
+                    if time.monotonic() - flushed > MANIFEST_FLUSH_S:
+                        # A killed driver loses at most this much of the record.
+                        write_table(merge_manifest(manifest, pd.concat(rows, ignore_index=True)),
+                                    out_dir / MANIFEST, MANIFEST_SCHEMA)
+                        flushed = time.monotonic()
         finally:  # an interrupted run still records what it wrote, so a rerun resumes there
             if rows:
                 new = pd.concat(rows, ignore_index=True)

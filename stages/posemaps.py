@@ -52,6 +52,9 @@ class PosemapJob:
 def write_posemaps(job: PosemapJob, sigma: float | None) -> int:
     """Write a batch of maps; returns how many present keypoints fell outside their image
     (they are treated as missing)."""
+    from pipeline.runtime import inject_fault
+
+    inject_fault("posemaps")
     outside = 0
     for path, x, y, h, w in zip(job.paths, job.x, job.y, job.heights, job.widths, strict=True):
         write_posemap(Path(path), x, y, int(h), int(w), sigma)

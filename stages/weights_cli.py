@@ -23,25 +23,12 @@ def weight_rows(weights_dir: str | None, checkpoint_dirs: list[Path]) -> list[di
             "size": found.stat().st_size if found else None,
             "sha256": file_sha256(found) if found else None,
         })  # fmt: skip
-    rows.append(_openpifpaf_row())
     for d in checkpoint_dirs:
         for path in sorted(d.glob("netG_*.pth")) if d.is_dir() else []:
             rows.append({"name": f"netG {path.stem[5:]}", "used_for": "generate: NetG checkpoint",
                          "file": path.name, "where": str(d), "path": str(path),
                          "size": path.stat().st_size, "sha256": file_sha256(path)})
     return rows
-
-
-def _openpifpaf_row() -> dict:
-    """openpifpaf resolves its own checkpoints (torch hub cache, by checkpoint name)."""
-    from pipeline.weights import file_sha256, torch_cache_dir
-
-    folder = torch_cache_dir() / "hub" / "checkpoints"
-    found = sorted(folder.glob("shufflenetv2k16*")) if folder.is_dir() else []
-    path = found[0] if found else None
-    return {"name": "openpifpaf", "used_for": "keypoints, PCKh: openpifpaf shufflenetv2k16",
-            "file": "shufflenetv2k16-*.pkl", "where": str(folder), "path": str(path) if path else None,
-            "size": path.stat().st_size if path else None, "sha256": file_sha256(path) if path else None}
 
 
 @click.group("weights")
@@ -68,11 +55,11 @@ def status(obj) -> None:
     missing = 0
     for r in rows:
         if r["path"]:
-            click.echo(f"present  {r['name']:<14} {r['used_for']}\n         {r['path']}  "
+            click.echo(f"present  {r['name']:<15} {r['used_for']}\n         {r['path']}  "
                        f"{r['size'] / 1e6:.1f} MB  sha256 {r['sha256']}")
         else:
             missing += 1
-            click.echo(f"MISSING  {r['name']:<14} {r['used_for']}\n         {r['file']} looked for in {r['where']}")
+            click.echo(f"MISSING  {r['name']:<15} {r['used_for']}\n         {r['file']} looked for in {r['where']}")
     click.echo(f"{len(rows) - missing} present, {missing} missing")
     if missing:
         raise SystemExit(1)
