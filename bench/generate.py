@@ -32,25 +32,11 @@ NETG_GFLOP_256x176 = 144.0   # per image at ngf 64 (DESIGN 4: about 209 GFLOP at
 def build_annotated_tree(root: Path, identities: int, poses: int) -> None:
     """A synthetic tree with its keypoints table, npz pose maps and pairs table (the same
     cores the annotation stages run)."""
-    from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
-    from pipeline.tables import (
-        KEYPOINTS_SCHEMA, PAIRS_SCHEMA, SPLITS, read_image_list, write_table,
-    )  # fmt: skip
-    from stages.keypoints import keypoints_from_csv
-    from stages.pairs import make_pairs
-    from stages.posemaps import write_posemap
+    from pipeline.synthetic import write_synthetic_tree
+    from stages.ground_truth import annotate_from_ground_truth
 
     write_synthetic_tree(root, identities=identities, poses_per_identity=poses, seed=0)
-    layout = DatasetLayout(root)
-    splits = {s: read_image_list(layout.image_list(s), root) for s in SPLITS}
-    images = pd.DataFrame([(p, s) for s, ps in splits.items() for p in ps], columns=["path", "split"])
-    kp = keypoints_from_csv(root / GROUND_TRUTH_CSV, images)
-    write_table(kp, layout.keypoints_table, KEYPOINTS_SCHEMA)
-    for r in kp.itertuples():
-        write_posemap(layout.posemap(r.split, r.file_id), r.x, r.y, r.img_h, r.img_w)
-    pairs, _ = make_pairs(kp, splits, min_valid=8)
-    write_table(pairs, layout.pairs_table, PAIRS_SCHEMA)
-
+    annotate_from_ground_truth(root)
 
 # --- the published test script's approach ---------------------------------------------
 

@@ -27,24 +27,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 def annotated_synthetic_tree(root: Path, identities: int = 40, poses: int = 6) -> Path:
     """A synthetic tree annotated from its ground truth, as the test fixture does."""
-    from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
-    from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, SPLITS, read_image_list, write_table
-    from stages.keypoints import keypoints_from_csv
-    from stages.pairs import make_pairs
-    from stages.posemaps import write_posemap
+    from pipeline.synthetic import write_synthetic_tree
+    from stages.ground_truth import annotate_from_ground_truth
 
-    layout = DatasetLayout(root)
-    if layout.pairs_table.exists():
+    if DatasetLayout(root).pairs_table.exists():
         return root
     write_synthetic_tree(root, identities, poses, seed=0)
-    splits = {s: read_image_list(layout.image_list(s), root) for s in SPLITS}
-    images = pd.DataFrame([(p, s) for s, ps in splits.items() for p in ps], columns=["path", "split"])
-    kp = keypoints_from_csv(root / GROUND_TRUTH_CSV, images)
-    write_table(kp, layout.keypoints_table, KEYPOINTS_SCHEMA)
-    for r in kp.itertuples():
-        write_posemap(layout.posemap(r.split, r.file_id), r.x, r.y, r.img_h, r.img_w)
-    pairs, _ = make_pairs(kp, splits, min_valid=8)
-    write_table(pairs, layout.pairs_table, PAIRS_SCHEMA)
+    annotate_from_ground_truth(root)
     return root
 
 

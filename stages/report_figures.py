@@ -31,14 +31,9 @@ def _ckpt_positions(ckpts: list[str]) -> tuple[list, bool]:
 
 def metrics_plot(summary: pd.DataFrame, metrics: list[str], ckpts: list[str]) -> bytes:
     """One panel per metric: its value at each checkpoint, one line per direction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cols = min(3, len(metrics))
     rows = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     xs, numeric = _ckpt_positions(ckpts)
     for ax, metric in zip(axes.flat, metrics, strict=False):
         for direction, (colour, style, label) in DIRECTION_STYLE.items():
@@ -62,45 +57,43 @@ def metrics_plot(summary: pd.DataFrame, metrics: list[str], ckpts: list[str]) ->
     return _png(fig)
 
 
-def ssim_histogram(ssim: pd.DataFrame, ckpts: list[str]) -> bytes:
-    """Per-image SSIM distribution of each checkpoint (both directions together)."""
+def _subplots(*args, **kwargs):
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")   # headless: reports are rendered on cluster nodes without a display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    return plt.subplots(*args, **kwargs)
+
+
+def _single_panel_png(fig, ax, xlabel: str, ylabel: str) -> bytes:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def ssim_histogram(ssim: pd.DataFrame, ckpts: list[str]) -> bytes:
+    """Per-image SSIM distribution of each checkpoint (both directions together)."""
+    fig, ax = _subplots(figsize=(7, 3.2))
     ok = ssim[ssim["error"].isna()]
     bins = np.linspace(min(0.0, ok["value"].min()), 1.0, 41)
     for c in ckpts:
         values = ok.loc[ok["checkpoint"] == c, "value"]
         ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"iter {c} (n={len(values)})")
-    ax.set_xlabel("SSIM per image")
-    ax.set_ylabel("images")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _png(fig)
+    return _single_panel_png(fig, ax, "SSIM per image", "images")
 
 
 def loss_plot(log: pd.DataFrame) -> bytes:
     """Generator and discriminator losses per iteration (a rolling mean over 20 steps)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = _subplots(figsize=(7, 3.2))
     for column in ("g_total", "g_l1", "g_gan", "g_perceptual", "d_total"):
         if column in log and log[column].notna().any() and log[column].abs().sum() > 0:
             ax.plot(log["iteration"], log[column].rolling(20, min_periods=1).mean(), label=column)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (rolling mean of 20)")
     ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _png(fig)
+    return _single_panel_png(fig, ax, "iteration", "loss (rolling mean of 20)")
 
 
 def _tile(gen_root: Path, rel: str | None, height: int) -> Image.Image:

@@ -50,25 +50,9 @@ def annotated_root(synth_root, tmp_path_factory) -> Path:
     keypoints table (ground truth imported), pose maps and the pairs table. Read-only."""
     import shutil
 
-    import pandas as pd
-
-    from pipeline.synthetic import GROUND_TRUTH_CSV
-    from pipeline.tables import (
-        KEYPOINTS_SCHEMA, PAIRS_SCHEMA, SPLITS, DatasetLayout, read_image_list, write_table,
-    )  # fmt: skip
-    from stages.keypoints import keypoints_from_csv
-    from stages.pairs import make_pairs
-    from stages.posemaps import write_posemap
+    from stages.ground_truth import annotate_from_ground_truth
 
     root = tmp_path_factory.mktemp("annotated") / "data"
     shutil.copytree(synth_root, root)
-    layout = DatasetLayout(root)
-    splits = {s: read_image_list(layout.image_list(s), root) for s in SPLITS}
-    images = pd.DataFrame([(p, s) for s, ps in splits.items() for p in ps], columns=["path", "split"])
-    kp = keypoints_from_csv(root / GROUND_TRUTH_CSV, images)
-    write_table(kp, layout.keypoints_table, KEYPOINTS_SCHEMA)
-    for r in kp.itertuples():
-        write_posemap(layout.posemap(r.split, r.file_id), r.x, r.y, r.img_h, r.img_w)
-    pairs, _ = make_pairs(kp, splits, min_valid=8)
-    write_table(pairs, layout.pairs_table, PAIRS_SCHEMA)
+    annotate_from_ground_truth(root)
     return root
