@@ -34,10 +34,20 @@ def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
 
         kwargs["runtime_env"] = {"py_modules": [os.path.dirname(pipeline.__file__),
                                                 os.path.dirname(stages.__file__)]}
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=ray_cfg.num_cpus, num_gpus=ray_cfg.num_gpus, **kwargs)
+        # Workers log errors only (all levels with --verbose): Ray Train's controller actors
+        # otherwise print a line every few seconds. Stages report to the driver instead.
+        root = logging.getLogger()
+        level, handlers = root.level, list(root.handlers)
+        worker_level = "DEBUG" if level <= logging.DEBUG else "ERROR"
+        kwargs["logging_config"] = ray.LoggingConfig(log_level=worker_level)
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=ray_cfg.num_cpus, num_gpus=ray_cfg.num_gpus, **kwargs)
+        finally:  # the driver keeps the CLI's logging set-up
+            root.handlers[:] = handlers
+            root.setLevel(level)
         _quiet_ray_data()
     return ray.cluster_resources()
 
