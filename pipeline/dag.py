@@ -237,10 +237,8 @@ def plan_run(only: str | None = None, start: str | None = None, force: tuple[str
 
 
 def run_dag(cfg: Config, plan: RunPlan, echo: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run the planned stages in order; returns this run's manifest rows."""
-    from pipeline.runtime import init_ray
-
-    init_ray(cfg.ray)
+    """Run the planned stages in order; returns this run's manifest rows. Stages start Ray
+    themselves when they have work, so an up-to-date run never starts it."""
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     cfg_hash, packages = cfg.hash(), json.dumps(package_versions(), sort_keys=True)
     rows: list[dict[str, Any]] = []
