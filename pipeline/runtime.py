@@ -15,6 +15,13 @@ from pipeline.config import Config, RayConfig
 log = logging.getLogger(__name__)
 
 
+# glibc returns freed memory to the OS eagerly and serves MB-sized arrays with mmap, so
+# per-image numpy work (SSIM windows, map decoding) page-faults its buffers in again and
+# again: skimage's SSIM measured 8.8 ms/pair in a fresh process, 3.0 ms with these settings.
+# Workers keep up to 128 MB of freed heap instead.
+WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+
+
 def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
     """Start a local Ray (default) or join `ray_cfg.address` / $RAY_ADDRESS; reuse an
     existing session. Returns the cluster resources."""
@@ -32,8 +39,10 @@ def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
         import pipeline
         import stages
 
-        kwargs["runtime_env"] = {"py_modules": [os.path.dirname(pipeline.__file__),
-                                                os.path.dirname(stages.__file__)]}
+        kwargs["runtime_env"] = {
+            "py_modules": [os.path.dirname(pipeline.__file__), os.path.dirname(stages.__file__)],
+            "env_vars": WORKER_MALLOC_ENV,
+        }
         # Workers log errors only (all levels with --verbose): Ray Train's controller actors
         # otherwise print a line every few seconds. Stages report to the driver instead.
         root = logging.getLogger()
