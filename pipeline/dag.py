@@ -11,7 +11,6 @@ import importlib
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 import uuid
@@ -24,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.config import Config
-from pipeline.runtime import StageResult
+from pipeline.runtime import StageResult, package_versions
 from pipeline.tables import DatasetLayout, atomic_path, write_table
 
 log = logging.getLogger(__name__)
@@ -100,8 +99,8 @@ def _checkpoints_dir(cfg: Config) -> Path:
 
 def _generate_inputs(cfg: Config) -> list[Path]:
     ckpts = [Path(c) for c in cfg.generate.checkpoints] or [_checkpoints_dir(cfg)]
-    return [_layout(cfg).pairs_table, _layout(cfg).keypoints_table,
-            *(_layout(cfg).posemap_dir(s) for s in ("test",)), *ckpts]
+    layout = _layout(cfg)
+    return [layout.pairs_table, layout.keypoints_table, layout.posemap_dir("test"), *ckpts]
 
 
 def _train_needed(cfg: Config) -> str | None:
@@ -201,19 +200,6 @@ def stored_fingerprint(stage: Stage, cfg: Config) -> str | None:
 
 def up_to_date(stage: Stage, cfg: Config, fp: str) -> bool:
     return stored_fingerprint(stage, cfg) == fp and all(p.exists() for p in stage.outputs(cfg))
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "torchvision", "ray", "openpifpaf-vita", "pyarrow", "pandas", "numpy",
-                "scikit-image", "lpips"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 # --- running -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,20 @@ def available_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages results depend on, for run manifests and reports."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "ray", "openpifpaf-vita", "pyarrow", "pandas", "numpy",
+                "scikit-image", "lpips"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
 
 
 def best_device() -> str:

@@ -153,6 +153,11 @@ def file_id(rel_path: str) -> str:
     return stem.replace("/", "")
 
 
+def checkpoint_sort_key(ckpt_id: str) -> tuple:
+    """Order checkpoint ids (iterations) numerically, non-numeric ids after them by name."""
+    return (0, int(ckpt_id), "") if ckpt_id.isdigit() else (1, 0, ckpt_id)
+
+
 def identity_group(rel_path: str) -> str:
     """Identity folder of an image: img/MEN/Denim/id_00000080/x.jpg -> MEN/Denim/id_00000080."""
     parts = PurePosixPath(rel_path.replace("\\", "/")).parts

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.tables import checkpoint_sort_key
+
 
 class WeightsError(RuntimeError):
     """A weight file is missing, unsafe or does not fit the network."""
@@ -99,7 +101,7 @@ def expand_checkpoints(refs: list[str], checkpoint_dir: str | os.PathLike | None
         if p.is_dir():
             found = sorted(
                 (q for q in p.iterdir() if CHECKPOINT_RE.match(q.name)),
-                key=lambda q: int(checkpoint_id(q)),
+                key=lambda q: checkpoint_sort_key(checkpoint_id(q)),
             )
             if not found:
                 raise WeightsError(f"no netG_<iter>.pth files in directory {p}")

@@ -19,8 +19,8 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.config import Config
-from pipeline.runtime import StageResult, init_ray
-from pipeline.tables import read_table, write_csv, write_table
+from pipeline.runtime import StageResult, init_ray, package_versions
+from pipeline.tables import checkpoint_sort_key, read_table, write_csv, write_table
 
 METRICS = ("ssim", "psnr", "is", "ds", "pckh", "lpips", "fid")
 LPIPS_METRICS = ("lpips_alex", "lpips_vgg", "lpips_squeeze")
@@ -110,10 +110,6 @@ def expand_metrics(names: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _checkpoint_key(ckpt: str) -> tuple:
-    return (0, int(ckpt), "") if ckpt.isdigit() else (1, 0, ckpt)
-
-
 def scan_generated(gen_root: str | os.PathLike) -> pd.DataFrame:
     """Pairs of a published-layout directory, matched by file name: one row per generated
     image with its real target and the condition image of the same index n.
@@ -134,7 +130,7 @@ def scan_generated(gen_root: str | os.PathLike) -> pd.DataFrame:
         names = sorted(p.name for p in folder.glob("*.jpg")) if folder.is_dir() else []
         by_index[side] = {m.group(1): n for n in names if (m := NAME_RE.match(n))}
     rows = []
-    for ckpt_dir in sorted(fake_root.iterdir(), key=lambda p: _checkpoint_key(p.name[5:])):
+    for ckpt_dir in sorted(fake_root.iterdir(), key=lambda p: checkpoint_sort_key(p.name[5:])):
         m = CKPT_RE.match(ckpt_dir.name)
         if not (m and ckpt_dir.is_dir()):
             continue
@@ -378,7 +374,7 @@ def _mean_of(summary: pd.DataFrame, ckpt: str, direction: str, metric: str) -> f
 def legacy_tables(summary: pd.DataFrame, per_image: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The published score CSVs, one row per checkpoint (fake_A = direction BA, fake_B = AB).
     A CSV is produced only when all its metrics were scored: a skipped metric leaves it absent."""
-    ckpts = sorted(set(summary.loc[summary["checkpoint"] != REAL, "checkpoint"]), key=_checkpoint_key)
+    ckpts = sorted(set(summary.loc[summary["checkpoint"] != REAL, "checkpoint"]), key=checkpoint_sort_key)
     scored = set(summary.loc[summary["status"] == "ok", "metric"])
     out = {}
     for metric, fname in LEGACY_FILES.items():
@@ -475,7 +471,7 @@ class _Collector:
 
 def _sort_key(col: pd.Series) -> pd.Series:
     if col.name == "checkpoint":
-        return col.map(_checkpoint_key)
+        return col.map(checkpoint_sort_key)
     if col.name == "name":
         return col.map(_name_order)
     return col
@@ -578,18 +574,6 @@ def checkpoint_files(ckpts: list[str], cfg: Config) -> dict[str, dict]:
     return out
 
 
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("torch", "torchvision", "ray", "numpy", "scikit-image", "lpips", "openpifpaf-vita", "pandas"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
                  metrics: list[str] | None = None) -> StageResult:
     """Score a published-layout generation directory into `out` (default O/evaluation)."""
@@ -638,7 +622,7 @@ def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: s
             write_csv(legacy[fname], paths.root / fname, list(legacy[fname].columns))
         elif (paths.root / fname).exists():
             (paths.root / fname).unlink()   # a stale CSV would contradict the skip
-    ckpts = sorted(pairs["checkpoint"].unique(), key=_checkpoint_key)
+    ckpts = sorted(pairs["checkpoint"].unique(), key=checkpoint_sort_key)
     meta = {
         "generated": str(gen_root), "metrics": names, "network_weights": mode,
         "skipped": skipped, "checkpoints": ckpts, "checkpoint_files": checkpoint_files(ckpts, cfg),

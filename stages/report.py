@@ -17,10 +17,10 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.runtime import StageResult
-from pipeline.tables import read_table, write_bytes_atomic
+from pipeline.tables import checkpoint_sort_key, read_table, write_bytes_atomic
 from stages.report_pipeline import stage_overview, training_figures
 from stages.evaluate import (
-    PAIRS_INDEX_SCHEMA, PER_IMAGE_SCHEMA, REAL, SPECS, SUMMARY_SCHEMA, EvaluationPaths, _checkpoint_key,
+    PAIRS_INDEX_SCHEMA, PER_IMAGE_SCHEMA, REAL, SPECS, SUMMARY_SCHEMA, EvaluationPaths,
 )  # fmt: skip
 
 METRIC_NOTES = {
@@ -70,7 +70,7 @@ def metrics_table(summary: pd.DataFrame) -> pd.DataFrame:
     ok = ok.assign(cell=ok.apply(format_cell, axis=1))
     wide = ok.pivot_table(index=["checkpoint", "direction", "images"], columns="metric", values="cell",
                           aggfunc="first").reindex(columns=metrics).fillna("–").reset_index()
-    wide["order"] = wide["checkpoint"].map(lambda c: (1, 0, "") if c == REAL else (0, *_checkpoint_key(c)))
+    wide["order"] = wide["checkpoint"].map(lambda c: (1, 0, "") if c == REAL else (0, *checkpoint_sort_key(c)))
     return wide.sort_values(["order", "direction"]).drop(columns="order").reset_index(drop=True)
 
 
@@ -114,7 +114,7 @@ def build_report(eval_dir: str | os.PathLike, name: str, grid_pairs: int = 3,
         report.skipped.setdefault(r.metric, r.reason)
     report.table = metrics_table(summary)
     report.notes += symmetric_note(summary)
-    ckpts = sorted((c for c in summary["checkpoint"].unique() if c != REAL), key=_checkpoint_key)
+    ckpts = sorted((c for c in summary["checkpoint"].unique() if c != REAL), key=checkpoint_sort_key)
     scored = [m for m in SPECS if m in set(summary.loc[(summary["status"] == "ok") & (summary["checkpoint"] != REAL), "metric"])]
     if scored:
         report.figures.append(("metrics.png", "Each metric across checkpoints (band: ± std over images)",

@@ -254,7 +254,9 @@ def build_nets(tc: TrainConfig, device: str = "cpu") -> Nets:
 def autocast_for(tc: TrainConfig, device: str):
     import torch
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.autocast)
+    from pipeline.api import AUTOCAST_DTYPES
+
+    dtype = AUTOCAST_DTYPES[tc.autocast]
     return torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype is not None)
 
 
