@@ -24,6 +24,9 @@ mapfile -t opp < <(section openpifpaf)
 "${pip[@]}" --no-build-isolation "${opp[@]}"
 mapfile -t runtime < <(section runtime)
 "${pip[@]}" "${runtime[@]}"
+# Installed without their declared dependencies (mediapipe's would downgrade numpy below 2).
+mapfile -t nodeps < <(section nodeps)
+"${pip[@]}" --no-deps "${nodeps[@]}"
 "${pip[@]}" --no-deps -e .
-"$VENV/bin/python" -c "import torch, torchvision, openpifpaf, ray; print('bootstrap: torch', torch.__version__, 'torchvision', torchvision.__version__, 'openpifpaf', openpifpaf.__version__, 'ray', ray.__version__)" >&2
+"$VENV/bin/python" -c "import torch, torchvision, openpifpaf, ray, mediapipe, pytorch_fid; print('bootstrap: torch', torch.__version__, 'torchvision', torchvision.__version__, 'openpifpaf', openpifpaf.__version__, 'ray', ray.__version__)" >&2
 echo "$want" > "$STAMP"
