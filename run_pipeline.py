@@ -1,7 +1,10 @@
-"""Command line for the pose-transfer pipeline: one subcommand per stage.
+"""Command line for the pose-transfer pipeline: one subcommand per stage, `run` for the DAG.
 
-Global options come before the subcommand:
-  run_pipeline.py [--config FILE] [--set section.key=value]... [--address ADDR] [--verbose] COMMAND
+The config options (--config, --set, --address, --verbose) are accepted before or after
+the subcommand:
+  run_pipeline.py [OPTIONS] COMMAND [ARGS]...   or   run_pipeline.py COMMAND [ARGS]... [OPTIONS]
+Errors of the input (config, data, weights) print one paragraph and exit with code 2; the
+traceback only with --verbose.
 """
 
 from __future__ import annotations
@@ -13,79 +16,176 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import Config, load_config
+from pipeline.errors import PipelineError
+from stages import STAGE_NAMES
+
+REPO = Path(__file__).resolve().parent
 
 
 class PipelineContext:
-    def __init__(self, config_path: str | None, overrides: tuple[str, ...], address: str | None):
-        self.config_path = config_path
-        self.overrides = list(overrides)
-        if address:
-            self.overrides.append(f"ray.address={address}")
+    """What the config options collected; the config is loaded once, on first use."""
+
+    def __init__(self) -> None:
+        self.config_path: str | None = None
+        self.overrides: list[str] = []
+        self.verbose = False
         self._cfg: Config | None = None
 
     @property
     def cfg(self) -> Config:
         if self._cfg is None:
-            try:
-                self._cfg = load_config(self.config_path, self.overrides)
-            except ConfigError as exc:
-                raise click.UsageError(str(exc)) from None
+            self._cfg = load_config(self.config_path, self.overrides)
         return self._cfg
 
+    def override(self, *items: str) -> None:
+        """Add `section.key=value` overrides; they apply to the config loaded next."""
+        self.overrides.extend(items)
+        self._cfg = None
 
-# Stage commands live beside their stage (stages/<name>.py) and load only when invoked,
-# so `--help` stays fast and a stage's heavy imports never slow down another.
-LAZY_COMMANDS: dict[str, str] = {
-    "train": "stages.train:train_command",
-    "evaluate": "stages.evaluate:evaluate_command",
-    "report": "stages.report:report_command",
-    "weights": "stages.weights_cli:weights_group",
-    "keypoints": "stages.keypoints:keypoints_command",
-    "posemaps": "stages.posemaps:posemaps_command",
-    "pairs": "stages.pairs:pairs_command",
-    "generate": "stages.generate:generate_command",
-    "transfer": "stages.generate:transfer_command",
+
+def _set_config(ctx: click.Context, _param, value):
+    if value is not None:
+        ctx.ensure_object(PipelineContext).config_path = value
+
+
+def _set_overrides(ctx: click.Context, _param, value):
+    ctx.ensure_object(PipelineContext).override(*value)
+
+
+def _set_address(ctx: click.Context, _param, value):
+    if value:
+        ctx.ensure_object(PipelineContext).override(f"ray.address={value}")
+
+
+def _set_verbose(ctx: click.Context, _param, value):
+    if value:
+        ctx.ensure_object(PipelineContext).verbose = True
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
+def config_options() -> list[click.Option]:
+    """The options every command accepts (fresh objects: click options hold parse state)."""
+    return [
+        click.Option(["--config", "config_path"], type=click.Path(dir_okay=False), expose_value=False,
+                     callback=_set_config, is_eager=True,
+                     help="YAML config (configs/demo.yaml, configs/deepfashion.yaml); "
+                          "defaults apply without it."),
+        click.Option(["--set", "overrides"], multiple=True, metavar="KEY=VALUE", expose_value=False,
+                     callback=_set_overrides,
+                     help="Override a config field, e.g. --set train.iterations=200 (repeatable)."),
+        click.Option(["--address"], default=None, expose_value=False, callback=_set_address,
+                     help="Ray cluster to join (host:port, ray://head:10001); default: start a "
+                          "local Ray. Also ray.address or $RAY_ADDRESS."),
+        click.Option(["--verbose", "-v"], is_flag=True, expose_value=False, callback=_set_verbose,
+                     help="Debug logging, and tracebacks for input errors."),
+    ]
+
+
+# Stage commands live beside their stage and load only when invoked; their one-line help is
+# here so that the top-level --help imports no stage (a test keeps both in step).
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "keypoints": ("stages.keypoints:keypoints_command",
+                  "OpenPose-18 keypoints for every image of dataset.root."),
+    "posemaps": ("stages.posemaps:posemaps_command",
+                 "Pose maps from the keypoints table (tables/keypoints.parquet of dataset.root)."),
+    "pairs": ("stages.pairs:pairs_command",
+              "Train/test pairs from the keypoints table and the image lists of dataset.root."),
+    "train": ("stages.train:train_command",
+              "Train NetG/NetD on the train pairs of dataset.root with Ray Train (DDP)."),
+    "generate": ("stages.generate:generate_command",
+                 "Generate every test pair with one or more checkpoints, both directions."),
+    "evaluate": ("stages.evaluate:evaluate_command",
+                 "Score generated images: SSIM, PSNR, IS, DS, PCKh, LPIPS, FID for every checkpoint."),
+    "report": ("stages.report:report_command",
+               "Write report.html (self-contained, opens offline) and report.md from an evaluation."),
+    "weights": ("stages.weights_cli:weights_group",
+                "Network weights: list what is present (`status`) and fetch what is missing (`fetch`)."),
+    "run": ("stages.dag_cli:run_command", "Run the whole pipeline DAG, doing only what changed."),
+    "status": ("stages.dag_cli:status_command",
+               "Say, per stage, whether it is up to date and why it would run."),
+    "clean": ("stages.dag_cli:clean_command",
+              "Delete outputs that reruns moved aside (OUT/<stage>.prev/<run id>/)."),
+    "demo": ("stages.dag_cli:demo_command", "The whole pipeline on embedded synthetic data, end to end."),
+    "transfer": ("stages.transfer_cli:transfer_command",
+                 "Re-pose the person of one image (condition) in the pose of a reference image."),
 }
 
 
-class LazyGroup(click.Group):
+def _with_config_options(cmd: click.Command) -> click.Command:
+    names = {p.name for p in cmd.params}
+    cmd.params.extend(o for o in config_options() if o.name not in names)
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            _with_config_options(sub)
+    return cmd
+
+
+class PipelineGroup(click.Group):
+    """Loads stage commands lazily, gives every command the config options, and turns the
+    pipeline's input errors into a message and exit code 2."""
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in LAZY_COMMANDS:
-            module, attr = LAZY_COMMANDS[name].split(":")
-            return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, name)
+            module, attr = LAZY_COMMANDS[name][0].split(":")
+            return _with_config_options(getattr(importlib.import_module(module), attr))
+        cmd = super().get_command(ctx, name)
+        return _with_config_options(cmd) if cmd is not None else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, LAZY_COMMANDS[name][1] if name in LAZY_COMMANDS
+                 else self.commands[name].get_short_help_str(limit=90))
+                for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PipelineError as exc:
+            if ctx.ensure_object(PipelineContext).verbose:
+                raise
+            click.echo(f"Error: {_message(exc)}", err=True)
+            ctx.exit(2)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="YAML config (configs/demo.yaml, configs/deepfashion.yaml). Defaults apply without it.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config field, e.g. --set train.iterations=200 (repeatable).")
-@click.option("--address", envvar="RAY_ADDRESS", default=None,
-              help="Ray cluster address to join (default: start a local Ray). Also $RAY_ADDRESS.")
-@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+def _message(exc: PipelineError) -> str:
+    # An error raised in a Ray worker arrives wrapped; its cause holds the plain message.
+    cause = getattr(exc, "cause", None)
+    return str(cause if isinstance(cause, PipelineError) else exc)
+
+
+@click.group(cls=PipelineGroup, params=config_options(),
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.pass_context
-def cli(ctx: click.Context, config_path, overrides, address, verbose) -> None:
+def cli(ctx: click.Context) -> None:
     """Ray pipeline for multi-scale attention guided pose transfer.
 
     Stages read and write Parquet tables plus the published legacy files, so outputs
     are interchangeable with the published scripts. Quick start: `make demo`.
+    Stages, in DAG order: {stages}.
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = PipelineContext(config_path, overrides, address)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    obj = ctx.ensure_object(PipelineContext)
+    if obj.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
+cli.help = cli.help.replace("{stages}", " -> ".join(STAGE_NAMES))
 
 
 @cli.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Dataset root to create (img/ tree, image lists, ground truth CSV).")
-@click.option("--identities", type=int, default=None, help="Identity folders (default: synth.identities).")
-@click.option("--poses-per-identity", type=int, default=None, help="Images per identity (default: synth.poses_per_identity).")
-@click.option("--seed", type=int, default=None, help="Random seed; the same seed gives byte-identical files.")
+@click.option("--identities", type=click.IntRange(2), default=None,
+              help="Identity folders (default: synth.identities).")
+@click.option("--poses-per-identity", type=click.IntRange(2), default=None,
+              help="Images per identity (default: synth.poses_per_identity).")
+@click.option("--seed", type=int, default=None,
+              help="Random seed; the same seed gives byte-identical files.")
 @click.pass_obj
 def synth(obj: PipelineContext, out, identities, poses_per_identity, seed) -> None:
     """Build a synthetic DeepFashion-like dataset tree.
@@ -102,17 +202,16 @@ def synth(obj: PipelineContext, out, identities, poses_per_identity, seed) -> No
     sc = obj.cfg.synth
     n_id = identities if identities is not None else sc.identities
     n_pose = poses_per_identity if poses_per_identity is not None else sc.poses_per_identity
-    if n_id < 2 or n_pose < 2:
-        raise click.BadParameter("need at least 2 identities and 2 poses per identity")
-    table = write_synthetic_tree(out, n_id, n_pose, sc.seed if seed is None else seed, sc.test_fraction)
+    seed = sc.seed if seed is None else seed
+    table = write_synthetic_tree(out, n_id, n_pose, seed, sc.test_fraction)
     counts = table["split"].value_counts().to_dict()
-    click.echo(f"synth: {len(table)} images ({counts.get('train', 0)} train, {counts.get('test', 0)} test) "
-               f"in {n_id} identities under {Path(out).resolve()}")
+    click.echo(f"synth: {len(table)} images ({counts.get('train', 0)} train, "
+               f"{counts.get('test', 0)} test) in {n_id} identities under {Path(out).resolve()}")
 
 
 @cli.command("check-networks")
 @click.option("--reference", type=click.Path(exists=True, file_okay=False),
-              default=str(Path(__file__).resolve().parent.parent / "shared" / "reference"),
+              default=str(REPO.parent / "shared" / "reference"),
               show_default=True, help="Folder with netG_ngf8.pth, netD_ndf8.pth, net_ngf8_io.pt.")
 def check_networks(reference) -> None:
     """Check NetG/NetD against the published reference outputs (ngf 8, to 1e-5).
@@ -127,64 +226,6 @@ def check_networks(reference) -> None:
         click.echo(line)
     if not report.ok:
         sys.exit(1)
-
-
-@cli.command("run")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output root (default: output.root of the config).")
-@click.option("--from", "start", metavar="STAGE", default=None,
-              help="Start at STAGE (rerun it) and check every stage after it.")
-@click.option("--only", metavar="STAGE", default=None, help="Run only STAGE (always reruns it).")
-@click.option("--force", metavar="STAGE", multiple=True, help="Rerun STAGE even when up to date (repeatable).")
-@click.pass_obj
-def run_command(obj: PipelineContext, out, start, only, force) -> None:
-    """Run the whole pipeline DAG, doing only what changed.
-
-    \b
-    keypoints -> posemaps -> pairs -> (train) -> generate -> evaluate -> report
-    A stage is skipped when its outputs exist and its fingerprint (inputs, its config
-    section, code version) matches the one stored in OUT/_state/<stage>.json; `train` is
-    not needed when generate.checkpoints names checkpoints. Each run appends to
-    OUT/run_manifest.parquet and OUT/run_manifest.json (stage, start, end, rows, errors,
-    fingerprint, config hash, package versions).
-    Example: run_pipeline.py --config configs/deepfashion.yaml run --force evaluate
-    """
-    from pipeline.dag import plan_run, run_dag
-
-    if out:
-        obj.overrides.append(f"output.root={out}")
-    cfg = obj.cfg
-    try:
-        plan = plan_run(only=only, start=start, force=tuple(force))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    run_dag(cfg, plan, echo=click.echo)
-
-
-@cli.command()
-@click.option("--out", type=click.Path(file_okay=False), default="out/demo", show_default=True,
-              help="Where the synthetic data, outputs and report go.")
-@click.option("--identities", type=int, default=None, help="Synthetic identities (default: synth.identities of the demo config).")
-@click.pass_obj
-def demo(obj: PipelineContext, out, identities) -> None:
-    """The whole pipeline on embedded synthetic data, end to end.
-
-    \b
-    1. synth: a synthetic DeepFashion-like tree in OUT/data (kept on reruns)
-    2. run --config configs/demo.yaml: keypoints (openpifpaf when its weights are present,
-       otherwise the synthetic ground truth is imported, said plainly), pose maps, pairs,
-       a short training of a small NetG, generation, evaluation and the report.
-    A rerun does only what changed. Prints where the report is.
-    """
-    from pipeline.dag import plan_run, run_dag
-    from pipeline.demo import prepare_demo
-
-    if obj.config_path is None:
-        obj.config_path = str(Path(__file__).resolve().parent / "configs" / "demo.yaml")
-    cfg = prepare_demo(obj, Path(out), identities, echo=click.echo)
-    run_dag(cfg, plan_run(), echo=click.echo)
-    report = Path(cfg.output.root) / "reports" / cfg.report.name / "report.html"
-    click.echo(f"demo finished: report at {report.resolve()}")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import load_config  # noqa: E402
+from pipeline.layout import DatasetLayout
 from pipeline.runtime import init_ray  # noqa: E402
-from pipeline.tables import KEYPOINTS_SCHEMA, DatasetLayout, file_id, write_table  # noqa: E402
+from pipeline.tables import KEYPOINTS_SCHEMA, file_id, write_table  # noqa: E402
 
 DEEPFASHION_IMAGES = 52_712
 

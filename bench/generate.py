@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.tables import DatasetLayout, read_table, write_pairs_csv  # noqa: E402
+from pipeline.layout import DatasetLayout
+from pipeline.tables import write_pairs_csv  # noqa: E402
 
 NETG_GFLOP_256x176 = 144.0   # per image at ngf 64 (DESIGN 4: about 209 GFLOP at 256x256)
 

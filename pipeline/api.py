@@ -15,7 +15,14 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from pipeline.imaging import CANVAS, keypoints_to_canvas, load_rgb, resize_pad_256, to_uint8, unpad_256
+from pipeline.imaging import (
+    CANVAS,
+    keypoints_to_canvas,
+    load_rgb,
+    resize_pad_256,
+    to_uint8,
+    unpad_256,
+)
 from pipeline.networks import NetG
 from pipeline.posemap import render_map
 from pipeline.runtime import best_device

@@ -14,9 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """The config is invalid; the message names the field and the bad value."""
+from pipeline.errors import ConfigError
 
 
 def _check(min_value: float | None = None, choices: tuple | None = None) -> dict:

@@ -13,14 +13,20 @@ import numpy as np
 import torch
 
 from pipeline.skeleton import MISSING, N_KEYPOINTS, coco17_to_op18
-from pipeline.weights import KNOWN_WEIGHTS, WeightsError, find_weight, require_weight, weight_search_dirs
+from pipeline.weights import (
+    KNOWN_WEIGHTS,
+    WeightsError,
+    find_weight,
+    require_weight,
+    weight_search_dirs,
+)
 
 DEFAULT_CHECKPOINT = "shufflenetv2k16"
 Keypoints = tuple[np.ndarray, np.ndarray, np.ndarray]   # x int32 (18,), y int32 (18,), score float32 (18,)
 
 
 def _openpifpaf():
-    import openpifpaf   # registers the plugins that fill CHECKPOINT_URLS
+    import openpifpaf  # registers the plugins that fill CHECKPOINT_URLS
 
     return openpifpaf
 

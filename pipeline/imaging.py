@@ -11,13 +11,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from pipeline.errors import ImageError
+
 CANVAS = 256
 CONTENT_W = 176   # DeepFashion frames are 256 x 176 (h x w)
 JPEG_QUALITY = 95
-
-
-class ImageError(ValueError):
-    """An input file is not a usable image; the message says why."""
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:

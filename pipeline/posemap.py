@@ -1,11 +1,17 @@
 """Pose maps from keypoints: the published one-hot `uint8 H x W x 18` array, or a
-gaussian variant. Shared by the posemaps stage and on-the-fly rendering."""
+gaussian variant, and their legacy npz files. Shared by the posemaps stage and on-the-fly
+rendering."""
 
 from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
 
 import numpy as np
 
 from pipeline.skeleton import N_KEYPOINTS, valid_mask
+from pipeline.tables import write_bytes_atomic
 
 
 def one_hot_map(x: np.ndarray, y: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -38,3 +44,23 @@ def out_of_image(x, y, height: int, width: int) -> int:
     present = valid_mask(x, y)
     inside = valid_mask(x, y, height, width)
     return int((present & ~inside).sum())
+
+
+def npz_bytes(pose_map: np.ndarray) -> bytes:
+    """The npz numpy.savez_compressed writes (one member `arr_0.npy`, deflated), at zlib
+    level 1: the same array for np.load(f)['arr_0'], 2.5x faster to write than the default
+    level 6, about 4 KB instead of 1 KB per one-hot map."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open("arr_0.npy", "w") as member:
+            np.lib.format.write_array(member, np.asanyarray(pose_map), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_posemap(path: Path, x, y, height: int, width: int, sigma: float | None = None) -> None:
+    write_bytes_atomic(path, npz_bytes(render_map(x, y, height, width, sigma)))
+
+
+def load_posemap(path: Path) -> np.ndarray:
+    with np.load(path) as data:
+        return data["arr_0"]

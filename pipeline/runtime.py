@@ -23,6 +23,15 @@ log = logging.getLogger(__name__)
 WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 
 
+# Package folders shipped to Ray workers: this one, and those that register themselves
+# (stages/ does), so the library never imports what builds on it.
+SHIPPED_PACKAGES: set[str] = {os.path.dirname(os.path.abspath(__file__))}
+
+
+def ship_package(package_dir: str) -> None:
+    SHIPPED_PACKAGES.add(os.path.abspath(package_dir))
+
+
 def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
     """Start a local Ray (default) or join `ray_cfg.address` / $RAY_ADDRESS; reuse an
     existing session. Returns the cluster resources."""
@@ -37,13 +46,7 @@ def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
         )  # fmt: skip
         # Ship this checkout's code to every worker, so workers on other nodes (and
         # local workers of a second checkout) run the same code as the driver.
-        import pipeline
-        import stages
-
-        kwargs["runtime_env"] = {
-            "py_modules": [os.path.dirname(pipeline.__file__), os.path.dirname(stages.__file__)],
-            "env_vars": WORKER_MALLOC_ENV,
-        }
+        kwargs["runtime_env"] = {"py_modules": sorted(SHIPPED_PACKAGES), "env_vars": WORKER_MALLOC_ENV}
         # Workers log errors only (all levels with --verbose): Ray Train's controller actors
         # otherwise print a line every few seconds. Stages report to the driver instead.
         root = logging.getLogger()

@@ -4,6 +4,7 @@ clothing, several poses per identity, white background, 256 x 176, known keypoin
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,3 +167,16 @@ def write_synthetic_tree(out: str | Path, identities: int = 40, poses_per_identi
         write_image_list(table.loc[table.split == split, "path"].tolist(), out / f"{split}_img_list.csv")
     write_keypoints_csv(table, out / GROUND_TRUTH_CSV)
     return table
+
+
+def ensure_synthetic_tree(root: str | Path, identities: int, poses: int, seed: int) -> bool:
+    """Write the tree unless the same one is already there (True when written): rewriting
+    identical files would only cost time."""
+    root = Path(root)
+    marker = root / ".synth.json"
+    params = {"identities": identities, "poses_per_identity": poses, "seed": seed}
+    if marker.exists() and json.loads(marker.read_text()) == params:
+        return False
+    write_synthetic_tree(root, identities, poses, seed)
+    marker.write_text(json.dumps(params))
+    return True

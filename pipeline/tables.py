@@ -15,12 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import DataError
 from pipeline.skeleton import N_KEYPOINTS
-
-
-class DataError(ValueError):
-    """Input data (a CSV, a table, a path) is not what the contract says."""
-
 
 # --- schemas -------------------------------------------------------------------------
 
@@ -277,40 +273,3 @@ def write_keypoints_csv(keypoints: pd.DataFrame, path: str | os.PathLike) -> Non
         writer = csv.writer(fh)
         writer.writerow(KEYPOINT_CSV_COLUMNS)
         writer.writerows(rows)
-
-
-# --- where things live -----------------------------------------------------------------
-
-SPLITS = ("train", "test")
-
-
-class DatasetLayout:
-    """Paths of the annotation files under a dataset root. The legacy files sit where the
-    published layout has them; our Parquet tables sit together in `tables/`."""
-
-    def __init__(self, root: str | os.PathLike, tables_dir: str | os.PathLike | None = None):
-        self.root = Path(root)
-        self.tables = Path(tables_dir) if tables_dir else self.root / "tables"
-
-    @property
-    def keypoints_table(self) -> Path:
-        return self.tables / "keypoints.parquet"
-
-    @property
-    def pairs_table(self) -> Path:
-        return self.tables / "pairs.parquet"
-
-    def image_list(self, split: str) -> Path:
-        return self.root / f"{split}_img_list.csv"
-
-    def keypoints_csv(self, split: str) -> Path:
-        return self.root / f"{split}_img_keypoints.csv"
-
-    def posemap_dir(self, split: str) -> Path:
-        return self.root / f"{split}_pose_maps"
-
-    def posemap(self, split: str, fid: str) -> Path:
-        return self.posemap_dir(split) / f"{fid}.npz"
-
-    def pairs_csv(self, split: str) -> Path:
-        return self.root / f"{split}_img_pairs.csv"

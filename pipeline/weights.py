@@ -11,12 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.errors import WeightsError
 from pipeline.tables import checkpoint_sort_key
-
-
-class WeightsError(RuntimeError):
-    """A weight file is missing, unsafe or does not fit the network."""
-
 
 CHECKPOINT_RE = re.compile(r"^netG_(\d+)\.pth$")
 

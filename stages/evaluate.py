@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +18,17 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.config import Config
+from pipeline.errors import ConfigError, DataError
+from pipeline.layout import (
+    PAIRS_INDEX_SCHEMA,
+    EvaluationLayout,
+    GenerationLayout,
+    OutputLayout,
+    scan_generation,
+)
 from pipeline.runtime import StageResult, init_ray, package_versions
 from pipeline.tables import checkpoint_sort_key, read_table, write_csv, write_table
+from stages.spec import StageSpec
 
 METRICS = ("ssim", "psnr", "is", "ds", "pckh", "lpips", "fid")
 LPIPS_METRICS = ("lpips_alex", "lpips_vgg", "lpips_squeeze")
@@ -75,11 +83,6 @@ SUMMARY_SCHEMA = pa.schema([
     ("weights", pa.string()),       # pretrained / random (random: not comparable)
 ])  # fmt: skip
 
-PAIRS_INDEX_SCHEMA = pa.schema([   # what scan_generated found: one row per generated image
-    ("checkpoint", pa.string()), ("direction", pa.string()), ("index", pa.int64()),
-    ("name", pa.string()), ("real_path", pa.string()), ("fake_path", pa.string()),
-    ("condition_path", pa.string()), ("error", pa.string()),
-])  # fmt: skip
 
 LEGACY_COLUMNS = ["iter", "real_A", "fake_A", "real_B", "fake_B", "score_real", "score_fake"]
 LPIPS_LEGACY_COLUMNS = [
@@ -89,10 +92,6 @@ LPIPS_LEGACY_COLUMNS = [
 ]  # fmt: skip
 LEGACY_FILES = {"ssim": "ssim_score.csv", "is": "inception_score.csv", "ds": "ssd_score.csv",
                 "pckh": "pckh_score.csv", "lpips": "lpips_score.csv"}
-# Direction by the fake folder: fake_B is generated from A in B's pose.
-DIRECTIONS = {"AB": ("B", "A"), "BA": ("A", "B")}   # direction -> (target side, condition side)
-NAME_RE = re.compile(r"^(\d+)@(.+)\.jpg$")
-CKPT_RE = re.compile(r"^iter_(.+)$")
 
 
 # --- the generation layout ------------------------------------------------------------
@@ -106,60 +105,8 @@ def expand_metrics(names: list[str]) -> list[str]:
         elif name in SPECS:
             out.append(name)
         else:
-            raise click.BadParameter(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+            raise ConfigError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
     return list(dict.fromkeys(out))
-
-
-def scan_generated(gen_root: str | os.PathLike) -> pd.DataFrame:
-    """Pairs of a published-layout directory, matched by file name: one row per generated
-    image with its real target and the condition image of the same index n.
-
-    Columns: checkpoint, direction, index, name, real_path, fake_path, condition_path, error
-    (paths relative to `gen_root`; error says what is missing)."""
-    root = Path(gen_root)
-    fake_root = root / "fake_images"
-    if not fake_root.is_dir():
-        raise click.UsageError(
-            f"{root} is not a generation directory: {fake_root} is missing. Expected the published "
-            "layout real_images/real_{A,B}/<n>@<fid>.jpg and fake_images/iter_<ckpt>/fake_{A,B}/<n>@<fid>.jpg "
-            "(run the generate stage first)."
-        )
-    by_index: dict[str, dict[str, str]] = {}
-    for side in ("A", "B"):
-        folder = root / "real_images" / f"real_{side}"
-        names = sorted(p.name for p in folder.glob("*.jpg")) if folder.is_dir() else []
-        by_index[side] = {m.group(1): n for n in names if (m := NAME_RE.match(n))}
-    rows = []
-    for ckpt_dir in sorted(fake_root.iterdir(), key=lambda p: checkpoint_sort_key(p.name[5:])):
-        m = CKPT_RE.match(ckpt_dir.name)
-        if not (m and ckpt_dir.is_dir()):
-            continue
-        for direction, (target, condition) in DIRECTIONS.items():
-            folder = ckpt_dir / f"fake_{target}"
-            if not folder.is_dir():
-                continue
-            for fake in sorted(folder.glob("*.jpg"), key=lambda p: _name_order(p.name)):
-                nm = NAME_RE.match(fake.name)
-                real = root / "real_images" / f"real_{target}" / fake.name
-                cond = by_index[condition].get(nm.group(1)) if nm else None
-                error = None
-                if not nm:
-                    error = f"file name {fake.name!r} is not <n>@<file id>.jpg"
-                elif not real.is_file():
-                    error = f"no real image real_images/real_{target}/{fake.name} for the generated one"
-                rows.append({
-                    "checkpoint": m.group(1), "direction": direction,
-                    "index": int(nm.group(1)) if nm else -1, "name": fake.name,
-                    "real_path": str(real.relative_to(root)), "fake_path": str(fake.relative_to(root)),
-                    "condition_path": f"real_images/real_{condition}/{cond}" if cond else None,
-                    "error": error,
-                })  # fmt: skip
-    return pd.DataFrame(rows, columns=PAIRS_INDEX_SCHEMA.names)
-
-
-def _name_order(name: str) -> tuple:
-    m = NAME_RE.match(name)
-    return (0, int(m.group(1)), name) if m else (1, 0, name)
 
 
 def real_images(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -405,28 +352,6 @@ def legacy_tables(summary: pd.DataFrame, per_image: dict[str, pd.DataFrame]) -> 
 
 # --- the Ray wrapper ------------------------------------------------------------------
 
-class EvaluationPaths:
-    """Where the evaluate stage writes under its output directory."""
-
-    def __init__(self, out: str | os.PathLike):
-        self.root = Path(out)
-
-    def per_image(self, metric: str) -> Path:
-        return self.root / "per_image" / f"{metric}.parquet"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.parquet"
-
-    @property
-    def pairs(self) -> Path:
-        return self.root / "pairs.parquet"
-
-    @property
-    def meta(self) -> Path:
-        return self.root / "evaluation.json"
-
-
 def _load_done(path: Path) -> pd.DataFrame:
     if path.exists():
         return read_table(path, PER_IMAGE_SCHEMA)
@@ -473,7 +398,7 @@ def _sort_key(col: pd.Series) -> pd.Series:
     if col.name == "checkpoint":
         return col.map(checkpoint_sort_key)
     if col.name == "name":
-        return col.map(_name_order)
+        return col.map(GenerationLayout.name_order)
     return col
 
 
@@ -563,7 +488,7 @@ def checkpoint_files(ckpts: list[str], cfg: Config) -> dict[str, dict]:
     """netG_<ckpt>.pth of each scored checkpoint where it can be found, with its sha256."""
     from pipeline.weights import file_sha256
 
-    dirs = [d for d in (cfg.weights.checkpoint_dir, Path(cfg.output.root) / "train" / "checkpoints") if d]
+    dirs = [d for d in (cfg.weights.checkpoint_dir, OutputLayout(cfg.output.root).checkpoints) if d]
     out = {}
     for c in ckpts:
         for d in dirs:
@@ -577,14 +502,15 @@ def checkpoint_files(ckpts: list[str], cfg: Config) -> dict[str, dict]:
 def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
                  metrics: list[str] | None = None) -> StageResult:
     """Score a published-layout generation directory into `out` (default O/evaluation)."""
-    gen_root = Path(generated or Path(cfg.output.root) / "generated").resolve()
-    paths = EvaluationPaths(out or Path(cfg.output.root) / "evaluation")
+    outputs = OutputLayout(cfg.output.root)
+    gen_root = Path(generated or outputs.generated).resolve()
+    paths = EvaluationLayout(out or outputs.evaluation)
     names = expand_metrics(metrics or cfg.evaluate.metrics)
     mode = cfg.evaluate.network_weights
     result = StageResult("evaluate")
-    pairs = scan_generated(gen_root)
+    pairs = scan_generation(gen_root)
     if pairs.empty:
-        raise click.UsageError(f"{gen_root}: no generated images under fake_images/iter_<ckpt>/fake_{{A,B}}/")
+        raise DataError(f"{gen_root}: no generated images under fake_images/iter_<ckpt>/fake_{{A,B}}/")
     result.rows_in = len(pairs)
     result.errors = int(pairs["error"].notna().sum())
     init_ray(cfg.ray)
@@ -640,6 +566,16 @@ def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: s
     if mode == "random":
         result.notes.append("network metrics used RANDOM weights: their scores are not meaningful")
     return result.finish()
+
+
+STAGE = StageSpec(
+    name="evaluate", version=1,
+    run=lambda cfg, fresh: run_evaluate(cfg),
+    config_keys=("evaluate.metrics", "evaluate.network_weights", "keypoints.checkpoint"),
+    inputs=lambda cfg: [OutputLayout(cfg.output.root).generated],
+    outputs=lambda cfg: [EvaluationLayout(OutputLayout(cfg.output.root).evaluation).summary],
+    previous=lambda cfg: [OutputLayout(cfg.output.root).evaluation],
+)
 
 
 @click.command("evaluate")

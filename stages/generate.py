@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
+from pipeline.layout import DatasetLayout, GenerationLayout, OutputLayout
 from pipeline.runtime import StageResult
-from pipeline.tables import (
-    MANIFEST_SCHEMA, DataError, DatasetLayout, read_pairs_csv, read_table, safe_path,
-)  # fmt: skip
+from pipeline.tables import MANIFEST_SCHEMA, DataError, read_pairs_csv, read_table, safe_path
+from stages.spec import StageSpec
 
-DIRECTIONS = ("AB", "BA")
-MANIFEST = "manifest.parquet"
+DIRECTIONS = tuple(GenerationLayout.DIRECTIONS)
+MANIFEST = GenerationLayout.MANIFEST
 MANIFEST_FLUSH_S = 20   # seconds between manifest saves during a run
 TEST_SPLIT = "test"
 # Decode/encode tasks are light next to NetG: half a logical CPU lets two overlap a forward,
@@ -31,15 +31,6 @@ JOB_COLUMNS = ["checkpoint", "checkpoint_path", "direction", "index", "source_pa
 
 
 # --- the pure core ---------------------------------------------------------------------
-
-def real_relpath(direction: str, index: int, target_id: str) -> str:
-    """`real_images/real_B/<n>@<fidB>.jpg` (A->B) or `real_images/real_A/<n>@<fidA>.jpg`."""
-    return f"real_images/real_{direction[1]}/{index}@{target_id}.jpg"
-
-
-def fake_relpath(ckpt: str, direction: str, index: int, target_id: str) -> str:
-    return f"fake_images/iter_{ckpt}/fake_{direction[1]}/{index}@{target_id}.jpg"
-
 
 def read_test_pairs(root: str | os.PathLike, pairs_file: str | os.PathLike | None = None) -> pd.DataFrame:
     """The test pairs in table order: `pairs_file` (Parquet pairs table or legacy CSV), else
@@ -78,7 +69,7 @@ def generation_jobs(pairs: pd.DataFrame) -> pd.DataFrame:
             "target_path": pairs[f"img{dst}"].to_numpy(), "target_id": pairs[f"fid{dst}"].to_numpy(),
         }))  # fmt: skip
     jobs = pd.concat(frames, ignore_index=True)
-    jobs["real_path"] = [real_relpath(d, i, t) for d, i, t in
+    jobs["real_path"] = [GenerationLayout.real(d, i, t) for d, i, t in
                          zip(jobs["direction"], jobs["index"], jobs["target_id"], strict=True)]
     return jobs
 
@@ -131,8 +122,7 @@ def merge_manifest(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
 
 
 def _read_map(npz_path: str, keypoints, fid: str) -> np.ndarray:
-    from pipeline.posemap import render_map
-    from stages.posemaps import load_posemap
+    from pipeline.posemap import load_posemap, render_map
 
     if os.path.exists(npz_path):
         return load_posemap(Path(npz_path))
@@ -271,7 +261,7 @@ def write_outputs(batch: dict[str, np.ndarray], out_dir: str) -> pd.DataFrame:
     for i in range(len(batch["index"])):
         ckpt, direction, index = batch["checkpoint"][i], batch["direction"][i], int(batch["index"][i])
         target = batch["target_id"][i]
-        rel = fake_relpath(ckpt, direction, index, target)
+        rel = GenerationLayout.fake(ckpt, direction, index, target)
         error = batch["error"][i] or None
         if error is None:
             try:
@@ -304,7 +294,7 @@ def frame_size(root: str | os.PathLike, paths: list[str]) -> tuple[int, int]:
 def default_checkpoints(cfg: Config) -> list[str]:
     if cfg.generate.checkpoints:
         return list(cfg.generate.checkpoints)
-    ckpt_dir = Path(cfg.output.root) / "train" / "checkpoints"
+    ckpt_dir = OutputLayout(cfg.output.root).checkpoints
     if not ckpt_dir.is_dir():
         raise DataError(f"no --checkpoint given, generate.checkpoints is empty and {ckpt_dir} does "
                         "not exist; train first or pass --checkpoint PATH")
@@ -324,7 +314,7 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
 
     gc = cfg.generate
     root = str(Path(cfg.dataset.root).resolve())
-    out_dir = Path(out or Path(cfg.output.root) / "generated").resolve()
+    out_dir = Path(out or OutputLayout(cfg.output.root).generated).resolve()
     result = StageResult("generate", outputs={"generated": str(out_dir), "manifest": str(out_dir / MANIFEST)})
     paths = expand_checkpoints(checkpoints or default_checkpoints(cfg), cfg.weights.checkpoint_dir)
     for path in paths:  # fail on a bad checkpoint before any work, naming the file
@@ -393,6 +383,24 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
 
 # --- CLI -------------------------------------------------------------------------------
 
+def _generate_inputs(cfg: Config) -> list[Path]:
+    layout = DatasetLayout(cfg.dataset.root)
+    ckpts = [Path(c) for c in cfg.generate.checkpoints] or [OutputLayout(cfg.output.root).checkpoints]
+    return [layout.pairs_table, layout.keypoints_table, layout.posemap_dir(TEST_SPLIT),
+            layout.images, *ckpts]
+
+
+STAGE = StageSpec(
+    name="generate", version=1,
+    run=lambda cfg, fresh: run_generate(cfg),
+    config_keys=("generate.checkpoints", "generate.ngf", "generate.dtype", "generate.minmax",
+                 "generate.pairs"),
+    inputs=_generate_inputs,
+    outputs=lambda cfg: [OutputLayout(cfg.output.root).manifest],
+    previous=lambda cfg: [OutputLayout(cfg.output.root).generated],
+)
+
+
 @click.command("generate")
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="PATH|ID|DIR",
               help="A netG_<iter>.pth file, an iteration id (looked up in weights.checkpoint_dir), "
@@ -429,8 +437,6 @@ def generate_command(obj, checkpoints, ngf, out, minmax, batch_size, pairs_file,
     one CPU actor), autocast generate.dtype (auto = bf16 on GPU, fp32 on CPU), channels_last.
     Example: run_pipeline.py generate --checkpoint out/train/checkpoints --ngf 8 --out out/generated
     """
-    from pipeline.weights import WeightsError
-
     cfg = obj.cfg
     if ngf is not None:
         cfg.generate.ngf = ngf
@@ -438,58 +444,5 @@ def generate_command(obj, checkpoints, ngf, out, minmax, batch_size, pairs_file,
         cfg.generate.minmax = minmax
     if batch_size is not None:
         cfg.generate.batch_size = batch_size
-    try:
-        result = run_generate(cfg, list(checkpoints) or None, out, pairs_file, limit)
-    except (DataError, WeightsError) as exc:
-        raise click.ClickException(str(exc)) from None
+    result = run_generate(cfg, list(checkpoints) or None, out, pairs_file, limit)
     click.echo(result.summary())
-
-
-@click.command("transfer")
-@click.option("--condition", required=True, type=click.Path(dir_okay=False, exists=True),
-              help="Image of the person to re-pose (any size).")
-@click.option("--reference", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Image whose pose is the target (keypoints estimated with openpifpaf).")
-@click.option("--keypoints", "keypoints_file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Target keypoints file instead of --reference (format below).")
-@click.option("--condition-keypoints", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Keypoints of the condition image (default: estimated with openpifpaf).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output image path.")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, exists=True),
-              help="Generator checkpoint netG_<iter>.pth.")
-@click.option("--ngf", type=int, default=64, show_default=True, help="Generator width of the checkpoint.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available).")
-def transfer_command(condition, reference, keypoints_file, condition_keypoints, out, checkpoint, ngf,
-                     device) -> None:
-    """Re-pose the person of one image: the condition in the pose of a reference image or
-    of given keypoints. The output has the condition's size.
-
-    \b
-    Keypoints file: JSON {"x": [18 ints], "y": [18 ints], "width": W, "height": H} in
-    OpenPose-18 order, -1 for missing, pixel coordinates of an image of size W x H
-    (width/height optional: default the condition's size); or a legacy keypoints CSV
-    (file_id,img_h,img_w,p0_x,p0_y,...,p17_y), first row used.
-    Example: run_pipeline.py transfer --condition A.jpg --reference B.jpg --out C.jpg \\
-             --checkpoint out/train/checkpoints/netG_600.pth --ngf 8
-    """
-    from PIL import Image
-
-    from pipeline.api import PoseTransfer, read_pose_file
-    from pipeline.imaging import ImageError
-    from pipeline.tables import atomic_path
-    from pipeline.weights import WeightsError
-
-    if (reference is None) == (keypoints_file is None):
-        raise click.UsageError("give exactly one of --reference IMAGE or --keypoints FILE")
-    fmt = Image.registered_extensions().get(Path(out).suffix.lower())
-    if fmt is None:
-        raise click.BadParameter(f"{out}: unknown image extension (use .jpg or .png)", param_hint="--out")
-    try:
-        target = reference if reference is not None else read_pose_file(keypoints_file)
-        cond_pose = read_pose_file(condition_keypoints) if condition_keypoints else None
-        image = PoseTransfer(checkpoint, device=device, ngf=ngf).transfer(condition, target, cond_pose)
-    except (DataError, ImageError, WeightsError) as exc:
-        raise click.ClickException(str(exc)) from None
-    with atomic_path(out) as tmp:
-        image.save(tmp, format=fmt)
-    click.echo(f"transfer: {image.size[0]}x{image.size[1]} image written to {out}")

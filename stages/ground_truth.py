@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.layout import SPLITS, DatasetLayout
+from pipeline.posemap import write_posemap
 from pipeline.synthetic import GROUND_TRUTH_CSV
-from pipeline.tables import (
-    KEYPOINTS_SCHEMA, PAIRS_SCHEMA, SPLITS, DatasetLayout, read_image_list, write_table,
-)  # fmt: skip
+from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, read_image_list, write_table
 from stages.keypoints import keypoints_from_csv
 from stages.pairs import make_pairs
-from stages.posemaps import write_posemap
 
 
 def annotate_from_ground_truth(root: str | Path, min_valid: int = 8) -> Path:

@@ -12,12 +12,21 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
+from pipeline.layout import SPLITS, DatasetLayout
 from pipeline.runtime import StageResult
 from pipeline.skeleton import MISSING, N_KEYPOINTS, valid_mask
 from pipeline.tables import (
-    KEYPOINTS_SCHEMA, SPLITS, DataError, DatasetLayout, check_paths, file_id, read_image_list,
-    read_keypoints_csv, read_table, write_keypoints_csv, write_table,
-)  # fmt: skip
+    KEYPOINTS_SCHEMA,
+    DataError,
+    check_paths,
+    file_id,
+    read_image_list,
+    read_keypoints_csv,
+    read_table,
+    write_keypoints_csv,
+    write_table,
+)
+from stages.spec import StageSpec
 
 IMPORTED = "imported"
 DEFAULT_GLOB = "img/**/*.jpg"
@@ -238,6 +247,24 @@ def run_keypoints(cfg: Config, checkpoint: str | None = None, annotations: str |
     return result.finish()
 
 
+def _layout(cfg: Config) -> DatasetLayout:
+    return DatasetLayout(cfg.dataset.root)
+
+
+STAGE = StageSpec(
+    name="keypoints", version=1,
+    run=lambda cfg, fresh: run_keypoints(cfg, force=fresh, progress=True),
+    config_keys=("dataset.train_list", "dataset.test_list", "keypoints.checkpoint",
+                 "keypoints.annotations", "keypoints.min_score"),
+    inputs=lambda cfg: [_layout(cfg).image_list("train"), _layout(cfg).image_list("test"),
+                        _layout(cfg).images,
+                        *([Path(cfg.keypoints.annotations)] if cfg.keypoints.annotations else [])],
+    outputs=lambda cfg: [_layout(cfg).keypoints_table],
+    previous=lambda cfg: [_layout(cfg).keypoints_table, _layout(cfg).keypoints_parts,
+                          *(_layout(cfg).keypoints_csv(s) for s in SPLITS)],
+)
+
+
 @click.command("keypoints")
 @click.option("--checkpoint", default=None, metavar="NAME|PATH",
               help="openpifpaf checkpoint name (looked up in weights.dir and the torch hub cache) "
@@ -268,11 +295,6 @@ def keypoints_command(obj, checkpoint, annotations, pattern, force, out) -> None
     A rerun resumes: images already done are skipped unless --force.
     Example: run_pipeline.py keypoints --annotations data/synthetic/ground_truth_keypoints.csv
     """
-    from pipeline.estimator import WeightsError
-
-    try:
-        result = run_keypoints(obj.cfg, checkpoint=checkpoint, annotations=annotations, force=force,
-                               out=out, pattern=pattern)
-    except (WeightsError, DataError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    result = run_keypoints(obj.cfg, checkpoint=checkpoint, annotations=annotations, force=force,
+                           out=out, pattern=pattern)
     click.echo(result.summary())

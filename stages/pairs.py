@@ -12,11 +12,19 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
+from pipeline.layout import SPLITS, DatasetLayout
 from pipeline.runtime import StageResult
 from pipeline.tables import (
-    KEYPOINTS_SCHEMA, PAIRS_SCHEMA, DataError, DatasetLayout, identity_group, read_image_list,
-    read_table, write_pairs_csv, write_table,
-)  # fmt: skip
+    KEYPOINTS_SCHEMA,
+    PAIRS_SCHEMA,
+    DataError,
+    identity_group,
+    read_image_list,
+    read_table,
+    write_pairs_csv,
+    write_table,
+)
+from stages.spec import StageSpec
 
 
 @dataclass
@@ -125,6 +133,19 @@ def run_pairs(cfg: Config, min_valid: int | None = None, max_per_identity: int |
     return result.finish()
 
 
+STAGE = StageSpec(
+    name="pairs", version=1,
+    run=lambda cfg, fresh: run_pairs(cfg),
+    config_keys=("dataset.train_list", "dataset.test_list", "pairs.min_valid_keypoints",
+                 "pairs.max_pairs_per_identity", "pairs.seed"),
+    inputs=lambda cfg: [DatasetLayout(cfg.dataset.root).keypoints_table,
+                        *(DatasetLayout(cfg.dataset.root).image_list(s) for s in SPLITS)],
+    outputs=lambda cfg: [DatasetLayout(cfg.dataset.root).pairs_table],
+    previous=lambda cfg: [DatasetLayout(cfg.dataset.root).pairs_table,
+                          *(DatasetLayout(cfg.dataset.root).pairs_csv(s) for s in SPLITS)],
+)
+
+
 @click.command("pairs")
 @click.option("--min-valid", type=click.IntRange(0, 18), default=None,
               help="Valid keypoints both images need (default: pairs.min_valid_keypoints).")
@@ -145,8 +166,5 @@ def pairs_command(obj, min_valid, max_pairs_per_identity, out) -> None:
     Prints images, excluded images by reason and pairs per split.
     Example: run_pipeline.py --set dataset.root=data/synthetic pairs --min-valid 8
     """
-    try:
-        result = run_pairs(obj.cfg, min_valid=min_valid, max_per_identity=max_pairs_per_identity, out=out)
-    except DataError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = run_pairs(obj.cfg, min_valid=min_valid, max_per_identity=max_pairs_per_identity, out=out)
     click.echo(result.summary())

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
+from pipeline.errors import DataError
+from pipeline.layout import PAIRS_INDEX_SCHEMA, EvaluationLayout, OutputLayout
 from pipeline.runtime import StageResult
 from pipeline.tables import checkpoint_sort_key, read_table, write_bytes_atomic
+from stages.evaluate import PER_IMAGE_SCHEMA, REAL, SPECS, SUMMARY_SCHEMA
 from stages.report_pipeline import stage_overview, training_figures
-from stages.evaluate import (
-    PAIRS_INDEX_SCHEMA, PER_IMAGE_SCHEMA, REAL, SPECS, SUMMARY_SCHEMA, EvaluationPaths,
-)  # fmt: skip
+from stages.spec import StageSpec
 
 METRIC_NOTES = {
     "ssim": "higher is better; skimage structural_similarity, 7x7 uniform window",
@@ -99,9 +100,9 @@ def build_report(eval_dir: str | os.PathLike, name: str, grid_pairs: int = 3,
     """Collect the report's content from an evaluation directory (the pure core)."""
     from stages.report_figures import metrics_plot, pair_grid, ssim_histogram
 
-    paths = EvaluationPaths(eval_dir)
+    paths = EvaluationLayout(eval_dir)
     if not paths.summary.exists():
-        raise click.UsageError(f"{paths.summary} not found: run `evaluate --out {eval_dir}` first")
+        raise DataError(f"{paths.summary} not found: run `evaluate --out {eval_dir}` first")
     summary = read_table(paths.summary, SUMMARY_SCHEMA)
     meta = json.loads(paths.meta.read_text()) if paths.meta.exists() else {}
     gen_root = Path(generated or meta.get("generated", ""))
@@ -247,8 +248,9 @@ def run_report(cfg: Config, evaluation: str | os.PathLike | None = None, out: st
                generated: str | os.PathLike | None = None) -> StageResult:
     """The report of O/evaluation (or `evaluation`) into O/reports/<report.name> (or `out`)."""
     result = StageResult("report")
-    eval_dir = Path(evaluation or Path(cfg.output.root) / "evaluation")
-    out = Path(out or Path(cfg.output.root) / "reports" / cfg.report.name)
+    outputs = OutputLayout(cfg.output.root)
+    eval_dir = Path(evaluation or outputs.evaluation)
+    out = Path(out or outputs.report(cfg.report.name))
     report = build_report(eval_dir, cfg.report.name, cfg.report.grid_pairs, generated)
     report.stages = stage_overview(cfg)
     report.figures += training_figures(cfg)
@@ -258,6 +260,17 @@ def run_report(cfg: Config, evaluation: str | os.PathLike | None = None, out: st
     result.skipped = len(report.skipped)
     result.notes = [f"{m} skipped: {r}" for m, r in report.skipped.items()] + report.warnings
     return result.finish()
+
+
+STAGE = StageSpec(
+    name="report", version=1,
+    run=lambda cfg, fresh: run_report(cfg),
+    config_keys=("report.name", "report.grid_pairs"),
+    inputs=lambda cfg: [OutputLayout(cfg.output.root).evaluation,
+                        OutputLayout(cfg.output.root).manifest],
+    outputs=lambda cfg: [OutputLayout(cfg.output.root).report(cfg.report.name) / "report.html"],
+    previous=lambda cfg: [OutputLayout(cfg.output.root).report(cfg.report.name)],
+)
 
 
 @click.command("report")

@@ -4,12 +4,11 @@ generation) and the error rows it counted, read from the files the stages wrote.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 
 from pipeline.config import Config
-from pipeline.tables import SPLITS, DatasetLayout
+from pipeline.layout import SPLITS, DatasetLayout, OutputLayout, TrainLayout
 
 
 def _reasons(errors: pd.Series, limit: int = 5) -> str:
@@ -25,7 +24,6 @@ def stage_overview(cfg: Config) -> list[dict[str, str]]:
     """One row per stage whose outputs exist: stage, what it produced, error rows."""
     rows: list[dict[str, str]] = []
     layout = DatasetLayout(cfg.dataset.root)
-    out = Path(cfg.output.root)
     if layout.keypoints_table.exists():
         kp = pd.read_parquet(layout.keypoints_table, columns=["split", "n_valid", "estimator", "error"])
         estimators = ", ".join(sorted(kp["estimator"].dropna().unique()))
@@ -38,17 +36,18 @@ def stage_overview(cfg: Config) -> list[dict[str, str]]:
         pairs = pd.read_parquet(layout.pairs_table, columns=["split"])
         per = ", ".join(f"{s} {n}" for s, n in pairs["split"].value_counts().sort_index().items())
         rows.append({"stage": "pairs", "produced": f"{len(pairs)} pairs ({per})", "errors": "0"})
-    log = out / "train" / "log.parquet"
+    train = TrainLayout(OutputLayout(cfg.output.root).train)
+    log = train.log
     if log.exists():
         losses = pd.read_parquet(log)
         last = losses.iloc[-1]
-        meta_path = out / "train" / "run_meta.json"
+        meta_path = train.meta
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         note = "" if meta.get("perceptual_used", True) else "; perceptual term skipped (no VGG19 weights)"
         rows.append({"stage": "train", "produced": f"{int(last['iteration'])} iterations, final L1 "
                      f"{last['g_l1']:.4f}, G {last['g_total']:.3f}, D {last['d_total']:.3f}{note}",
                      "errors": str(int(meta.get("skipped_pairs", 0) or 0))})
-    manifest = out / "generated" / "manifest.parquet"
+    manifest = OutputLayout(cfg.output.root).manifest
     if manifest.exists():
         m = pd.read_parquet(manifest, columns=["checkpoint", "status", "error"])
         rows.append({"stage": "generate", "produced": f"{int((m['status'] == 'ok').sum())} images from "
@@ -60,12 +59,12 @@ def training_figures(cfg: Config) -> list[tuple[str, str, bytes]]:
     """The loss curves and the last training sample grid, when training ran."""
     from stages.report_figures import loss_plot
 
-    train = Path(cfg.output.root) / "train"
+    train = TrainLayout(OutputLayout(cfg.output.root).train)
     figures = []
-    if (train / "log.parquet").exists():
+    if train.log.exists():
         figures.append(("train_losses.png", "Training losses per iteration",
-                        loss_plot(pd.read_parquet(train / "log.parquet"))))
-    samples = sorted((train / "samples").glob("iter_*.png"), key=lambda p: int(p.stem.split("_")[1]))
+                        loss_plot(pd.read_parquet(train.log))))
+    samples = sorted(train.samples.glob("iter_*.png"), key=lambda p: int(p.stem.split("_")[1]))
     if samples:
         figures.append(("train_sample.png", f"Training sample at {samples[-1].stem.replace('_', ' ')} "
                         "(condition | target | generated)", samples[-1].read_bytes()))

@@ -20,10 +20,17 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.config import Config, ConfigError, TrainConfig
+from pipeline.layout import DatasetLayout, OutputLayout, TrainLayout
 from pipeline.runtime import StageResult, available_gpus, init_ray
 from pipeline.tables import (
-    DataError, DatasetLayout, atomic_path, read_table, safe_path, write_bytes_atomic, write_table,
-)  # fmt: skip
+    DataError,
+    atomic_path,
+    read_table,
+    safe_path,
+    write_bytes_atomic,
+    write_table,
+)
+from stages.spec import StageSpec
 
 log = logging.getLogger(__name__)
 
@@ -32,36 +39,7 @@ TRAIN_LOG_SCHEMA = pa.schema(
     [("iteration", pa.int64())] + [(name, pa.float64()) for name in LOSS_NAMES]
     + [("seconds", pa.float64())]   # wall time of the iteration on rank 0
 )
-STATE_FILE = "state.pt"
-STATE_DIR_PREFIX = "state_"
 SAMPLE_ROWS = 4
-
-
-class TrainLayout:
-    """Where training writes under its output directory (default `O/train/`)."""
-
-    def __init__(self, out: str | os.PathLike):
-        self.root = Path(out).resolve()
-        self.checkpoints = self.root / "checkpoints"
-        self.samples = self.root / "samples"
-        self.log = self.root / "log.parquet"
-        self.meta = self.root / "run_meta.json"
-        self.ray_storage = self.root / "ray"     # Ray Train runs and resumable states
-
-    def net_checkpoint(self, net: str, iteration: int) -> Path:
-        return self.checkpoints / f"{net}_{iteration}.pth"
-
-    def sample_grid(self, iteration: int) -> Path:
-        return self.samples / f"iter_{iteration}.png"
-
-    def latest_state(self) -> tuple[int, Path] | None:
-        """The resumable state with the highest iteration over all runs, if any."""
-        found = []
-        for state in self.ray_storage.glob(f"*/{STATE_DIR_PREFIX}*/{STATE_FILE}"):
-            digits = state.parent.name[len(STATE_DIR_PREFIX):]
-            if digits.isdigit():
-                found.append((int(digits), state.parent))
-        return max(found) if found else None
 
 
 # --- data: pairs -> (condition, target, map pair) ---------------------------------------
@@ -102,8 +80,7 @@ class PairImages:
         return to_tensor(im)
 
     def _map(self, split: str, fid: str) -> np.ndarray:
-        from pipeline.posemap import render_map
-        from stages.posemaps import load_posemap
+        from pipeline.posemap import load_posemap, render_map
 
         path = self.layout.posemap(split, fid)
         if path.is_file():
@@ -371,9 +348,9 @@ def save_checkpoints(nets: Nets, layout: TrainLayout, it: int, rows: list[dict],
     with tempfile.TemporaryDirectory() as tmp:
         torch.save({**progress, "netG": netG, "netD": netD, "optG": nets.optG.state_dict(),
                     "optD": nets.optD.state_dict(), "scaler": nets.scaler.state_dict()},
-                   Path(tmp) / STATE_FILE)
+                   Path(tmp) / TrainLayout.STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"{STATE_DIR_PREFIX}{it:09d}")
+                         checkpoint_dir_name=f"{TrainLayout.STATE_DIR_PREFIX}{it:09d}")
 
 
 # --- the Ray Train worker loop ---------------------------------------------------------------
@@ -399,7 +376,7 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     state_dir = checkpoint.path if checkpoint else config.get("resume_from")
     if state_dir:
-        state = torch.load(Path(state_dir) / STATE_FILE, map_location=device, weights_only=True)
+        state = torch.load(Path(state_dir) / TrainLayout.STATE_FILE, map_location=device, weights_only=True)
         if state["world"] != world:
             raise RuntimeError(f"{state_dir} was saved by {state['world']} workers; resume with "
                                f"--num-workers {state['world']} (this run has {world})")
@@ -528,7 +505,7 @@ def run_train(cfg: Config, out: str | os.PathLike | None = None, resume: bool = 
     from ray.train.torch import TorchConfig, TorchTrainer
 
     tc = cfg.train
-    layout = TrainLayout(out or Path(cfg.output.root) / "train")
+    layout = TrainLayout(out or OutputLayout(cfg.output.root).train)
     result = StageResult("train")
     root = str(Path(cfg.dataset.root).resolve())
     pairs, _ = load_train_pairs(root)
@@ -596,6 +573,38 @@ def run_train(cfg: Config, out: str | os.PathLike | None = None, resume: bool = 
     return result
 
 
+def _train_needed(cfg: Config) -> str | None:
+    if cfg.generate.checkpoints:
+        return "generate.checkpoints names the checkpoints to use"
+    return None
+
+
+def _more_iterations(cfg: Config, record: dict) -> str | None:
+    done = int(record.get("iterations", 0))
+    if cfg.train.iterations > done:
+        return f"train.iterations {done} -> {cfg.train.iterations}: continues from iteration {done}"
+    return None
+
+
+# What defines the weights: not the iteration count (raising it continues the run), nor
+# workers, loader processes, checkpoint or sample periods.
+STAGE = StageSpec(
+    name="train", version=1,
+    run=lambda cfg, fresh: run_train(cfg, resume=not fresh),
+    config_keys=tuple(f"train.{k}" for k in (
+        "ngf", "ndf", "batch_size", "lr", "beta1", "beta2", "lambda_l1", "lambda_gan",
+        "lambda_perceptual", "perceptual", "vgg_weights", "autocast", "seed")),
+    inputs=lambda cfg: [DatasetLayout(cfg.dataset.root).pairs_table,
+                        DatasetLayout(cfg.dataset.root).posemap_dir("train")],
+    outputs=lambda cfg: [OutputLayout(cfg.output.root).checkpoints],
+    previous=lambda cfg: [OutputLayout(cfg.output.root).train],
+    needed=_train_needed,
+    guarded=True,
+    progress=_more_iterations,
+    record=lambda cfg: {"iterations": cfg.train.iterations},
+)
+
+
 @click.command("train")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output directory (default: <output.root>/train).")
@@ -625,12 +634,5 @@ def train_command(obj, out, ngf, iterations, ckpt_every, num_workers, resume) ->
     overrides = {"ngf": ngf, "iterations": iterations, "ckpt_every": ckpt_every, "num_workers": num_workers}
     data = obj.cfg.to_dict()
     data["train"].update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        cfg = config_from_dict(data)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    try:
-        result = run_stage("train", run_train, cfg, out=out, resume=resume)
-    except DataError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = run_stage("train", run_train, config_from_dict(data), out=out, resume=resume)
     click.echo(result.summary())

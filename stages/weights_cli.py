@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.layout import OutputLayout
+
 
 def weight_rows(weights_dir: str | None, checkpoint_dirs: list[Path]) -> list[dict]:
     """One row per known weight file and per NetG checkpoint found: name, use, file,
@@ -50,7 +52,7 @@ def status(obj) -> None:
     Example: run_pipeline.py --set weights.dir=/models weights status
     """
     cfg = obj.cfg
-    dirs = [Path(d) for d in (cfg.weights.checkpoint_dir, Path(cfg.output.root) / "train" / "checkpoints") if d]
+    dirs = [Path(d) for d in (cfg.weights.checkpoint_dir, OutputLayout(cfg.output.root).checkpoints) if d]
     rows = weight_rows(cfg.weights.dir, dirs)
     missing = 0
     for r in rows:

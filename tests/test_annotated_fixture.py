@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, DatasetLayout, read_table
-from stages.posemaps import load_posemap
+from pipeline.layout import DatasetLayout
+from pipeline.posemap import load_posemap
+from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, read_table
 
 
 def test_annotated_tree_contracts(annotated_root):

@@ -11,9 +11,13 @@ from skimage.metrics import structural_similarity
 
 from pipeline.config import load_config
 from pipeline.imaging import load_rgb
+from pipeline.layout import scan_generation
 from pipeline.tables import read_table, write_table
 from stages.evaluate import (
-    LEGACY_COLUMNS, LPIPS_LEGACY_COLUMNS, PER_IMAGE_SCHEMA, run_evaluate, scan_generated,
+    LEGACY_COLUMNS,
+    LPIPS_LEGACY_COLUMNS,
+    PER_IMAGE_SCHEMA,
+    run_evaluate,
 )  # fmt: skip
 
 
@@ -32,7 +36,7 @@ def _cfg(tmp_path, **evaluate):
 
 
 def test_scan_matches_real_and_fake_by_name(generated, tmp_path):
-    pairs = scan_generated(generated)
+    pairs = scan_generation(generated)
     assert len(pairs) == 2 * 2 * 4 and pairs["error"].isna().all()
     row = pairs[(pairs["checkpoint"] == "1000") & (pairs["direction"] == "AB")].iloc[0]
     assert row["fake_path"].endswith(f"iter_1000/fake_B/{row['name']}")
@@ -41,7 +45,7 @@ def test_scan_matches_real_and_fake_by_name(generated, tmp_path):
     copy = tmp_path / "gen"
     shutil.copytree(generated, copy)
     (copy / "real_images" / "real_A" / row["condition_path"].split("/")[-1]).rename(copy / "stray.jpg")
-    broken = scan_generated(copy)
+    broken = scan_generation(copy)
     assert broken["error"].str.contains("no real image real_images/real_A").sum() == 2   # BA of both checkpoints
 
 

@@ -13,13 +13,24 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.estimator import (
-    KeypointEstimator, best_person, checkpoint_filename, inside_image, load_network, resolve_checkpoint,
+    KeypointEstimator,
+    best_person,
+    checkpoint_filename,
+    inside_image,
+    load_network,
+    resolve_checkpoint,
 )  # fmt: skip
+from pipeline.layout import DatasetLayout
 from pipeline.skeleton import COCO17_NAMES, NECK, OP18_NAMES
 from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
 from pipeline.tables import (
-    KEYPOINTS_SCHEMA, DatasetLayout, read_image_list, read_keypoints_csv, read_table, write_image_list, write_table,
-)  # fmt: skip
+    KEYPOINTS_SCHEMA,
+    read_image_list,
+    read_keypoints_csv,
+    read_table,
+    write_image_list,
+    write_table,
+)
 from pipeline.weights import KNOWN_WEIGHTS, WeightsError
 from stages.keypoints import parts_dir, run_keypoints
 

@@ -5,8 +5,16 @@ import torch
 
 from pipeline.config import Config
 from pipeline.losses import (
-    IMAGENET_MEAN, IMAGENET_STD, LossWeights, PerceptualLoss, discriminator_loss, generator_loss,
-    l1_loss, lsgan_loss, minmax_scale, vgg19_features,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LossWeights,
+    PerceptualLoss,
+    discriminator_loss,
+    generator_loss,
+    l1_loss,
+    lsgan_loss,
+    minmax_scale,
+    vgg19_features,
 )  # fmt: skip
 from pipeline.weights import WeightsError
 from stages.train import resolve_vgg_weights

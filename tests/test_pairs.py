@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import load_config
-from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, DatasetLayout, read_table
+from pipeline.layout import DatasetLayout
+from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, read_table
 from stages.pairs import make_pairs, ordered_pairs, run_pairs
 
 

@@ -18,10 +18,9 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.config import load_config
-from pipeline.dag import plan_run, run_dag
+from stages.dag import plan_run, run_dag
 from pipeline.networks import build_generator
 from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
-from pipeline.tables import DatasetLayout
 from run_pipeline import cli
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.tables import KEYPOINTS_SCHEMA, DatasetLayout, read_table, write_table
-from stages.posemaps import load_posemap, run_posemaps, write_posemap
+from pipeline.layout import DatasetLayout
+from pipeline.posemap import load_posemap, write_posemap
+from pipeline.tables import KEYPOINTS_SCHEMA, read_table, write_table
+from stages.posemaps import run_posemaps
 
 
 def test_map_holds_exactly_the_keypoints(tmp_path):

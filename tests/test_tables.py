@@ -5,9 +5,21 @@ import pandas as pd
 import pytest
 
 from pipeline.tables import (
-    KEYPOINTS_SCHEMA, PAIRS_SCHEMA, DataError, atomic_path, file_id, identity_group,
-    read_image_list, read_keypoints_csv, read_pairs_csv, read_table, safe_path,
-    write_image_list, write_keypoints_csv, write_pairs_csv, write_table,
+    KEYPOINTS_SCHEMA,
+    PAIRS_SCHEMA,
+    DataError,
+    atomic_path,
+    file_id,
+    identity_group,
+    read_image_list,
+    read_keypoints_csv,
+    read_pairs_csv,
+    read_table,
+    safe_path,
+    write_image_list,
+    write_keypoints_csv,
+    write_pairs_csv,
+    write_table,
 )  # fmt: skip
 
 

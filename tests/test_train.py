@@ -7,11 +7,19 @@ import pytest
 import torch
 
 from pipeline.config import Config
+from pipeline.layout import DatasetLayout, TrainLayout
 from pipeline.networks import NetD, NetG
-from pipeline.tables import PAIRS_SCHEMA, DatasetLayout, read_table
+from pipeline.tables import PAIRS_SCHEMA, read_table
 from stages.train import (
-    BatchStream, PairImages, TrainLayout, autocast_for, build_nets, load_train_pairs, loss_weights,
-    rank_order, run_train, train_step,
+    BatchStream,
+    PairImages,
+    autocast_for,
+    build_nets,
+    load_train_pairs,
+    loss_weights,
+    rank_order,
+    run_train,
+    train_step,
 )  # fmt: skip
 
 

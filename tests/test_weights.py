@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from pipeline.networks import NetG
-from pipeline.weights import WeightsError, checkpoint_id, expand_checkpoints, load_into, load_state_dict
+from pipeline.weights import (
+    WeightsError,
+    checkpoint_id,
+    expand_checkpoints,
+    load_into,
+    load_state_dict,
+)
 
 
 class Evil:

@@ -1,0 +1,98 @@
+"""Content digests of input files with a stat-keyed cache, so a rerun reads only the files
+whose (size, mtime, inode) changed, and a file whose mtime alone changed digests the same.
+The cache is one SQLite file under the output root's state folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ContentCache:
+    """(path, size, mtime_ns, inode) -> content digest. Use as a context manager: new digests
+    are saved on exit. `readonly` never writes (a dry run changes nothing on disk)."""
+
+    def __init__(self, db: str | os.PathLike, readonly: bool = False):
+        self.db = Path(db)
+        self.readonly = readonly
+        self._known: dict[str, tuple] = {}
+        self._new: list[tuple] = []
+        self.files_read = 0
+        self._conn = None
+        if readonly:
+            if self.db.exists():
+                with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as conn:
+                    self._known = {r[0]: r[1:] for r in conn.execute("SELECT * FROM files")}
+            return
+        self.db.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.db)
+        self._conn.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
+                           "mtime_ns INTEGER, inode INTEGER, digest TEXT)")
+        self._known = {row[0]: row[1:] for row in self._conn.execute("SELECT * FROM files")}
+
+    def __enter__(self) -> ContentCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self, save: bool = True) -> None:
+        if save:
+            self.save()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def save(self) -> None:
+        """Write the digests computed since the last save (a read-only cache keeps them in
+        memory only)."""
+        if self._new and self._conn is not None:
+            self._conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)", self._new)
+            self._conn.commit()
+            self._new = []
+
+    def digest(self, path: str | os.PathLike) -> str:
+        """The content digest of a file; read only when its stat differs from the cached one."""
+        key = os.path.abspath(path)
+        st = os.stat(key)
+        stat = (st.st_size, st.st_mtime_ns, st.st_ino)
+        known = self._known.get(key)
+        if known is not None and tuple(known[:3]) == stat:
+            return known[3]
+        digest = file_digest(key)
+        self.files_read += 1
+        self._known[key] = (*stat, digest)
+        self._new.append((key, *stat, digest))
+        return digest
+
+    def tree(self, root: str | os.PathLike) -> dict[str, str]:
+        """Relative path -> digest of every file under `root` (hidden names skipped)."""
+        root = Path(root)
+        out = {}
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not name.startswith("."):
+                    path = os.path.join(dirpath, name)
+                    out[os.path.relpath(path, root)] = self.digest(path)
+        return out
+
+
+def listing_digest(files: dict[str, str]) -> str:
+    """One digest for a listing of (relative path -> content digest)."""
+    h = hashlib.blake2b(digest_size=16)
+    for rel in sorted(files):
+        h.update(f"{rel}\0{files[rel]}\n".encode())
+    return h.hexdigest()

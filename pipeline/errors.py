@@ -1,0 +1,25 @@
+"""The errors a user can act on. Everything the pipeline raises on purpose is a
+PipelineError; the CLI prints its message (no traceback) and exits with code 2. Anything
+else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """A failure of the input, not of the code: the message says what, where and what to do."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """The config is invalid; the message names the field and the bad value."""
+
+
+class DataError(PipelineError, ValueError):
+    """Input data (a CSV, a table, a path, a directory) is not what the contract says."""
+
+
+class ImageError(DataError):
+    """An input file is not a usable image; the message says why."""
+
+
+class WeightsError(PipelineError, RuntimeError):
+    """A weight file is missing, unsafe or does not fit the network."""

@@ -1,0 +1,262 @@
+"""Where every file lives: the dataset layout (images, legacy annotation files, our tables),
+the output layout (training, generation, evaluation, reports, DAG state) and the published
+generation layout, whose writer and reader are both here."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from pipeline.errors import DataError
+from pipeline.tables import checkpoint_sort_key
+
+SPLITS = ("train", "test")
+
+
+class DatasetLayout:
+    """Paths of the annotation files under a dataset root. The legacy files sit where the
+    published layout has them; our Parquet tables sit together in `tables/`."""
+
+    def __init__(self, root: str | os.PathLike, tables_dir: str | os.PathLike | None = None):
+        self.root = Path(root)
+        self.tables = Path(tables_dir) if tables_dir else self.root / "tables"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "img"
+
+    @property
+    def keypoints_table(self) -> Path:
+        return self.tables / "keypoints.parquet"
+
+    @property
+    def keypoints_parts(self) -> Path:
+        """Finished batches of an estimation run, merged into the table at its end."""
+        return self.tables / "keypoints.parts"
+
+    @property
+    def keypoints_sources(self) -> Path:
+        """Content digest of the image behind each keypoints row (what a rerun compares)."""
+        return self.tables / "keypoints_sources.parquet"
+
+    @property
+    def posemap_index(self) -> Path:
+        """Digest of the keypoints row behind each pose map (what a rerun compares)."""
+        return self.tables / "posemaps_index.parquet"
+
+    @property
+    def pairs_table(self) -> Path:
+        return self.tables / "pairs.parquet"
+
+    def image_list(self, split: str) -> Path:
+        return self.root / f"{split}_img_list.csv"
+
+    def keypoints_csv(self, split: str) -> Path:
+        return self.root / f"{split}_img_keypoints.csv"
+
+    def posemap_dir(self, split: str) -> Path:
+        return self.root / f"{split}_pose_maps"
+
+    def posemap(self, split: str, fid: str) -> Path:
+        return self.posemap_dir(split) / f"{fid}.npz"
+
+    def pairs_csv(self, split: str) -> Path:
+        return self.root / f"{split}_img_pairs.csv"
+
+
+class OutputLayout:
+    """The stages' outputs under `output.root`."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.train / "checkpoints"
+
+    @property
+    def generated(self) -> Path:
+        return self.root / "generated"
+
+    @property
+    def manifest(self) -> Path:
+        return self.generated / GenerationLayout.MANIFEST
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation"
+
+    def report(self, name: str) -> Path:
+        return self.root / "reports" / name
+
+    @property
+    def state(self) -> Path:
+        """The DAG's fingerprints and the content-hash cache."""
+        return self.root / "_state"
+
+    def previous(self, stage: str, run_id: str) -> Path:
+        """Where a rerun moves a stage's earlier outputs instead of deleting them."""
+        return self.root / f"{stage}.prev" / run_id
+
+    @property
+    def run_manifest(self) -> Path:
+        return self.root / "run_manifest.parquet"
+
+
+class TrainLayout:
+    """Where training writes under its output directory (default `O/train/`)."""
+
+    STATE_FILE = "state.pt"
+    STATE_DIR_PREFIX = "state_"
+
+    def __init__(self, out: str | os.PathLike):
+        self.root = Path(out).resolve()
+        self.checkpoints = self.root / "checkpoints"
+        self.samples = self.root / "samples"
+        self.log = self.root / "log.parquet"
+        self.meta = self.root / "run_meta.json"
+        self.ray_storage = self.root / "ray"     # Ray Train runs and resumable states
+
+    def net_checkpoint(self, net: str, iteration: int) -> Path:
+        return self.checkpoints / f"{net}_{iteration}.pth"
+
+    def sample_grid(self, iteration: int) -> Path:
+        return self.samples / f"iter_{iteration}.png"
+
+    def latest_state(self) -> tuple[int, Path] | None:
+        """The resumable state with the highest iteration over all runs, if any."""
+        found = []
+        for state in self.ray_storage.glob(f"*/{self.STATE_DIR_PREFIX}*/{self.STATE_FILE}"):
+            digits = state.parent.name[len(self.STATE_DIR_PREFIX):]
+            if digits.isdigit():
+                found.append((int(digits), state.parent))
+        return max(found) if found else None
+
+
+class GenerationLayout:
+    """The published test script's output layout, relative to a generation root:
+    `real_images/real_B/<n>@<fidB>.jpg` and `fake_images/iter_<ckpt>/fake_B/<n>@<fidB>.jpg`
+    for A->B, the same with `A` for B->A; `n` is the pair's 0-based index."""
+
+    MANIFEST = "manifest.parquet"
+    # direction -> (target side, condition side): fake_B is generated from A in B's pose.
+    DIRECTIONS = {"AB": ("B", "A"), "BA": ("A", "B")}
+    NAME_RE = re.compile(r"^(\d+)@(.+)\.jpg$")
+    CKPT_RE = re.compile(r"^iter_(.+)$")
+
+    @staticmethod
+    def real(direction: str, index: int, target_id: str) -> str:
+        return f"real_images/real_{direction[1]}/{index}@{target_id}.jpg"
+
+    @staticmethod
+    def fake(ckpt: str, direction: str, index: int, target_id: str) -> str:
+        return f"fake_images/iter_{ckpt}/fake_{direction[1]}/{index}@{target_id}.jpg"
+
+    @staticmethod
+    def real_dir(side: str) -> str:
+        return f"real_images/real_{side}"
+
+    @staticmethod
+    def fake_dir(side: str) -> str:
+        return f"fake_{side}"
+
+    @classmethod
+    def parse_name(cls, name: str) -> tuple[int, str] | None:
+        """(n, file id) of `<n>@<fid>.jpg`, None for any other name."""
+        m = cls.NAME_RE.match(name)
+        return (int(m.group(1)), m.group(2)) if m else None
+
+    @classmethod
+    def name_order(cls, name: str) -> tuple:
+        parsed = cls.parse_name(name)
+        return (0, parsed[0], name) if parsed else (1, 0, name)
+
+    @classmethod
+    def checkpoint_of(cls, folder: str) -> str | None:
+        m = cls.CKPT_RE.match(folder)
+        return m.group(1) if m else None
+
+
+class EvaluationLayout:
+    """Where the evaluate stage writes under its output directory."""
+
+    def __init__(self, out: str | os.PathLike):
+        self.root = Path(out)
+
+    def per_image(self, metric: str) -> Path:
+        return self.root / "per_image" / f"{metric}.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.parquet"
+
+    @property
+    def pairs(self) -> Path:
+        return self.root / "pairs.parquet"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "evaluation.json"
+
+
+PAIRS_INDEX_SCHEMA = pa.schema([   # what scan_generation found: one row per generated image
+    ("checkpoint", pa.string()), ("direction", pa.string()), ("index", pa.int64()),
+    ("name", pa.string()), ("real_path", pa.string()), ("fake_path", pa.string()),
+    ("condition_path", pa.string()), ("error", pa.string()),
+])  # fmt: skip
+
+
+def scan_generation(gen_root: str | os.PathLike) -> pd.DataFrame:
+    """Pairs of a published-layout directory, matched by file name: one row per generated
+    image with its real target and the condition image of the same index n.
+
+    Columns: checkpoint, direction, index, name, real_path, fake_path, condition_path, error
+    (paths relative to `gen_root`; error says what is missing)."""
+    g = GenerationLayout
+    root = Path(gen_root)
+    fake_root = root / "fake_images"
+    if not fake_root.is_dir():
+        raise DataError(
+            f"{root} is not a generation directory: {fake_root} is missing. Expected the "
+            "published layout real_images/real_{A,B}/<n>@<fid>.jpg and "
+            "fake_images/iter_<ckpt>/fake_{A,B}/<n>@<fid>.jpg (run the generate stage first)."
+        )
+    by_index: dict[str, dict[int, str]] = {}
+    for side in ("A", "B"):
+        folder = root / g.real_dir(side)
+        names = sorted(p.name for p in folder.glob("*.jpg")) if folder.is_dir() else []
+        by_index[side] = {parsed[0]: n for n in names if (parsed := g.parse_name(n))}
+    rows = []
+    folders = [(g.checkpoint_of(p.name), p) for p in fake_root.iterdir() if p.is_dir()]
+    for ckpt, ckpt_dir in sorted((f for f in folders if f[0] is not None),
+                                 key=lambda f: checkpoint_sort_key(f[0])):
+        for direction, (target, condition) in g.DIRECTIONS.items():
+            folder = ckpt_dir / g.fake_dir(target)
+            if not folder.is_dir():
+                continue
+            for fake in sorted(folder.glob("*.jpg"), key=lambda p: g.name_order(p.name)):
+                parsed = g.parse_name(fake.name)
+                real = root / g.real_dir(target) / fake.name
+                cond = by_index[condition].get(parsed[0]) if parsed else None
+                error = None
+                if not parsed:
+                    error = f"file name {fake.name!r} is not <n>@<file id>.jpg"
+                elif not real.is_file():
+                    error = f"no real image {g.real_dir(target)}/{fake.name} for the generated one"
+                rows.append({
+                    "checkpoint": ckpt, "direction": direction,
+                    "index": parsed[0] if parsed else -1, "name": fake.name,
+                    "real_path": str(real.relative_to(root)),
+                    "fake_path": str(fake.relative_to(root)),
+                    "condition_path": f"{g.real_dir(condition)}/{cond}" if cond else None,
+                    "error": error,
+                })
+    return pd.DataFrame(rows, columns=PAIRS_INDEX_SCHEMA.names)

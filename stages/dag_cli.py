@@ -1,0 +1,129 @@
+"""`run`, `status`, `clean` and `demo`: the command-line face of the DAG (stages/dag.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from stages import STAGE_NAMES
+
+REPO = Path(__file__).resolve().parent.parent
+STAGE = click.Choice(STAGE_NAMES)
+
+
+@click.command("run")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output root (default: output.root of the config).")
+@click.option("--from", "start", type=STAGE, default=None,
+              help="Start at STAGE (redo it) and check every stage after it.")
+@click.option("--only", type=STAGE, default=None, help="Run only STAGE (always redoes it).")
+@click.option("--force", type=STAGE, multiple=True,
+              help="Redo STAGE even when up to date, its earlier outputs moved aside (repeatable).")
+@click.option("--resume", "resume", type=STAGE, multiple=True,
+              help="Continue STAGE's existing outputs although its fingerprint changed (repeatable; "
+                   "for train: keep training the current run).")
+@click.option("--dry-run", "-n", is_flag=True,
+              help="Say what would run and why; change nothing on disk.")
+@click.pass_obj
+def run_command(obj, out, start, only, force, resume, dry_run) -> None:
+    """Run the whole pipeline DAG, doing only what changed.
+
+    \b
+    keypoints -> posemaps -> pairs -> (train) -> generate -> evaluate -> report
+    A stage reruns only for a reason it prints: its version or an output-defining config
+    key changed (batch sizes, concurrency and workers do not count), the content of its
+    inputs changed (mtimes alone do not count: OUT/_state caches content digests), an
+    output is missing, or it has more to do (train.iterations raised: training continues).
+    Earlier outputs are never deleted: a redo moves them to OUT/<stage>.prev/<run id>/
+    (`clean` removes them). A stale `train` stops the run and says how to go on.
+    Each run appends to OUT/run_manifest.parquet and .json.
+    Example: run_pipeline.py run --config configs/deepfashion.yaml --dry-run
+    """
+    from stages.dag import plan_run, run_dag
+
+    if out:
+        obj.override(f"output.root={out}")
+    plan = plan_run(only=only, start=start, force=tuple(force), resume=tuple(resume))
+    run_dag(obj.cfg, plan, echo=click.echo, dry_run=dry_run)
+
+
+@click.command("status")
+@click.pass_obj
+def status_command(obj) -> None:
+    """Say, per stage, whether it is up to date and why it would run.
+
+    \b
+    The same assessment as `run --dry-run`: up to date / would run / would resume /
+    would update, with the config keys that changed (from what to what), the inputs that
+    changed and how many of their files, and the stage version. Changes nothing on disk.
+    Example: run_pipeline.py status --config configs/demo.yaml
+    """
+    from stages.dag import plan_run, run_dag
+
+    run_dag(obj.cfg, plan_run(), echo=click.echo, dry_run=True)
+
+
+@click.command("clean")
+@click.option("--yes", is_flag=True, help="Delete them (without it, only list them).")
+@click.pass_obj
+def clean_command(obj, yes) -> None:
+    """Delete outputs that reruns moved aside (OUT/<stage>.prev/<run id>/).
+
+    \b
+    Lists each folder with its size; deletes only with --yes.
+    Example: run_pipeline.py clean --config configs/demo.yaml --yes
+    """
+    from stages.dag import previous_runs
+
+    folders = previous_runs(obj.cfg)
+    if not folders:
+        click.echo("nothing moved aside")
+        return
+    for folder in folders:
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        click.echo(f"{'deleting' if yes else 'kept'}  {folder}  ({size / 1e6:.1f} MB)")
+        if yes:
+            shutil.rmtree(folder)
+            if not any(folder.parent.iterdir()):
+                folder.parent.rmdir()
+    if not yes:
+        click.echo("run again with --yes to delete them")
+
+
+@click.command("demo")
+@click.option("--out", type=click.Path(file_okay=False), default="out/demo", show_default=True,
+              help="Where the synthetic data, outputs and report go.")
+@click.option("--identities", type=click.IntRange(2), default=None,
+              help="Synthetic identities (default: synth.identities of the demo config).")
+@click.pass_obj
+def demo_command(obj, out, identities) -> None:
+    """The whole pipeline on embedded synthetic data, end to end.
+
+    \b
+    1. synth: a synthetic DeepFashion-like tree in OUT/data (kept on reruns)
+    2. run --config configs/demo.yaml on it: keypoints, pose maps, pairs, a short training
+       of a small NetG, generation, evaluation and the report.
+    A rerun does only what changed. Prints where the report is.
+    """
+    from pipeline.layout import OutputLayout
+    from pipeline.synthetic import ensure_synthetic_tree
+    from stages.dag import plan_run, run_dag
+
+    if obj.config_path is None:
+        obj.config_path = str(REPO / "configs" / "demo.yaml")
+    data = Path(out) / "data"
+    obj.override(f"dataset.root={data}", f"output.root={out}")
+    if identities is not None:
+        obj.override(f"synth.identities={identities}")
+    sc = obj.cfg.synth
+    if ensure_synthetic_tree(data, sc.identities, sc.poses_per_identity, sc.seed):
+        click.echo(f"[synth] wrote {sc.identities * sc.poses_per_identity} synthetic images "
+                   f"({sc.identities} identities) to {data}")
+    else:
+        click.echo(f"[synth] {data} already holds this synthetic tree, kept")
+    cfg = obj.cfg
+    run_dag(cfg, plan_run(), echo=click.echo)
+    report = OutputLayout(cfg.output.root).report(cfg.report.name) / "report.html"
+    click.echo(f"demo finished: report at {report.resolve()}")

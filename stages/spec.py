@@ -1,0 +1,54 @@
+"""What a stage declares about itself for the `run` DAG: what it reads and writes, which
+config keys change its outputs, and a version a developer bumps when the code that
+defines its outputs changes. Nothing else (batch sizes, concurrency, code comments) makes
+a stage rerun."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.runtime import StageResult
+
+
+def _nothing(cfg: Config) -> list[Path]:
+    return []
+
+
+def _always_needed(cfg: Config) -> str | None:
+    return None
+
+
+def _no_progress(cfg: Config, record: dict[str, Any]) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    version: int
+    # (cfg, fresh) -> result. fresh: earlier outputs were moved aside, start from nothing;
+    # otherwise resume, reusing the rows whose inputs did not change.
+    run: Callable[[Config, bool], StageResult]
+    config_keys: tuple[str, ...]            # dotted keys whose values change the outputs
+    inputs: Callable[[Config], list[Path]]   # files and folders, digested by content
+    outputs: Callable[[Config], list[Path]]  # all exist once the stage finished
+    # Earlier outputs moved aside (never deleted) before a fresh run.
+    previous: Callable[[Config], list[Path]] = _nothing
+    needed: Callable[[Config], str | None] = _always_needed   # a reason to leave it out
+    # True: a changed fingerprint stops the run instead of redoing the work (training).
+    guarded: bool = False
+    # A reason to resume a stage whose fingerprint matches (train.iterations raised).
+    progress: Callable[[Config, dict[str, Any]], str | None] = _no_progress
+    # Extra facts stored with the fingerprint, read back by `progress`.
+    record: Callable[[Config], dict[str, Any]] = field(default=lambda cfg: {})
+
+
+def config_value(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for key in dotted.split("."):
+        node = getattr(node, key)
+    return node
