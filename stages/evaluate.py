@@ -578,12 +578,29 @@ STAGE = StageSpec(
 )
 
 
+class MetricList(click.ParamType):
+    """Comma-separated metric names, each one of METRICS."""
+
+    name = "METRIC[,METRIC...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        names = [m.strip() for m in value.split(",") if m.strip()]
+        unknown = [m for m in names if m not in METRICS]
+        if unknown or not names:
+            self.fail(f"{', '.join(map(repr, unknown)) or 'nothing'} given; choose from "
+                      f"{', '.join(METRICS)}", param, ctx)
+        return names
+
+
 @click.command("evaluate")
 @click.option("--generated", type=click.Path(exists=True, file_okay=False), default=None,
               help="Generation directory in the published layout (default: <output.root>/generated).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Where tables and CSVs go (default: <output.root>/evaluation).")
-@click.option("--metrics", default=None, help=f"Comma-separated subset of {','.join(METRICS)} (default: evaluate.metrics).")
+@click.option("--metrics", type=MetricList(), default=None,
+              help=f"Comma-separated subset of {','.join(METRICS)} (default: evaluate.metrics).")
 @click.option("--weights", "network_weights", type=click.Choice(["pretrained", "random"]), default=None,
               help="Network weights: pretrained (default) or random (tests/benchmarks; scores meaningless).")
 @click.pass_obj
@@ -607,8 +624,7 @@ def evaluate_command(obj, generated, out, metrics, network_weights) -> None:
     cfg = obj.cfg
     if network_weights:
         cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, network_weights=network_weights))
-    chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
-    result = run_evaluate(cfg, generated=generated, out=out, metrics=chosen)
+    result = run_evaluate(cfg, generated=generated, out=out, metrics=metrics)
     click.echo(result.summary())
     for name, path in result.outputs.items():
         click.echo(f"  {name}: {path}")

@@ -3,18 +3,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pipeline.config import Config
 from pipeline.layout import SPLITS, DatasetLayout
 from pipeline.posemap import out_of_image, write_posemap
 from pipeline.runtime import StageResult
-from pipeline.tables import KEYPOINTS_SCHEMA, DataError, read_table
+from pipeline.tables import KEYPOINTS_SCHEMA, DataError, read_table, write_table
 from stages.spec import StageSpec
 
 
@@ -42,28 +45,47 @@ def write_posemaps(job: PosemapJob, sigma: float | None) -> int:
     return outside
 
 
-def plan_posemaps(table: pd.DataFrame, layout: DatasetLayout, table_mtime: float, force: bool
-                  ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Rows whose map must be (re)written, with their target path, and the rows left out
-    counted by reason. A map newer than the keypoints table is up to date."""
+POSEMAP_INDEX_SCHEMA = pa.schema([("target", pa.string()), ("digest", pa.string())])
+
+
+def row_digests(rows: pd.DataFrame, sigma: float | None) -> list[str]:
+    """What each map is made from (frame size, keypoints, sigma): a map whose digest is
+    unchanged is up to date, however old its file."""
+    out = []
+    for h, w, x, y in zip(rows["img_h"], rows["img_w"], rows["x"], rows["y"], strict=True):
+        blob = np.concatenate([[h, w], x, y]).astype(np.int64).tobytes() + repr(sigma).encode()
+        out.append(hashlib.blake2b(blob, digest_size=12).hexdigest())
+    return out
+
+
+def read_index(layout: DatasetLayout) -> dict[str, str]:
+    if not layout.posemap_index.is_file():
+        return {}
+    index = read_table(layout.posemap_index, POSEMAP_INDEX_SCHEMA)
+    return dict(zip(index["target"], index["digest"], strict=True))
+
+
+def plan_posemaps(table: pd.DataFrame, layout: DatasetLayout, sigma: float | None, force: bool
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """(rows whose map must be (re)written, every row that has a map, rows left out counted
+    by reason). Both frames carry the target path and the row digest."""
     excluded: dict[str, int] = {}
     has_error = table["error"].notna()
     excluded["keypoint error"] = int(has_error.sum())
     no_split = ~has_error & ~table["split"].isin(SPLITS)
     excluded["no train/test split"] = int(no_split.sum())
     rows = table[~has_error & ~no_split].copy()
-    rows["target"] = [str(layout.posemap(s, f)) for s, f in zip(rows["split"], rows["file_id"], strict=True)]
+    rows["target"] = [str(layout.posemap(s, f))
+                      for s, f in zip(rows["split"], rows["file_id"], strict=True)]
+    rows["digest"] = row_digests(rows, sigma)
+    todo = rows
     if not force:
-        def fresh(p: str) -> bool:
-            try:
-                return Path(p).stat().st_mtime >= table_mtime
-            except FileNotFoundError:
-                return False
-
-        up_to_date = rows["target"].map(fresh)
+        index = read_index(layout)
+        up_to_date = np.array([index.get(t) == d and os.path.exists(t)
+                               for t, d in zip(rows["target"], rows["digest"], strict=True)], bool)
         excluded["up to date"] = int(up_to_date.sum())
-        rows = rows[~up_to_date]
-    return rows, {k: v for k, v in excluded.items() if v}
+        todo = rows[~up_to_date]
+    return todo, rows, {k: v for k, v in excluded.items() if v}
 
 
 def jobs_for(rows: pd.DataFrame, batch_size: int) -> list[PosemapJob]:
@@ -88,7 +110,7 @@ def run_posemaps(cfg: Config, sigma: float | None = None, force: bool = False, o
         raise DataError(f"no keypoints table at {source.keypoints_table}: run the keypoints stage first")
     table = read_table(source.keypoints_table, KEYPOINTS_SCHEMA)
     sigma = sigma if sigma is not None else cfg.posemaps.gaussian_sigma
-    rows, excluded = plan_posemaps(table, layout, source.keypoints_table.stat().st_mtime, force)
+    rows, mapped, excluded = plan_posemaps(table, layout, sigma, force)
     result.rows_in, result.skipped = len(table), excluded.get("up to date", 0)
     outside = 0
     if len(rows):
@@ -100,12 +122,19 @@ def run_posemaps(cfg: Config, sigma: float | None = None, force: bool = False, o
                 done, pending = ray.wait(pending, num_returns=1)
                 outside += ray.get(done[0])
                 bar.update(min(cfg.posemaps.batch_size, bar.total - bar.n))
+    # Maps of images no longer in the table go; the index records what each map holds.
+    gone = set(read_index(layout)) - set(mapped["target"])
+    for target in gone:
+        Path(target).unlink(missing_ok=True)
+    write_table(mapped[["target", "digest"]], layout.posemap_index, POSEMAP_INDEX_SCHEMA)
     result.rows_out = len(rows)
     result.errors = excluded.get("keypoint error", 0)
     result.outputs = {f"{s}_pose_maps": str(layout.posemap_dir(s)) for s in SPLITS}
     result.notes.append(f"{'gaussian sigma ' + str(sigma) if sigma is not None else 'one-hot'} maps; "
                         f"{outside} out-of-image keypoint(s) treated as missing")
     result.notes += [f"not written ({reason}): {n}" for reason, n in excluded.items()]
+    if gone:
+        result.notes.append(f"{len(gone)} map(s) of images no longer in the keypoints table removed")
     return result.finish()
 
 
@@ -123,7 +152,7 @@ STAGE = StageSpec(
 @click.option("--gaussian", "sigma", type=click.FloatRange(0, min_open=True), default=None, metavar="SIGMA",
               help="Gaussian maps with this sigma in pixels instead of the legacy one-hot maps.")
 @click.option("--force", is_flag=True,
-              help="Rewrite every map (needed after changing --gaussian: up-to-date maps are skipped).")
+              help="Rewrite every map (maps whose keypoints and sigma are unchanged are skipped).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Write {train,test}_pose_maps/ here (default: dataset root).")
 @click.pass_obj
@@ -134,7 +163,8 @@ def posemaps_command(obj, sigma, force, out) -> None:
     Writes {train,test}_pose_maps/<file_id>.npz: uint8 H x W x 18, 1 at [y, x, k] for each
     valid keypoint k, saved with numpy.savez_compressed under arr_0 like the published
     utility (np.load(f)['arr_0']). Files are written atomically by parallel Ray tasks;
-    maps newer than the keypoints table are skipped unless --force. Rows with errors are
+    maps whose keypoints row and sigma are unchanged are skipped unless --force;
+    maps of images gone from the table are removed. Rows with errors are
     left out and counted; keypoints outside the image are treated as missing and counted.
     Example: run_pipeline.py --set dataset.root=data/synthetic posemaps
     """

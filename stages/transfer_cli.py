@@ -23,8 +23,10 @@ import click
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available).")
 def transfer_command(condition, reference, keypoints_file, condition_keypoints, out, checkpoint, ngf,
                      device) -> None:
-    """Re-pose the person of one image: the condition in the pose of a reference image or
-    of given keypoints. The output has the condition's size.
+    """Re-pose the person of one image (condition) in the pose of a reference image.
+
+    The target pose comes from a reference image or from a keypoints file. The output has
+    the condition's size.
 
     \b
     Keypoints file: JSON {"x": [18 ints], "y": [18 ints], "width": W, "height": H} in

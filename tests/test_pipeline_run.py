@@ -18,10 +18,10 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.config import load_config
-from stages.dag import plan_run, run_dag
 from pipeline.networks import build_generator
 from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
 from run_pipeline import cli
+from stages.dag import plan_run, run_dag
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [

@@ -68,7 +68,17 @@ def test_stage_writes_skips_and_counts(annotated_root, tmp_path, ray_session):
 
     again = run_posemaps(cfg, progress=False)
     assert again.rows_out == 0 and again.skipped == len(table) - 1
-    stale = layout.posemap(table.at[2, "split"], table.at[2, "file_id"])
-    os.utime(stale, (0, 0))                                  # older than the keypoints table
+    old = layout.posemap(table.at[2, "split"], table.at[2, "file_id"])
+    os.utime(old, (0, 0))                        # an older file with the same content is fine
+    assert run_posemaps(cfg, progress=False).rows_out == 0
+    x2 = np.asarray(table.at[2, "x"]).copy()
+    x2[x2 >= 0] -= 1                                          # one row's keypoints move
+    table.at[2, "x"] = x2
+    gone = table.iloc[3]
+    write_table(table.drop(index=3), layout.keypoints_table, KEYPOINTS_SCHEMA)
     assert run_posemaps(cfg, progress=False).rows_out == 1
+    moved = load_posemap(old)
+    assert sorted(np.nonzero(moved)[1].tolist()) == sorted(int(v) for v in x2 if 0 <= v < 176)
+    assert not layout.posemap(gone.split, gone.file_id).exists()   # its image left the table
+    table = table.drop(index=3)
     assert run_posemaps(cfg, force=True, progress=False).rows_out == len(table) - 1
