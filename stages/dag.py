@@ -276,6 +276,7 @@ def run_dag(cfg: Config, plan: RunPlan, echo: Callable[[str], None] = print,
             row = {"run_id": run_id, "stage": spec.name, "config_hash": cfg_hash,
                    "packages": packages, "start": pd.Timestamp.now().floor("s"), "rows_in": 0,
                    "rows_out": 0, "errors": 0, "reason": "; ".join(decision.reasons) or None,
+                   "moved_aside": None,
                    "fingerprint": decision.fingerprint.digest() if decision.fingerprint else None}
             echo(decision.describe())
             if decision.action == "stop":

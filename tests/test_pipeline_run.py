@@ -137,7 +137,7 @@ def test_killed_driver_resumes_to_the_clean_result(tmp_path, fault_tree):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     out = finish(run_cli(run_args(killed, tmp_path / "out_killed", ckpt)))
-    assert "[keypoints] up to date" in out and "[generate] running ..." in out
+    assert "[keypoints] up to date" in out and "[generate] resuming" in out
     for table in ("tables/keypoints.parquet", "tables/pairs.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(clean / table), pd.read_parquet(killed / table))
     key = ["checkpoint", "direction", "index"]
