@@ -88,8 +88,7 @@ def _image_lists(cfg: Config) -> list[Path]:
 
 def _keypoints_inputs(cfg: Config) -> list[Path]:
     paths = _image_lists(cfg) + [Path(cfg.dataset.root) / "img"]
-    if cfg.keypoints.annotations:
-        paths.append(Path(cfg.keypoints.annotations))
+    paths += [Path(p) for p in (cfg.keypoints.annotations, cfg.keypoints.compare) if p]
     return paths
 
 

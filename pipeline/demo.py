@@ -26,13 +26,13 @@ def ensure_synthetic_tree(root: Path, identities: int, poses: int, seed: int,
     echo(f"[synth] wrote {len(table)} synthetic images ({identities} identities) to {root}")
 
 
-def openpifpaf_unavailable(cfg: Config) -> str | None:
-    """Why openpifpaf cannot run here (missing weights), or None when it can."""
-    from pipeline.estimator import KeypointEstimator
+def estimator_unavailable(cfg: Config) -> str | None:
+    """Why the configured keypoint estimator cannot run here (missing weights), or None."""
+    from pipeline.estimators import resolve_estimator
     from pipeline.weights import WeightsError
 
     try:
-        KeypointEstimator(cfg.keypoints.checkpoint)
+        resolve_estimator(cfg.keypoints, cfg.weights.dir)
     except WeightsError as exc:
         return str(exc)
     return None
@@ -47,10 +47,14 @@ def prepare_demo(obj: Any, out: Path, identities: int | None, echo: Callable[[st
     cfg = obj.cfg
     sc = cfg.synth
     ensure_synthetic_tree(data, sc.identities, sc.poses_per_identity, sc.seed, echo)
+    # The estimated keypoints are scored against the tree's ground truth (annotation QA).
+    obj.overrides.append(f"keypoints.compare={data / GROUND_TRUTH_CSV}")
+    obj._cfg = None
+    cfg = obj.cfg
     if cfg.keypoints.annotations is None:
-        reason = openpifpaf_unavailable(cfg)
+        reason = estimator_unavailable(cfg)
         if reason:
-            echo("[keypoints] openpifpaf weights are not available here, so the demo imports the "
+            echo(f"[keypoints] {cfg.keypoints.estimator} is not available here, so the demo imports the "
                  f"synthetic ground-truth keypoints ({GROUND_TRUTH_CSV}) instead of estimating "
                  f"them.\n            ({reason})")
             obj.overrides.append(f"keypoints.annotations={data / GROUND_TRUTH_CSV}")
