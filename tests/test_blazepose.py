@@ -143,3 +143,24 @@ def test_weights_status_lists_blazepose_files_as_present():
     for r in rows.values():
         assert r["path"] and "mediapipe" in r["path"] and r["size"] > 1e6
         assert r["sha256"] == file_sha256(r["path"])
+
+
+def test_transfer_cli_estimates_both_poses_with_mediapipe(reference, tmp_path):
+    import torch
+    from click.testing import CliRunner
+
+    from pipeline.networks import build_generator
+    from run_pipeline import cli
+
+    ckpt = tmp_path / "netG_1.pth"
+    torch.manual_seed(0)
+    torch.save(build_generator(4, init=False).state_dict(), ckpt)
+    api = reference / "api-test"
+    res = CliRunner().invoke(cli, [
+        "transfer", "--condition", str(api / "condition.jpg"),
+        "--reference", str(api / "target_pose_reference.jpg"), "--estimator", "mediapipe",
+        "--out", str(tmp_path / "c.jpg"), "--checkpoint", str(ckpt), "--ngf", "4",
+        "--device", "cpu",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "c.jpg").size == (176, 256)
