@@ -1,9 +1,11 @@
 """Benchmarks of the annotation stages, each ratio measured side by side in one run:
 keypoints (stage on 1 and 2 Ray workers vs a bare in-process loop, same images and network),
-posemaps (stage vs the published serial approach) and pairs (a DeepFashion-sized table).
+posemaps (stage vs the published serial approach) and pairs (a DeepFashion-sized table);
+mediapipe keypoints (stage on 1 Ray worker vs a bare in-process loop) and its PCKh against
+the synthetic ground truth on a 40x6 tree.
 
     .venv/bin/python bench/annotations.py [--images 200] [--maps 2000] [--pairs-rows 52712]
-        [--checkpoint PATH] [--only keypoints,posemaps,pairs]
+        [--checkpoint PATH] [--only keypoints,posemaps,pairs,mediapipe]
 
 Without --checkpoint a random-initialised openpifpaf shufflenetv2k16 is used: it costs the
 same network time as the pretrained one, though it finds fewer people to decode.
@@ -79,6 +81,41 @@ def bench_keypoints(tmp: Path, n_images: int, checkpoint: Path | None) -> dict:
     return out
 
 
+def bench_mediapipe(tmp: Path, identities: int = 40, poses: int = 6) -> dict:
+    """The mediapipe stage on 1 worker vs a bare loop over the same images, and the
+    stage's keypoints scored against the tree's ground truth (annotation QA)."""
+    from pipeline.estimators import build_estimator
+    from pipeline.imaging import load_rgb
+    from pipeline.keypoint_qa import overall_pckh
+    from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
+    from stages.keypoints import list_images, run_keypoints
+
+    root = tmp / "mp"
+    write_synthetic_tree(root, identities=identities, poses_per_identity=poses, seed=0)
+    cfg = load_config(overrides=[f"dataset.root={root}", "keypoints.estimator=mediapipe",
+                                 "keypoints.concurrency=1"])
+    paths = list_images(cfg)["path"].tolist()
+    t = time.perf_counter()
+    est = build_estimator("mediapipe")   # the actor builds one too; both are timed
+    for p in paths:
+        est.predict([np.asarray(load_rgb(root / p))])
+    bare = time.perf_counter() - t
+    init_ray(cfg.ray)
+    t = time.perf_counter()
+    result = run_keypoints(cfg, force=True, progress=False, compare=str(root / GROUND_TRUTH_CSV))
+    stage = time.perf_counter() - t
+    from pipeline.keypoint_qa import KEYPOINT_QA_SCHEMA
+    from pipeline.tables import read_table
+
+    qa = read_table(result.outputs["keypoints_qa"], KEYPOINT_QA_SCHEMA)
+    table = read_table(DatasetLayout(root).keypoints_table, KEYPOINTS_SCHEMA)
+    return {"images": len(paths), "bare_loop_s": round(bare, 2), "stage_1w_s": round(stage, 2),
+            "ratio_1w_vs_bare": round(bare / stage, 3),
+            "without_person": int((table["n_valid"] == 0).sum()),
+            "pckh_vs_ground_truth": round(overall_pckh(qa), 4),
+            "counted": int(qa["error"].isna().sum())}
+
+
 def keypoint_table(n: int, rng: np.random.Generator, height: int = 256, width: int = 176) -> pd.DataFrame:
     """A keypoints table of n images in ~6.6-image identity folders, random keypoints."""
     ident = np.sort(rng.integers(0, max(1, int(n / 6.6)), n))
@@ -143,7 +180,7 @@ def main() -> None:
     ap.add_argument("--maps", type=int, default=2000)
     ap.add_argument("--pairs-rows", type=int, default=DEEPFASHION_IMAGES)
     ap.add_argument("--checkpoint", type=Path, default=None)
-    ap.add_argument("--only", default="keypoints,posemaps,pairs")
+    ap.add_argument("--only", default="keypoints,posemaps,pairs,mediapipe")
     args = ap.parse_args()
     only = set(args.only.split(","))
     with tempfile.TemporaryDirectory() as d:
@@ -154,6 +191,8 @@ def main() -> None:
             print("posemaps", bench_posemaps(tmp, args.maps), flush=True)
         if "keypoints" in only:
             print("keypoints", bench_keypoints(tmp, args.images, args.checkpoint), flush=True)
+        if "mediapipe" in only:
+            print("mediapipe", bench_mediapipe(tmp), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.tables import DatasetLayout  # noqa: E402
+from pipeline.layout import DatasetLayout  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -154,22 +154,28 @@ class PoseTransfer:
 
     Images of any size are scaled to height 256, centre-cropped to width 176 and padded
     to 256 x 256 (the published API's preprocessing); the result is mapped back to the
-    condition's size. Keypoints not given are estimated with pipeline.estimator.
+    condition's size. Keypoints not given are estimated with `estimator` (openpifpaf, which
+    needs its weights, or mediapipe, which ships them).
     """
 
     def __init__(self, checkpoint: str | os.PathLike, device: str | None = None, ngf: int = 64,
-                 estimator_checkpoint: str = "shufflenetv2k16"):
+                 estimator_checkpoint: str = "shufflenetv2k16", estimator: str = "openpifpaf",
+                 weights_dir: str | os.PathLike | None = None):
         self.device = device or best_device()
         self.net = load_generator(checkpoint, ngf, self.device)
         self.estimator_checkpoint = estimator_checkpoint
+        self.estimator_name = estimator
+        self.weights_dir = weights_dir
         self._estimator = None
 
     def estimate_pose(self, image: ImageLike | np.ndarray) -> Pose:
-        """Keypoints of the highest-scoring person (needs the openpifpaf weights)."""
-        from pipeline.estimator import KeypointEstimator
+        """Keypoints of the person the estimator finds (all -1 when none)."""
+        from pipeline.config import KeypointsConfig
+        from pipeline.estimators import build_estimator
 
         if self._estimator is None:
-            self._estimator = KeypointEstimator(self.estimator_checkpoint, device=self.device)
+            kc = KeypointsConfig(estimator=self.estimator_name, checkpoint=self.estimator_checkpoint)
+            self._estimator = build_estimator(kc, self.weights_dir, device=self.device)
         im = _as_image(image)
         x, y, _ = self._estimator.predict([np.asarray(im)])[0]
         return Pose(x, y, im.size)

@@ -52,8 +52,12 @@ class SynthConfig:
 
 @dataclass
 class KeypointsConfig:
+    estimator: Literal["openpifpaf", "mediapipe"] = "openpifpaf"
     checkpoint: str = "shufflenetv2k16"  # openpifpaf checkpoint name or path
     annotations: str | None = None       # import this legacy CSV instead of estimating
+    compare: str | None = None           # score the keypoints against this legacy CSV (QA)
+    # mediapipe: landmarks less visible than this are missing (-1).
+    min_visibility: float = field(default=0.5, metadata=_check(0.0))
     batch_size: int = field(default=8, metadata=_check(1))
     concurrency: int | None = field(default=None, metadata=_check(1))
     min_score: float = field(default=0.0, metadata=_check(0.0))

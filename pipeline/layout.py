@@ -44,6 +44,11 @@ class DatasetLayout:
         return self.tables / "keypoints_sources.parquet"
 
     @property
+    def keypoints_qa(self) -> Path:
+        """Estimated keypoints scored against a reference CSV (annotation QA)."""
+        return self.tables / "keypoints_qa.parquet"
+
+    @property
     def posemap_index(self) -> Path:
         """Digest of the keypoints row behind each pose map (what a rerun compares)."""
         return self.tables / "posemaps_index.parquet"

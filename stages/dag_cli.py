@@ -108,13 +108,15 @@ def demo_command(obj, out, identities) -> None:
     A rerun does only what changed. Prints where the report is.
     """
     from pipeline.layout import OutputLayout
-    from pipeline.synthetic import ensure_synthetic_tree
+    from pipeline.synthetic import GROUND_TRUTH_CSV, ensure_synthetic_tree
     from stages.dag import plan_run, run_dag
 
     if obj.config_path is None:
         obj.config_path = str(REPO / "configs" / "demo.yaml")
     data = Path(out) / "data"
-    obj.override(f"dataset.root={data}", f"output.root={out}")
+    # The estimated keypoints are scored against the tree's ground truth (annotation QA).
+    obj.override(f"dataset.root={data}", f"output.root={out}",
+                 f"keypoints.compare={data / GROUND_TRUTH_CSV}")
     if identities is not None:
         obj.override(f"synth.identities={identities}")
     sc = obj.cfg.synth

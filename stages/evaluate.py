@@ -192,10 +192,10 @@ def build_scorer(metric: str, weights: str | None) -> Callable[[list[np.ndarray]
 
         model = build_lpips(metric.split("_", 1)[1], weights).to(device)
         return lambda real, fake: [{"value": v} for v in lpips_distances(model, real, fake)]
-    if metric == "pckh":
-        from pipeline.estimator import KeypointEstimator  # the annotations stage's estimator
+    if metric == "pckh":   # `weights`: the keypoints config resolve_estimator checked
+        from pipeline.estimators import build_estimator
 
-        estimator = KeypointEstimator(device=device)
+        estimator = build_estimator(weights, device=device)
         return lambda real, fake: pckh_rows(estimator.predict(real), estimator.predict(fake))
     raise ValueError(f"no network scorer for metric {metric!r}")
 
@@ -467,18 +467,18 @@ def _run_network_metric(metric, weights, gen_root, units, paths, cfg) -> tuple[p
     return collector.write(), None
 
 
-def weights_for(metric: str, mode: str, weights_dir: str | None) -> str | None:
-    """The weight file path of a metric's network (None: random or no weights needed);
-    raises WeightsError naming the missing file."""
-    from pipeline.weights import WeightsError, require_weight
+def weights_for(metric: str, mode: str, weights_dir: str | None, keypoints=None):
+    """The weight file path of a metric's network (None: random or no weights needed); for
+    PCKh the configured keypoint estimator (`keypoints`), resolved, pretrained in either
+    mode. Raises WeightsError naming the missing file."""
+    from pipeline.weights import require_weight
 
     spec = SPECS[metric]
     if metric == "pckh":
-        import importlib.util
+        from pipeline.config import KeypointsConfig
+        from pipeline.estimators import resolve_estimator
 
-        if importlib.util.find_spec("pipeline.estimator") is None:
-            raise WeightsError("keypoint estimator not available: pipeline/estimator.py (the annotations "
-                               "stage's KeypointEstimator) is not in this checkout")
+        return resolve_estimator(keypoints or KeypointsConfig(), weights_dir)
     if spec.weight is None or mode == "random":
         return None
     return str(require_weight(spec.weight, weights_dir))
@@ -527,7 +527,7 @@ def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: s
         from pipeline.weights import WeightsError
 
         try:
-            weights = weights_for(metric, mode, cfg.weights.dir)
+            weights = weights_for(metric, mode, cfg.weights.dir, cfg.keypoints)
         except WeightsError as exc:
             skipped[metric] = str(exc)
             continue

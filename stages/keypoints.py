@@ -1,5 +1,6 @@
-"""Keypoints stage: OpenPose-18 keypoints per image, estimated with openpifpaf on Ray or
-imported from a legacy keypoints CSV; the keypoints table plus legacy CSVs."""
+"""Keypoints stage: OpenPose-18 keypoints per image, estimated with openpifpaf or mediapipe
+(BlazePose) on Ray or imported from a legacy keypoints CSV; the keypoints table plus legacy
+CSVs, and optionally a QA table against a reference CSV."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import click
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Config
+from pipeline.config import Config, KeypointsConfig
 from pipeline.layout import SPLITS, DatasetLayout
 from pipeline.runtime import StageResult
 from pipeline.skeleton import MISSING, N_KEYPOINTS, valid_mask
@@ -105,16 +106,12 @@ def keypoint_rows(paths, splits, images, errors, predicted: dict[int, tuple], es
 
 
 class KeypointsPredictor:
-    """Ray Data actor: one openpifpaf network per actor, decoded images in, table rows out."""
+    """Ray Data actor: one estimator per actor, decoded images in, table rows out."""
 
-    def __init__(self, checkpoint: str, device: str | None, min_score: float, threads: int | None):
-        import torch
+    def __init__(self, keypoints: KeypointsConfig, device: str | None, threads: int | None):
+        from pipeline.estimators import build_estimator
 
-        from pipeline.estimator import KeypointEstimator
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.estimator = KeypointEstimator(checkpoint, device=device, min_score=min_score)
+        self.estimator = build_estimator(keypoints, device=device, threads=threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
         ok = [i for i, e in enumerate(batch["decode_error"]) if pd.isna(e)]
@@ -123,12 +120,8 @@ class KeypointsPredictor:
                              predicted, self.estimator.name)
 
 
-def parts_dir(layout: DatasetLayout) -> Path:
-    return layout.tables / "keypoints.parts"
-
-
 def part_rows(layout: DatasetLayout) -> list[pd.DataFrame]:
-    return [read_table(p, KEYPOINTS_SCHEMA) for p in sorted(parts_dir(layout).glob("*.parquet"))]
+    return [read_table(p, KEYPOINTS_SCHEMA) for p in sorted(layout.keypoints_parts.glob("*.parquet"))]
 
 
 def finished_rows(layout: DatasetLayout) -> pd.DataFrame:
@@ -156,24 +149,27 @@ def worker_resources(cluster: dict[str, float], concurrency: int | None) -> tupl
     return n, {"num_cpus": min(1.0, (cpus - DECODE_CPUS) / (2 * n)), "threads": max(1, int(cpus) // n)}
 
 
-def estimate_keypoints(cfg: Config, todo: pd.DataFrame, layout: DatasetLayout, checkpoint: str,
+def estimate_keypoints(cfg: Config, todo: pd.DataFrame, layout: DatasetLayout, estimator: KeypointsConfig,
                        progress: bool = True) -> int:
-    """Run openpifpaf (checkpoint: a file path) over `todo` on Ray Data, flushing finished
-    rows to part files."""
+    """Run the estimator (resolved by estimators.resolve_estimator) over `todo` on Ray Data,
+    flushing finished rows to part files."""
     import ray
     from tqdm import tqdm
 
     kc = cfg.keypoints
-    n_workers, res = worker_resources(ray.cluster_resources(), kc.concurrency)
+    cluster = ray.cluster_resources()
+    if estimator.estimator == "mediapipe":   # CPU only: GPUs would sit idle in its actors
+        cluster = {k: v for k, v in cluster.items() if k != "GPU"}
+    n_workers, res = worker_resources(cluster, kc.concurrency)
     threads = res.pop("threads", None)
     chunks = [todo.iloc[i:i + kc.batch_size][["path", "split"]] for i in range(0, len(todo), kc.batch_size)]
     ds = ray.data.from_pandas(chunks)
     ds = ds.map_batches(decode_images, fn_kwargs={"root": str(Path(cfg.dataset.root).resolve())},
                         batch_size=kc.batch_size, num_cpus=DECODE_CPUS)
     ds = ds.map_batches(KeypointsPredictor, batch_size=kc.batch_size, concurrency=n_workers,
-                        fn_constructor_kwargs={"checkpoint": checkpoint, "device": None,
-                                               "min_score": kc.min_score, "threads": threads}, **res)
-    parts, buffered, last, done = parts_dir(layout), [], time.time(), 0
+                        fn_constructor_kwargs={"keypoints": estimator, "device": None, "threads": threads},
+                        **res)
+    parts, buffered, last, done = layout.keypoints_parts, [], time.time(), 0
     with tqdm(total=len(todo), desc="keypoints", unit="img", disable=not progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
             buffered.append(batch)
@@ -196,19 +192,25 @@ def write_outputs(table: pd.DataFrame, layout: DatasetLayout) -> dict[str, str]:
         if len(rows):
             write_keypoints_csv(rows, layout.keypoints_csv(split))
             outputs[f"{split}_csv"] = str(layout.keypoints_csv(split))
-    for part in parts_dir(layout).glob("*.parquet"):
+    for part in layout.keypoints_parts.glob("*.parquet"):
         part.unlink()
-    if parts_dir(layout).is_dir():
-        parts_dir(layout).rmdir()
+    if layout.keypoints_parts.is_dir():
+        layout.keypoints_parts.rmdir()
     return outputs
 
 
 def run_keypoints(cfg: Config, checkpoint: str | None = None, annotations: str | None = None,
                   force: bool = False, out: str | None = None, pattern: str | None = None,
-                  progress: bool = True) -> StageResult:
-    """Estimate (or import) keypoints for the dataset's images; resume unless `force`."""
+                  progress: bool = True, estimator: str | None = None,
+                  compare: str | None = None) -> StageResult:
+    """Estimate (or import) keypoints for the dataset's images; resume unless `force`.
+    `compare`: score them against this reference legacy CSV (tables/keypoints_qa.parquet)."""
+    import dataclasses
+
     from pipeline.runtime import init_ray
 
+    kc = dataclasses.replace(cfg.keypoints, estimator=estimator or cfg.keypoints.estimator,
+                             checkpoint=checkpoint or cfg.keypoints.checkpoint)
     result = StageResult("keypoints")
     layout = DatasetLayout(out or cfg.dataset.root)
     images = list_images(cfg, pattern)
@@ -219,20 +221,22 @@ def run_keypoints(cfg: Config, checkpoint: str | None = None, annotations: str |
         result.notes.append(f"imported {len(table)} rows from {annotations}")
     else:
         if force:
-            for part in parts_dir(layout).glob("*.parquet"):
+            for part in layout.keypoints_parts.glob("*.parquet"):
                 part.unlink()
         finished = pd.DataFrame(columns=KEYPOINTS_SCHEMA.names) if force else finished_rows(layout)
-        # Rows with an error are retried: the file may have been fixed since.
-        finished = finished[finished["path"].isin(set(images["path"])) & finished["error"].isna()]
+        # Rows with an error are retried: the file may have been fixed since. Rows another
+        # estimator made (or imported ones) are redone.
+        finished = finished[finished["path"].isin(set(images["path"])) & finished["error"].isna()
+                            & finished["estimator"].str.startswith((f"{kc.estimator}:", f"{kc.estimator}-"))]
         todo = images[~images["path"].isin(set(finished["path"]))]
         result.skipped = len(images) - len(todo)
         if len(todo):
-            from pipeline.estimator import resolve_checkpoint
+            from pipeline.estimators import resolve_estimator
 
             # Missing weights fail here, before Ray starts.
-            ckpt = resolve_checkpoint(checkpoint or cfg.keypoints.checkpoint, cfg.weights.dir)
+            resolved = resolve_estimator(kc, cfg.weights.dir)
             init_ray(cfg.ray)
-            estimate_keypoints(cfg, todo, layout, str(ckpt.resolve()), progress)
+            estimate_keypoints(cfg, todo, layout, resolved, progress)
         table = pd.concat([finished, *part_rows(layout)], ignore_index=True)
         table = table[table["path"].isin(set(images["path"]))].drop_duplicates("path", keep="last")
         table = table.sort_values("path", ignore_index=True)
@@ -244,7 +248,22 @@ def run_keypoints(cfg: Config, checkpoint: str | None = None, annotations: str |
                         f"{result.errors} error row(s)")
     for reason, n in table["error"].dropna().str.split(":").str[0].value_counts().items():
         result.notes.append(f"  error {reason}: {n}")
+    compare = compare or kc.compare
+    if compare:
+        result.outputs["keypoints_qa"], lines = write_keypoint_qa(table, compare, layout)
+        result.notes += lines
     return result.finish()
+
+
+def write_keypoint_qa(table: pd.DataFrame, reference_csv: str, layout: DatasetLayout) -> tuple[str, list[str]]:
+    """Score the keypoints table against a reference legacy CSV into tables/keypoints_qa.parquet;
+    returns its path and the summary lines."""
+    from pipeline.keypoint_qa import KEYPOINT_QA_SCHEMA, compare_keypoints, qa_summary
+
+    qa = compare_keypoints(table, read_keypoints_csv(reference_csv))
+    path = layout.keypoints_qa
+    write_table(qa, path, KEYPOINT_QA_SCHEMA)
+    return str(path), qa_summary(qa, Path(reference_csv).name)
 
 
 def _layout(cfg: Config) -> DatasetLayout:
@@ -255,17 +274,26 @@ STAGE = StageSpec(
     name="keypoints", version=1,
     run=lambda cfg, fresh: run_keypoints(cfg, force=fresh, progress=True),
     config_keys=("dataset.train_list", "dataset.test_list", "keypoints.checkpoint",
-                 "keypoints.annotations", "keypoints.min_score"),
+                 "keypoints.annotations", "keypoints.min_score", "keypoints.estimator",
+                 "keypoints.min_visibility", "keypoints.compare"),
     inputs=lambda cfg: [_layout(cfg).image_list("train"), _layout(cfg).image_list("test"),
                         _layout(cfg).images,
-                        *([Path(cfg.keypoints.annotations)] if cfg.keypoints.annotations else [])],
+                        *(Path(p) for p in (cfg.keypoints.annotations, cfg.keypoints.compare) if p)],
     outputs=lambda cfg: [_layout(cfg).keypoints_table],
     previous=lambda cfg: [_layout(cfg).keypoints_table, _layout(cfg).keypoints_parts,
+                          _layout(cfg).keypoints_qa,
                           *(_layout(cfg).keypoints_csv(s) for s in SPLITS)],
 )
 
 
 @click.command("keypoints")
+@click.option("--estimator", type=click.Choice(["openpifpaf", "mediapipe"]), default=None,
+              help="openpifpaf, or mediapipe (BlazePose, weights inside the installed wheel, CPU) "
+                   "(default: keypoints.estimator).")
+@click.option("--compare", type=click.Path(exists=True, dir_okay=False), default=None, metavar="CSV",
+              help="Score the keypoints against this reference legacy keypoints CSV (PCKh with the "
+                   "reference's head box, pixel error): tables/keypoints_qa.parquet "
+                   "(default: keypoints.compare).")
 @click.option("--checkpoint", default=None, metavar="NAME|PATH",
               help="openpifpaf checkpoint name (looked up in weights.dir and the torch hub cache) "
                    "or file (default: keypoints.checkpoint, shufflenetv2k16).")
@@ -279,22 +307,24 @@ STAGE = StageSpec(
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Write the legacy CSVs here and the table under OUT/tables (default: dataset root).")
 @click.pass_obj
-def keypoints_command(obj, checkpoint, annotations, pattern, force, out) -> None:
+def keypoints_command(obj, estimator, compare, checkpoint, annotations, pattern, force, out) -> None:
     """OpenPose-18 keypoints for every image of dataset.root.
 
     \b
     Reads the legacy image lists (train_img_list.csv, test_img_list.csv) or --glob.
-    Runs openpifpaf on Ray Data: images decoded in tasks, the network in an actor pool
-    (one GPU per actor when there are GPUs). When several people are found, the one with
-    the highest score is kept; none found gives all -1 and n_valid 0. Unreadable,
+    Runs openpifpaf or mediapipe's BlazePose on Ray Data: images decoded in tasks, the network
+    in an actor pool (openpifpaf: one GPU per actor when there are GPUs). openpifpaf keeps the
+    highest-scoring person; none found gives all -1 and n_valid 0. Unreadable,
     truncated, empty or non-image files become rows with `error` set.
     \b
     Writes:
       tables/keypoints.parquet                      one row per image, sorted by path
       train_img_keypoints.csv, test_img_keypoints.csv   legacy CSVs (error rows omitted)
+      tables/keypoints_qa.parquet                   with --compare: per-image PCKh and pixel error
     A rerun resumes: images already done are skipped unless --force.
-    Example: run_pipeline.py keypoints --annotations data/synthetic/ground_truth_keypoints.csv
+    Example: run_pipeline.py keypoints --estimator mediapipe \\
+             --compare data/synthetic/ground_truth_keypoints.csv
     """
     result = run_keypoints(obj.cfg, checkpoint=checkpoint, annotations=annotations, force=force,
-                           out=out, pattern=pattern)
+                           out=out, pattern=pattern, estimator=estimator, compare=compare)
     click.echo(result.summary())

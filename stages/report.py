@@ -48,6 +48,7 @@ class Report:
     stages: list[dict[str, str]] = field(default_factory=list)            # stage, produced, errors
     notes: list[str] = field(default_factory=list)                        # under the metrics table
     provenance: dict[str, str] = field(default_factory=dict)
+    sections: list = field(default_factory=list)   # report_annotations.Section, before provenance
 
 
 def format_cell(row: pd.Series) -> str:
@@ -200,6 +201,7 @@ def render_html(report: Report) -> str:
         out += [f"<figure><figcaption>{e(c)}</figcaption><img src='{_data_uri(p)}' alt='{e(c)}'></figure>"
                 for _, c, p in grids[i:i + 3]]
         out.append("</div>")
+    out += [s.html for s in report.sections]
     out.append("<h2>Provenance</h2><table>")
     out += [f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in report.provenance.items()]
     out.append("</table></body></html>")
@@ -229,6 +231,8 @@ def render_markdown(report: Report, image_dir: str = "images") -> str:
     if report.figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{caption}]({image_dir}/{fname})\n\n*{caption}*\n" for fname, caption, _ in report.figures]
+    for section in report.sections:
+        lines += ["", section.markdown]
     lines += ["", "## Provenance", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report.provenance.items()]
     return "\n".join(lines) + "\n"
@@ -237,7 +241,7 @@ def render_markdown(report: Report, image_dir: str = "images") -> str:
 def write_report(report: Report, out: str | os.PathLike) -> dict[str, str]:
     """report.html (self-contained), report.md and its images/ folder, written atomically."""
     out = Path(out)
-    for fname, _, png in report.figures:
+    for fname, _, png in report.figures + [(f, "", p) for s in report.sections for f, p in s.files]:
         write_bytes_atomic(out / "images" / fname, png)
     write_bytes_atomic(out / "report.html", render_html(report).encode())
     write_bytes_atomic(out / "report.md", render_markdown(report).encode())
@@ -254,6 +258,9 @@ def run_report(cfg: Config, evaluation: str | os.PathLike | None = None, out: st
     report = build_report(eval_dir, cfg.report.name, cfg.report.grid_pairs, generated)
     report.stages = stage_overview(cfg)
     report.figures += training_figures(cfg)
+    from stages.report_annotations import annotations_section
+
+    report.sections += [s for s in (annotations_section(cfg),) if s is not None]
     result.outputs = write_report(report, out)
     result.rows_in = int(np.sum(report.table is not None and len(report.table)))
     result.rows_out = len(report.figures)

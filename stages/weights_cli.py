@@ -25,12 +25,29 @@ def weight_rows(weights_dir: str | None, checkpoint_dirs: list[Path]) -> list[di
             "size": found.stat().st_size if found else None,
             "sha256": file_sha256(found) if found else None,
         })  # fmt: skip
+    rows += blazepose_rows()
     for d in checkpoint_dirs:
         for path in sorted(d.glob("netG_*.pth")) if d.is_dir() else []:
             rows.append({"name": f"netG {path.stem[5:]}", "used_for": "generate: NetG checkpoint",
                          "file": path.name, "where": str(d), "path": str(path),
                          "size": path.stat().st_size, "sha256": file_sha256(path)})
     return rows
+
+
+def blazepose_rows() -> list[dict]:
+    """BlazePose's model files, which ship inside the mediapipe wheel (never fetched)."""
+    from pipeline.pose_blazepose import MediapipeUnavailable, model_files
+    from pipeline.weights import file_sha256
+
+    try:
+        files = model_files()
+    except MediapipeUnavailable as exc:
+        return [{"name": "blazepose", "used_for": "keypoints (mediapipe)", "file": "mediapipe wheel",
+                 "where": str(exc), "path": None, "size": None, "sha256": None}]
+    return [{"name": name, "used_for": "keypoints and evaluate: PCKh (mediapipe)", "file": path.name,
+             "where": str(path.parent), "path": str(path) if path.is_file() else None,
+             "size": path.stat().st_size if path.is_file() else None,
+             "sha256": file_sha256(path) if path.is_file() else None} for name, path in files.items()]
 
 
 @click.group("weights")

@@ -32,7 +32,7 @@ from pipeline.tables import (
     write_table,
 )
 from pipeline.weights import KNOWN_WEIGHTS, WeightsError
-from stages.keypoints import parts_dir, run_keypoints
+from stages.keypoints import run_keypoints
 
 
 def coco_annotation(xy: np.ndarray, conf: np.ndarray):
@@ -159,9 +159,9 @@ def test_keypoints_stage_on_ray_with_errors_and_resume(small_tree, random_checkp
 
     # An interrupted run: only part files with the first rows, no table yet.
     layout.keypoints_table.unlink()
-    write_table(fine.iloc[:4], parts_dir(layout) / "interrupted.parquet", KEYPOINTS_SCHEMA)
+    write_table(fine.iloc[:4], layout.keypoints_parts / "interrupted.parquet", KEYPOINTS_SCHEMA)
     resumed = run_keypoints(cfg, checkpoint=str(random_checkpoint), progress=False)
-    assert resumed.skipped == 4 and not parts_dir(layout).exists()
+    assert resumed.skipped == 4 and not layout.keypoints_parts.exists()
     again = read_table(layout.keypoints_table)
     pd.testing.assert_frame_equal(again.drop(columns=["x", "y", "score"]), clean.drop(columns=["x", "y", "score"]))
     for col in ("x", "y"):

@@ -33,7 +33,8 @@ TINY = [
 
 def tiny_overrides(root: Path, out: Path, extra: list[str] = ()) -> list[str]:
     return [f"dataset.root={root}", f"output.root={out}",
-            f"keypoints.annotations={root / GROUND_TRUTH_CSV}", *TINY, *extra]
+            f"keypoints.annotations={root / GROUND_TRUTH_CSV}",
+            f"keypoints.compare={root / GROUND_TRUTH_CSV}", *TINY, *extra]
 
 
 def random_checkpoint(path: Path, ngf: int = 4) -> Path:

@@ -1,0 +1,90 @@
+"""Keypoint estimators by name (openpifpaf, mediapipe): the one factory the keypoints stage,
+evaluate's PCKh and the inference API build their estimator with."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.config import KeypointsConfig
+from pipeline.estimator import Keypoints
+from pipeline.weights import WeightsError
+
+ESTIMATORS = ("openpifpaf", "mediapipe")
+
+
+class PoseEstimator(Protocol):
+    """What every estimator offers: a name for the table's `estimator` column, and RGB
+    uint8 images (H x W x 3) -> OpenPose-18 keypoints of one person per image."""
+
+    name: str
+
+    def predict(self, images: list[np.ndarray]) -> list[Keypoints]: ...
+
+
+def _as_config(keypoints: KeypointsConfig | str) -> KeypointsConfig:
+    if isinstance(keypoints, str):
+        if keypoints not in ESTIMATORS:
+            raise ValueError(
+                f"unknown keypoint estimator {keypoints!r}; known: {', '.join(ESTIMATORS)}"
+            )
+        return KeypointsConfig(estimator=keypoints)
+    return keypoints
+
+
+def resolve_estimator(
+    keypoints: KeypointsConfig | str, weights_dir: str | os.PathLike | None = None
+) -> KeypointsConfig:
+    """The keypoints config with its model files checked and, for openpifpaf, the
+    checkpoint resolved to an absolute path: what a Ray actor needs to build the estimator
+    without looking anything up. Raises WeightsError naming what is missing, so a stage
+    fails before Ray starts."""
+    kc = _as_config(keypoints)
+    if kc.estimator == "mediapipe":
+        from pipeline.pose_blazepose import MediapipeUnavailable, model_files
+
+        try:
+            absent = [str(p) for p in model_files().values() if not p.is_file()]
+        except MediapipeUnavailable as exc:
+            raise WeightsError(str(exc)) from None
+        if absent:
+            raise WeightsError(
+                f"BlazePose model file(s) missing from the mediapipe wheel: {absent}; "
+                "reinstall mediapipe==0.10.21"
+            )
+        return kc
+    from pipeline.estimator import resolve_checkpoint
+
+    path = resolve_checkpoint(kc.checkpoint, weights_dir)
+    return dataclasses.replace(kc, checkpoint=str(path.resolve()))
+
+
+def build_estimator(
+    keypoints: KeypointsConfig | str,
+    weights_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+) -> PoseEstimator:
+    """The estimator `keypoints.estimator` names, set up from the keypoints config (or
+    the defaults of an estimator name). `threads`: torch threads for openpifpaf on CPU;
+    mediapipe always runs on CPU with its own thread pool."""
+    kc = _as_config(keypoints)
+    if kc.estimator == "mediapipe":
+        from pipeline.pose_blazepose import BlazePoseEstimator, MediapipeUnavailable
+
+        try:
+            return BlazePoseEstimator(min_visibility=kc.min_visibility)
+        except MediapipeUnavailable as exc:
+            raise WeightsError(str(exc)) from None
+    import torch
+
+    from pipeline.estimator import KeypointEstimator
+
+    if threads:
+        torch.set_num_threads(threads)
+    return KeypointEstimator(
+        kc.checkpoint, device=device, min_score=kc.min_score, weights_dir=weights_dir
+    )

@@ -1,0 +1,220 @@
+"""The report's annotations section: skeleton overlays (estimated, and the reference where
+the keypoints stage compared them) for a sample and for the worst-agreeing images, the
+per-keypoint detection rate and QA scores, and the images where nobody was found."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from pipeline.config import Config
+from pipeline.layout import DatasetLayout
+from pipeline.skeleton import N_KEYPOINTS, OP18_NAMES
+from pipeline.tables import KEYPOINTS_SCHEMA, read_keypoints_csv, read_table
+
+ESTIMATED_COLOUR = (230, 30, 30)
+REFERENCE_COLOUR = (20, 160, 60)
+SAMPLE_IMAGES = 8
+WORST_IMAGES = 8
+LISTED_WITHOUT_PERSON = 20
+
+
+@dataclass
+class Section:
+    """A report section rendered both ways, with the PNGs its Markdown links to."""
+
+    title: str
+    html: str
+    markdown: str
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def overlay_panel(image: Image.Image, x, y, colour, label: str) -> Image.Image:
+    """The image with one skeleton drawn over it and a label in the top-left corner."""
+    from pipeline.drawing import draw_skeleton
+
+    out = draw_skeleton(image, np.asarray(x), np.asarray(y), colour)
+    ImageDraw.Draw(out).text((3, 2), label, fill=colour)
+    return out
+
+
+def overlay_grid(
+    root: Path, rows: pd.DataFrame, reference: pd.DataFrame | None, per_row: int = 4
+) -> bytes:
+    """Estimated (red) and, where there is a reference, reference (green) overlays side by
+    side for each image of `rows` (keypoints table rows)."""
+    from pipeline.drawing import grid
+    from pipeline.imaging import ImageError, load_rgb
+
+    cells: list[Image.Image] = []
+    for r in rows.itertuples(index=False):
+        try:
+            image = load_rgb(root / r.path)
+        except ImageError:
+            continue  # listed in the keypoints table's error rows already
+        cells.append(overlay_panel(image, r.x, r.y, ESTIMATED_COLOUR, "estimated"))
+        if reference is not None and r.file_id in reference.index:
+            ref = reference.loc[r.file_id]
+            cells.append(overlay_panel(image, ref["x"], ref["y"], REFERENCE_COLOUR, "reference"))
+    if not cells:
+        return b""
+    width = per_row * (2 if reference is not None else 1)
+    return _png(grid([cells[i : i + width] for i in range(0, len(cells), width)]))
+
+
+def keypoint_rates(keypoints: pd.DataFrame, qa: pd.DataFrame | None) -> pd.DataFrame:
+    """Per OpenPose-18 keypoint: the share of (readable) images where it was found, and
+    with a QA table the reference counts, PCKh and median pixel error."""
+    ok = keypoints[keypoints["error"].isna()]
+    found = (
+        np.stack([np.asarray(x) >= 0 for x in ok["x"]]) if len(ok) else np.zeros((0, N_KEYPOINTS))
+    )
+    rates = pd.DataFrame(
+        {"keypoint": list(OP18_NAMES), "detection_rate": found.mean(0) if len(ok) else np.nan}
+    )
+    if qa is not None:
+        from pipeline.keypoint_qa import per_keypoint
+
+        scored = per_keypoint(qa)[["reference", "pckh", "median_error_px"]]
+        rates = pd.concat([rates, scored], axis=1)
+    return rates
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{e(_fmt(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _table_markdown(frame: pd.DataFrame) -> list[str]:
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    return lines + [
+        "| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float | np.floating):
+        return "–" if np.isnan(value) else f"{value:.3g}"
+    return str(value)
+
+
+def annotations_section(cfg: Config) -> Section | None:
+    """The section for the keypoints table of `cfg`'s dataset (None when there is none)."""
+    from pipeline.keypoint_qa import KEYPOINT_QA_SCHEMA, overall_pckh
+
+    root = Path(cfg.dataset.root)
+    layout = DatasetLayout(root)
+    if not layout.keypoints_table.exists():
+        return None
+    keypoints = read_table(layout.keypoints_table, KEYPOINTS_SCHEMA)
+    ok = keypoints[keypoints["error"].isna()]
+    qa = read_table(layout.keypoints_qa, KEYPOINT_QA_SCHEMA) if layout.keypoints_qa.exists() else None
+    reference = None
+    if qa is not None and cfg.keypoints.compare and Path(cfg.keypoints.compare).is_file():
+        reference = read_keypoints_csv(cfg.keypoints.compare).drop_duplicates(
+            "file_id", keep="last"
+        )
+        reference = reference.set_index("file_id")
+    estimators = ", ".join(sorted(ok["estimator"].dropna().unique())) or "none"
+    nobody = ok[ok["n_valid"] == 0]
+    summary = [
+        f"{len(keypoints)} images, {len(keypoints) - len(ok)} error rows; estimator: {estimators}; "
+        f"{len(nobody)} image(s) without a person; mean {ok['n_valid'].mean():.1f} valid keypoints."
+    ]
+    if qa is not None:
+        counted = qa[qa["error"].isna()]
+        errors = (
+            np.concatenate([np.asarray(v, np.float32) for v in counted["error_px"]])
+            if len(counted)
+            else []
+        )
+        errors = np.asarray(errors)[np.isfinite(errors)]
+        source = Path(cfg.keypoints.compare).name if cfg.keypoints.compare else "the reference CSV"
+        summary.append(
+            f"Against {source}: PCKh {overall_pckh(qa):.3f} over {len(counted)} images "
+            f"({len(qa) - len(counted)} not counted), median pixel error "
+            f"{np.median(errors) if errors.size else float('nan'):.1f}."
+        )
+    figures: list[tuple[str, str, bytes]] = []
+    step = max(1, len(ok) // SAMPLE_IMAGES)
+    sample = ok.iloc[::step].head(SAMPLE_IMAGES)
+    figures.append(
+        (
+            "annotations_sample.png",
+            "Sample: estimated keypoints (red)"
+            + (" and reference (green)" if reference is not None else ""),
+            overlay_grid(root, sample, reference),
+        )
+    )
+    if qa is not None:
+        worst = qa[qa["error"].isna()].sort_values(
+            ["pckh", "mean_error_px"], ascending=[True, False]
+        )
+        worst = worst.head(WORST_IMAGES)
+        rows = ok.set_index("path").loc[worst["path"]].reset_index()
+        caption = "Worst agreement with the reference (lowest PCKh): " + ", ".join(
+            f"{Path(p).name} {v:.2f}" for p, v in zip(worst["path"], worst["pckh"], strict=True)
+        )
+        figures.append(("annotations_worst.png", caption, overlay_grid(root, rows, reference)))
+    figures = [f for f in figures if f[2]]
+    rates = keypoint_rates(keypoints, qa)
+    listed = nobody["path"].head(LISTED_WITHOUT_PERSON).tolist()
+    more = f" (and {len(nobody) - len(listed)} more)" if len(nobody) > len(listed) else ""
+
+    e = html.escape
+    parts = ["<h2>Annotations</h2>", *(f"<p>{e(s)}</p>" for s in summary)]
+    for fname, caption, png in figures:
+        uri = "data:image/png;base64," + base64.b64encode(png).decode()
+        parts.append(
+            f"<figure><figcaption>{e(caption)}</figcaption>"
+            f"<img src='{uri}' alt='{e(fname)}'></figure>"
+        )
+    parts += [
+        "<h3>Per keypoint</h3>",
+        _table_html(rates),
+        "<p class='small'>detection_rate: share of readable images where the estimator found "
+        "the keypoint; reference, pckh, median_error_px: against the reference CSV (DESIGN 5 "
+        "PCKh, head box from the reference).</p>",
+        f"<h3>Images without a person ({len(nobody)})</h3>",
+    ]
+    parts.append(
+        "<ul class='small'>" + "".join(f"<li>{e(p)}</li>" for p in listed) + f"</ul>{e(more)}"
+        if listed
+        else "<p>None.</p>"
+    )
+    md = ["## Annotations", "", *summary, ""]
+    md += [f"![{caption}](images/{fname})\n\n*{caption}*\n" for fname, caption, _ in figures]
+    md += [
+        "### Per keypoint",
+        "",
+        *_table_markdown(rates),
+        "",
+        f"### Images without a person ({len(nobody)})",
+        "",
+    ]
+    md += (
+        [f"- {p}" for p in listed]
+        + ([more.strip()] if more else [])
+        + ([] if listed else ["None."])
+    )
+    return Section(
+        "Annotations", "\n".join(parts), "\n".join(md), [(fname, png) for fname, _, png in figures]
+    )

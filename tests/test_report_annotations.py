@@ -1,0 +1,59 @@
+"""The report's annotations section: overlays, per-keypoint rates, images without a person."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from pipeline.config import load_config
+from pipeline.synthetic import GROUND_TRUTH_CSV
+from pipeline.tables import (
+    KEYPOINTS_SCHEMA,
+    DatasetLayout,
+    read_table,
+    write_table,
+)
+from stages.keypoints import write_keypoint_qa
+from stages.report import Report, render_html, render_markdown, write_report
+from stages.report_annotations import annotations_section
+
+
+def test_annotations_section_shows_overlays_rates_and_images_without_a_person(
+    annotated_root, tmp_path
+):
+    import io
+
+    root = tmp_path / "data"
+    shutil.copytree(annotated_root, root)
+    layout = DatasetLayout(root)
+    table = read_table(layout.keypoints_table, KEYPOINTS_SCHEMA)
+    # The "estimate": the ground truth with one image far off and one where nobody was found.
+    table.at[0, "x"] = np.where(
+        np.asarray(table.at[0, "x"]) >= 0, np.asarray(table.at[0, "x"]) // 2, -1
+    )
+    table.at[1, "x"], table.at[1, "y"], table.at[1, "n_valid"] = [-1] * 18, [-1] * 18, 0
+    write_table(table, layout.keypoints_table, KEYPOINTS_SCHEMA)
+    write_keypoint_qa(table, str(root / GROUND_TRUTH_CSV), layout)
+    cfg = load_config(
+        overrides=[f"dataset.root={root}", f"keypoints.compare={root / GROUND_TRUTH_CSV}"]
+    )
+
+    section = annotations_section(cfg)
+    names = [f for f, _ in section.files]
+    assert names == ["annotations_sample.png", "annotations_worst.png"]
+    worst = Image.open(io.BytesIO(dict(section.files)["annotations_worst.png"]))
+    assert worst.width > 2 * 176  # estimated | reference side by side
+    assert table.at[0, "path"].split("/")[-1] in section.html.split("Worst agreement")[1][:400]
+    assert "Images without a person (1)" in section.html and table.at[1, "path"] in section.html
+    assert re.search(r"PCKh 0\.\d{3} over \d+ images", section.html)  # below 1: two images are off
+
+    report = Report(title="t", sections=[section])
+    assert section.html in render_html(report) and "## Annotations" in render_markdown(report)
+    out = write_report(report, tmp_path / "report")
+    assert (tmp_path / "report" / "images" / "annotations_worst.png").is_file()
+    assert "<h2>Annotations</h2>" in open(out["html"]).read()
+    per_keypoint = section.html.split("<h3>Per keypoint</h3>")[1]
+    assert per_keypoint.count("<tr>") == 1 + 18 and "<th>detection_rate</th>" in per_keypoint
