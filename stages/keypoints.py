@@ -11,9 +11,10 @@ from pathlib import Path
 import click
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pipeline.config import Config, KeypointsConfig
-from pipeline.layout import SPLITS, DatasetLayout
+from pipeline.layout import SPLITS, DatasetLayout, OutputLayout
 from pipeline.runtime import StageResult
 from pipeline.skeleton import MISSING, N_KEYPOINTS, valid_mask
 from pipeline.tables import (
@@ -199,6 +200,33 @@ def write_outputs(table: pd.DataFrame, layout: DatasetLayout) -> dict[str, str]:
     return outputs
 
 
+SOURCES_SCHEMA = pa.schema([("path", pa.string()), ("digest", pa.string())])
+
+
+def image_digests(cfg: Config, root: Path, paths: pd.Series) -> dict[str, str]:
+    """Content digest of each image ("missing" when unreadable), through the output root's
+    stat-keyed cache: unchanged files are not read again."""
+    from pipeline.content_state import ContentCache
+
+    out = {}
+    with ContentCache(OutputLayout(cfg.output.root).state / "content.sqlite") as cache:
+        for rel in paths:
+            try:
+                out[rel] = cache.digest(root / rel)
+            except OSError:
+                out[rel] = "missing"
+    return out
+
+
+def read_sources(layout: DatasetLayout) -> dict[str, str]:
+    """The image digest each keypoints row was made from (rows of an interrupted run have
+    none yet and are kept)."""
+    if not layout.keypoints_sources.is_file():
+        return {}
+    table = read_table(layout.keypoints_sources, SOURCES_SCHEMA)
+    return dict(zip(table["path"], table["digest"], strict=True))
+
+
 def run_keypoints(cfg: Config, checkpoint: str | None = None, annotations: str | None = None,
                   force: bool = False, out: str | None = None, pattern: str | None = None,
                   progress: bool = True, estimator: str | None = None,
@@ -228,8 +256,14 @@ def run_keypoints(cfg: Config, checkpoint: str | None = None, annotations: str |
         # estimator made (or imported ones) are redone.
         finished = finished[finished["path"].isin(set(images["path"])) & finished["error"].isna()
                             & finished["estimator"].str.startswith((f"{kc.estimator}:", f"{kc.estimator}-"))]
+        digests = image_digests(cfg, layout.root, images["path"])
+        recorded = read_sources(layout)
+        changed = {p for p in finished["path"] if p in recorded and recorded[p] != digests[p]}
+        finished = finished[~finished["path"].isin(changed)]
         todo = images[~images["path"].isin(set(finished["path"]))]
         result.skipped = len(images) - len(todo)
+        if changed:
+            result.notes.append(f"{len(changed)} image(s) changed since their keypoints were made")
         if len(todo):
             from pipeline.estimators import resolve_estimator
 
@@ -243,6 +277,9 @@ def run_keypoints(cfg: Config, checkpoint: str | None = None, annotations: str |
     result.rows_out = len(table)
     result.errors = int(table["error"].notna().sum())
     result.outputs = write_outputs(table, layout)
+    if not annotations:
+        write_table(pd.DataFrame({"path": table["path"], "digest": table["path"].map(digests)}),
+                    layout.keypoints_sources, SOURCES_SCHEMA)
     found = table[table["error"].isna()]
     result.notes.append(f"{int((found['n_valid'] == 0).sum())} image(s) without a person; "
                         f"{result.errors} error row(s)")
@@ -281,7 +318,7 @@ STAGE = StageSpec(
                         *(Path(p) for p in (cfg.keypoints.annotations, cfg.keypoints.compare) if p)],
     outputs=lambda cfg: [_layout(cfg).keypoints_table],
     previous=lambda cfg: [_layout(cfg).keypoints_table, _layout(cfg).keypoints_parts,
-                          _layout(cfg).keypoints_qa,
+                          _layout(cfg).keypoints_qa, _layout(cfg).keypoints_sources,
                           *(_layout(cfg).keypoints_csv(s) for s in SPLITS)],
 )
 

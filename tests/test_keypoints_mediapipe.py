@@ -15,9 +15,9 @@ from pipeline.config import load_config
 from pipeline.estimators import build_estimator
 from pipeline.imaging import encode_jpeg, load_rgb
 from pipeline.keypoint_qa import KEYPOINT_QA_SCHEMA
+from pipeline.layout import DatasetLayout
 from pipeline.tables import (
     KEYPOINTS_SCHEMA,
-    DatasetLayout,
     file_id,
     read_image_list,
     read_keypoints_csv,

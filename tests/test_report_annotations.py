@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import load_config
+from pipeline.layout import DatasetLayout
 from pipeline.synthetic import GROUND_TRUTH_CSV
 from pipeline.tables import (
     KEYPOINTS_SCHEMA,
-    DatasetLayout,
     read_table,
     write_table,
 )
