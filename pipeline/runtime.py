@@ -88,6 +88,38 @@ def available_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def node_cpus() -> int:
+    """CPUs of the Ray node this process runs on (its own machine outside Ray): torch
+    threads are sized from the node an actor landed on, never from the driver's host or
+    the cluster total."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()
+            for info in ray.nodes():
+                if info["NodeID"] == node:
+                    return max(1, int(info["Resources"].get("CPU", 1)))
+    except ImportError:
+        pass
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def largest_node_cpus() -> int:
+    """The most CPUs one alive node has: no single actor or worker may ask for more."""
+    import ray
+
+    cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]]
+    return max([1, *cpus])
+
+
+def cpu_nodes() -> int:
+    """Alive nodes with CPUs: CPU model actors spread one per node by default."""
+    import ray
+
+    return max(1, sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1))
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages results depend on, for run manifests and reports."""
     from importlib.metadata import PackageNotFoundError, version

@@ -45,6 +45,7 @@ RUN_MANIFEST_SCHEMA = pa.schema([
     ("rows_in", pa.int64()),
     ("rows_out", pa.int64()),
     ("errors", pa.int64()),
+    ("reused", pa.int64()),           # rows kept from earlier runs (their inputs unchanged)
     ("fingerprint", pa.string()),
     ("config_hash", pa.string()),
     ("packages", pa.string()),        # JSON {package: version}
@@ -200,7 +201,7 @@ def decide(spec: StageSpec, cfg: Config, cache: ContentCache, plan: RunPlan) -> 
     stored = stored_state(cfg, spec.name)
     if spec.name in plan.forced:
         return Decision(spec.name, "run", ["asked for (--force, --from or --only)"], True, fp)
-    present = [p for p in spec.outputs(cfg) if p.exists()]
+    present = [p for p in (*spec.outputs(cfg), *spec.previous(cfg)) if p.exists()]
     if stored is None:
         if present:
             return Decision(spec.name, "resume", ["no record of a finished run: resuming what is "
@@ -275,7 +276,7 @@ def run_dag(cfg: Config, plan: RunPlan, echo: Callable[[str], None] = print,
                 continue
             row = {"run_id": run_id, "stage": spec.name, "config_hash": cfg_hash,
                    "packages": packages, "start": pd.Timestamp.now().floor("s"), "rows_in": 0,
-                   "rows_out": 0, "errors": 0, "reason": "; ".join(decision.reasons) or None,
+                   "rows_out": 0, "errors": 0, "reused": 0, "reason": "; ".join(decision.reasons) or None,
                    "moved_aside": None,
                    "fingerprint": decision.fingerprint.digest() if decision.fingerprint else None}
             echo(decision.describe())
@@ -310,7 +311,7 @@ def run_dag(cfg: Config, plan: RunPlan, echo: Callable[[str], None] = print,
             # The fingerprint was taken before running, from the inputs this run used.
             save_state(cfg, spec.name, decision.fingerprint, run_id)
             row.update(status="ran", rows_in=result.rows_in, rows_out=result.rows_out,
-                       errors=result.errors, end=pd.Timestamp.now().floor("s"),
+                       errors=result.errors, reused=result.skipped, end=pd.Timestamp.now().floor("s"),
                        seconds=time.time() - t0)
             rows.append(row)
     finally:

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.config import Config
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, WeightsError
 from pipeline.layout import (
     PAIRS_INDEX_SCHEMA,
     EvaluationLayout,
@@ -237,21 +237,17 @@ class MetricActor:
     """Holds one metric's network; built once per actor (Ray Data's callable-class shape)."""
 
     def __init__(self, metric: str, weights: str | None):
+        import ray
         import torch
 
-        try:
-            import ray
-
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-            torch.set_num_threads(max(1, int(cpus)))
-        except Exception:  # noqa: BLE001 - outside Ray: keep torch's default threads
-            pass
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))
         self.kind = SPECS[metric].kind
         self.error = None
         try:
             self.scorer = build_scorer(metric, weights)
-        except Exception as exc:  # noqa: BLE001 - reported as the metric's skip reason
-            self.error = f"{type(exc).__name__}: {exc}"
+        except WeightsError as exc:   # missing or unusable weights: the metric's skip reason
+            self.error = str(exc)
 
     def ready(self) -> str | None:
         return self.error
@@ -436,7 +432,7 @@ def _run_network_metric(metric, weights, gen_root, units, paths, cfg) -> tuple[p
     from ray.util import ActorPool
     from tqdm import tqdm
 
-    from pipeline.runtime import available_gpus
+    from pipeline.runtime import available_gpus, largest_node_cpus
 
     collector = _Collector(paths.per_image(metric), _load_done(paths.per_image(metric)))
     todo = _pending(units, collector.frames[0])
@@ -446,9 +442,10 @@ def _run_network_metric(metric, weights, gen_root, units, paths, cfg) -> tuple[p
     if gpus:
         n_actors, opts = gpus, {"num_gpus": 1, "num_cpus": 1}
     else:
+        # An actor fits on one node: never more CPUs than the largest node has.
         cpus = int(ray.available_resources().get("CPU", 1)) or 1
         n_actors = min(cfg.evaluate.concurrency or 1, cpus)
-        opts = {"num_cpus": max(1, cpus // n_actors)}
+        opts = {"num_cpus": max(1, min(cpus // n_actors, largest_node_cpus()))}
     remote = ray.remote(**opts)(MetricActor)
     actors = [remote.remote(metric, weights) for _ in range(n_actors)]
     errors = [e for e in ray.get([a.ready.remote() for a in actors]) if e]
@@ -524,7 +521,6 @@ def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: s
         per_image.update(_run_pixel_metrics(pixel, gen_root, pairs, paths, cfg.evaluate.pixel_batch_size))
     ok_pairs = pairs[pairs["error"].isna()]
     for metric in (m for m in names if SPECS[m].kind != "pixel"):
-        from pipeline.weights import WeightsError
 
         try:
             weights = weights_for(metric, mode, cfg.weights.dir, cfg.keypoints)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import click
@@ -187,7 +188,7 @@ def load_inputs(batch: dict[str, np.ndarray], root: str, out_dir: str, frame: tu
                 # The published script stretched real images too; keep them comparable.
                 arr = to_uint8(to_tensor(np.array(target)), minmax=True) if minmax else np.asarray(target)
                 write_bytes_atomic(real, encode_jpeg(arr))
-        except Exception as exc:  # noqa: BLE001 - any failure of one job is that job's error row
+        except (DataError, OSError, ValueError, zipfile.BadZipFile) as exc:   # this job's data
             errors[i] = f"{type(exc).__name__}: {exc}"
             continue
         images[i] = cond
@@ -206,16 +207,16 @@ class Generator:
     """Ray Data actor: NetG is built once per actor; a batch's checkpoint is loaded into it
     when it differs from the previous batch's, so all checkpoints stream through one pool."""
 
-    def __init__(self, ngf: int, dtype: str, channels_last: bool, minmax: bool, cpu_threads: int):
+    def __init__(self, ngf: int, dtype: str, channels_last: bool, minmax: bool, actors_per_node: int):
         import torch
 
         from pipeline.api import autocast_dtype
-        from pipeline.runtime import best_device
+        from pipeline.runtime import best_device, node_cpus
 
         self.device = best_device()
         if self.device == "cpu":
             # Ray pins workers to one thread; the actor is the only heavy compute here.
-            torch.set_num_threads(cpu_threads)
+            torch.set_num_threads(max(1, node_cpus() // actors_per_node))
         self.ngf, self.channels_last, self.minmax = ngf, channels_last, minmax
         self.dtype = autocast_dtype(dtype, self.device)
         self.net = None
@@ -308,7 +309,7 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
     from tqdm import tqdm
 
     from pipeline.api import check_checkpoint
-    from pipeline.runtime import available_gpus, init_ray
+    from pipeline.runtime import available_gpus, cpu_nodes, init_ray
     from pipeline.tables import write_table
     from pipeline.weights import checkpoint_id, expand_checkpoints
 
@@ -340,8 +341,8 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
     if not todo.empty:
         init_ray(cfg.ray)
         gpus = available_gpus()
-        actors = gc.concurrency or max(1, gpus)
-        cpu_threads = max(1, len(os.sched_getaffinity(0)) // actors)
+        actors = gc.concurrency or gpus or cpu_nodes()
+        per_node = max(1, -(-actors // cpu_nodes()))
         # One block per batch: each block is one load task, one forward, one write task.
         blocks = [todo.iloc[i:i + gc.batch_size] for i in range(0, len(todo), gc.batch_size)]
         ds = (ray.data.from_pandas(blocks)
@@ -351,7 +352,7 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
               .map_batches(Generator, batch_size=gc.batch_size, batch_format="numpy",
                            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
                            fn_constructor_kwargs=dict(ngf=gc.ngf, dtype=gc.dtype, channels_last=gc.channels_last,
-                                                      minmax=gc.minmax, cpu_threads=cpu_threads))
+                                                      minmax=gc.minmax, actors_per_node=per_node))
               .map_batches(write_outputs, batch_size=gc.batch_size, batch_format="numpy", num_cpus=IO_CPUS,
                            fn_kwargs=dict(out_dir=str(out_dir))))  # fmt: skip
         rows = []

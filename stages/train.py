@@ -492,7 +492,11 @@ def cpus_per_worker(tc: TrainConfig, gpu: bool) -> int:
         return tc.cpus_per_worker
     if gpu:
         return 1
-    return max(1, int(ray.cluster_resources().get("CPU", 1)) // tc.num_workers)
+    from pipeline.runtime import largest_node_cpus
+
+    # A worker fits on one node: never more CPUs than the largest node has.
+    share = int(ray.cluster_resources().get("CPU", 1)) // tc.num_workers
+    return max(1, min(share, largest_node_cpus()))
 
 
 def write_meta(layout: TrainLayout, meta: dict) -> None:

@@ -99,7 +99,7 @@ def test_transfer_cli_with_keypoint_files(checkpoint, condition, tmp_path):
     assert res.exit_code == 0, res.output
     assert Image.open(tmp_path / "c.jpg").size == (W, H)
     res = CliRunner().invoke(cli, [*args, "--ngf", "8"])
-    assert res.exit_code == 1 and "netG_10.pth" in res.output and "shape mismatch" in res.output
+    assert res.exit_code == 2 and "netG_10.pth" in res.output and "shape mismatch" in res.output
 
 
 def test_reference_image_without_openpifpaf_weights_is_a_clear_error(checkpoint, condition, tmp_path,

@@ -1,0 +1,120 @@
+"""The DAG reruns only for a reason it names, and never deletes earlier work: code and
+non-defining config changes, mtimes, more iterations, changed and added images, a changed
+pair rule (training stops; --force keeps the old run aside), dry runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.config import load_config
+from pipeline.layout import DatasetLayout, OutputLayout
+from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
+from pipeline.tables import read_image_list, write_image_list
+from stages.dag import StaleStageError, plan_run, run_dag
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = [
+    "keypoints.estimator=mediapipe", "train.ngf=4", "train.ndf=4", "train.iterations=2",
+    "train.batch_size=2", "train.ckpt_every=2", "train.sample_every=2", "generate.ngf=4",
+    "generate.batch_size=4", "evaluate.metrics=[ssim,psnr]", "ray.num_cpus=2",
+]
+
+
+def snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+            for root in roots for p in root.rglob("*") if p.is_file()}
+
+
+def run(cfg, **plan) -> pd.DataFrame:
+    lines: list[str] = []
+    rows = run_dag(cfg, plan_run(**plan), echo=lines.append).set_index("stage")
+    rows.attrs["echo"] = "\n".join(lines)
+    return rows
+
+
+def dry_run(cfg, **plan) -> str:
+    lines: list[str] = []
+    run_dag(cfg, plan_run(**plan), echo=lines.append, dry_run=True)
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_reruns_explain_themselves_and_keep_earlier_work(tmp_path, ray_session):
+    root, out = tmp_path / "data", tmp_path / "out"
+    write_synthetic_tree(root, identities=4, poses_per_identity=3, seed=11)
+    base = [f"dataset.root={root}", f"output.root={out}",
+            f"keypoints.compare={root / GROUND_TRUTH_CSV}", *TINY]
+
+    def cfg(*extra):
+        return load_config(REPO / "configs" / "demo.yaml", [*base, *extra])
+
+    first = run(cfg())
+    assert (first["status"] == "ran").all(), first[["status", "reason"]]
+    layout, outputs = DatasetLayout(root), OutputLayout(out)
+
+    # A dry run assesses and changes nothing, not even the digest cache.
+    before = snapshot(root, out)
+    assert dry_run(cfg()).count("up to date") == 7
+    assert snapshot(root, out) == before
+
+    # Workers, batch sizes, concurrency and mtimes do not define outputs.
+    for p in layout.images.rglob("*.jpg"):
+        os.utime(p, (1, 1))
+    quiet = run(cfg("train.num_workers=2", "generate.batch_size=3", "evaluate.concurrency=2",
+                    "keypoints.batch_size=2"))
+    assert (quiet["status"] == "skipped").all(), quiet[["status", "reason"]]
+
+    # More iterations continue the run; generation and evaluation add the new checkpoint only.
+    text = dry_run(cfg("train.iterations=4"))
+    assert "[train] would resume" in text and "train.iterations 2 -> 4" in text
+    more = run(cfg("train.iterations=4"))
+    assert more.loc["train", "status"] == "ran" and more.loc["keypoints", "status"] == "skipped"
+    assert {p.name for p in outputs.checkpoints.glob("netG_*.pth")} == {"netG_2.pth", "netG_4.pth"}
+    manifest = pd.read_parquet(outputs.manifest)
+    per_ckpt = manifest.groupby("checkpoint").size()
+    assert set(per_ckpt.index) == {"2", "4"} and per_ckpt["2"] == per_ckpt["4"]
+    assert more.loc["generate", "reused"] == per_ckpt["2"]
+
+    # One image's bytes change and five are added: only those six are estimated.
+    listed = read_image_list(layout.image_list("train"), root)
+    changed = root / listed[0]
+    changed.write_bytes((root / listed[1]).read_bytes())
+    extra_root = tmp_path / "extra"
+    write_synthetic_tree(extra_root, identities=2, poses_per_identity=3, seed=12)
+    extra = read_image_list(DatasetLayout(extra_root).image_list("train"), extra_root)
+    extra += read_image_list(DatasetLayout(extra_root).image_list("test"), extra_root)
+    added = [rel.replace("img/", "img/EXTRA_", 1) for rel in extra[:5]]   # new identities
+    for rel, new in zip(extra[:5], added, strict=True):
+        (root / new).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(extra_root / rel, root / new)
+    write_image_list(listed + added, layout.image_list("train"))
+    text = dry_run(cfg("train.iterations=4"))
+    assert "1 file(s) changed, 5 added, 0 removed" in text
+    with pytest.raises(StaleStageError, match="--force train"):
+        run(cfg("train.iterations=4"))
+    rows = pd.read_parquet(outputs.run_manifest)
+    last = rows[rows["run_id"] == rows["run_id"].iloc[-1]].set_index("stage")
+    kp = last.loc["keypoints"]
+    assert kp["rows_in"] - kp["reused"] == 6 and kp["rows_out"] == 12 + 5
+    assert last.loc["pairs", "status"] == "ran" and last.loc["train", "status"] == "stopped"
+    table = pd.read_parquet(layout.keypoints_table)
+    assert set(added) <= set(table["path"])
+
+    # A changed pair rule: pairs redo, train stops with the reason and both ways on.
+    text = dry_run(cfg("train.iterations=4", "pairs.min_valid_keypoints=9"))
+    assert "pairs.min_valid_keypoints: 8 -> 9" in text and "[train] stale" in text
+    with pytest.raises(StaleStageError) as stop:
+        run(cfg("train.iterations=4", "pairs.min_valid_keypoints=9"))
+    assert "--force train" in str(stop.value) and "--resume train" in str(stop.value)
+    assert (outputs.checkpoints / "netG_4.pth").exists()          # nothing was touched
+    forced = run(cfg("train.iterations=4", "pairs.min_valid_keypoints=9"), force=("train",))
+    assert forced.loc["train", "status"] == "ran"
+    aside = list(out.glob("train.prev/*/train/checkpoints/netG_4.pth"))
+    assert len(aside) == 1, "the earlier training run is kept, moved aside"
+    assert (outputs.checkpoints / "netG_4.pth").exists()
+    assert forced.loc["train", "moved_aside"] and "train.prev" in forced.loc["train", "moved_aside"]
