@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,41 @@ def write_posemap(path: Path, x, y, height: int, width: int, sigma: float | None
 def load_posemap(path: Path) -> np.ndarray:
     with np.load(path) as data:
         return data["arr_0"]
+
+
+POSEMAP_META = "pose_maps.json"   # beside the maps: which kind the stage wrote there
+
+
+def posemap_kind(sigma: float | None) -> dict:
+    return {"kind": "one-hot"} if sigma is None else {"kind": "gaussian", "sigma": sigma}
+
+
+def recorded_posemap_kind(pose_dir: Path) -> dict | None:
+    """The kind of the maps under `pose_dir`: the stage's record, else the dtype of one map
+    (maps written before the record existed; a gaussian sigma is then unknown, None), else
+    None when there are no maps."""
+    meta = pose_dir / POSEMAP_META
+    if meta.is_file():
+        return json.loads(meta.read_text())
+    first = next(pose_dir.glob("*.npz"), None) if pose_dir.is_dir() else None
+    if first is None:
+        return None
+    if load_posemap(first).dtype == np.uint8:
+        return posemap_kind(None)
+    return {"kind": "gaussian", "sigma": None}
+
+
+def describe_posemap_kind(kind: dict | None) -> str:
+    if kind is None:
+        return "none on disk (rendered one-hot from the keypoints table)"
+    if kind["kind"] == "gaussian":
+        return f"gaussian sigma {kind['sigma'] if kind.get('sigma') is not None else 'unknown'}"
+    return kind["kind"]
+
+
+def same_kind(recorded: dict, wanted: dict) -> bool:
+    sigma = recorded.get("sigma")
+    return recorded["kind"] == wanted["kind"] and sigma in (None, wanted.get("sigma"))
 
 
 @dataclass
@@ -108,6 +144,15 @@ def run_posemaps(cfg: Config, sigma: float | None = None, force: bool = False, o
         raise DataError(f"no keypoints table at {source.keypoints_table}: run the keypoints stage first")
     table = read_table(source.keypoints_table, KEYPOINTS_SCHEMA)
     sigma = sigma if sigma is not None else cfg.posemaps.gaussian_sigma
+    wanted = posemap_kind(sigma)
+    # Up-to-date maps of another kind would leave a directory of mixed maps that generate
+    # and train read as one kind: a change of kind rewrites them all.
+    other = [(s, k) for s in SPLITS if (k := recorded_posemap_kind(layout.posemap_dir(s)))
+             and not same_kind(k, wanted)]
+    if other and not force:
+        force = True
+        result.notes += [f"{layout.posemap_dir(s)} held {k['kind']} maps: all rewritten"
+                         for s, k in other]
     rows, excluded = plan_posemaps(table, layout, source.keypoints_table.stat().st_mtime, force)
     result.rows_in, result.skipped = len(table), excluded.get("up to date", 0)
     outside = 0
@@ -120,6 +165,10 @@ def run_posemaps(cfg: Config, sigma: float | None = None, force: bool = False, o
                 done, pending = ray.wait(pending, num_returns=1)
                 outside += ray.get(done[0])
                 bar.update(min(cfg.posemaps.batch_size, bar.total - bar.n))
+    for split in SPLITS:
+        if layout.posemap_dir(split).is_dir():
+            record = json.dumps(wanted).encode()
+            write_bytes_atomic(layout.posemap_dir(split) / POSEMAP_META, record)
     result.rows_out = len(rows)
     result.errors = excluded.get("keypoint error", 0)
     result.outputs = {f"{s}_pose_maps": str(layout.posemap_dir(s)) for s in SPLITS}
@@ -133,7 +182,7 @@ def run_posemaps(cfg: Config, sigma: float | None = None, force: bool = False, o
 @click.option("--gaussian", "sigma", type=float, default=None, metavar="SIGMA",
               help="Gaussian maps with this sigma in pixels instead of the legacy one-hot maps.")
 @click.option("--force", is_flag=True,
-              help="Rewrite every map (needed after changing --gaussian: up-to-date maps are skipped).")
+              help="Rewrite every map, even those newer than the keypoints table.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Write {train,test}_pose_maps/ here (default: dataset root).")
 @click.pass_obj
@@ -144,7 +193,9 @@ def posemaps_command(obj, sigma, force, out) -> None:
     Writes {train,test}_pose_maps/<file_id>.npz: uint8 H x W x 18, 1 at [y, x, k] for each
     valid keypoint k, saved with numpy.savez_compressed under arr_0 like the published
     utility (np.load(f)['arr_0']). Files are written atomically by parallel Ray tasks;
-    maps newer than the keypoints table are skipped unless --force. Rows with errors are
+    maps newer than the keypoints table are skipped unless --force or the kind (one-hot,
+    gaussian sigma) changes. pose_maps.json beside the maps records the kind, so generate
+    picks the matching transport by itself. Rows with errors are
     left out and counted; keypoints outside the image are treated as missing and counted.
     Example: run_pipeline.py --set dataset.root=data/synthetic posemaps
     """
