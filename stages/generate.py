@@ -464,14 +464,17 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
         cpu_threads = max(1, len(os.sched_getaffinity(0)) // actors)
         # One block per batch: each block is one load task, one forward, one write task.
         blocks = [todo.iloc[i:i + gc.batch_size] for i in range(0, len(todo), gc.batch_size)]
+        # The published script ran NetG in the default memory format; channels_last changes
+        # the last bits, which the published save's truncation turns into grey levels.
+        channels_last = gc.channels_last and not gc.minmax
         ds = (ray.data.from_pandas(blocks)
               .map_batches(load_inputs, batch_size=gc.batch_size, batch_format="numpy", num_cpus=IO_CPUS,
                            fn_kwargs=dict(root=root, out_dir=str(out_dir), frame=frame, minmax=gc.minmax,
                                           sparse=sparse))
               .map_batches(Generator, batch_size=gc.batch_size, batch_format="numpy",
                            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
-                           fn_constructor_kwargs=dict(ngf=gc.ngf, dtype=gc.dtype, channels_last=gc.channels_last,
-                                                      minmax=gc.minmax, cpu_threads=cpu_threads))
+                           fn_constructor_kwargs=dict(ngf=gc.ngf, dtype=gc.dtype, minmax=gc.minmax,
+                                                      channels_last=channels_last, cpu_threads=cpu_threads))
               .map_batches(write_outputs, batch_size=gc.batch_size, batch_format="numpy", num_cpus=IO_CPUS,
                            fn_kwargs=dict(out_dir=str(out_dir), minmax=gc.minmax)))  # fmt: skip
         rows = []
