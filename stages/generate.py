@@ -474,7 +474,8 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
               .map_batches(Generator, batch_size=gc.batch_size, batch_format="numpy",
                            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
                            fn_constructor_kwargs=dict(ngf=gc.ngf, dtype=gc.dtype, minmax=gc.minmax,
-                                                      channels_last=channels_last, cpu_threads=cpu_threads))
+                                                      channels_last=channels_last,
+                                                      cpu_threads=cpu_threads))
               .map_batches(write_outputs, batch_size=gc.batch_size, batch_format="numpy", num_cpus=IO_CPUS,
                            fn_kwargs=dict(out_dir=str(out_dir), minmax=gc.minmax)))  # fmt: skip
         rows = []
