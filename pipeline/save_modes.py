@@ -69,3 +69,22 @@ def mixed_modes_message(modes: dict[str, str]) -> str | None:
     listed = "; ".join(f"{mode}: {', '.join(ckpts)}" for mode, ckpts in sorted(by_mode.items()))
     return (f"checkpoints whose images were saved in different modes are in one table ({listed}); "
             "their numbers are not comparable with each other")
+
+
+MIXED = "mixed"
+
+
+def overall_save_mode(modes: dict[str, str]) -> str:
+    """The one mode of all checkpoints' images, `mixed` when they differ."""
+    values = set(modes.values())
+    if not values:
+        return UNKNOWN
+    return values.pop() if len(values) == 1 else MIXED
+
+
+def save_mode_text(modes: dict[str, str]) -> str:
+    """One line for report headers and stage notes: the mode and what it means."""
+    mode = overall_save_mode(modes)
+    if mode == MIXED:
+        return "MIXED save modes: " + (mixed_modes_message(modes) or "")
+    return f"{mode} save mode: {SAVE_MODES[mode]}"
