@@ -166,9 +166,12 @@ def run_posemaps(cfg: Config, sigma: float | None = None, force: bool = False, o
                 outside += ray.get(done[0])
                 bar.update(min(cfg.posemaps.batch_size, bar.total - bar.n))
     for split in SPLITS:
-        if layout.posemap_dir(split).is_dir():
-            record = json.dumps(wanted).encode()
-            write_bytes_atomic(layout.posemap_dir(split) / POSEMAP_META, record)
+        meta = layout.posemap_dir(split) / POSEMAP_META
+        # Rewritten only when it changes: downstream stages digest the maps folder by mtimes.
+        record = json.dumps(wanted).encode()
+        unchanged = meta.is_file() and meta.read_bytes() == record
+        if layout.posemap_dir(split).is_dir() and not unchanged:
+            write_bytes_atomic(meta, record)
     result.rows_out = len(rows)
     result.errors = excluded.get("keypoint error", 0)
     result.outputs = {f"{s}_pose_maps": str(layout.posemap_dir(s)) for s in SPLITS}
