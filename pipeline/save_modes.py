@@ -54,9 +54,11 @@ def record_generation(gen_root: str | os.PathLike, mode: str, checkpoints: list[
         raise DataError(f"{gen_root} holds images saved in {held} mode ({SAVE_MODES[held]}); this "
                         f"run would add {mode} mode images beside them. Rerun with {flag}, or pass "
                         "another --out for this mode.")
-    meta.update(save_mode=mode, save_mode_description=SAVE_MODES[mode], pose_maps=pose_maps,
-                checkpoints={**meta.get("checkpoints", {}), **dict.fromkeys(checkpoints, mode)})
-    write_bytes_atomic(Path(gen_root) / GENERATION_META, json.dumps(meta, indent=2).encode())
+    updated = {**meta, "save_mode": mode, "save_mode_description": SAVE_MODES[mode],
+               "pose_maps": pose_maps,
+               "checkpoints": {**meta.get("checkpoints", {}), **dict.fromkeys(checkpoints, mode)}}
+    if updated != meta:   # an unchanged record keeps its mtime, like every up-to-date output
+        write_bytes_atomic(Path(gen_root) / GENERATION_META, json.dumps(updated, indent=2).encode())
 
 
 def mixed_modes_message(modes: dict[str, str]) -> str | None:
