@@ -70,14 +70,20 @@ def generate_uint8(net: NetG, images: np.ndarray, maps: np.ndarray, *, minmax: b
     concat(map_condition, map_target) (N, H, W, 36) in {0, 1} -> (N, H, W, 3) uint8.
 
     NHWC arrays viewed as NCHW are already channels_last in memory, so no copy is made for
-    that layout. The output mapping is imaging.to_uint8 ((x+1)/2, or the per-image stretch).
+    that layout. The output mapping is imaging.to_uint8 ((x+1)/2, or with `minmax` the
+    published test script's conversion, whose input scaling is then the published one too).
     """
     device = next(net.parameters()).device
     image = _nchw_view(images).to(device)
     pose = _nchw_view(maps).to(device)
     if not channels_last:
         image, pose = image.contiguous(), pose.contiguous()
-    image = image.float().div_(127.5).sub_(1.0)
+    if minmax:
+        # The published loader's ToTensor + Normalize: equal to x / 127.5 - 1 on paper, not to
+        # the last bit, which the published save's truncation can turn into a grey level.
+        image = image.float().div_(255).sub_(0.5).div_(0.5)
+    else:
+        image = image.float().div_(127.5).sub_(1.0)
     pose = pose.float()
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
                                                 enabled=dtype is not None):

@@ -111,9 +111,9 @@ class GenerateConfig:
     channels_last: bool = True
     minmax: bool = False
     concurrency: int | None = field(default=None, metadata=_check(1))
-    # One-hot pose maps travel from the load tasks to the model actors as coordinates;
-    # false sends dense maps (needed for gaussian pose maps).
-    sparse_maps: bool = True
+    # One-hot pose maps travel from the load tasks to the model actors as coordinates, gaussian
+    # ones as dense maps; None picks by the maps' kind, true/false overrides.
+    sparse_maps: bool | None = None
     pairs: str | None = None             # pairs table or legacy CSV; default: the dataset's
 
 

@@ -67,26 +67,52 @@ def to_tensor(im: Image.Image | np.ndarray) -> torch.Tensor:
 def to_uint8(x: torch.Tensor, minmax: bool = False) -> np.ndarray:
     """Generator output (C,H,W) or (N,C,H,W) in [-1, 1] -> HWC / NHWC uint8.
 
-    Default mapping (x + 1) / 2. `minmax` reproduces the published test script, which
-    stretched each image to its own [min, max] before saving.
+    Default mapping (x + 1) / 2, rounded. `minmax`: the published test script's conversion
+    (`published_uint8`).
     """
+    if minmax:
+        return published_uint8(x)
     x = x.detach().float().cpu()
     batched = x.dim() == 4
     if not batched:
         x = x[None]
-    if minmax:
-        lo = x.amin(dim=(1, 2, 3), keepdim=True)
-        hi = x.amax(dim=(1, 2, 3), keepdim=True)
-        x = (x - lo) / (hi - lo).clamp_min(1e-8)
-    else:
-        x = (x + 1.0) / 2.0
+    x = (x + 1.0) / 2.0
     out = (x.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out if batched else out[0]
 
 
-def encode_jpeg(arr: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+def published_uint8(x: torch.Tensor) -> np.ndarray:
+    """(C,H,W) or (N,C,H,W) float -> HWC / NHWC uint8 as the published test script saved
+    images: per image, `make_grid(normalize=True)` (clamp to its own [min, max], subtract the
+    min, divide by max(max - min, 1e-5)), then `ToPILImage` (times 255, truncated)."""
+    x = x.detach().float().cpu()
+    batched = x.dim() == 4
+    if not batched:
+        x = x[None]
+    out = np.empty((x.shape[0], x.shape[2], x.shape[3], x.shape[1]), np.uint8)
+    for i, image in enumerate(x):
+        # The same float32 operations with the same Python-float bounds as make_grid: truncation
+        # turns a last-bit difference at a whole number (127.99999 vs 128.0) into a grey level.
+        low, high = float(image.min()), float(image.max())
+        image = image.clamp(min=low, max=high).sub(low).div(max(high - low, 1e-5))
+        out[i] = (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    return out if batched else out[0]
+
+
+def published_input_tensor(arr: np.ndarray) -> torch.Tensor:
+    """HWC uint8 -> CHW float as the published data loader made it: ToTensor (divide by 255)
+    then Normalize(0.5, 0.5). The same operations as `to_tensor` on paper, not to the last
+    bit, which `published_uint8`'s truncation can turn into a different grey level."""
+    chw = torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1)
+    return chw.float().div(255).sub(0.5).div(0.5)
+
+
+def encode_jpeg(arr: np.ndarray, quality: int | None = JPEG_QUALITY) -> bytes:
+    """JPEG bytes; quality None: PIL's defaults (quality 75, 4:2:0 chroma subsampling), as the
+    published test script saved."""
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    options = {} if quality is None else {"quality": quality}
+    Image.fromarray(arr).save(buf, format="JPEG", **options)
     return buf.getvalue()
 
 

@@ -496,9 +496,33 @@ def checkpoint_files(ckpts: list[str], cfg: Config) -> dict[str, dict]:
     return out
 
 
+def check_save_modes(modes: dict[str, str], paths: EvaluationLayout, allow_mixed: bool) -> None:
+    """Refuse one table over images saved in different modes (unless `allow_mixed`: then the
+    outputs say so), and a resumed evaluation whose kept scores came from another mode."""
+    from pipeline.save_modes import mixed_modes_message
+
+    mixed = mixed_modes_message(modes)
+    if mixed and not allow_mixed:
+        raise click.UsageError(f"{mixed}. Evaluate each save mode into its own --out, or pass "
+                               "--allow-mixed-save-modes to score them together (flagged "
+                               "everywhere).")
+    kept = {}
+    if paths.meta.exists():
+        kept = json.loads(paths.meta.read_text()).get("save_modes", {})
+    changed = {c: (kept[c], m) for c, m in modes.items() if c in kept and kept[c] != m}
+    if changed:
+        listed = ", ".join(f"{c}: {old} -> {new}" for c, (old, new) in changed.items())
+        raise click.UsageError(f"{paths.root} keeps scores of images saved in another mode "
+                               f"({listed}); resuming would mix them. Use a new --out or delete "
+                               "that directory.")
+
+
 def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-                 metrics: list[str] | None = None) -> StageResult:
+                 metrics: list[str] | None = None,
+                 allow_mixed_save_modes: bool = False) -> StageResult:
     """Score a published-layout generation directory into `out` (default O/evaluation)."""
+    from pipeline.save_modes import checkpoint_save_modes, overall_save_mode, save_mode_text
+
     outputs = OutputLayout(cfg.output.root)
     gen_root = Path(generated or outputs.generated).resolve()
     paths = EvaluationLayout(out or outputs.evaluation)
@@ -510,6 +534,9 @@ def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: s
         raise DataError(f"{gen_root}: no generated images under fake_images/iter_<ckpt>/fake_{{A,B}}/")
     result.rows_in = len(pairs)
     result.errors = int(pairs["error"].notna().sum())
+    ckpts = sorted(pairs["checkpoint"].unique(), key=checkpoint_sort_key)
+    modes = checkpoint_save_modes(gen_root, ckpts)
+    check_save_modes(modes, paths, allow_mixed_save_modes)
     init_ray(cfg.ray)
     paths.root.mkdir(parents=True, exist_ok=True)
     write_table(pairs, paths.pairs, PAIRS_INDEX_SCHEMA)
@@ -544,10 +571,11 @@ def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: s
             write_csv(legacy[fname], paths.root / fname, list(legacy[fname].columns))
         elif (paths.root / fname).exists():
             (paths.root / fname).unlink()   # a stale CSV would contradict the skip
-    ckpts = sorted(pairs["checkpoint"].unique(), key=checkpoint_sort_key)
     meta = {
         "generated": str(gen_root), "metrics": names, "network_weights": mode,
         "skipped": skipped, "checkpoints": ckpts, "checkpoint_files": checkpoint_files(ckpts, cfg),
+        "save_mode": overall_save_mode(modes), "save_modes": modes,
+        "save_mode_text": save_mode_text(modes),
         "config_hash": cfg.hash(), "evaluate_config": cfg.to_dict()["evaluate"],
         "packages": package_versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }  # fmt: skip
@@ -558,7 +586,8 @@ def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: s
     result.skipped = len(skipped)
     result.outputs = {"summary": str(paths.summary), "per_image": str(paths.root / "per_image"),
                       "meta": str(paths.meta), **{f: str(paths.root / f) for f in legacy}}
-    result.notes = [f"{m} skipped: {r}" for m, r in skipped.items()]
+    result.notes = [f"images: {save_mode_text(modes)}"]
+    result.notes += [f"{m} skipped: {r}" for m, r in skipped.items()]
     if mode == "random":
         result.notes.append("network metrics used RANDOM weights: their scores are not meaningful")
     return result.finish()
@@ -599,8 +628,12 @@ class MetricList(click.ParamType):
               help=f"Comma-separated subset of {','.join(METRICS)} (default: evaluate.metrics).")
 @click.option("--weights", "network_weights", type=click.Choice(["pretrained", "random"]), default=None,
               help="Network weights: pretrained (default) or random (tests/benchmarks; scores meaningless).")
+@click.option("--allow-mixed-save-modes", is_flag=True,
+              help="Score checkpoints whose images were saved in different modes (published / "
+                   "default, see generate --minmax) in one table; refused without this flag.")
 @click.pass_obj
-def evaluate_command(obj, generated, out, metrics, network_weights) -> None:
+def evaluate_command(obj, generated, out, metrics, network_weights,
+                     allow_mixed_save_modes) -> None:
     """Score generated images: SSIM, PSNR, IS, DS, PCKh, LPIPS, FID for every checkpoint.
 
     \b
@@ -611,7 +644,11 @@ def evaluate_command(obj, generated, out, metrics, network_weights) -> None:
       summary.parquet               mean, std, n per checkpoint, direction, metric (+ skipped reasons)
       ssim_score.csv inception_score.csv ssd_score.csv pckh_score.csv lpips_score.csv
                                     published columns; absent when the metric was skipped
-      evaluation.json               skipped metrics and reasons, provenance
+      evaluation.json               skipped metrics and reasons, images' save mode, provenance
+    The save mode of each checkpoint's images comes from generate's generation.json
+    (published: the published test script's images; default: (x+1)/2 at quality 95, not
+    comparable with published numbers; unknown: no record). Mixed modes are refused unless
+    --allow-mixed-save-modes.
     A metric whose weights are missing is skipped with the reason (see `weights status`).
     Example: run_pipeline.py evaluate --generated out/demo/generated --out out/demo/evaluation --metrics ssim,psnr
     """
@@ -620,7 +657,8 @@ def evaluate_command(obj, generated, out, metrics, network_weights) -> None:
     cfg = obj.cfg
     if network_weights:
         cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, network_weights=network_weights))
-    result = run_evaluate(cfg, generated=generated, out=out, metrics=metrics)
+    result = run_evaluate(cfg, generated=generated, out=out, metrics=metrics,
+                          allow_mixed_save_modes=allow_mixed_save_modes)
     click.echo(result.summary())
     for name, path in result.outputs.items():
         click.echo(f"  {name}: {path}")

@@ -1,10 +1,13 @@
 """Generate stage: every generator checkpoint over every test pair in both directions
 (A->B with map pair (A, B), B->A with (B, A)), NetG in a Ray Data actor pool, written in
-the published test-output layout with a generation manifest; reruns resume."""
+the published test-output layout with a generation manifest; reruns resume. Jobs with the
+same checkpoint and inputs (B->A of (b, a) is A->B of (a, b)) run once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -16,6 +19,7 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.layout import DatasetLayout, GenerationLayout, OutputLayout
 from pipeline.runtime import StageResult
+from pipeline.save_modes import SAVE_MODES, record_generation, save_mode
 from pipeline.tables import MANIFEST_SCHEMA, DataError, read_pairs_csv, read_table, safe_path
 from stages.spec import StageSpec
 
@@ -29,6 +33,8 @@ IO_CPUS = 0.5
 # Columns of a generation job (one output image of one checkpoint) besides the maps' sources.
 JOB_COLUMNS = ["checkpoint", "checkpoint_path", "direction", "index", "source_path", "source_id",
                "target_path", "target_id", "real_path"]
+IDENTITY_KEY = ["checkpoint", "source_id", "target_id"]   # same network, same inputs: same image
+SOURCE_KEY = ["checkpoint", "direction", "index"]         # one job, one manifest row
 
 
 # --- the pure core ---------------------------------------------------------------------
@@ -103,13 +109,18 @@ def read_manifest(out_dir: str | os.PathLike) -> pd.DataFrame:
     return read_table(path, MANIFEST_SCHEMA)
 
 
+def done_rows(manifest: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Ok manifest rows whose generated and real image files both exist."""
+    done = manifest[manifest["status"] == "ok"]
+    present = [(out_dir / f).is_file() and (out_dir / r).is_file()
+               for f, r in zip(done["output_path"], done["real_path"], strict=True)]
+    return done[np.array(present, dtype=bool)]
+
+
 def pending_jobs(jobs: pd.DataFrame, manifest: pd.DataFrame, ckpt: str, out_dir: Path) -> pd.DataFrame:
     """Jobs of `ckpt` not yet done: no ok manifest row for the same pair, or its generated or
     real image file is gone."""
-    done = manifest[(manifest["checkpoint"] == ckpt) & (manifest["status"] == "ok")]
-    present = [(out_dir / f).is_file() and (out_dir / r).is_file()
-               for f, r in zip(done["output_path"], done["real_path"], strict=True)]
-    done = done[np.array(present, dtype=bool)]
+    done = done_rows(manifest[manifest["checkpoint"] == ckpt], out_dir)
     key = ["direction", "index", "source_id", "target_id"]
     merged = jobs.merge(done[key].drop_duplicates(), on=key, how="left", indicator=True)
     return jobs[(merged["_merge"] == "left_only").to_numpy()].reset_index(drop=True)
@@ -120,6 +131,66 @@ def merge_manifest(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     key = ["checkpoint", "direction", "index"]
     both = pd.concat([old, new], ignore_index=True).drop_duplicates(key, keep="last")
     return both.sort_values(key, ignore_index=True)
+
+
+def identical_jobs(todo: pd.DataFrame, done: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split pending jobs into those to run and `links`, whose image another job makes: a
+    symmetric pair set holds (a, b) and (b, a), and B->A of one is A->B of the other. A
+    key (IDENTITY_KEY) runs once, as its first pending job, unless `done` (ok manifest rows
+    whose files exist) already has it. Links carry their source job's manifest key and
+    files as `from_direction`, `from_index`, `from_output`, `from_real`."""
+    source_columns = {"direction": "from_direction", "index": "from_index",
+                      "output_path": "from_output", "real_path": "from_real"}
+    made = done.drop_duplicates(IDENTITY_KEY).rename(columns=source_columns)
+    made = todo.merge(made[IDENTITY_KEY + list(source_columns.values())], on=IDENTITY_KEY)
+    pending = todo.merge(made[IDENTITY_KEY].drop_duplicates(), on=IDENTITY_KEY, how="left",
+                         indicator=True).query("_merge == 'left_only'").drop(columns="_merge")
+    first = ~pending.duplicated(IDENTITY_KEY)
+    run = pending[first].reset_index(drop=True)
+    outputs = [GenerationLayout.fake(c, d, i, t) for c, d, i, t in
+               run[["checkpoint", "direction", "index", "target_id"]].itertuples(index=False)]
+    sources = run[IDENTITY_KEY + ["direction", "index", "real_path"]].assign(output_path=outputs)
+    sources = sources.rename(columns=source_columns)
+    waiting = pending[~first].merge(sources, on=IDENTITY_KEY)
+    return run, pd.concat([made, waiting], ignore_index=True)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """`dst` gets `src`'s bytes, atomically: a hard link where the filesystem allows one
+    (no second copy on disk), else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:   # another filesystem, or one without hard links (FAT, some network mounts)
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    # Renaming a link onto another link of the same file is a no-op that leaves `tmp`.
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+
+
+def write_identical(links: pd.DataFrame, sources: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Manifest rows of the links whose source job is in `sources` (manifest rows): the
+    source's files when it is ok, its error otherwise."""
+    status = sources[SOURCE_KEY + ["source_id", "target_id", "status", "error"]].rename(
+        columns={"direction": "from_direction", "index": "from_index"})
+    ready = links.merge(status, on=IDENTITY_KEY + ["from_direction", "from_index"])
+    rows = []
+    for r in ready.itertuples(index=False):
+        rel = GenerationLayout.fake(r.checkpoint, r.direction, int(r.index), r.target_id)
+        error = None if r.status == "ok" else f"{r.error} (same inputs as {r.from_output})"
+        if error is None:
+            try:
+                link_or_copy(out_dir / r.from_output, out_dir / rel)
+                if not (out_dir / r.real_path).is_file():
+                    link_or_copy(out_dir / r.from_real, out_dir / r.real_path)
+            except OSError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        rows.append((r.checkpoint, r.direction, int(r.index), r.source_id, r.target_id, r.real_path,
+                     rel, "ok" if error is None else "error", error))
+    return pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
 
 
 def _read_map(npz_path: str, keypoints, fid: str) -> np.ndarray:
@@ -140,7 +211,8 @@ def one_hot_coords(pair: np.ndarray) -> np.ndarray:
     the model actors; `maps_from_coords` rebuilds the identical array."""
     ys, xs, ks = np.nonzero(pair)
     if pair.dtype != np.uint8 or (pair[ys, xs, ks] != 1).any() or len(np.unique(ks)) != len(ks):
-        raise DataError("pose map is not one-hot (a gaussian map?): set generate.sparse_maps=false")
+        raise DataError("pose map is not one-hot (a gaussian map?) but generate.sparse_maps is "
+                        "true: unset it (null: picked from the maps' kind) or set it to false")
     coords = np.full((pair.shape[2], 2), -1, np.int16)
     coords[ks, 0], coords[ks, 1] = ys, xs
     return coords
@@ -154,13 +226,29 @@ def maps_from_coords(coords: np.ndarray, height: int, width: int) -> np.ndarray:
     return maps
 
 
+def map_transport(sparse_maps: bool | None, kind: dict | None) -> bool:
+    """Whether map pairs travel as one-hot coordinates: the override when set, else by the
+    kind the posemaps stage recorded (None: no maps, they are rendered one-hot)."""
+    if sparse_maps is not None:
+        return sparse_maps
+    return kind is None or kind["kind"] == "one-hot"
+
+
+def jpeg_quality(minmax: bool) -> int | None:
+    """The published mode saves at PIL's defaults (None), the default mode at quality 95."""
+    from pipeline.imaging import JPEG_QUALITY
+
+    return None if minmax else JPEG_QUALITY
+
+
 def load_inputs(batch: dict[str, np.ndarray], root: str, out_dir: str, frame: tuple[int, int],
                 minmax: bool, sparse: bool = True) -> dict[str, np.ndarray]:
     """CPU task: decode the condition images and both pose maps of each job, and write the
     real (target) image when it is not there yet. A job that fails keeps an error and
     zero arrays, so the batch keeps its shape. With `sparse`, one-hot map pairs travel as
-    coordinates (`coords`) and the model actor rebuilds them."""
-    from pipeline.imaging import encode_jpeg, load_rgb, to_tensor, to_uint8
+    coordinates (`coords`) and the model actor rebuilds them; else dense float32 maps
+    (gaussian maps, and one-hot ones rendered for missing files, side by side)."""
+    from pipeline.imaging import encode_jpeg, load_rgb, published_input_tensor, published_uint8
     from pipeline.tables import write_bytes_atomic
 
     n = len(batch["index"])
@@ -186,21 +274,23 @@ def load_inputs(batch: dict[str, np.ndarray], root: str, out_dir: str, frame: tu
             if not real.is_file():
                 target = load_rgb(safe_path(root, batch["target_path"][i]))
                 # The published script stretched real images too; keep them comparable.
-                arr = to_uint8(to_tensor(np.array(target)), minmax=True) if minmax else np.asarray(target)
-                write_bytes_atomic(real, encode_jpeg(arr))
+                arr = (published_uint8(published_input_tensor(target)) if minmax
+                       else np.asarray(target))
+                write_bytes_atomic(real, encode_jpeg(arr, jpeg_quality(minmax)))
         except (DataError, OSError, ValueError, zipfile.BadZipFile) as exc:   # this job's data
             errors[i] = f"{type(exc).__name__}: {exc}"
             continue
         images[i] = cond
         if not sparse:
             if maps is None:
-                maps = np.zeros((n, h, w, pair.shape[2]), pair.dtype)
+                maps = np.zeros((n, h, w, pair.shape[2]), np.float32)
             maps[i] = pair
     meta = {k: batch[k] for k in JOB_COLUMNS}
     if sparse:
         return {**meta, "image": images, "coords": coords, "error": np.array(errors)}
-    return {**meta, "image": images, "maps": maps if maps is not None else np.zeros((n, h, w, 36), np.uint8),
-            "error": np.array(errors)}
+    if maps is None:
+        maps = np.zeros((n, h, w, 36), np.float32)
+    return {**meta, "image": images, "maps": maps, "error": np.array(errors)}
 
 
 class Generator:
@@ -253,7 +343,7 @@ class Generator:
         return {**{k: batch[k] for k in JOB_COLUMNS}, "error": batch["error"], "fake": fakes}
 
 
-def write_outputs(batch: dict[str, np.ndarray], out_dir: str) -> pd.DataFrame:
+def write_outputs(batch: dict[str, np.ndarray], out_dir: str, minmax: bool = False) -> pd.DataFrame:
     """CPU task: encode and write the generated JPEGs; return their manifest rows."""
     from pipeline.imaging import encode_jpeg
     from pipeline.tables import write_bytes_atomic
@@ -266,7 +356,8 @@ def write_outputs(batch: dict[str, np.ndarray], out_dir: str) -> pd.DataFrame:
         error = batch["error"][i] or None
         if error is None:
             try:
-                write_bytes_atomic(Path(out_dir) / rel, encode_jpeg(batch["fake"][i]))
+                jpeg = encode_jpeg(batch["fake"][i], jpeg_quality(minmax))
+                write_bytes_atomic(Path(out_dir) / rel, jpeg)
             except OSError as exc:
                 error = f"{type(exc).__name__}: {exc}"
         rows.append((ckpt, direction, index, batch["source_id"][i], target, batch["real_path"][i],
@@ -303,8 +394,10 @@ def default_checkpoints(cfg: Config) -> list[str]:
 
 
 def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | None = None,
-                 pairs_file: str | None = None, limit: int | None = None) -> StageResult:
-    """Generate every pending (checkpoint, direction, pair) image; see the module doc."""
+                 pairs_file: str | None = None, limit: int | None = None,
+                 dedup: bool = True) -> StageResult:
+    """Generate every pending (checkpoint, direction, pair) image; see the module doc.
+    `dedup` False runs identical jobs again (for benchmarks of the deduplication)."""
     import ray
     from tqdm import tqdm
 
@@ -312,6 +405,7 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
     from pipeline.runtime import available_gpus, cpu_nodes, init_ray
     from pipeline.tables import write_table
     from pipeline.weights import checkpoint_id, expand_checkpoints
+    from stages.posemaps import describe_posemap_kind, recorded_posemap_kind
 
     gc = cfg.generate
     root = str(Path(cfg.dataset.root).resolve())
@@ -338,6 +432,22 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
         todo_parts.append(todo.assign(checkpoint=ckpt, checkpoint_path=str(path)))
     result.rows_in = len(jobs) * len(paths)
     todo = pd.concat(todo_parts, ignore_index=True)
+    kind = recorded_posemap_kind(DatasetLayout(root).posemap_dir(TEST_SPLIT))
+    sparse = map_transport(gc.sparse_maps, kind)
+    maps_text = describe_posemap_kind(kind)
+    mode = save_mode(gc.minmax)
+    record_generation(out_dir, mode, ids, maps_text)
+    links, generated = todo.iloc[:0], 0
+    if dedup:
+        keys = todo[IDENTITY_KEY].drop_duplicates()
+        done = done_rows(manifest.merge(keys, on=IDENTITY_KEY), out_dir)
+        todo, links = identical_jobs(todo, done)
+        linked = write_identical(links, done, out_dir)
+        if len(linked):
+            manifest = merge_manifest(manifest, linked)
+            write_table(manifest, out_dir / MANIFEST, MANIFEST_SCHEMA)
+            result.rows_out = int((linked["status"] == "ok").sum())
+            result.errors = int((linked["status"] == "error").sum())
     if not todo.empty:
         init_ray(cfg.ray)
         gpus = available_gpus()
@@ -345,22 +455,29 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
         per_node = max(1, -(-actors // cpu_nodes()))
         # One block per batch: each block is one load task, one forward, one write task.
         blocks = [todo.iloc[i:i + gc.batch_size] for i in range(0, len(todo), gc.batch_size)]
+        # The published script ran NetG in the default memory format; channels_last changes
+        # the last bits, which the published save's truncation turns into grey levels.
+        channels_last = gc.channels_last and not gc.minmax
         ds = (ray.data.from_pandas(blocks)
               .map_batches(load_inputs, batch_size=gc.batch_size, batch_format="numpy", num_cpus=IO_CPUS,
                            fn_kwargs=dict(root=root, out_dir=str(out_dir), frame=frame, minmax=gc.minmax,
-                                          sparse=gc.sparse_maps))
+                                          sparse=sparse))
               .map_batches(Generator, batch_size=gc.batch_size, batch_format="numpy",
                            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
-                           fn_constructor_kwargs=dict(ngf=gc.ngf, dtype=gc.dtype, channels_last=gc.channels_last,
-                                                      minmax=gc.minmax, actors_per_node=per_node))
+                           fn_constructor_kwargs=dict(ngf=gc.ngf, dtype=gc.dtype, minmax=gc.minmax,
+                                                      channels_last=channels_last,
+                                                      actors_per_node=per_node))
               .map_batches(write_outputs, batch_size=gc.batch_size, batch_format="numpy", num_cpus=IO_CPUS,
-                           fn_kwargs=dict(out_dir=str(out_dir))))  # fmt: skip
+                           fn_kwargs=dict(out_dir=str(out_dir), minmax=gc.minmax)))  # fmt: skip
         rows = []
         flushed = time.monotonic()
         try:
             with tqdm(total=len(todo), desc=f"generate ({len(paths)} checkpoint(s))", unit="img") as bar:
                 for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
                     rows.append(part)
+                    generated += int((part["status"] == "ok").sum())
+                    if len(links):
+                        rows.append(write_identical(links, part, out_dir))
                     bar.update(len(part))
                     if time.monotonic() - flushed > MANIFEST_FLUSH_S:
                         # A killed driver loses at most this much of the record.
@@ -372,9 +489,15 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
                 new = pd.concat(rows, ignore_index=True)
                 manifest = merge_manifest(manifest, new)
                 write_table(manifest, out_dir / MANIFEST, MANIFEST_SCHEMA)
-                result.rows_out = int((new["status"] == "ok").sum())
-                result.errors = int((new["status"] == "error").sum())
+                result.rows_out += int((new["status"] == "ok").sum())
+                result.errors += int((new["status"] == "error").sum())
     result.notes.append(f"{len(paths)} checkpoint(s) x {len(pairs)} test pairs x 2 directions -> {out_dir}")
+    copied = result.rows_out - generated
+    result.notes.append(f"{generated} image(s) generated, {copied} written from an identical job "
+                        "(same checkpoint and inputs: A->B of (a, b) is B->A of (b, a))")
+    result.notes.append(f"saved in {mode} mode: {SAVE_MODES[mode]}")
+    transport = "coordinates" if sparse else "dense maps"
+    result.notes.append(f"pose maps: {maps_text}, sent to the model as {transport}")
     if result.errors:
         first = manifest[manifest["status"] == "error"].iloc[0]
         result.notes.append(f"{result.errors} error row(s) in the manifest, e.g. {first['real_path']}: "
@@ -411,8 +534,11 @@ STAGE = StageSpec(
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output directory (default <output.root>/generated).")
 @click.option("--minmax/--no-minmax", default=None,
-              help="Stretch each image (real ones too) to its own min..max like the published "
-                   "test script (default generate.minmax; off = the (x+1)/2 mapping).")
+              help="Published save mode: the published test script's images (each image, real "
+                   "ones too, stretched to its own min..max, times 255 truncated, JPEG at PIL's "
+                   "defaults, quality 75), byte for byte on CPU fp32. Off (default "
+                   "generate.minmax): (x+1)/2 rounded, JPEG quality 95, NOT comparable with "
+                   "published numbers.")
 @click.option("--batch-size", type=int, default=None, help="Images per forward (default generate.batch_size).")
 @click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Pairs table (.parquet) or legacy pairs CSV (default: the dataset's pairs table, "
@@ -433,6 +559,14 @@ def generate_command(obj, checkpoints, ngf, out, minmax, batch_size, pairs_file,
       fake_images/iter_<ckpt>/fake_B/<n>@<fidB>.jpg generated A->B (condition A, map pair A,B)
       fake_images/iter_<ckpt>/fake_A/<n>@<fidA>.jpg generated B->A
       manifest.parquet                              one row per generated image, status ok/error
+      generation.json                               save mode (published / default), pose maps
+    Save modes: --minmax writes the published test script's images (comparable with the
+    published numbers; byte for byte on CPU with generate.dtype fp32); the default (x+1)/2
+    mapping at JPEG quality 95 is NOT comparable with published numbers. One OUT holds one mode.
+    A job with the same checkpoint and inputs as another (B->A of (b, a) is A->B of (a, b))
+    runs once; its file is a hard link (or copy) of the other's, with its own manifest row.
+    One-hot or gaussian pose maps are told apart by posemaps' pose_maps.json (or the maps'
+    dtype); generate.sparse_maps true/false overrides the transport picked from that.
     A rerun skips images already ok in the manifest; a bad input becomes an error row.
     NetG runs in a Ray actor pool of generate.concurrency actors (default: one per GPU, else
     one CPU actor), autocast generate.dtype (auto = bf16 on GPU, fp32 on CPU), channels_last.

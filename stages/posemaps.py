@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,44 @@ import pyarrow as pa
 
 from pipeline.config import Config
 from pipeline.layout import SPLITS, DatasetLayout
-from pipeline.posemap import out_of_image, write_posemap
+from pipeline.posemap import load_posemap, out_of_image, write_posemap
 from pipeline.runtime import StageResult
-from pipeline.tables import KEYPOINTS_SCHEMA, DataError, read_table, write_table
+from pipeline.tables import KEYPOINTS_SCHEMA, DataError, read_table, write_bytes_atomic, write_table
 from stages.spec import StageSpec
+
+POSEMAP_META = "pose_maps.json"   # beside the maps: which kind the stage wrote there
+
+
+def posemap_kind(sigma: float | None) -> dict:
+    return {"kind": "one-hot"} if sigma is None else {"kind": "gaussian", "sigma": sigma}
+
+
+def recorded_posemap_kind(pose_dir: Path) -> dict | None:
+    """The kind of the maps under `pose_dir`: the stage's record, else the dtype of one map
+    (maps written before the record existed; a gaussian sigma is then unknown, None), else
+    None when there are no maps."""
+    meta = pose_dir / POSEMAP_META
+    if meta.is_file():
+        return json.loads(meta.read_text())
+    first = next(pose_dir.glob("*.npz"), None) if pose_dir.is_dir() else None
+    if first is None:
+        return None
+    if load_posemap(first).dtype == np.uint8:
+        return posemap_kind(None)
+    return {"kind": "gaussian", "sigma": None}
+
+
+def describe_posemap_kind(kind: dict | None) -> str:
+    if kind is None:
+        return "none on disk (rendered one-hot from the keypoints table)"
+    if kind["kind"] == "gaussian":
+        return f"gaussian sigma {kind['sigma'] if kind.get('sigma') is not None else 'unknown'}"
+    return kind["kind"]
+
+
+def same_kind(recorded: dict, wanted: dict) -> bool:
+    sigma = recorded.get("sigma")
+    return recorded["kind"] == wanted["kind"] and sigma in (None, wanted.get("sigma"))
 
 
 @dataclass
@@ -110,6 +145,7 @@ def run_posemaps(cfg: Config, sigma: float | None = None, force: bool = False, o
         raise DataError(f"no keypoints table at {source.keypoints_table}: run the keypoints stage first")
     table = read_table(source.keypoints_table, KEYPOINTS_SCHEMA)
     sigma = sigma if sigma is not None else cfg.posemaps.gaussian_sigma
+    wanted = posemap_kind(sigma)
     rows, mapped, excluded = plan_posemaps(table, layout, sigma, force)
     result.rows_in, result.skipped = len(table), excluded.get("up to date", 0)
     outside = 0
@@ -127,6 +163,13 @@ def run_posemaps(cfg: Config, sigma: float | None = None, force: bool = False, o
     for target in gone:
         Path(target).unlink(missing_ok=True)
     write_table(mapped[["target", "digest"]], layout.posemap_index, POSEMAP_INDEX_SCHEMA)
+    for split in SPLITS:
+        meta = layout.posemap_dir(split) / POSEMAP_META
+        # Rewritten only when it changes: downstream stages digest the maps folder by mtimes.
+        record = json.dumps(wanted).encode()
+        unchanged = meta.is_file() and meta.read_bytes() == record
+        if layout.posemap_dir(split).is_dir() and not unchanged:
+            write_bytes_atomic(meta, record)
     result.rows_out = len(rows)
     result.errors = excluded.get("keypoint error", 0)
     result.outputs = {f"{s}_pose_maps": str(layout.posemap_dir(s)) for s in SPLITS}
@@ -164,7 +207,9 @@ def posemaps_command(obj, sigma, force, out) -> None:
     valid keypoint k, saved with numpy.savez_compressed under arr_0 like the published
     utility (np.load(f)['arr_0']). Files are written atomically by parallel Ray tasks;
     maps whose keypoints row and sigma are unchanged are skipped unless --force;
-    maps of images gone from the table are removed. Rows with errors are
+    maps of images gone from the table are removed. pose_maps.json beside the maps records
+    the kind (one-hot, gaussian sigma), so generate picks the matching transport by itself.
+    Rows with errors are
     left out and counted; keypoints outside the image are treated as missing and counted.
     Example: run_pipeline.py --set dataset.root=data/synthetic posemaps
     """

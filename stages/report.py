@@ -19,6 +19,7 @@ from pipeline.config import Config
 from pipeline.errors import DataError
 from pipeline.layout import PAIRS_INDEX_SCHEMA, EvaluationLayout, OutputLayout
 from pipeline.runtime import StageResult
+from pipeline.save_modes import MIXED, SAVE_MODES, UNKNOWN
 from pipeline.tables import checkpoint_sort_key, read_table, write_bytes_atomic
 from stages.evaluate import PER_IMAGE_SCHEMA, REAL, SPECS, SUMMARY_SCHEMA
 from stages.report_pipeline import stage_overview, training_figures
@@ -41,6 +42,7 @@ class Report:
     """The report's content, rendered twice (HTML and Markdown)."""
 
     title: str
+    save_mode: str = ""                        # how the scored images were saved (header line)
     warnings: list[str] = field(default_factory=list)
     table: pd.DataFrame | None = None          # rows: checkpoint, direction, images; cols: metrics
     skipped: dict[str, str] = field(default_factory=dict)
@@ -111,6 +113,9 @@ def build_report(eval_dir: str | os.PathLike, name: str, grid_pairs: int = 3,
     if meta.get("network_weights") == "random" or (summary["weights"] == "random").any():
         report.warnings.append("Network metrics were computed with RANDOM weights (test/benchmark mode): "
                                "IS, DS, LPIPS and FID values below are meaningless.")
+    report.save_mode = report_save_mode(meta)
+    if meta.get("save_mode") in (MIXED, UNKNOWN, None):
+        report.warnings.append(f"Images scored: {report.save_mode}")
     report.skipped = dict(meta.get("skipped", {}))
     for r in summary[summary["status"] == "skipped"].itertuples():
         report.skipped.setdefault(r.metric, r.reason)
@@ -138,11 +143,20 @@ def build_report(eval_dir: str | os.PathLike, name: str, grid_pairs: int = 3,
         "generated images": str(gen_root), "evaluation": str(Path(eval_dir).resolve()),
         "evaluated": meta.get("date", "unknown"), "config hash": meta.get("config_hash", "unknown"),
         "network weights": meta.get("network_weights", "unknown"),
+        "image save mode": meta.get("save_mode", UNKNOWN),
         **{f"checkpoint {c} sha256": (files[c]["sha256"] if c in files else "checkpoint file not found")
            for c in ckpts},
         **{f"package {k}": v for k, v in meta.get("packages", {}).items()},
     }  # fmt: skip
     return report
+
+
+def report_save_mode(meta: dict) -> str:
+    """The header line: which save mode made the scored images and whether their numbers
+    compare with the published ones. Evaluations written before the record say unknown."""
+    if "save_mode_text" in meta:
+        return meta["save_mode_text"]
+    return f"{UNKNOWN} save mode: {SAVE_MODES[UNKNOWN]}"
 
 
 def _data_uri(png: bytes) -> str:
@@ -159,7 +173,8 @@ img{max-width:100%;border:1px solid #ddd}.row{display:flex;gap:12px}.row figure{
 def render_html(report: Report) -> str:
     e = html.escape
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(report.title)}</title>"
-           f"<style>{CSS}</style></head><body><h1>{e(report.title)}</h1>"]
+           f"<style>{CSS}</style></head><body><h1>{e(report.title)}</h1>"
+           f"<p><b>Images scored:</b> {e(report.save_mode)}</p>"]
     out += [f"<div class='warn'>{e(w)}</div>" for w in report.warnings]
     out.append("<h2>Metrics per checkpoint and direction</h2>")
     table = report.table
@@ -209,7 +224,7 @@ def render_html(report: Report) -> str:
 
 
 def render_markdown(report: Report, image_dir: str = "images") -> str:
-    lines = [f"# {report.title}", ""]
+    lines = [f"# {report.title}", "", f"**Images scored:** {report.save_mode}", ""]
     lines += [f"> **Warning:** {w}\n" for w in report.warnings]
     lines += ["## Metrics per checkpoint and direction", ""]
     table = report.table

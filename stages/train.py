@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 import zipfile
@@ -353,6 +354,75 @@ def save_checkpoints(nets: Nets, layout: TrainLayout, it: int, rows: list[dict],
                          checkpoint_dir_name=f"{TrainLayout.STATE_DIR_PREFIX}{it:09d}")
 
 
+# --- fine-tuning from a published-style checkpoint pair -----------------------------------
+
+NET_CHECKPOINT_RE = re.compile(r"^net([GD])_(\d+)\.pth$")
+
+
+@dataclass(frozen=True)
+class InitCheckpoints:
+    """The netG/netD pair a run starts from, and the iteration its numbering continues from."""
+
+    netG: Path
+    netD: Path
+    iteration: int
+
+
+def resolve_init_checkpoints(ref: str | os.PathLike,
+                             iteration: int | None = None) -> InitCheckpoints:
+    """`ref` a directory: its highest netG_<iter>.pth that has a netD_<iter>.pth beside it;
+    a file: netG_<N>.pth or netD_<N>.pth and its sibling of the same N. `iteration`
+    overrides N. Raises WeightsError naming what is missing."""
+    from pipeline.weights import WeightsError
+
+    path = Path(ref)
+    if path.is_dir():
+        pairs = sorted((int(m.group(2)), m.group(2)) for p in path.iterdir()
+                       if (m := NET_CHECKPOINT_RE.match(p.name)) and m.group(1) == "G"
+                       and (path / f"netD_{m.group(2)}.pth").is_file())
+        if not pairs:
+            raise WeightsError(f"--init-from {path}: no netG_<iter>.pth with a netD_<iter>.pth of "
+                               "the same iteration in this directory")
+        number, digits = pairs[-1]
+    elif path.is_file():
+        m = NET_CHECKPOINT_RE.match(path.name)
+        if not m:
+            raise WeightsError(f"--init-from {path}: expected a file named netG_<iter>.pth or "
+                               "netD_<iter>.pth (its pair is found by the iteration), or a "
+                               "directory")
+        number, digits = int(m.group(2)), m.group(2)
+    else:
+        raise WeightsError(f"--init-from {path}: no such file or directory")
+    folder = path if path.is_dir() else path.parent
+    found = InitCheckpoints(folder / f"netG_{digits}.pth", folder / f"netD_{digits}.pth",
+                            number if iteration is None else iteration)
+    for net in (found.netG, found.netD):
+        if not net.is_file():
+            raise WeightsError(f"--init-from {path}: {net} not found; training starts from "
+                               "both nets")
+    return found
+
+
+def check_init_checkpoints(init: InitCheckpoints, tc: TrainConfig) -> None:
+    """Fail before any worker starts when a file is not a NetG(ngf) / NetD(ndf) state dict."""
+    from pipeline.api import check_checkpoint
+    from pipeline.networks import build_discriminator
+    from pipeline.weights import load_into
+
+    check_checkpoint(init.netG, tc.ngf)
+    load_into(build_discriminator(tc.ndf), init.netD)
+
+
+def load_init_checkpoints(nets: Nets, init: dict) -> int:
+    """Both nets from the pair (weights_only); the iteration the run continues from. Adam
+    state stays fresh: published checkpoint files hold none."""
+    from pipeline.weights import load_into
+
+    load_into(nets.netG, init["netG"])
+    load_into(nets.netD, init["netD"])
+    return int(init["iteration"])
+
+
 # --- the Ray Train worker loop ---------------------------------------------------------------
 
 def train_loop_per_worker(config: dict) -> None:
@@ -387,6 +457,8 @@ def train_loop_per_worker(config: dict) -> None:
         nets.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"].cpu())
         start, cursors, skipped_before = state["iteration"], state["cursors"], state["skipped"]
+    elif config.get("init"):
+        start = load_init_checkpoints(nets, config["init"])
     ids = [device.index] if dev == "cuda" else None
     nets.netG = DistributedDataParallel(nets.netG, device_ids=ids)
     nets.netD = DistributedDataParallel(nets.netD, device_ids=ids)
@@ -503,8 +575,12 @@ def write_meta(layout: TrainLayout, meta: dict) -> None:
     write_bytes_atomic(layout.meta, json.dumps(meta, indent=2, default=str).encode())
 
 
-def run_train(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False) -> StageResult:
-    """Train on the train pairs of `cfg.dataset.root`; outputs under `out` (O/train/)."""
+def run_train(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False,
+              init_from: str | os.PathLike | None = None,
+              init_iter: int | None = None) -> StageResult:
+    """Train on the train pairs of `cfg.dataset.root`; outputs under `out` (O/train/).
+    `init_from`: start from a netG/netD pair (resolve_init_checkpoints) and continue its
+    numbering, unless `resume` finds a saved state (which continues that run)."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -526,6 +602,25 @@ def run_train(cfg: Config, out: str | os.PathLike | None = None, resume: bool = 
                 result.notes.append(f"already trained to iteration {start} (train.iterations = "
                                     f"{tc.iterations}); nothing to do")
                 return result
+    init, init_record = None, None
+    if init_from is not None and resume_from is None:
+        from pipeline.weights import file_sha256
+
+        init = resolve_init_checkpoints(init_from, init_iter)
+        check_init_checkpoints(init, tc)
+        if init.iteration >= tc.iterations:
+            raise DataError(f"--init-from starts at iteration {init.iteration}, but "
+                            f"train.iterations is {tc.iterations}: pass --iterations above "
+                            f"{init.iteration}")
+        start = init.iteration
+        init_record = {"iteration": init.iteration, "optimiser": "fresh Adam state: the checkpoint "
+                       "files hold no optimiser state (the published ones never do)",
+                       **{net: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
+                          for net, p in (("netG", init.netG), ("netD", init.netD))}}
+        result.notes.append(f"initialised from {init.netG.name} and {init.netD.name}, numbering "
+                            f"continues from {init.iteration}; Adam state starts fresh")
+    elif init_from is not None:
+        result.notes.append(f"--init-from ignored: resuming the saved state at iteration {start}")
 
     vgg_path, perceptual_note = resolve_vgg_weights(cfg)
     init_ray(cfg.ray)
@@ -534,8 +629,8 @@ def run_train(cfg: Config, out: str | os.PathLike | None = None, resume: bool = 
         "config": cfg.to_dict(), "config_hash": cfg.hash(), "dataset_root": root,
         "train_pairs": len(pairs), "perceptual_used": vgg_path is not None,
         "perceptual": perceptual_note, "vgg_weights": str(vgg_path) if vgg_path else None,
-        "num_workers": tc.num_workers, "use_gpu": gpu, "resumed_from": start,
-        "status": "running", "started": time.time(),
+        "num_workers": tc.num_workers, "use_gpu": gpu, "resumed_from": start if resume_from else 0,
+        "init_from": init_record, "status": "running", "started": time.time(),
     }  # fmt: skip
     write_meta(layout, meta)
     board = _progress_board()
@@ -545,6 +640,8 @@ def run_train(cfg: Config, out: str | os.PathLike | None = None, resume: bool = 
             "train": asdict(tc), "out": str(layout.root), "root": root,
             "size": training_size(root, pairs), "vgg_weights": str(vgg_path) if vgg_path else None,
             "resume_from": str(resume_from) if resume_from else None, "progress": board,
+            "init": {"netG": str(init.netG), "netD": str(init.netD), "iteration": init.iteration}
+            if init else None,
         },  # fmt: skip
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=gpu,
@@ -617,8 +714,16 @@ STAGE = StageSpec(
 @click.option("--ckpt-every", type=int, default=None, help="Checkpoint period (default: train.ckpt_every).")
 @click.option("--num-workers", type=int, default=None, help="Ray Train workers (default: train.num_workers).")
 @click.option("--resume", is_flag=True, help="Continue from the latest saved state under OUT.")
+@click.option("--init-from", type=click.Path(exists=True), default=None, metavar="DIR_OR_FILE",
+              help="Start from a netG_<iter>.pth / netD_<iter>.pth pair (the official 257500 / "
+                   "260500 ones, or another run's): a file of the pair, or a directory (its "
+                   "highest complete pair). Numbering continues from <iter>; Adam starts fresh, "
+                   "since the files hold no optimiser state.")
+@click.option("--init-iter", type=int, default=None,
+              help="The iteration --init-from's weights count as (default: from the file name).")
 @click.pass_obj
-def train_command(obj, out, ngf, iterations, ckpt_every, num_workers, resume) -> None:
+def train_command(obj, out, ngf, iterations, ckpt_every, num_workers, resume, init_from,
+                  init_iter) -> None:
     """Train NetG/NetD on the train pairs of dataset.root with Ray Train (DDP).
 
     \b
@@ -628,15 +733,19 @@ def train_command(obj, out, ngf, iterations, ckpt_every, num_workers, resume) ->
       checkpoints/netG_<iter>.pth, netD_<iter>.pth   plain state dicts, official names
       log.parquet                                    losses per iteration
       samples/iter_<iter>.png                        condition | target | generated
-      run_meta.json                                  config, perceptual term used or not
+      run_meta.json                                  config, perceptual term used or not,
+                                                     --init-from files with their sha256
       ray/                                           Ray Train runs: resumable states
     Example: run_pipeline.py --config configs/demo.yaml train --iterations 600 --num-workers 2
     """
     from pipeline.config import config_from_dict
     from pipeline.runtime import run_stage
 
+    if init_iter is not None and init_from is None:
+        raise click.UsageError("--init-iter needs --init-from")
     overrides = {"ngf": ngf, "iterations": iterations, "ckpt_every": ckpt_every, "num_workers": num_workers}
     data = obj.cfg.to_dict()
     data["train"].update({k: v for k, v in overrides.items() if v is not None})
-    result = run_stage("train", run_train, config_from_dict(data), out=out, resume=resume)
+    result = run_stage("train", run_train, config_from_dict(data), out=out, resume=resume,
+                       init_from=init_from, init_iter=init_iter)
     click.echo(result.summary())
