@@ -67,48 +67,93 @@ def _set_verbose(ctx: click.Context, _param, value):
 def config_options() -> list[click.Option]:
     """The options every command accepts (fresh objects: click options hold parse state)."""
     return [
-        click.Option(["--config", "config_path"], type=click.Path(dir_okay=False), expose_value=False,
-                     callback=_set_config, is_eager=True,
-                     help="YAML config (configs/demo.yaml, configs/deepfashion.yaml); "
-                          "defaults apply without it."),
-        click.Option(["--set", "overrides"], multiple=True, metavar="KEY=VALUE", expose_value=False,
-                     callback=_set_overrides,
-                     help="Override a config field, e.g. --set train.iterations=200 (repeatable)."),
-        click.Option(["--address"], default=None, expose_value=False, callback=_set_address,
-                     help="Ray cluster to join (host:port, ray://head:10001); default: start a "
-                          "local Ray. Also ray.address or $RAY_ADDRESS."),
-        click.Option(["--verbose", "-v"], is_flag=True, expose_value=False, callback=_set_verbose,
-                     help="Debug logging, and tracebacks for input errors."),
+        click.Option(
+            ["--config", "config_path"],
+            type=click.Path(dir_okay=False),
+            expose_value=False,
+            callback=_set_config,
+            is_eager=True,
+            help="YAML config (configs/demo.yaml, configs/deepfashion.yaml); "
+            "defaults apply without it.",
+        ),
+        click.Option(
+            ["--set", "overrides"],
+            multiple=True,
+            metavar="KEY=VALUE",
+            expose_value=False,
+            callback=_set_overrides,
+            help="Override a config field, e.g. --set train.iterations=200 (repeatable).",
+        ),
+        click.Option(
+            ["--address"],
+            default=None,
+            expose_value=False,
+            callback=_set_address,
+            help="Ray cluster to join (host:port, ray://head:10001); default: start a "
+            "local Ray. Also ray.address or $RAY_ADDRESS.",
+        ),
+        click.Option(
+            ["--verbose", "-v"],
+            is_flag=True,
+            expose_value=False,
+            callback=_set_verbose,
+            help="Debug logging, and tracebacks for input errors.",
+        ),
     ]
 
 
 # Stage commands live beside their stage and load only when invoked; their one-line help is
 # here so that the top-level --help imports no stage (a test keeps both in step).
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
-    "keypoints": ("stages.keypoints:keypoints_command",
-                  "OpenPose-18 keypoints for every image of dataset.root."),
-    "posemaps": ("stages.posemaps:posemaps_command",
-                 "Pose maps from the keypoints table (tables/keypoints.parquet of dataset.root)."),
-    "pairs": ("stages.pairs:pairs_command",
-              "Train/test pairs from the keypoints table and the image lists of dataset.root."),
-    "train": ("stages.train:train_command",
-              "Train NetG/NetD on the train pairs of dataset.root with Ray Train (DDP)."),
-    "generate": ("stages.generate:generate_command",
-                 "Generate every test pair with one or more checkpoints, both directions."),
-    "evaluate": ("stages.evaluate:evaluate_command",
-                 "Score generated images: SSIM, PSNR, IS, DS, PCKh, LPIPS, FID for every checkpoint."),
-    "report": ("stages.report:report_command",
-               "Write report.html (self-contained, opens offline) and report.md from an evaluation."),
-    "weights": ("stages.weights_cli:weights_group",
-                "Network weights: list what is present (`status`) and fetch what is missing (`fetch`)."),
+    "keypoints": (
+        "stages.keypoints:keypoints_command",
+        "OpenPose-18 keypoints for every image of dataset.root.",
+    ),
+    "posemaps": (
+        "stages.posemaps:posemaps_command",
+        "Pose maps from the keypoints table (tables/keypoints.parquet of dataset.root).",
+    ),
+    "pairs": (
+        "stages.pairs:pairs_command",
+        "Train/test pairs from the keypoints table and the image lists of dataset.root.",
+    ),
+    "train": (
+        "stages.train:train_command",
+        "Train NetG/NetD on the train pairs of dataset.root with Ray Train (DDP).",
+    ),
+    "generate": (
+        "stages.generate:generate_command",
+        "Generate every test pair with one or more checkpoints, both directions.",
+    ),
+    "evaluate": (
+        "stages.evaluate:evaluate_command",
+        "Score generated images: SSIM, PSNR, IS, DS, PCKh, LPIPS, FID for every checkpoint.",
+    ),
+    "report": (
+        "stages.report:report_command",
+        "Write report.html (self-contained, opens offline) and report.md from an evaluation.",
+    ),
+    "weights": (
+        "stages.weights_cli:weights_group",
+        "Network weights: list what is present (`status`) and fetch what is missing (`fetch`).",
+    ),
     "run": ("stages.dag_cli:run_command", "Run the whole pipeline DAG, doing only what changed."),
-    "status": ("stages.dag_cli:status_command",
-               "Say, per stage, whether it is up to date and why it would run."),
-    "clean": ("stages.dag_cli:clean_command",
-              "Delete outputs that reruns moved aside (OUT/<stage>.prev/<run id>/)."),
-    "demo": ("stages.dag_cli:demo_command", "The whole pipeline on embedded synthetic data, end to end."),
-    "transfer": ("stages.transfer_cli:transfer_command",
-                 "Re-pose the person of one image (condition) in the pose of a reference image."),
+    "status": (
+        "stages.dag_cli:status_command",
+        "Say, per stage, whether it is up to date and why it would run.",
+    ),
+    "clean": (
+        "stages.dag_cli:clean_command",
+        "Delete outputs that reruns moved aside (OUT/<stage>.prev/<run id>/).",
+    ),
+    "demo": (
+        "stages.dag_cli:demo_command",
+        "The whole pipeline on embedded synthetic data, end to end.",
+    ),
+    "transfer": (
+        "stages.transfer_cli:transfer_command",
+        "Re-pose the person of one image (condition) in the pose of a reference image.",
+    ),
 }
 
 
@@ -136,9 +181,15 @@ class PipelineGroup(click.Group):
         return _with_config_options(cmd) if cmd is not None else None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, LAZY_COMMANDS[name][1] if name in LAZY_COMMANDS
-                 else self.commands[name].get_short_help_str(limit=90))
-                for name in self.list_commands(ctx)]
+        rows = [
+            (
+                name,
+                LAZY_COMMANDS[name][1]
+                if name in LAZY_COMMANDS
+                else self.commands[name].get_short_help_str(limit=90),
+            )
+            for name in self.list_commands(ctx)
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -158,8 +209,11 @@ def _message(exc: PipelineError) -> str:
     return str(cause if isinstance(cause, PipelineError) else exc)
 
 
-@click.group(cls=PipelineGroup, params=config_options(),
-             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=PipelineGroup,
+    params=config_options(),
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Ray pipeline for multi-scale attention guided pose transfer.
@@ -178,14 +232,27 @@ cli.help = cli.help.replace("{stages}", " -> ".join(STAGE_NAMES))
 
 
 @cli.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Dataset root to create (img/ tree, image lists, ground truth CSV).")
-@click.option("--identities", type=click.IntRange(2), default=None,
-              help="Identity folders (default: synth.identities).")
-@click.option("--poses-per-identity", type=click.IntRange(2), default=None,
-              help="Images per identity (default: synth.poses_per_identity).")
-@click.option("--seed", type=int, default=None,
-              help="Random seed; the same seed gives byte-identical files.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Dataset root to create (img/ tree, image lists, ground truth CSV).",
+)
+@click.option(
+    "--identities",
+    type=click.IntRange(2),
+    default=None,
+    help="Identity folders (default: synth.identities).",
+)
+@click.option(
+    "--poses-per-identity",
+    type=click.IntRange(2),
+    default=None,
+    help="Images per identity (default: synth.poses_per_identity).",
+)
+@click.option(
+    "--seed", type=int, default=None, help="Random seed; the same seed gives byte-identical files."
+)
 @click.pass_obj
 def synth(obj: PipelineContext, out, identities, poses_per_identity, seed) -> None:
     """Build a synthetic DeepFashion-like dataset tree.
@@ -205,14 +272,20 @@ def synth(obj: PipelineContext, out, identities, poses_per_identity, seed) -> No
     seed = sc.seed if seed is None else seed
     table = write_synthetic_tree(out, n_id, n_pose, seed, sc.test_fraction)
     counts = table["split"].value_counts().to_dict()
-    click.echo(f"synth: {len(table)} images ({counts.get('train', 0)} train, "
-               f"{counts.get('test', 0)} test) in {n_id} identities under {Path(out).resolve()}")
+    click.echo(
+        f"synth: {len(table)} images ({counts.get('train', 0)} train, "
+        f"{counts.get('test', 0)} test) in {n_id} identities under {Path(out).resolve()}"
+    )
 
 
 @cli.command("check-networks")
-@click.option("--reference", type=click.Path(exists=True, file_okay=False),
-              default=str(REPO.parent / "shared" / "reference"),
-              show_default=True, help="Folder with netG_ngf8.pth, netD_ndf8.pth, net_ngf8_io.pt.")
+@click.option(
+    "--reference",
+    type=click.Path(exists=True, file_okay=False),
+    default=str(REPO.parent / "shared" / "reference"),
+    show_default=True,
+    help="Folder with netG_ngf8.pth, netD_ndf8.pth, net_ngf8_io.pt.",
+)
 def check_networks(reference) -> None:
     """Check NetG/NetD against the published reference outputs (ngf 8, to 1e-5).
 

@@ -61,15 +61,21 @@ def bench_keypoints(tmp: Path, n_images: int, checkpoint: Path | None) -> dict:
     # A script loads the network too; the stage's actor does the same inside its worker.
     t_load = time.perf_counter()
     est = KeypointEstimator(ckpt)
-    est.predict([np.asarray(load_rgb(root / paths[0]))])          # warm-up, as an actor does
+    est.predict([np.asarray(load_rgb(root / paths[0]))])  # warm-up, as an actor does
     t = time.perf_counter()
     for i in range(0, len(paths), cfg.keypoints.batch_size):
-        est.predict([np.asarray(load_rgb(root / p)) for p in paths[i:i + cfg.keypoints.batch_size]])
+        est.predict(
+            [np.asarray(load_rgb(root / p)) for p in paths[i : i + cfg.keypoints.batch_size]]
+        )
     bare_warm = time.perf_counter() - t
     bare = time.perf_counter() - t_load
 
     init_ray(cfg.ray)
-    out = {"images": len(paths), "bare_loop_s": round(bare, 2), "bare_loop_warm_s": round(bare_warm, 2)}
+    out = {
+        "images": len(paths),
+        "bare_loop_s": round(bare, 2),
+        "bare_loop_warm_s": round(bare_warm, 2),
+    }
     for workers in (1, 2):
         cfg.keypoints.concurrency = workers
         t = time.perf_counter()
@@ -92,11 +98,16 @@ def bench_mediapipe(tmp: Path, identities: int = 40, poses: int = 6) -> dict:
 
     root = tmp / "mp"
     write_synthetic_tree(root, identities=identities, poses_per_identity=poses, seed=0)
-    cfg = load_config(overrides=[f"dataset.root={root}", "keypoints.estimator=mediapipe",
-                                 "keypoints.concurrency=1"])
+    cfg = load_config(
+        overrides=[
+            f"dataset.root={root}",
+            "keypoints.estimator=mediapipe",
+            "keypoints.concurrency=1",
+        ]
+    )
     paths = list_images(cfg)["path"].tolist()
     t = time.perf_counter()
-    est = build_estimator("mediapipe")   # the actor builds one too; both are timed
+    est = build_estimator("mediapipe")  # the actor builds one too; both are timed
     for p in paths:
         est.predict([np.asarray(load_rgb(root / p))])
     bare = time.perf_counter() - t
@@ -109,14 +120,20 @@ def bench_mediapipe(tmp: Path, identities: int = 40, poses: int = 6) -> dict:
 
     qa = read_table(result.outputs["keypoints_qa"], KEYPOINT_QA_SCHEMA)
     table = read_table(DatasetLayout(root).keypoints_table, KEYPOINTS_SCHEMA)
-    return {"images": len(paths), "bare_loop_s": round(bare, 2), "stage_1w_s": round(stage, 2),
-            "ratio_1w_vs_bare": round(bare / stage, 3),
-            "without_person": int((table["n_valid"] == 0).sum()),
-            "pckh_vs_ground_truth": round(overall_pckh(qa), 4),
-            "counted": int(qa["error"].isna().sum())}
+    return {
+        "images": len(paths),
+        "bare_loop_s": round(bare, 2),
+        "stage_1w_s": round(stage, 2),
+        "ratio_1w_vs_bare": round(bare / stage, 3),
+        "without_person": int((table["n_valid"] == 0).sum()),
+        "pckh_vs_ground_truth": round(overall_pckh(qa), 4),
+        "counted": int(qa["error"].isna().sum()),
+    }
 
 
-def keypoint_table(n: int, rng: np.random.Generator, height: int = 256, width: int = 176) -> pd.DataFrame:
+def keypoint_table(
+    n: int, rng: np.random.Generator, height: int = 256, width: int = 176
+) -> pd.DataFrame:
     """A keypoints table of n images in ~6.6-image identity folders, random keypoints."""
     ident = np.sort(rng.integers(0, max(1, int(n / 6.6)), n))
     paths = [f"img/MEN/Denim/id_{g:08d}/{i:02d}_1_front.jpg" for i, g in enumerate(ident)]
@@ -124,13 +141,21 @@ def keypoint_table(n: int, rng: np.random.Generator, height: int = 256, width: i
     y = rng.integers(0, height, (n, 18)).astype(np.int32)
     missing = rng.random((n, 18)) < 0.2
     x[missing], y[missing] = -1, -1
-    return pd.DataFrame({
-        "path": paths, "file_id": [file_id(p) for p in paths],
-        "split": np.where(rng.random(n) < 0.15, "test", "train"),
-        "img_h": np.int32(height), "img_w": np.int32(width), "x": list(x), "y": list(y),
-        "score": list((~missing).astype(np.float32)), "n_valid": (~missing).sum(1).astype(np.int32),
-        "estimator": "bench", "error": None,
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "path": paths,
+            "file_id": [file_id(p) for p in paths],
+            "split": np.where(rng.random(n) < 0.15, "test", "train"),
+            "img_h": np.int32(height),
+            "img_w": np.int32(width),
+            "x": list(x),
+            "y": list(y),
+            "score": list((~missing).astype(np.float32)),
+            "n_valid": (~missing).sum(1).astype(np.int32),
+            "estimator": "bench",
+            "error": None,
+        }
+    )
 
 
 def published_posemaps(table: pd.DataFrame, out: Path) -> None:
@@ -159,9 +184,14 @@ def bench_posemaps(tmp: Path, n: int) -> dict:
     t = time.perf_counter()
     run_posemaps(cfg, force=True, progress=False)
     stage = time.perf_counter() - t
-    return {"maps": n, "serial_s": round(serial, 2), "serial_ms_per_image": round(1000 * serial / n, 2),
-            "stage_s": round(stage, 2), "speedup": round(serial / stage, 3),
-            "extrapolated_52712_s": round(stage / n * DEEPFASHION_IMAGES, 1)}
+    return {
+        "maps": n,
+        "serial_s": round(serial, 2),
+        "serial_ms_per_image": round(1000 * serial / n, 2),
+        "stage_s": round(stage, 2),
+        "speedup": round(serial / stage, 3),
+        "extrapolated_52712_s": round(stage / n * DEEPFASHION_IMAGES, 1),
+    }
 
 
 def bench_pairs(n: int) -> dict:
@@ -175,7 +205,9 @@ def bench_pairs(n: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--maps", type=int, default=2000)
     ap.add_argument("--pairs-rows", type=int, default=DEEPFASHION_IMAGES)

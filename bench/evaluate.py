@@ -1,6 +1,7 @@
 """Benchmark of the evaluate stage: SSIM + PSNR over 2 x N synthetic image pairs (N per
 direction), the stage (Ray tasks over batches, exact integer-window SSIM) against the
-published eval's per-image skimage loop on the same images; and network metrics' images/s with random weights (CPU, or GPU if any).
+published eval's per-image skimage loop on the same images; and network metrics' images/s
+with random weights (CPU, or GPU if any).
 
 Usage: python bench/evaluate.py [--pairs 1000] [--network-images 32]
 """
@@ -27,7 +28,9 @@ def make_layout(tmp: Path, pairs: int) -> Path:
     from pipeline.synthetic import write_synthetic_tree
 
     poses = 6
-    write_synthetic_tree(tmp / "data", identities=-(-pairs // (poses - 1)), poses_per_identity=poses, seed=0)
+    write_synthetic_tree(
+        tmp / "data", identities=-(-pairs // (poses - 1)), poses_per_identity=poses, seed=0
+    )
     gen = tmp / "gen"
     n = write_published_layout(tmp / "data", gen, {"1000": 12.0}, max_pairs=pairs)
     assert n == pairs, f"only {n} pairs could be made"
@@ -56,7 +59,9 @@ def published_loop(gen: Path) -> tuple[float, np.ndarray]:
     t0 = time.perf_counter()
     for side in ("B", "A"):
         for fake in sorted((gen / "fake_images" / "iter_1000" / f"fake_{side}").glob("*.jpg")):
-            a = np.array(Image.open(gen / "real_images" / f"real_{side}" / fake.name).convert("RGB"))
+            a = np.array(
+                Image.open(gen / "real_images" / f"real_{side}" / fake.name).convert("RGB")
+            )
             b = np.array(Image.open(fake).convert("RGB"))
             scores.append(structural_similarity(a, b, channel_axis=-1))
             peak_signal_noise_ratio(a, b)
@@ -75,8 +80,12 @@ def stage(gen: Path, out: Path, metrics: list[str], weights: str = "pretrained")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=1000, help="pairs per direction (2 x this image pairs)")
-    ap.add_argument("--network-images", type=int, default=32, help="pairs for the network metrics (0: skip)")
+    ap.add_argument(
+        "--pairs", type=int, default=1000, help="pairs per direction (2 x this image pairs)"
+    )
+    ap.add_argument(
+        "--network-images", type=int, default=32, help="pairs for the network metrics (0: skip)"
+    )
     args = ap.parse_args()
 
     import pandas as pd
@@ -91,7 +100,7 @@ def main() -> None:
         gen = make_layout(tmp, args.pairs)
         sub = small_layout(gen, tmp / "gen_small", max(2, args.network_images))
         init_ray(RayConfig())
-        stage(sub, tmp / "warm", ["ssim"])     # Ray workers started and modules imported once
+        stage(sub, tmp / "warm", ["ssim"])  # Ray workers started and modules imported once
         t_ref, ref = published_loop(gen)
         # Ray runs its workers at nice 15: on a busy shared machine they get less CPU than this
         # driver, so the same loop is also timed inside a Ray worker as the fair control.
@@ -103,19 +112,33 @@ def main() -> None:
         n = 2 * args.pairs
         print(f"SSIM+PSNR, {n} image pairs (256x176), {int(init_ray()['CPU'])} CPUs:")
         print(f"  published per-image skimage loop: {t_ref:7.2f} s  ({n / t_ref:7.1f} pairs/s)")
-        print(f"  evaluate stage (Ray tasks):       {t_stage:7.2f} s  ({n / t_stage:7.1f} pairs/s)  "
-              f"speed-up {t_ref / t_stage:.2f}x")
-        print(f"  same loop inside a Ray worker:    {t_ref_worker:7.2f} s  ({n / t_ref_worker:7.1f} pairs/s)  "
-              f"speed-up at equal priority {t_ref_worker / t_stage:.2f}x")
+        print(
+            f"  evaluate stage (Ray tasks):       {t_stage:7.2f} s  ({n / t_stage:7.1f} pairs/s)  "
+            f"speed-up {t_ref / t_stage:.2f}x"
+        )
+        print(
+            f"  same loop inside a Ray worker:    {t_ref_worker:7.2f} s  "
+            f"({n / t_ref_worker:7.1f} pairs/s)  "
+            f"speed-up at equal priority {t_ref_worker / t_stage:.2f}x"
+        )
         print(f"  mean SSIM: published {ref.mean():.6f}, stage {ours['value'].mean():.6f}")
         if args.network_images:
             device = "GPU" if available_gpus() else "CPU"
-            print(f"Network metrics, random weights, {args.network_images} generated images, {device}:")
+            print(
+                f"Network metrics, random weights, {args.network_images} generated images, "
+                f"{device}:"
+            )
             for metric in ("is", "fid", "ds", "lpips"):
                 t = stage(sub, tmp / f"net_{metric}", [metric], weights="random")
                 # every per-image row is one network input (pairs for LPIPS: one row per net)
-                images = sum(len(pd.read_parquet(p)) for p in (tmp / f"net_{metric}" / "per_image").glob("*.parquet"))
-                print(f"  {metric:6s} {t:7.2f} s  ({images / t:6.1f} images/s incl. actor start, {images} scored)")
+                images = sum(
+                    len(pd.read_parquet(p))
+                    for p in (tmp / f"net_{metric}" / "per_image").glob("*.parquet")
+                )
+                print(
+                    f"  {metric:6s} {t:7.2f} s  ({images / t:6.1f} images/s incl. actor start, "
+                    f"{images} scored)"
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

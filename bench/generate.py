@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from pipeline.layout import DatasetLayout
 from pipeline.tables import write_pairs_csv  # noqa: E402
 
-NETG_GFLOP_256x176 = 144.0   # per image at ngf 64 (DESIGN 4: about 209 GFLOP at 256x256)
+NETG_GFLOP_256x176 = 144.0  # per image at ngf 64 (DESIGN 4: about 209 GFLOP at 256x256)
 
 
 def build_annotated_tree(root: Path, identities: int, poses: int) -> None:
@@ -40,6 +40,7 @@ def build_annotated_tree(root: Path, identities: int, poses: int) -> None:
     write_synthetic_tree(root, identities=identities, poses_per_identity=poses, seed=0)
     annotate_from_ground_truth(root)
 
+
 def symmetric_pairs(pairs: pd.DataFrame, n: int) -> pd.DataFrame:
     """Whole identity groups from the top of the table until at least `n` pairs: the pair rule
     takes every ordered pair of a group, so (a, b) comes with (b, a) as in a full test set."""
@@ -49,6 +50,7 @@ def symmetric_pairs(pairs: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 # --- the published test script's approach ---------------------------------------------
+
 
 class PublishedPairs(torch.utils.data.Dataset):
     """As the published dataloader: PIL images through ToTensor + Normalize, float32 npz
@@ -75,12 +77,15 @@ class PublishedPairs(torch.utils.data.Dataset):
                 item[f"map{k}"] = self.map_tf(np.float32(npz["arr_0"]))
             item[f"fid{k}"] = row[f"fid{k}"]
         if self.reverse:
-            item = {k.replace("A", "#").replace("B", "A").replace("#", "B"): v for k, v in item.items()}
+            item = {
+                k.replace("A", "#").replace("B", "A").replace("#", "B"): v for k, v in item.items()
+            }
         return item
 
 
-def published_loop(root: Path, pairs: pd.DataFrame, ckpt: Path, ngf: int, batch: int, out: Path,
-                   device: str) -> int:
+def published_loop(
+    root: Path, pairs: pd.DataFrame, ckpt: Path, ngf: int, batch: int, out: Path, device: str
+) -> int:
     """DataLoader, one forward per batch, each image saved inside the loop (make_grid with
     normalize, ToPILImage, JPEG), both directions; returns the generated image count."""
     import torchvision
@@ -95,15 +100,23 @@ def published_loop(root: Path, pairs: pd.DataFrame, ckpt: Path, ngf: int, batch:
         real_dir, fake_dir = out / f"real_{target}", out / f"fake_{target}"
         real_dir.mkdir(parents=True)
         fake_dir.mkdir(parents=True)
-        loader = torch.utils.data.DataLoader(PublishedPairs(root, pairs, DatasetLayout(root).posemap_dir("test"),
-                                                            reverse), batch_size=batch, shuffle=False)
+        loader = torch.utils.data.DataLoader(
+            PublishedPairs(root, pairs, DatasetLayout(root).posemap_dir("test"), reverse),
+            batch_size=batch,
+            shuffle=False,
+        )
         n = 0
         for data in loader:
             with torch.no_grad():
-                fake = net(data["imgA"].to(device), torch.cat((data["mapA"], data["mapB"]), dim=1).to(device))
+                fake = net(
+                    data["imgA"].to(device),
+                    torch.cat((data["mapA"], data["mapB"]), dim=1).to(device),
+                )
             for i in range(fake.size(0)):
                 for img, d in ((data["imgB"][i], real_dir), (fake[i], fake_dir)):
-                    grid = torchvision.utils.make_grid(img.detach().cpu(), nrow=1, padding=0, normalize=True)
+                    grid = torchvision.utils.make_grid(
+                        img.detach().cpu(), nrow=1, padding=0, normalize=True
+                    )
                     to_pil(grid).save(d / f"{n}@{data['fidB'][i]}.jpg")
                 n += 1
         n_out += n
@@ -112,8 +125,17 @@ def published_loop(root: Path, pairs: pd.DataFrame, ckpt: Path, ngf: int, batch:
 
 # --- model-only ------------------------------------------------------------------------
 
-def model_only(ngf: int, batch: int, images: int, device: str, dtype: torch.dtype | None,
-               channels_last: bool, h: int = 256, w: int = 176) -> float:
+
+def model_only(
+    ngf: int,
+    batch: int,
+    images: int,
+    device: str,
+    dtype: torch.dtype | None,
+    channels_last: bool,
+    h: int = 256,
+    w: int = 176,
+) -> float:
     """Images/s of NetG forward alone on in-memory uint8 batches (same path as the actors)."""
     from pipeline.api import generate_uint8
     from pipeline.networks import build_generator
@@ -147,21 +169,39 @@ def gpu_sweep(images: int) -> list[dict]:
         for cl in (False, True):
             for batch in (8, 16, 32, 64, 128):
                 ips = model_only(64, batch, max(images, 4 * batch), "cuda", dtype, cl)
-                rows.append({"dtype": dtype_name, "channels_last": cl, "batch": batch,
-                             "images_per_s": round(ips, 1),
-                             "tflops": round(ips * NETG_GFLOP_256x176 / 1000, 1)})
+                rows.append(
+                    {
+                        "dtype": dtype_name,
+                        "channels_last": cl,
+                        "batch": batch,
+                        "images_per_s": round(ips, 1),
+                        "tflops": round(ips * NETG_GFLOP_256x176 / 1000, 1),
+                    }
+                )
     return rows
 
 
 # --- the run -----------------------------------------------------------------------------
 
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_generate"), help="scratch directory (recreated)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/bench_generate"),
+        help="scratch directory (recreated)",
+    )
     ap.add_argument("--identities", type=int, default=24)
     ap.add_argument("--poses", type=int, default=6)
-    ap.add_argument("--pairs", type=int, default=48,
-                    help="test pairs used (x2 directions), rounded up to whole identities")
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=48,
+        help="test pairs used (x2 directions), rounded up to whole identities",
+    )
     ap.add_argument("--ngf", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2, help="runs of each; the median is reported")
@@ -188,13 +228,20 @@ def main() -> None:
     cfg.dataset.root = str(root)
     cfg.generate.ngf = args.ngf
     cfg.generate.batch_size = args.batch_size
-    init_ray(cfg.ray)   # cluster start-up is not part of the stage's time
+    init_ray(cfg.ray)  # cluster start-up is not part of the stage's time
     images = 2 * len(pairs)
-    distinct = len(pd.concat([pairs[["fidA", "fidB"]], pairs[["fidB", "fidA"]].set_axis(
-        ["fidA", "fidB"], axis=1)]).drop_duplicates())
+    distinct = len(
+        pd.concat(
+            [pairs[["fidA", "fidB"]], pairs[["fidB", "fidA"]].set_axis(["fidA", "fidB"], axis=1)]
+        ).drop_duplicates()
+    )
     device = best_device()
-    timings: dict[str, list[float]] = {"published": [], "stage": [], "stage_no_dedup": [],
-                                       "model_only": []}
+    timings: dict[str, list[float]] = {
+        "published": [],
+        "stage": [],
+        "stage_no_dedup": [],
+        "model_only": [],
+    }
     for rep in range(args.repeats):
         out = args.work / f"published_{rep}"
         start = time.perf_counter()
@@ -202,25 +249,46 @@ def main() -> None:
         timings["published"].append(images / (time.perf_counter() - start))
 
         start = time.perf_counter()
-        result = run_generate(cfg, checkpoints=[str(ckpt)], out=str(args.work / f"stage_{rep}"),
-                              pairs_file=str(pairs_csv))
+        result = run_generate(
+            cfg,
+            checkpoints=[str(ckpt)],
+            out=str(args.work / f"stage_{rep}"),
+            pairs_file=str(pairs_csv),
+        )
         assert result.rows_out == images and result.errors == 0, result.summary()
         timings["stage"].append(images / (time.perf_counter() - start))
 
         start = time.perf_counter()
-        result = run_generate(cfg, checkpoints=[str(ckpt)], out=str(args.work / f"no_dedup_{rep}"),
-                              pairs_file=str(pairs_csv), dedup=False)
+        result = run_generate(
+            cfg,
+            checkpoints=[str(ckpt)],
+            out=str(args.work / f"no_dedup_{rep}"),
+            pairs_file=str(pairs_csv),
+            dedup=False,
+        )
         assert result.rows_out == images and result.errors == 0, result.summary()
         timings["stage_no_dedup"].append(images / (time.perf_counter() - start))
 
-        timings["model_only"].append(model_only(args.ngf, args.batch_size, images, device,
-                                                autocast_dtype(cfg.generate.dtype, device),
-                                                cfg.generate.channels_last))
+        timings["model_only"].append(
+            model_only(
+                args.ngf,
+                args.batch_size,
+                images,
+                device,
+                autocast_dtype(cfg.generate.dtype, device),
+                cfg.generate.channels_last,
+            )
+        )
     med = {k: statistics.median(v) for k, v in timings.items()}
     report = {
-        "device": device, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "ngf": args.ngf, "batch_size": args.batch_size, "images": images,
-        "distinct_images": int(distinct), "symmetric_pairs": len(pairs),
+        "device": device,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "ngf": args.ngf,
+        "batch_size": args.batch_size,
+        "images": images,
+        "distinct_images": int(distinct),
+        "symmetric_pairs": len(pairs),
         "images_per_s": {k: round(v, 2) for k, v in med.items()},
         "runs": {k: [round(x, 2) for x in v] for k, v in timings.items()},
         "stage_vs_published": round(med["stage"] / med["published"], 2),

@@ -69,7 +69,9 @@ def quality(args) -> dict:
     from stages.train import run_train
 
     root = annotated_synthetic_tree(Path(args.work) / "data")
-    overrides = [f"dataset.root={root}", f"output.root={args.work}"] + [f"train.{s}" for s in args.set]
+    overrides = [f"dataset.root={root}", f"output.root={args.work}"] + [
+        f"train.{s}" for s in args.set
+    ]
     cfg = load_config(REPO / "configs" / "demo.yaml", overrides)
     t0 = time.time()
     if args.score_only is None:
@@ -80,15 +82,30 @@ def quality(args) -> dict:
     ckpt = Path(args.work) / "train" / "checkpoints" / f"netG_{at}.pth"
     import torch
 
-    torch.manual_seed(tc.seed)   # the same init the training started from
+    torch.manual_seed(tc.seed)  # the same init the training started from
     untrained = test_pair_scores(root, build_generator(tc.ngf), args.max_pairs)
-    trained = test_pair_scores(root, load_into(build_generator(tc.ngf, init=False), ckpt), args.max_pairs)
+    trained = test_pair_scores(
+        root, load_into(build_generator(tc.ngf, init=False), ckpt), args.max_pairs
+    )
     return {
-        "config": {k: getattr(tc, k) for k in ("ngf", "ndf", "iterations", "batch_size", "lr", "num_workers")},
-        "scored_iteration": at, "train_minutes": round(minutes, 2), "test_pairs": trained["pairs"],
-        "ssim": {"trained": trained["ssim"], "untrained": untrained["ssim"], "copy_condition": trained["copy_ssim"]},
-        "l1": {"trained": trained["l1"], "untrained": untrained["l1"], "copy_condition": trained["copy_l1"]},
-    }  # fmt: skip
+        "config": {
+            k: getattr(tc, k)
+            for k in ("ngf", "ndf", "iterations", "batch_size", "lr", "num_workers")
+        },
+        "scored_iteration": at,
+        "train_minutes": round(minutes, 2),
+        "test_pairs": trained["pairs"],
+        "ssim": {
+            "trained": trained["ssim"],
+            "untrained": untrained["ssim"],
+            "copy_condition": trained["copy_ssim"],
+        },
+        "l1": {
+            "trained": trained["l1"],
+            "untrained": untrained["l1"],
+            "copy_condition": trained["copy_l1"],
+        },
+    }
 
 
 def speed(args) -> list[dict]:
@@ -102,34 +119,66 @@ def speed(args) -> list[dict]:
     for autocast in args.autocast:
         for workers in args.workers:
             out = Path(args.work) / f"speed_w{workers}_{autocast}"
-            cfg = load_config(REPO / "configs" / "demo.yaml", [
-                f"dataset.root={root}", f"train.num_workers={workers}", f"train.ngf={args.ngf}",
-                f"train.ndf={args.ngf}", f"train.iterations={args.iterations}", f"train.autocast={autocast}",
-                f"train.ckpt_every={args.iterations}", f"train.sample_every={args.iterations}",
-            ] + [f"train.{s}" for s in args.set])  # fmt: skip
+            cfg = load_config(
+                REPO / "configs" / "demo.yaml",
+                [
+                    f"dataset.root={root}",
+                    f"train.num_workers={workers}",
+                    f"train.ngf={args.ngf}",
+                    f"train.ndf={args.ngf}",
+                    f"train.iterations={args.iterations}",
+                    f"train.autocast={autocast}",
+                    f"train.ckpt_every={args.iterations}",
+                    f"train.sample_every={args.iterations}",
+                ]
+                + [f"train.{s}" for s in args.set],
+            )
             run_stage("train", run_train, cfg, out=out)
             # Steady state: drop the first iterations (process-group warm-up, loader start).
-            secs = pq.read_table(out / "log.parquet").to_pandas()["seconds"].to_numpy()[args.warmup:]
+            secs = (
+                pq.read_table(out / "log.parquet").to_pandas()["seconds"].to_numpy()[args.warmup :]
+            )
             its = 1.0 / float(np.mean(secs))
-            rows.append({"workers": workers, "ngf": args.ngf, "autocast": autocast,
-                         "batch_per_worker": cfg.train.batch_size, "iterations_per_s": round(its, 3),
-                         "images_per_s": round(its * cfg.train.batch_size * workers, 2)})
+            rows.append(
+                {
+                    "workers": workers,
+                    "ngf": args.ngf,
+                    "autocast": autocast,
+                    "batch_per_worker": cfg.train.batch_size,
+                    "iterations_per_s": round(its, 3),
+                    "images_per_s": round(its * cfg.train.batch_size * workers, 2),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="mode", required=True)
     for name in ("quality", "speed"):
         p = sub.add_parser(name)
-        p.add_argument("--work", default="/tmp/bench_train", help="Working directory (data, outputs).")
-        p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                       help="Extra train.KEY=VALUE overrides of configs/demo.yaml.")
+        p.add_argument(
+            "--work", default="/tmp/bench_train", help="Working directory (data, outputs)."
+        )
+        p.add_argument(
+            "--set",
+            nargs="*",
+            default=[],
+            metavar="KEY=VALUE",
+            help="Extra train.KEY=VALUE overrides of configs/demo.yaml.",
+        )
     q = sub.choices["quality"]
     q.add_argument("--max-pairs", type=int, default=240, help="Test pairs scored.")
-    q.add_argument("--score-only", type=int, default=None, metavar="ITER",
-                   help="Do not train: score the existing netG_ITER.pth of an earlier run in --work.")
+    q.add_argument(
+        "--score-only",
+        type=int,
+        default=None,
+        metavar="ITER",
+        help="Do not train: score the existing netG_ITER.pth of an earlier run in --work.",
+    )
     s = sub.choices["speed"]
     s.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     s.add_argument("--ngf", type=int, default=8)

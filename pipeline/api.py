@@ -40,8 +40,12 @@ def autocast_dtype(name: str, device: str) -> torch.dtype | None:
     return AUTOCAST_DTYPES[name]
 
 
-def load_generator(weights: str | os.PathLike | Mapping[str, torch.Tensor], ngf: int,
-                   device: str, channels_last: bool = True) -> NetG:
+def load_generator(
+    weights: str | os.PathLike | Mapping[str, torch.Tensor],
+    ngf: int,
+    device: str,
+    channels_last: bool = True,
+) -> NetG:
     """NetG in eval mode on `device` from a checkpoint file or an already loaded state
     dict; a file that does not fit raises WeightsError naming it."""
     net = NetG(ngf=ngf)
@@ -64,8 +68,15 @@ def check_checkpoint(path: str | os.PathLike, ngf: int) -> None:
         load_into(net, path)
 
 
-def generate_uint8(net: NetG, images: np.ndarray, maps: np.ndarray, *, minmax: bool = False,
-                   dtype: torch.dtype | None = None, channels_last: bool = True) -> np.ndarray:
+def generate_uint8(
+    net: NetG,
+    images: np.ndarray,
+    maps: np.ndarray,
+    *,
+    minmax: bool = False,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = True,
+) -> np.ndarray:
     """One NetG forward on a batch: condition images (N, H, W, 3) uint8 and map pairs
     concat(map_condition, map_target) (N, H, W, 36) in {0, 1} -> (N, H, W, 3) uint8.
 
@@ -85,8 +96,10 @@ def generate_uint8(net: NetG, images: np.ndarray, maps: np.ndarray, *, minmax: b
     else:
         image = image.float().div_(127.5).sub_(1.0)
     pose = pose.float()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
-                                                enabled=dtype is not None):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+    ):
         out = net(image, pose)
     return to_uint8(out, minmax=minmax)
 
@@ -113,8 +126,10 @@ class Pose:
         for name in ("x", "y"):
             arr = np.asarray(getattr(self, name))
             if arr.shape != (N_KEYPOINTS,):
-                raise DataError(f"pose {name} must hold {N_KEYPOINTS} values (OpenPose-18 order), "
-                                f"got shape {arr.shape}")
+                raise DataError(
+                    f"pose {name} must hold {N_KEYPOINTS} values (OpenPose-18 order), "
+                    f"got shape {arr.shape}"
+                )
             object.__setattr__(self, name, np.round(arr).astype(np.int32))
 
 
@@ -133,8 +148,10 @@ def read_pose_file(path: str | os.PathLike) -> Pose:
         size = (int(data["width"]), int(data["height"])) if "width" in data else None
         return Pose(np.asarray(data["x"], np.float64), np.asarray(data["y"], np.float64), size)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{path}: expected JSON {{\"x\": [18 numbers], \"y\": [18 numbers]}} "
-                        f"(optional \"width\", \"height\") or a legacy keypoints CSV: {exc}") from exc
+        raise DataError(
+            f'{path}: expected JSON {{"x": [18 numbers], "y": [18 numbers]}} '
+            f'(optional "width", "height") or a legacy keypoints CSV: {exc}'
+        ) from exc
 
 
 ImageLike = Image.Image | str | os.PathLike
@@ -164,9 +181,15 @@ class PoseTransfer:
     needs its weights, or mediapipe, which ships them).
     """
 
-    def __init__(self, checkpoint: str | os.PathLike, device: str | None = None, ngf: int = 64,
-                 estimator_checkpoint: str = "shufflenetv2k16", estimator: str = "openpifpaf",
-                 weights_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike,
+        device: str | None = None,
+        ngf: int = 64,
+        estimator_checkpoint: str = "shufflenetv2k16",
+        estimator: str = "openpifpaf",
+        weights_dir: str | os.PathLike | None = None,
+    ):
         self.device = device or best_device()
         self.net = load_generator(checkpoint, ngf, self.device)
         self.estimator_checkpoint = estimator_checkpoint
@@ -180,14 +203,20 @@ class PoseTransfer:
         from pipeline.estimators import build_estimator
 
         if self._estimator is None:
-            kc = KeypointsConfig(estimator=self.estimator_name, checkpoint=self.estimator_checkpoint)
+            kc = KeypointsConfig(
+                estimator=self.estimator_name, checkpoint=self.estimator_checkpoint
+            )
             self._estimator = build_estimator(kc, self.weights_dir, device=self.device)
         im = _as_image(image)
         x, y, _ = self._estimator.predict([np.asarray(im)])[0]
         return Pose(x, y, im.size)
 
-    def transfer(self, condition: ImageLike | np.ndarray, target: ImageLike | np.ndarray | Pose | tuple,
-                 condition_pose: Pose | tuple | None = None) -> Image.Image:
+    def transfer(
+        self,
+        condition: ImageLike | np.ndarray,
+        target: ImageLike | np.ndarray | Pose | tuple,
+        condition_pose: Pose | tuple | None = None,
+    ) -> Image.Image:
         """The condition person in the target pose, as a PIL image of the condition's size.
 
         `target`: a reference image (its pose is estimated) or the target keypoints

@@ -35,7 +35,7 @@ class OutputConfig:
 
 @dataclass
 class RayConfig:
-    address: str | None = None          # None: start a local Ray; "auto" or host:port: join
+    address: str | None = None  # None: start a local Ray; "auto" or host:port: join
     num_cpus: int | None = field(default=None, metadata=_check(1))
     num_gpus: int | None = field(default=None, metadata=_check(0))
     batch_size: int = field(default=16, metadata=_check(1))
@@ -54,8 +54,8 @@ class SynthConfig:
 class KeypointsConfig:
     estimator: Literal["openpifpaf", "mediapipe"] = "openpifpaf"
     checkpoint: str = "shufflenetv2k16"  # openpifpaf checkpoint name or path
-    annotations: str | None = None       # import this legacy CSV instead of estimating
-    compare: str | None = None           # score the keypoints against this legacy CSV (QA)
+    annotations: str | None = None  # import this legacy CSV instead of estimating
+    compare: str | None = None  # score the keypoints against this legacy CSV (QA)
     # mediapipe: landmarks less visible than this are missing (-1).
     min_visibility: float = field(default=0.5, metadata=_check(0.0))
     batch_size: int = field(default=8, metadata=_check(1))
@@ -114,7 +114,7 @@ class GenerateConfig:
     # One-hot pose maps travel from the load tasks to the model actors as coordinates, gaussian
     # ones as dense maps; None picks by the maps' kind, true/false overrides.
     sparse_maps: bool | None = None
-    pairs: str | None = None             # pairs table or legacy CSV; default: the dataset's
+    pairs: str | None = None  # pairs table or legacy CSV; default: the dataset's
 
 
 @dataclass
@@ -122,8 +122,8 @@ class EvaluateConfig:
     metrics: list[str] = field(
         default_factory=lambda: ["ssim", "psnr", "is", "ds", "pckh", "lpips", "fid"]
     )
-    batch_size: int = field(default=32, metadata=_check(1))          # images per network call
-    pixel_batch_size: int = field(default=64, metadata=_check(1))    # pairs per SSIM/PSNR task
+    batch_size: int = field(default=32, metadata=_check(1))  # images per network call
+    pixel_batch_size: int = field(default=64, metadata=_check(1))  # pairs per SSIM/PSNR task
     concurrency: int | None = field(default=None, metadata=_check(1))  # actors per metric (CPU)
     # "random": random-initialised networks, for tests and benchmarks only (scores are
     # meaningless and marked as such in every output).
@@ -133,14 +133,14 @@ class EvaluateConfig:
 @dataclass
 class ReportConfig:
     name: str = "demo"
-    grid_pairs: int = field(default=3, metadata=_check(1))   # pairs per best/median/worst grid
+    grid_pairs: int = field(default=3, metadata=_check(1))  # pairs per best/median/worst grid
 
 
 @dataclass
 class WeightsConfig:
     # Extra directory searched for weight files before the torch hub cache.
     dir: str | None = None
-    checkpoint_dir: str | None = None    # where netG_<iter>.pth ids are looked up
+    checkpoint_dir: str | None = None  # where netG_<iter>.pth ids are looked up
 
 
 @dataclass
@@ -192,8 +192,11 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
                 return _coerce(value, arg, name)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"config field '{name}': {value!r} is not a {_type_name(tp)}")
+        raise ConfigError(
+            errors[0]
+            if len(errors) == 1
+            else f"config field '{name}': {value!r} is not a {_type_name(tp)}"
+        )
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -245,7 +248,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         value = _coerce(value, tp, name)
         meta = fields[key].metadata
         if meta.get("min") is not None and value is not None and value < meta["min"]:
-            raise ConfigError(f"config field '{name}': {value!r} is below the minimum {meta['min']}")
+            raise ConfigError(
+                f"config field '{name}': {value!r} is below the minimum {meta['min']}"
+            )
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -279,7 +284,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Load YAML (or the defaults when `path` is None), apply overrides, validate.
     Relative `dataset.root` / `output.root` in a file are relative to the working directory."""
     data: dict[str, Any] = {}

@@ -38,8 +38,10 @@ class ContentCache:
             return
         self.db.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.db)
-        self._conn.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
-                           "mtime_ns INTEGER, inode INTEGER, digest TEXT)")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
+            "mtime_ns INTEGER, inode INTEGER, digest TEXT)"
+        )
         self._known = {row[0]: row[1:] for row in self._conn.execute("SELECT * FROM files")}
 
     def __enter__(self) -> ContentCache:

@@ -23,7 +23,7 @@ class Appearance:
     skin: RGB
     hair: RGB
     shoes: RGB
-    texture: str          # plain | stripes | dots | checks
+    texture: str  # plain | stripes | dots | checks
     texture_period: int
 
 
@@ -51,8 +51,14 @@ def _pt(x: np.ndarray, y: np.ndarray, k: int) -> tuple[int, int]:
     return int(x[k]), int(y[k])
 
 
-def draw_figure(x: np.ndarray, y: np.ndarray, anchors: dict[str, tuple[int, int]],
-                app: Appearance, view: str, size: tuple[int, int]) -> Image.Image:
+def draw_figure(
+    x: np.ndarray,
+    y: np.ndarray,
+    anchors: dict[str, tuple[int, int]],
+    app: Appearance,
+    view: str,
+    size: tuple[int, int],
+) -> Image.Image:
     """Render a figure on white. `x`, `y`: OpenPose-18 keypoints (-1 = not visible);
     `anchors`: body points drawn even when their keypoint is hidden (head centre,
     shoulders, hips). Every visible keypoint lands on a painted pixel."""
@@ -112,7 +118,9 @@ def draw_figure(x: np.ndarray, y: np.ndarray, anchors: dict[str, tuple[int, int]
     return im
 
 
-def draw_skeleton(im: Image.Image, x: np.ndarray, y: np.ndarray, colour: RGB = (255, 0, 0)) -> Image.Image:
+def draw_skeleton(
+    im: Image.Image, x: np.ndarray, y: np.ndarray, colour: RGB = (255, 0, 0)
+) -> Image.Image:
     """Overlay keypoints and limbs on a copy of `im` (for grids and reports)."""
     out = im.copy()
     d = ImageDraw.Draw(out)
@@ -125,12 +133,16 @@ def draw_skeleton(im: Image.Image, x: np.ndarray, y: np.ndarray, colour: RGB = (
     return out
 
 
-def grid(rows: list[list[Image.Image]], pad: int = 4, background: RGB = (255, 255, 255)) -> Image.Image:
+def grid(
+    rows: list[list[Image.Image]], pad: int = 4, background: RGB = (255, 255, 255)
+) -> Image.Image:
     """Tile images row by row (each row: condition | target | generated, say)."""
     cell_w = max(im.width for row in rows for im in row)
     cell_h = max(im.height for row in rows for im in row)
     n_cols = max(len(row) for row in rows)
-    out = Image.new("RGB", (n_cols * (cell_w + pad) + pad, len(rows) * (cell_h + pad) + pad), background)
+    out = Image.new(
+        "RGB", (n_cols * (cell_w + pad) + pad, len(rows) * (cell_h + pad) + pad), background
+    )
     for r, row in enumerate(rows):
         for c, im in enumerate(row):
             out.paste(im, (pad + c * (cell_w + pad), pad + r * (cell_h + pad)))

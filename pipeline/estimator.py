@@ -22,7 +22,9 @@ from pipeline.weights import (
 )
 
 DEFAULT_CHECKPOINT = "shufflenetv2k16"
-Keypoints = tuple[np.ndarray, np.ndarray, np.ndarray]   # x int32 (18,), y int32 (18,), score float32 (18,)
+Keypoints = tuple[
+    np.ndarray, np.ndarray, np.ndarray
+]  # x int32 (18,), y int32 (18,), score float32 (18,)
 
 
 def _openpifpaf():
@@ -37,7 +39,9 @@ def checkpoint_filename(name: str) -> str | None:
     return os.path.basename(url) if isinstance(url, str) else None
 
 
-def resolve_checkpoint(ref: str | os.PathLike, weights_dir: str | os.PathLike | None = None) -> Path:
+def resolve_checkpoint(
+    ref: str | os.PathLike, weights_dir: str | os.PathLike | None = None
+) -> Path:
     """An openpifpaf checkpoint by path, or by name (`shufflenetv2k16`) from the weights dir
     or the torch hub cache, where openpifpaf itself caches its downloads."""
     path = Path(ref)
@@ -48,8 +52,10 @@ def resolve_checkpoint(ref: str | os.PathLike, weights_dir: str | os.PathLike | 
         return require_weight(name, weights_dir)
     op = _openpifpaf()
     if op.CHECKPOINT_URLS.get(name) is op.PRETRAINED_UNAVAILABLE:
-        raise WeightsError(f"openpifpaf publishes no pretrained weights for {name!r}; "
-                           f"use {DEFAULT_CHECKPOINT} or pass --checkpoint PATH")
+        raise WeightsError(
+            f"openpifpaf publishes no pretrained weights for {name!r}; "
+            f"use {DEFAULT_CHECKPOINT} or pass --checkpoint PATH"
+        )
     filename = checkpoint_filename(name)
     if filename is None:
         raise WeightsError(
@@ -59,8 +65,10 @@ def resolve_checkpoint(ref: str | os.PathLike, weights_dir: str | os.PathLike | 
     found = find_weight(filename, weights_dir)
     if found is None:
         dirs = " or ".join(str(d) for d in weight_search_dirs(weights_dir))
-        raise WeightsError(f"missing openpifpaf weights {filename} for {name!r}: not found in {dirs}. "
-                           f"Put the file there (from {op.CHECKPOINT_URLS[name]}) or pass --checkpoint PATH.")
+        raise WeightsError(
+            f"missing openpifpaf weights {filename} for {name!r}: not found in {dirs}. "
+            f"Put the file there (from {op.CHECKPOINT_URLS[name]}) or pass --checkpoint PATH."
+        )
     return found
 
 
@@ -104,8 +112,12 @@ def checkpoint_allowlist(base_name: str = DEFAULT_CHECKPOINT) -> tuple:
         # numpy arrays (head metas' poses) pickle through _reconstruct and their dtype;
         # checkpoints written under numpy 1.x name it numpy.core.multiarray._reconstruct.
         reconstruct = np._core.multiarray._reconstruct
-        allowed += [np.dtype, reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"),
-                    *{type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32)}]
+        allowed += [
+            np.dtype,
+            reconstruct,
+            (reconstruct, "numpy.core.multiarray._reconstruct"),
+            *{type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32)},
+        ]
     return tuple(allowed)
 
 
@@ -120,11 +132,15 @@ def load_network(path: str | os.PathLike, device: str = "cpu"):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path} is not a loadable openpifpaf checkpoint (refused by the "
-                           f"weights-only loader with the openpifpaf allow-list: {first})") from exc
+        raise WeightsError(
+            f"{path} is not a loadable openpifpaf checkpoint (refused by the "
+            f"weights-only loader with the openpifpaf allow-list: {first})"
+        ) from exc
     net = ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(net, op.network.nets.Shell):
-        raise WeightsError(f"{path} has no openpifpaf network under 'model' (got {type(net).__name__})")
+        raise WeightsError(
+            f"{path} has no openpifpaf network under 'model' (got {type(net).__name__})"
+        )
     op.network.model_migration.model_migration(net)
     return net.eval().to(device)
 
@@ -132,8 +148,11 @@ def load_network(path: str | os.PathLike, device: str = "cpu"):
 def best_person(annotations, min_score: float = 0.0) -> Keypoints:
     """OpenPose-18 keypoints of the highest-scoring openpifpaf annotation (all -1 if none)."""
     if not annotations:
-        return (np.full(N_KEYPOINTS, MISSING, np.int32), np.full(N_KEYPOINTS, MISSING, np.int32),
-                np.zeros(N_KEYPOINTS, np.float32))
+        return (
+            np.full(N_KEYPOINTS, MISSING, np.int32),
+            np.full(N_KEYPOINTS, MISSING, np.int32),
+            np.zeros(N_KEYPOINTS, np.float32),
+        )
     best = max(annotations, key=lambda ann: ann.score)
     return coco17_to_op18(best.data[:, :2], best.data[:, 2], min_score)
 
@@ -151,8 +170,13 @@ class KeypointEstimator:
     """openpifpaf on a list of RGB images -> OpenPose-18 keypoints of the highest-scoring
     person per image. Images of equal size run through the network as one batch."""
 
-    def __init__(self, checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, device: str | None = None,
-                 min_score: float = 0.0, weights_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT,
+        device: str | None = None,
+        min_score: float = 0.0,
+        weights_dir: str | os.PathLike | None = None,
+    ):
         from pipeline.runtime import best_device
 
         op = _openpifpaf()
@@ -164,7 +188,9 @@ class KeypointEstimator:
         self.decoder = op.decoder.factory(self.net.head_metas)
         # Predictor's single-image preprocessing: pad to a multiple of 16, normalise.
         t = op.transforms
-        self.preprocess = t.Compose([t.NormalizeAnnotations(), t.CenterPadTight(16), t.EVAL_TRANSFORM])
+        self.preprocess = t.Compose(
+            [t.NormalizeAnnotations(), t.CenterPadTight(16), t.EVAL_TRANSFORM]
+        )
 
     def predict(self, images: list[np.ndarray]) -> list[Keypoints]:
         from PIL import Image

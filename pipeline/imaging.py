@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from pipeline.errors import ImageError
 
 CANVAS = 256
-CONTENT_W = 176   # DeepFashion frames are 256 x 176 (h x w)
+CONTENT_W = 176  # DeepFashion frames are 256 x 176 (h x w)
 JPEG_QUALITY = 95
 
 
@@ -60,7 +60,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 def to_tensor(im: Image.Image | np.ndarray) -> torch.Tensor:
     """HWC uint8 -> CHW float in [-1, 1]."""
-    arr = np.array(im, dtype=np.uint8)   # a writable copy: PIL-backed arrays are read-only
+    arr = np.array(im, dtype=np.uint8)  # a writable copy: PIL-backed arrays are read-only
     return torch.from_numpy(arr).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
@@ -122,10 +122,10 @@ class PadBox:
 
     orig_w: int
     orig_h: int
-    scaled_w: int      # width after scaling the height to 256
-    crop_x0: int       # columns cropped from the scaled image on the left
-    left: int          # canvas column where the content starts
-    width: int         # content width on the canvas
+    scaled_w: int  # width after scaling the height to 256
+    crop_x0: int  # columns cropped from the scaled image on the left
+    left: int  # canvas column where the content starts
+    width: int  # content width on the canvas
 
 
 def resize_pad_256(im: Image.Image) -> tuple[Image.Image, PadBox]:

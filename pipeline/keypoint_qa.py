@@ -11,22 +11,27 @@ import pyarrow as pa
 from pipeline.metrics.pckh import MIN_HEAD_KEYPOINTS, THRESHOLD, head_size
 from pipeline.skeleton import N_KEYPOINTS, OP18_NAMES, valid_mask
 
-KEYPOINT_QA_SCHEMA = pa.schema([
-    ("path", pa.string()),
-    ("file_id", pa.string()),
-    ("split", pa.string()),
-    ("ref_valid", pa.list_(pa.bool_(), N_KEYPOINTS)),   # valid in the reference
-    ("est_valid", pa.list_(pa.bool_(), N_KEYPOINTS)),   # valid in the estimate
-    ("correct", pa.list_(pa.bool_(), N_KEYPOINTS)),     # within half the reference head box
-    ("error_px", pa.list_(pa.float32(), N_KEYPOINTS)),  # euclidean distance; NaN unless both valid
-    ("head_w", pa.float32()),       # reference head box (null when undefined)
-    ("head_h", pa.float32()),
-    ("n_correct", pa.int32()),
-    ("n_ref_valid", pa.int32()),
-    ("pckh", pa.float64()),         # n_correct / n_ref_valid; null when not counted
-    ("mean_error_px", pa.float64()),  # over keypoints valid in both; null when none
-    ("error", pa.string()),         # why the image is not counted (null when counted)
-])  # fmt: skip
+KEYPOINT_QA_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("file_id", pa.string()),
+        ("split", pa.string()),
+        ("ref_valid", pa.list_(pa.bool_(), N_KEYPOINTS)),  # valid in the reference
+        ("est_valid", pa.list_(pa.bool_(), N_KEYPOINTS)),  # valid in the estimate
+        ("correct", pa.list_(pa.bool_(), N_KEYPOINTS)),  # within half the reference head box
+        (
+            "error_px",
+            pa.list_(pa.float32(), N_KEYPOINTS),
+        ),  # euclidean distance; NaN unless both valid
+        ("head_w", pa.float32()),  # reference head box (null when undefined)
+        ("head_h", pa.float32()),
+        ("n_correct", pa.int32()),
+        ("n_ref_valid", pa.int32()),
+        ("pckh", pa.float64()),  # n_correct / n_ref_valid; null when not counted
+        ("mean_error_px", pa.float64()),  # over keypoints valid in both; null when none
+        ("error", pa.string()),  # why the image is not counted (null when counted)
+    ]
+)
 
 
 def compare_image(est_x, est_y, ref_x, ref_y) -> dict:
@@ -129,12 +134,17 @@ def per_keypoint(qa: pd.DataFrame) -> pd.DataFrame:
             float(np.nanmedian(err[:, k])) if np.isfinite(err[:, k]).any() else np.nan
             for k in range(N_KEYPOINTS)
         ]
-        return pd.DataFrame({
-            "keypoint": list(OP18_NAMES), "reference": n_ref,
-            "detected": (ref & est).sum(0), "correct": correct.sum(0),
-            "detection_rate": (ref & est).sum(0) / n_ref, "pckh": correct.sum(0) / n_ref,
-            "median_error_px": median,
-        })  # fmt: skip
+        return pd.DataFrame(
+            {
+                "keypoint": list(OP18_NAMES),
+                "reference": n_ref,
+                "detected": (ref & est).sum(0),
+                "correct": correct.sum(0),
+                "detection_rate": (ref & est).sum(0) / n_ref,
+                "pckh": correct.sum(0) / n_ref,
+                "median_error_px": median,
+            }
+        )
 
 
 def qa_summary(qa: pd.DataFrame, reference_name: str) -> list[str]:

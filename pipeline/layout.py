@@ -128,7 +128,7 @@ class TrainLayout:
         self.samples = self.root / "samples"
         self.log = self.root / "log.parquet"
         self.meta = self.root / "run_meta.json"
-        self.ray_storage = self.root / "ray"     # Ray Train runs and resumable states
+        self.ray_storage = self.root / "ray"  # Ray Train runs and resumable states
 
     def net_checkpoint(self, net: str, iteration: int) -> Path:
         return self.checkpoints / f"{net}_{iteration}.pth"
@@ -140,7 +140,7 @@ class TrainLayout:
         """The resumable state with the highest iteration over all runs, if any."""
         found = []
         for state in self.ray_storage.glob(f"*/{self.STATE_DIR_PREFIX}*/{self.STATE_FILE}"):
-            digits = state.parent.name[len(self.STATE_DIR_PREFIX):]
+            digits = state.parent.name[len(self.STATE_DIR_PREFIX) :]
             if digits.isdigit():
                 found.append((int(digits), state.parent))
         return max(found) if found else None
@@ -212,11 +212,18 @@ class EvaluationLayout:
         return self.root / "evaluation.json"
 
 
-PAIRS_INDEX_SCHEMA = pa.schema([   # what scan_generation found: one row per generated image
-    ("checkpoint", pa.string()), ("direction", pa.string()), ("index", pa.int64()),
-    ("name", pa.string()), ("real_path", pa.string()), ("fake_path", pa.string()),
-    ("condition_path", pa.string()), ("error", pa.string()),
-])  # fmt: skip
+PAIRS_INDEX_SCHEMA = pa.schema(
+    [  # what scan_generation found: one row per generated image
+        ("checkpoint", pa.string()),
+        ("direction", pa.string()),
+        ("index", pa.int64()),
+        ("name", pa.string()),
+        ("real_path", pa.string()),
+        ("fake_path", pa.string()),
+        ("condition_path", pa.string()),
+        ("error", pa.string()),
+    ]
+)
 
 
 def scan_generation(gen_root: str | os.PathLike) -> pd.DataFrame:
@@ -241,8 +248,9 @@ def scan_generation(gen_root: str | os.PathLike) -> pd.DataFrame:
         by_index[side] = {parsed[0]: n for n in names if (parsed := g.parse_name(n))}
     rows = []
     folders = [(g.checkpoint_of(p.name), p) for p in fake_root.iterdir() if p.is_dir()]
-    for ckpt, ckpt_dir in sorted((f for f in folders if f[0] is not None),
-                                 key=lambda f: checkpoint_sort_key(f[0])):
+    for ckpt, ckpt_dir in sorted(
+        (f for f in folders if f[0] is not None), key=lambda f: checkpoint_sort_key(f[0])
+    ):
         for direction, (target, condition) in g.DIRECTIONS.items():
             folder = ckpt_dir / g.fake_dir(target)
             if not folder.is_dir():
@@ -256,12 +264,16 @@ def scan_generation(gen_root: str | os.PathLike) -> pd.DataFrame:
                     error = f"file name {fake.name!r} is not <n>@<file id>.jpg"
                 elif not real.is_file():
                     error = f"no real image {g.real_dir(target)}/{fake.name} for the generated one"
-                rows.append({
-                    "checkpoint": ckpt, "direction": direction,
-                    "index": parsed[0] if parsed else -1, "name": fake.name,
-                    "real_path": str(real.relative_to(root)),
-                    "fake_path": str(fake.relative_to(root)),
-                    "condition_path": f"{g.real_dir(condition)}/{cond}" if cond else None,
-                    "error": error,
-                })
+                rows.append(
+                    {
+                        "checkpoint": ckpt,
+                        "direction": direction,
+                        "index": parsed[0] if parsed else -1,
+                        "name": fake.name,
+                        "real_path": str(real.relative_to(root)),
+                        "fake_path": str(fake.relative_to(root)),
+                        "condition_path": f"{g.real_dir(condition)}/{cond}" if cond else None,
+                        "error": error,
+                    }
+                )
     return pd.DataFrame(rows, columns=PAIRS_INDEX_SCHEMA.names)

@@ -50,7 +50,7 @@ class PerceptualLoss(nn.Module):
     def __init__(self, vgg_features: nn.Sequential):
         super().__init__()
         self.low = nn.Sequential(*list(vgg_features)[: VGG_CUTS[0]])
-        self.high = nn.Sequential(*list(vgg_features)[VGG_CUTS[0]: VGG_CUTS[1]])
+        self.high = nn.Sequential(*list(vgg_features)[VGG_CUTS[0] : VGG_CUTS[1]])
         self.requires_grad_(False)
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -81,8 +81,13 @@ class LossWeights:
     perceptual: float = 5.0
 
 
-def generator_loss(fake: torch.Tensor, real: torch.Tensor, d_fake: torch.Tensor,
-                   weights: LossWeights, perceptual: PerceptualLoss | None) -> dict[str, torch.Tensor]:
+def generator_loss(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    d_fake: torch.Tensor,
+    weights: LossWeights,
+    perceptual: PerceptualLoss | None,
+) -> dict[str, torch.Tensor]:
     """G = l1 x L1 + gan x LSGAN(D(A, fake) vs real) + perceptual x VGG term (when given)."""
     parts = {"g_l1": l1_loss(fake, real), "g_gan": lsgan_loss(d_fake, True)}
     total = weights.l1 * parts["g_l1"] + weights.gan * parts["g_gan"]

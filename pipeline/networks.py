@@ -19,8 +19,11 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.layers = nn.Sequential(
-            conv3x3(channels, channels), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-            conv3x3(channels, channels), nn.BatchNorm2d(channels),
+            conv3x3(channels, channels),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            conv3x3(channels, channels),
+            nn.BatchNorm2d(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,14 +37,18 @@ def inconv(cin: int, cout: int) -> nn.Sequential:
 def down2x(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 4, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(cout), nn.ReLU(inplace=True), ResidualBlock(cout),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        ResidualBlock(cout),
     )
 
 
 def up2x(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
         nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(cout), nn.ReLU(inplace=True), ResidualBlock(cout),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        ResidualBlock(cout),
     )
 
 
@@ -104,7 +111,8 @@ class NetD(nn.Module):
             stride = min(n_blocks - i, 2)
             layers += [
                 nn.Conv2d(width, nxt, 4, stride=stride, padding=1, bias=False),
-                nn.BatchNorm2d(nxt), nn.LeakyReLU(0.2, inplace=True),
+                nn.BatchNorm2d(nxt),
+                nn.LeakyReLU(0.2, inplace=True),
             ]
             width = nxt
         layers.append(nn.Conv2d(width, 1, 4, stride=1, padding=1, bias=True))

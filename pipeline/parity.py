@@ -31,8 +31,10 @@ def check_reference(reference: Path) -> ParityReport:
     for name, diff in (("NetG", g), ("NetD", d)):
         good = diff <= TOLERANCE
         report.ok &= good
-        report.lines.append(f"{name} ngf/ndf 8: max |ours - published| = {diff:.2e} "
-                            f"({'ok' if good else 'MISMATCH'}, tolerance {TOLERANCE:g})")
+        report.lines.append(
+            f"{name} ngf/ndf 8: max |ours - published| = {diff:.2e} "
+            f"({'ok' if good else 'MISMATCH'}, tolerance {TOLERANCE:g})"
+        )
     keys_file = reference / "state_dict_keys_full.json"
     if keys_file.exists():
         expected = json.loads(keys_file.read_text())
@@ -40,6 +42,8 @@ def check_reference(reference: Path) -> ParityReport:
             ours = [[k, list(v.shape)] for k, v in net.state_dict().items()]
             good = ours == expected[name]
             report.ok &= good
-            report.lines.append(f"{name} full size: {len(ours)} keys and shapes "
-                                f"{'match' if good else 'DIFFER from'} the published list")
+            report.lines.append(
+                f"{name} full size: {len(ours)} keys and shapes "
+                f"{'match' if good else 'DIFFER from'} the published list"
+            )
     return report

@@ -21,12 +21,23 @@ if TYPE_CHECKING:
 # name sides from the person's point of view. The neck has no landmark: it is synthesised.
 OP18_FROM_BLAZEPOSE = {
     "NOSE": 0,
-    "RIGHT_SHOULDER": 2, "RIGHT_ELBOW": 3, "RIGHT_WRIST": 4,
-    "LEFT_SHOULDER": 5, "LEFT_ELBOW": 6, "LEFT_WRIST": 7,
-    "RIGHT_HIP": 8, "RIGHT_KNEE": 9, "RIGHT_ANKLE": 10,
-    "LEFT_HIP": 11, "LEFT_KNEE": 12, "LEFT_ANKLE": 13,
-    "RIGHT_EYE": 14, "LEFT_EYE": 15, "RIGHT_EAR": 16, "LEFT_EAR": 17,
-}  # fmt: skip
+    "RIGHT_SHOULDER": 2,
+    "RIGHT_ELBOW": 3,
+    "RIGHT_WRIST": 4,
+    "LEFT_SHOULDER": 5,
+    "LEFT_ELBOW": 6,
+    "LEFT_WRIST": 7,
+    "RIGHT_HIP": 8,
+    "RIGHT_KNEE": 9,
+    "RIGHT_ANKLE": 10,
+    "LEFT_HIP": 11,
+    "LEFT_KNEE": 12,
+    "LEFT_ANKLE": 13,
+    "RIGHT_EYE": 14,
+    "LEFT_EYE": 15,
+    "RIGHT_EAR": 16,
+    "LEFT_EAR": 17,
+}
 N_LANDMARKS = 33
 
 # The only landmark model the 0.10.21 wheel holds is the full one (model_complexity 1).

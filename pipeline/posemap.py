@@ -36,7 +36,11 @@ def gaussian_map(x: np.ndarray, y: np.ndarray, height: int, width: int, sigma: f
 
 
 def render_map(x, y, height: int, width: int, sigma: float | None = None) -> np.ndarray:
-    return one_hot_map(x, y, height, width) if sigma is None else gaussian_map(x, y, height, width, sigma)
+    return (
+        one_hot_map(x, y, height, width)
+        if sigma is None
+        else gaussian_map(x, y, height, width, sigma)
+    )
 
 
 def out_of_image(x, y, height: int, width: int) -> int:

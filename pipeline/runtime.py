@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 # per-image numpy work (SSIM windows, map decoding) page-faults its buffers in again and
 # again: skimage's SSIM measured 8.8 ms/pair in a fresh process, 3.0 ms with these settings.
 # Workers keep up to 128 MB of freed heap instead.
-WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+WORKER_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(64 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
+}
 
 
 # Package folders shipped to Ray workers: this one, and those that register themselves
@@ -41,12 +44,17 @@ def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
     if not ray.is_initialized():
         address = ray_cfg.address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict[str, Any] = dict(
-            include_dashboard=False, log_to_driver=True, configure_logging=False,
+            include_dashboard=False,
+            log_to_driver=True,
+            configure_logging=False,
             ignore_reinit_error=True,
-        )  # fmt: skip
+        )
         # Ship this checkout's code to every worker, so workers on other nodes (and
         # local workers of a second checkout) run the same code as the driver.
-        kwargs["runtime_env"] = {"py_modules": sorted(SHIPPED_PACKAGES), "env_vars": WORKER_MALLOC_ENV}
+        kwargs["runtime_env"] = {
+            "py_modules": sorted(SHIPPED_PACKAGES),
+            "env_vars": WORKER_MALLOC_ENV,
+        }
         # Workers log errors only (all levels with --verbose): Ray Train's controller actors
         # otherwise print a line every few seconds. Stages report to the driver instead.
         root = logging.getLogger()
@@ -125,8 +133,17 @@ def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "torchvision", "ray", "openpifpaf-vita", "pyarrow", "pandas", "numpy",
-                "scikit-image", "lpips"):
+    for pkg in (
+        "torch",
+        "torchvision",
+        "ray",
+        "openpifpaf-vita",
+        "pyarrow",
+        "pandas",
+        "numpy",
+        "scikit-image",
+        "lpips",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -160,8 +177,10 @@ class StageResult:
 
     def summary(self) -> str:
         secs = (self.ended or time.time()) - self.started
-        text = (f"{self.stage}: {self.rows_in} in, {self.rows_out} out, {self.errors} errors, "
-                f"{self.skipped} skipped ({secs:.1f}s)")
+        text = (
+            f"{self.stage}: {self.rows_in} in, {self.rows_out} out, {self.errors} errors, "
+            f"{self.skipped} skipped ({secs:.1f}s)"
+        )
         return "\n".join([text, *(f"  {n}" for n in self.notes)])
 
 

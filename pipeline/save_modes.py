@@ -14,11 +14,11 @@ GENERATION_META = "generation.json"
 PUBLISHED, DEFAULT, UNKNOWN = "published", "default", "unknown"
 SAVE_MODES = {
     PUBLISHED: "the published test script's images (per-image min-max stretch, x255 truncated, "
-               "JPEG at PIL's defaults: quality 75, 4:2:0): comparable with published numbers",
+    "JPEG at PIL's defaults: quality 75, 4:2:0): comparable with published numbers",
     DEFAULT: "(x+1)/2 rounded, JPEG quality 95: NOT comparable with published numbers",
     UNKNOWN: f"unknown: no {GENERATION_META} records it (images not written by this pipeline's "
-             "generate stage, or by an older version of it)",
-}  # fmt: skip
+    "generate stage, or by an older version of it)",
+}
 
 
 def save_mode(minmax: bool) -> str:
@@ -42,8 +42,9 @@ def checkpoint_save_modes(gen_root: str | os.PathLike, checkpoints: list[str]) -
     return {c: recorded.get(c, UNKNOWN) for c in checkpoints}
 
 
-def record_generation(gen_root: str | os.PathLike, mode: str, checkpoints: list[str],
-                      pose_maps: str) -> None:
+def record_generation(
+    gen_root: str | os.PathLike, mode: str, checkpoints: list[str], pose_maps: str
+) -> None:
     """Add `checkpoints` in `mode` to the directory's generation.json. The real images are
     shared by all checkpoints of a directory, so a directory holds one mode: a different
     one raises DataError before anything is written."""
@@ -51,13 +52,19 @@ def record_generation(gen_root: str | os.PathLike, mode: str, checkpoints: list[
     held = meta.get("save_mode")
     if held is not None and held != mode:
         flag = "--minmax" if held == PUBLISHED else "--no-minmax"
-        raise DataError(f"{gen_root} holds images saved in {held} mode ({SAVE_MODES[held]}); this "
-                        f"run would add {mode} mode images beside them. Rerun with {flag}, or pass "
-                        "another --out for this mode.")
-    updated = {**meta, "save_mode": mode, "save_mode_description": SAVE_MODES[mode],
-               "pose_maps": pose_maps,
-               "checkpoints": {**meta.get("checkpoints", {}), **dict.fromkeys(checkpoints, mode)}}
-    if updated != meta:   # an unchanged record keeps its mtime, like every up-to-date output
+        raise DataError(
+            f"{gen_root} holds images saved in {held} mode ({SAVE_MODES[held]}); this "
+            f"run would add {mode} mode images beside them. Rerun with {flag}, or pass "
+            "another --out for this mode."
+        )
+    updated = {
+        **meta,
+        "save_mode": mode,
+        "save_mode_description": SAVE_MODES[mode],
+        "pose_maps": pose_maps,
+        "checkpoints": {**meta.get("checkpoints", {}), **dict.fromkeys(checkpoints, mode)},
+    }
+    if updated != meta:  # an unchanged record keeps its mtime, like every up-to-date output
         write_bytes_atomic(Path(gen_root) / GENERATION_META, json.dumps(updated, indent=2).encode())
 
 
@@ -69,8 +76,10 @@ def mixed_modes_message(modes: dict[str, str]) -> str | None:
     for ckpt, mode in modes.items():
         by_mode.setdefault(mode, []).append(ckpt)
     listed = "; ".join(f"{mode}: {', '.join(ckpts)}" for mode, ckpts in sorted(by_mode.items()))
-    return (f"checkpoints whose images were saved in different modes are in one table ({listed}); "
-            "their numbers are not comparable with each other")
+    return (
+        f"checkpoints whose images were saved in different modes are in one table ({listed}); "
+        "their numbers are not comparable with each other"
+    )
 
 
 MIXED = "mixed"

@@ -5,13 +5,25 @@ from __future__ import annotations
 import numpy as np
 
 OP18_NAMES = (
-    "nose", "neck",
-    "right_shoulder", "right_elbow", "right_wrist",
-    "left_shoulder", "left_elbow", "left_wrist",
-    "right_hip", "right_knee", "right_ankle",
-    "left_hip", "left_knee", "left_ankle",
-    "right_eye", "left_eye", "right_ear", "left_ear",
-)  # fmt: skip
+    "nose",
+    "neck",
+    "right_shoulder",
+    "right_elbow",
+    "right_wrist",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+    "right_hip",
+    "right_knee",
+    "right_ankle",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+    "right_eye",
+    "left_eye",
+    "right_ear",
+    "left_ear",
+)
 N_KEYPOINTS = len(OP18_NAMES)
 NOSE, NECK = 0, 1
 R_SHOULDER, L_SHOULDER = 2, 5
@@ -19,11 +31,24 @@ R_SHOULDER, L_SHOULDER = 2, 5
 HEAD_IDS = (0, 1, 14, 15, 16, 17)
 
 COCO17_NAMES = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
-    "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
 
 # OP18 index -> COCO17 index, by name; the neck has no COCO counterpart.
 OP18_FROM_COCO17 = tuple(
@@ -33,10 +58,24 @@ OP18_FROM_COCO17 = tuple(
 # Limbs (pairs of OP18 indices) as OpenPose draws them: used by the synthetic figures,
 # training sample grids and report overlays.
 LIMBS = (
-    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7),
-    (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
-    (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
-)  # fmt: skip
+    (1, 2),
+    (1, 5),
+    (2, 3),
+    (3, 4),
+    (5, 6),
+    (6, 7),
+    (1, 8),
+    (8, 9),
+    (9, 10),
+    (1, 11),
+    (11, 12),
+    (12, 13),
+    (1, 0),
+    (0, 14),
+    (14, 16),
+    (0, 15),
+    (15, 17),
+)
 
 MISSING = -1
 
@@ -73,8 +112,9 @@ def coco17_to_op18(
     return x, y, score
 
 
-def valid_mask(x: np.ndarray, y: np.ndarray, height: int | None = None,
-               width: int | None = None) -> np.ndarray:
+def valid_mask(
+    x: np.ndarray, y: np.ndarray, height: int | None = None, width: int | None = None
+) -> np.ndarray:
     """Keypoints that are present (not -1) and, when a size is given, inside the image."""
     x, y = np.asarray(x), np.asarray(y)
     ok = (x != MISSING) & (y != MISSING) & (x >= 0) & (y >= 0)

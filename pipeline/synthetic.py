@@ -28,7 +28,7 @@ TEXTURES = ("plain", "stripes", "dots", "checks")
 
 @dataclass(frozen=True)
 class SynthImage:
-    path: str              # relative to the dataset root
+    path: str  # relative to the dataset root
     split: str
     x: np.ndarray
     y: np.ndarray
@@ -41,11 +41,15 @@ def _colour(rng: np.random.Generator, lo: int = 20, hi: int = 200) -> tuple[int,
 def sample_appearance(rng: np.random.Generator) -> Appearance:
     skin_base = rng.choice([[224, 172, 140], [198, 134, 100], [141, 85, 60], [236, 190, 160]])
     return Appearance(
-        top=_colour(rng), top_accent=_colour(rng), bottom=_colour(rng, 10, 160),
+        top=_colour(rng),
+        top_accent=_colour(rng),
+        bottom=_colour(rng, 10, 160),
         skin=tuple(int(v) for v in np.clip(skin_base + rng.integers(-8, 9, 3), 0, 235)),
-        hair=_colour(rng, 10, 110), shoes=_colour(rng, 0, 80),
-        texture=str(rng.choice(TEXTURES)), texture_period=int(rng.integers(6, 14)),
-    )  # fmt: skip
+        hair=_colour(rng, 10, 110),
+        shoes=_colour(rng, 0, 80),
+        texture=str(rng.choice(TEXTURES)),
+        texture_period=int(rng.integers(6, 14)),
+    )
 
 
 def _direction(angle_deg: float) -> np.ndarray:
@@ -104,15 +108,18 @@ def sample_pose(rng: np.random.Generator, view: str) -> tuple[np.ndarray, np.nda
     anchors = {
         "head": (int(round(head[0])), int(round(head[1]))),
         "neck": tuple(int(v) for v in pts[1]),
-        "r_shoulder": tuple(int(v) for v in pts[2]), "l_shoulder": tuple(int(v) for v in pts[5]),
-        "r_hip": tuple(int(v) for v in pts[8]), "l_hip": tuple(int(v) for v in pts[11]),
+        "r_shoulder": tuple(int(v) for v in pts[2]),
+        "l_shoulder": tuple(int(v) for v in pts[5]),
+        "r_hip": tuple(int(v) for v in pts[8]),
+        "l_hip": tuple(int(v) for v in pts[11]),
         **{f"k{k}": tuple(int(v) for v in pts[k]) for k in (3, 4, 6, 7, 9, 10, 12, 13)},
-    }  # fmt: skip
+    }
     return x, y, anchors
 
 
-def plan_tree(identities: int, poses_per_identity: int, seed: int, test_fraction: float = 0.2
-              ) -> list[tuple[str, str, int]]:
+def plan_tree(
+    identities: int, poses_per_identity: int, seed: int, test_fraction: float = 0.2
+) -> list[tuple[str, str, int]]:
     """(identity folder, split, identity seed) for each identity; split by identity."""
     rng = np.random.default_rng(seed)
     ids = rng.choice(np.arange(1, 10_000_000), size=identities, replace=False)
@@ -123,11 +130,14 @@ def plan_tree(identities: int, poses_per_identity: int, seed: int, test_fraction
         folders.append(f"{gender}/{cats[int(rng.integers(len(cats)))]}/id_{int(ident):08d}")
     n_test = max(1, int(round(identities * test_fraction)))
     test = set(rng.permutation(identities)[:n_test].tolist())
-    return [(f, "test" if i in test else "train", seed * 1_000_003 + i) for i, f in enumerate(folders)]
+    return [
+        (f, "test" if i in test else "train", seed * 1_000_003 + i) for i, f in enumerate(folders)
+    ]
 
 
-def generate_identity(folder: str, split: str, ident_seed: int, poses: int
-                      ) -> list[tuple[SynthImage, bytes]]:
+def generate_identity(
+    folder: str, split: str, ident_seed: int, poses: int
+) -> list[tuple[SynthImage, bytes]]:
     rng = np.random.default_rng(ident_seed)
     app = sample_appearance(rng)
     out = []
@@ -142,8 +152,13 @@ def generate_identity(folder: str, split: str, ident_seed: int, poses: int
     return out
 
 
-def write_synthetic_tree(out: str | Path, identities: int = 40, poses_per_identity: int = 6,
-                         seed: int = 0, test_fraction: float = 0.2) -> pd.DataFrame:
+def write_synthetic_tree(
+    out: str | Path,
+    identities: int = 40,
+    poses_per_identity: int = 6,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+) -> pd.DataFrame:
     """Write the tree, the image lists and the ground-truth keypoints CSV under `out`.
     Returns the ground-truth table (path, file_id, split, x, y). Same seed: same bytes."""
     from tqdm import tqdm
@@ -156,15 +171,21 @@ def write_synthetic_tree(out: str | Path, identities: int = 40, poses_per_identi
             write_bytes_atomic(out / img.path, data)
             images.append(img)
     images.sort(key=lambda im: im.path)
-    table = pd.DataFrame({
-        "path": [im.path for im in images],
-        "file_id": [file_id(im.path) for im in images],
-        "split": [im.split for im in images],
-        "img_h": HEIGHT, "img_w": WIDTH,
-        "x": [im.x for im in images], "y": [im.y for im in images],
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "path": [im.path for im in images],
+            "file_id": [file_id(im.path) for im in images],
+            "split": [im.split for im in images],
+            "img_h": HEIGHT,
+            "img_w": WIDTH,
+            "x": [im.x for im in images],
+            "y": [im.y for im in images],
+        }
+    )
     for split in ("train", "test"):
-        write_image_list(table.loc[table.split == split, "path"].tolist(), out / f"{split}_img_list.csv")
+        write_image_list(
+            table.loc[table.split == split, "path"].tolist(), out / f"{split}_img_list.csv"
+        )
     write_keypoints_csv(table, out / GROUND_TRUTH_CSV)
     return table
 

@@ -20,40 +20,46 @@ from pipeline.skeleton import N_KEYPOINTS
 
 # --- schemas -------------------------------------------------------------------------
 
-KEYPOINTS_SCHEMA = pa.schema([
-    ("path", pa.string()),          # relative to the dataset root: img/MEN/.../01_1_front.jpg
-    ("file_id", pa.string()),
-    ("split", pa.string()),         # train / test / "" when unknown
-    ("img_h", pa.int32()),
-    ("img_w", pa.int32()),
-    ("x", pa.list_(pa.int32(), N_KEYPOINTS)),      # OpenPose-18 order, -1 = missing
-    ("y", pa.list_(pa.int32(), N_KEYPOINTS)),
-    ("score", pa.list_(pa.float32(), N_KEYPOINTS)),
-    ("n_valid", pa.int32()),
-    ("estimator", pa.string()),
-    ("error", pa.string()),         # null when fine
-])  # fmt: skip
+KEYPOINTS_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),  # relative to the dataset root: img/MEN/.../01_1_front.jpg
+        ("file_id", pa.string()),
+        ("split", pa.string()),  # train / test / "" when unknown
+        ("img_h", pa.int32()),
+        ("img_w", pa.int32()),
+        ("x", pa.list_(pa.int32(), N_KEYPOINTS)),  # OpenPose-18 order, -1 = missing
+        ("y", pa.list_(pa.int32(), N_KEYPOINTS)),
+        ("score", pa.list_(pa.float32(), N_KEYPOINTS)),
+        ("n_valid", pa.int32()),
+        ("estimator", pa.string()),
+        ("error", pa.string()),  # null when fine
+    ]
+)
 
-PAIRS_SCHEMA = pa.schema([
-    ("imgA", pa.string()),
-    ("imgB", pa.string()),
-    ("fidA", pa.string()),
-    ("fidB", pa.string()),
-    ("group", pa.string()),         # identity folder, e.g. MEN/Denim/id_00000080
-    ("split", pa.string()),
-])  # fmt: skip
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("imgA", pa.string()),
+        ("imgB", pa.string()),
+        ("fidA", pa.string()),
+        ("fidB", pa.string()),
+        ("group", pa.string()),  # identity folder, e.g. MEN/Denim/id_00000080
+        ("split", pa.string()),
+    ]
+)
 
-MANIFEST_SCHEMA = pa.schema([
-    ("checkpoint", pa.string()),    # checkpoint id (iteration) or file stem
-    ("direction", pa.string()),     # AB or BA
-    ("index", pa.int64()),          # running index n of <n>@<fid>.jpg
-    ("source_id", pa.string()),     # file id of the condition image
-    ("target_id", pa.string()),     # file id of the image whose pose is generated
-    ("real_path", pa.string()),     # relative to the generation root
-    ("output_path", pa.string()),   # relative to the generation root
-    ("status", pa.string()),        # ok / error
-    ("error", pa.string()),
-])  # fmt: skip
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("checkpoint", pa.string()),  # checkpoint id (iteration) or file stem
+        ("direction", pa.string()),  # AB or BA
+        ("index", pa.int64()),  # running index n of <n>@<fid>.jpg
+        ("source_id", pa.string()),  # file id of the condition image
+        ("target_id", pa.string()),  # file id of the image whose pose is generated
+        ("real_path", pa.string()),  # relative to the generation root
+        ("output_path", pa.string()),  # relative to the generation root
+        ("status", pa.string()),  # ok / error
+        ("error", pa.string()),
+    ]
+)
 
 # Legacy CSV columns of the published scripts.
 KEYPOINT_CSV_COLUMNS = ["file_id", "img_h", "img_w"] + [
@@ -64,6 +70,7 @@ PAIRS_CSV_COLUMNS = ["imgA", "imgB"]
 
 
 # --- atomic writes -------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -142,6 +149,7 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike, columns: list[str]) -> 
 
 # --- file ids and paths --------------------------------------------------------------
 
+
 def file_id(rel_path: str) -> str:
     """The published file id: relative path, extension dropped, separators removed
     (img/MEN/Denim/id_00000080/01_1_front.jpg -> imgMENDenimid_0000008001_1_front)."""
@@ -169,14 +177,22 @@ def safe_path(root: str | os.PathLike, rel: str, where: str = "") -> Path:
     if not isinstance(rel, str) or not rel.strip():
         raise DataError(f"empty path{at}")
     norm = rel.replace("\\", "/")
-    if norm.startswith("/") or PurePosixPath(norm).is_absolute() or (len(norm) > 1 and norm[1] == ":"):
-        raise DataError(f"absolute path {rel!r} refused{at}: paths must be relative to the dataset root")
+    if (
+        norm.startswith("/")
+        or PurePosixPath(norm).is_absolute()
+        or (len(norm) > 1 and norm[1] == ":")
+    ):
+        raise DataError(
+            f"absolute path {rel!r} refused{at}: paths must be relative to the dataset root"
+        )
     if ".." in PurePosixPath(norm).parts:
         raise DataError(f"path {rel!r} escapes the dataset root{at}: '..' is not allowed")
     root_real = Path(root).resolve()
     full = (root_real / norm).resolve()
     if full != root_real and root_real not in full.parents:
-        raise DataError(f"path {rel!r} resolves outside the dataset root {root_real}{at} (symlink?)")
+        raise DataError(
+            f"path {rel!r} resolves outside the dataset root {root_real}{at} (symlink?)"
+        )
     return full
 
 
@@ -189,11 +205,16 @@ def check_paths(root: str | os.PathLike, paths: list[str], source: str) -> None:
         except DataError as exc:
             bad.append(f"row {i}: {exc}")
     if bad:
-        shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
-        raise DataError(f"{source}: {len(bad)} path(s) outside the dataset root refused:\n  {shown}")
+        shown = "\n  ".join(bad[:20]) + (
+            f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        )
+        raise DataError(
+            f"{source}: {len(bad)} path(s) outside the dataset root refused:\n  {shown}"
+        )
 
 
 # --- legacy CSVs ---------------------------------------------------------------------
+
 
 def _read_csv_checked(path: str | os.PathLike, columns: list[str]) -> pd.DataFrame:
     path = Path(path)
@@ -222,11 +243,16 @@ def read_pairs_csv(path: str | os.PathLike, root: str | os.PathLike) -> pd.DataF
     """Legacy pairs CSV (`imgA,imgB`) into the pairs table (split left empty)."""
     df = _read_csv_checked(path, PAIRS_CSV_COLUMNS)
     check_paths(root, df["imgA"].tolist() + df["imgB"].tolist(), str(path))
-    return pd.DataFrame({
-        "imgA": df["imgA"], "imgB": df["imgB"],
-        "fidA": df["imgA"].map(file_id), "fidB": df["imgB"].map(file_id),
-        "group": df["imgA"].map(identity_group), "split": "",
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "imgA": df["imgA"],
+            "imgB": df["imgB"],
+            "fidA": df["imgA"].map(file_id),
+            "fidB": df["imgB"].map(file_id),
+            "group": df["imgA"].map(identity_group),
+            "split": "",
+        }
+    )
 
 
 def write_pairs_csv(pairs: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -245,19 +271,23 @@ def read_keypoints_csv(path: str | os.PathLike) -> pd.DataFrame:
                 try:
                     int(v)
                 except ValueError:
-                    raise DataError(f"{path}: row {i}, column {col}: {v!r} is not an integer") from None
+                    raise DataError(
+                        f"{path}: row {i}, column {col}: {v!r} is not an integer"
+                    ) from None
         raise
     xy = values[:, 2:].reshape(-1, N_KEYPOINTS, 2)
     if (xy < -1).any():
         i = int(np.argwhere((xy < -1).any(axis=(1, 2)))[0, 0]) + 1
         raise DataError(f"{path}: row {i}: keypoint coordinates must be >= 0 or -1 for missing")
-    return pd.DataFrame({
-        "file_id": df["file_id"].tolist(),
-        "img_h": values[:, 0].astype(np.int32),
-        "img_w": values[:, 1].astype(np.int32),
-        "x": list(xy[:, :, 0].astype(np.int32)),
-        "y": list(xy[:, :, 1].astype(np.int32)),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "file_id": df["file_id"].tolist(),
+            "img_h": values[:, 0].astype(np.int32),
+            "img_w": values[:, 1].astype(np.int32),
+            "x": list(xy[:, :, 0].astype(np.int32)),
+            "y": list(xy[:, :, 1].astype(np.int32)),
+        }
+    )
 
 
 def write_keypoints_csv(keypoints: pd.DataFrame, path: str | os.PathLike) -> None:

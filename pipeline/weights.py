@@ -52,7 +52,8 @@ def load_into(net: nn.Module, path: str | os.PathLike) -> nn.Module:
     unexpected = [k for k in state if k not in own]
     wrong = [
         f"{k}: file {tuple(state[k].shape)} vs network {tuple(v.shape)}"
-        for k, v in own.items() if k in state and state[k].shape != v.shape
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
     ]
     if missing or unexpected or wrong:
         parts = []
@@ -89,7 +90,9 @@ def resolve_checkpoint(ref: str, checkpoint_dir: str | os.PathLike | None = None
     raise WeightsError(f"checkpoint {ref!r} not found as a file{where}")
 
 
-def expand_checkpoints(refs: list[str], checkpoint_dir: str | os.PathLike | None = None) -> list[Path]:
+def expand_checkpoints(
+    refs: list[str], checkpoint_dir: str | os.PathLike | None = None
+) -> list[Path]:
     """Paths, ids, or directories (every netG_<iter>.pth inside, by iteration)."""
     out: list[Path] = []
     for ref in refs:
@@ -116,30 +119,61 @@ from dataclasses import dataclass  # noqa: E402
 class WeightSpec:
     name: str
     used_for: str
-    filename: str          # as the torch hub cache names it
+    filename: str  # as the torch hub cache names it
     url: str
 
 
 _TV = "https://download.pytorch.org/models/"
-KNOWN_WEIGHTS: dict[str, WeightSpec] = {w.name: w for w in (
-    WeightSpec("vgg19", "training: perceptual loss", "vgg19-dcbb9e9d.pth", _TV + "vgg19-dcbb9e9d.pth"),
-    WeightSpec("inception_v3", "evaluate: IS", "inception_v3_google-0cc3c7bd.pth",
-               _TV + "inception_v3_google-0cc3c7bd.pth"),
-    WeightSpec("fid_inception", "evaluate: FID", "pt_inception-2015-12-05-6726825d.pth",
-               "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-               "pt_inception-2015-12-05-6726825d.pth"),
-    WeightSpec("alexnet", "evaluate: LPIPS alex", "alexnet-owt-7be5be79.pth", _TV + "alexnet-owt-7be5be79.pth"),
-    WeightSpec("vgg16", "evaluate: LPIPS vgg", "vgg16-397923af.pth", _TV + "vgg16-397923af.pth"),
-    WeightSpec("squeezenet1_1", "evaluate: LPIPS squeeze", "squeezenet1_1-b8a52dc0.pth",
-               _TV + "squeezenet1_1-b8a52dc0.pth"),
-    WeightSpec("ssd300", "evaluate: DS (person detection)", "ssd300_vgg16_coco-b556d3b4.pth",
-               _TV + "ssd300_vgg16_coco-b556d3b4.pth"),
-    # openpifpaf's default checkpoint, as its CHECKPOINT_URLS names and caches it.
-    WeightSpec("shufflenetv2k16", "keypoints and evaluate: PCKh (openpifpaf)",
-               "shufflenetv2k16-210820-232500-cocokp-slurm726069-edge513-o10s-7189450a.pkl",
-               "http://github.com/openpifpaf/torchhub/releases/download/v0.13/"
-               "shufflenetv2k16-210820-232500-cocokp-slurm726069-edge513-o10s-7189450a.pkl"),
-)}  # fmt: skip
+KNOWN_WEIGHTS: dict[str, WeightSpec] = {
+    w.name: w
+    for w in (
+        WeightSpec(
+            "vgg19", "training: perceptual loss", "vgg19-dcbb9e9d.pth", _TV + "vgg19-dcbb9e9d.pth"
+        ),
+        WeightSpec(
+            "inception_v3",
+            "evaluate: IS",
+            "inception_v3_google-0cc3c7bd.pth",
+            _TV + "inception_v3_google-0cc3c7bd.pth",
+        ),
+        WeightSpec(
+            "fid_inception",
+            "evaluate: FID",
+            "pt_inception-2015-12-05-6726825d.pth",
+            "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+            "pt_inception-2015-12-05-6726825d.pth",
+        ),
+        WeightSpec(
+            "alexnet",
+            "evaluate: LPIPS alex",
+            "alexnet-owt-7be5be79.pth",
+            _TV + "alexnet-owt-7be5be79.pth",
+        ),
+        WeightSpec(
+            "vgg16", "evaluate: LPIPS vgg", "vgg16-397923af.pth", _TV + "vgg16-397923af.pth"
+        ),
+        WeightSpec(
+            "squeezenet1_1",
+            "evaluate: LPIPS squeeze",
+            "squeezenet1_1-b8a52dc0.pth",
+            _TV + "squeezenet1_1-b8a52dc0.pth",
+        ),
+        WeightSpec(
+            "ssd300",
+            "evaluate: DS (person detection)",
+            "ssd300_vgg16_coco-b556d3b4.pth",
+            _TV + "ssd300_vgg16_coco-b556d3b4.pth",
+        ),
+        # openpifpaf's default checkpoint, as its CHECKPOINT_URLS names and caches it.
+        WeightSpec(
+            "shufflenetv2k16",
+            "keypoints and evaluate: PCKh (openpifpaf)",
+            "shufflenetv2k16-210820-232500-cocokp-slurm726069-edge513-o10s-7189450a.pkl",
+            "http://github.com/openpifpaf/torchhub/releases/download/v0.13/"
+            "shufflenetv2k16-210820-232500-cocokp-slurm726069-edge513-o10s-7189450a.pkl",
+        ),
+    )
+}
 
 
 def weight_search_dirs(extra_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -14,18 +14,37 @@ STAGE = click.Choice(STAGE_NAMES)
 
 
 @click.command("run")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output root (default: output.root of the config).")
-@click.option("--from", "start", type=STAGE, default=None,
-              help="Start at STAGE (redo it) and check every stage after it.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output root (default: output.root of the config).",
+)
+@click.option(
+    "--from",
+    "start",
+    type=STAGE,
+    default=None,
+    help="Start at STAGE (redo it) and check every stage after it.",
+)
 @click.option("--only", type=STAGE, default=None, help="Run only STAGE (always redoes it).")
-@click.option("--force", type=STAGE, multiple=True,
-              help="Redo STAGE even when up to date, its earlier outputs moved aside (repeatable).")
-@click.option("--resume", "resume", type=STAGE, multiple=True,
-              help="Continue STAGE's existing outputs although its fingerprint changed (repeatable; "
-                   "for train: keep training the current run).")
-@click.option("--dry-run", "-n", is_flag=True,
-              help="Say what would run and why; change nothing on disk.")
+@click.option(
+    "--force",
+    type=STAGE,
+    multiple=True,
+    help="Redo STAGE even when up to date, its earlier outputs moved aside (repeatable).",
+)
+@click.option(
+    "--resume",
+    "resume",
+    type=STAGE,
+    multiple=True,
+    help="Continue STAGE's existing outputs although its fingerprint changed (repeatable; "
+    "for train: keep training the current run).",
+)
+@click.option(
+    "--dry-run", "-n", is_flag=True, help="Say what would run and why; change nothing on disk."
+)
 @click.pass_obj
 def run_command(obj, out, start, only, force, resume, dry_run) -> None:
     """Run the whole pipeline DAG, doing only what changed.
@@ -93,10 +112,19 @@ def clean_command(obj, yes) -> None:
 
 
 @click.command("demo")
-@click.option("--out", type=click.Path(file_okay=False), default="out/demo", show_default=True,
-              help="Where the synthetic data, outputs and report go.")
-@click.option("--identities", type=click.IntRange(2), default=None,
-              help="Synthetic identities (default: synth.identities of the demo config).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="out/demo",
+    show_default=True,
+    help="Where the synthetic data, outputs and report go.",
+)
+@click.option(
+    "--identities",
+    type=click.IntRange(2),
+    default=None,
+    help="Synthetic identities (default: synth.identities of the demo config).",
+)
 @click.pass_obj
 def demo_command(obj, out, identities) -> None:
     """The whole pipeline on embedded synthetic data, end to end.
@@ -115,14 +143,17 @@ def demo_command(obj, out, identities) -> None:
         obj.config_path = str(REPO / "configs" / "demo.yaml")
     data = Path(out) / "data"
     # The estimated keypoints are scored against the tree's ground truth (annotation QA).
-    obj.override(f"dataset.root={data}", f"output.root={out}",
-                 f"keypoints.compare={data / GROUND_TRUTH_CSV}")
+    obj.override(
+        f"dataset.root={data}", f"output.root={out}", f"keypoints.compare={data / GROUND_TRUTH_CSV}"
+    )
     if identities is not None:
         obj.override(f"synth.identities={identities}")
     sc = obj.cfg.synth
     if ensure_synthetic_tree(data, sc.identities, sc.poses_per_identity, sc.seed):
-        click.echo(f"[synth] wrote {sc.identities * sc.poses_per_identity} synthetic images "
-                   f"({sc.identities} identities) to {data}")
+        click.echo(
+            f"[synth] wrote {sc.identities * sc.poses_per_identity} synthetic images "
+            f"({sc.identities} identities) to {data}"
+        )
     else:
         click.echo(f"[synth] {data} already holds this synthetic tree, kept")
     cfg = obj.cfg

@@ -36,65 +36,88 @@ LPIPS_METRICS = ("lpips_alex", "lpips_vgg", "lpips_squeeze")
 
 @dataclass(frozen=True)
 class MetricSpec:
-    name: str            # as stored in tables (lpips expands to one per backbone)
-    kind: str            # pixel: pairs, Ray tasks; pair / image: network on pairs / single images
-    weight: str | None   # KNOWN_WEIGHTS name, None when no network weights are needed
-    per_image: bool      # False: a set-level score (IS, FID) computed from stored features
+    name: str  # as stored in tables (lpips expands to one per backbone)
+    kind: str  # pixel: pairs, Ray tasks; pair / image: network on pairs / single images
+    weight: str | None  # KNOWN_WEIGHTS name, None when no network weights are needed
+    per_image: bool  # False: a set-level score (IS, FID) computed from stored features
 
 
-SPECS = {s.name: s for s in (
-    MetricSpec("ssim", "pixel", None, True),
-    MetricSpec("psnr", "pixel", None, True),
-    MetricSpec("is", "image", "inception_v3", False),
-    MetricSpec("ds", "image", "ssd300", True),
-    MetricSpec("pckh", "pair", None, False),
-    MetricSpec("lpips_alex", "pair", "alexnet", True),
-    MetricSpec("lpips_vgg", "pair", "vgg16", True),
-    MetricSpec("lpips_squeeze", "pair", "squeezenet1_1", True),
-    MetricSpec("fid", "image", "fid_inception", False),
-)}  # fmt: skip
+SPECS = {
+    s.name: s
+    for s in (
+        MetricSpec("ssim", "pixel", None, True),
+        MetricSpec("psnr", "pixel", None, True),
+        MetricSpec("is", "image", "inception_v3", False),
+        MetricSpec("ds", "image", "ssd300", True),
+        MetricSpec("pckh", "pair", None, False),
+        MetricSpec("lpips_alex", "pair", "alexnet", True),
+        MetricSpec("lpips_vgg", "pair", "vgg16", True),
+        MetricSpec("lpips_squeeze", "pair", "squeezenet1_1", True),
+        MetricSpec("fid", "image", "fid_inception", False),
+    )
+}
 
-REAL = "real"   # checkpoint value of rows scoring the real images (IS, DS, FID)
+REAL = "real"  # checkpoint value of rows scoring the real images (IS, DS, FID)
 
-PER_IMAGE_SCHEMA = pa.schema([
-    ("checkpoint", pa.string()),    # checkpoint id, or "real" for the real image set
-    ("direction", pa.string()),     # AB (fake_B from A) or BA (fake_A from B)
-    ("name", pa.string()),          # <n>@<fid>.jpg, shared by the real and the fake image
-    ("real_path", pa.string()),     # relative to the generation root
-    ("fake_path", pa.string()),     # relative to the generation root; null for real rows
-    ("value", pa.float64()),        # the per-image score; null for set-level metrics
-    ("correct", pa.int32()),        # PCKh: correct keypoints
-    ("valid", pa.int32()),          # PCKh: valid keypoints of the real image
-    ("features", pa.list_(pa.float32())),  # IS: class probabilities; FID: pool3 features
-    ("error", pa.string()),         # why the image has no score (null when scored)
-])  # fmt: skip
+PER_IMAGE_SCHEMA = pa.schema(
+    [
+        ("checkpoint", pa.string()),  # checkpoint id, or "real" for the real image set
+        ("direction", pa.string()),  # AB (fake_B from A) or BA (fake_A from B)
+        ("name", pa.string()),  # <n>@<fid>.jpg, shared by the real and the fake image
+        ("real_path", pa.string()),  # relative to the generation root
+        ("fake_path", pa.string()),  # relative to the generation root; null for real rows
+        ("value", pa.float64()),  # the per-image score; null for set-level metrics
+        ("correct", pa.int32()),  # PCKh: correct keypoints
+        ("valid", pa.int32()),  # PCKh: valid keypoints of the real image
+        ("features", pa.list_(pa.float32())),  # IS: class probabilities; FID: pool3 features
+        ("error", pa.string()),  # why the image has no score (null when scored)
+    ]
+)
 
-SUMMARY_SCHEMA = pa.schema([
-    ("checkpoint", pa.string()),
-    ("direction", pa.string()),
-    ("metric", pa.string()),
-    ("images", pa.string()),        # generated / real
-    ("mean", pa.float64()),         # the score (IS, FID, pooled PCKh: the set-level value)
-    ("std", pa.float64()),          # over images (population std as published); null for set scores
-    ("n", pa.int64()),              # images counted
-    ("errors", pa.int64()),         # images without a score
-    ("status", pa.string()),        # ok / skipped
-    ("reason", pa.string()),        # why skipped
-    ("weights", pa.string()),       # pretrained / random (random: not comparable)
-])  # fmt: skip
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("checkpoint", pa.string()),
+        ("direction", pa.string()),
+        ("metric", pa.string()),
+        ("images", pa.string()),  # generated / real
+        ("mean", pa.float64()),  # the score (IS, FID, pooled PCKh: the set-level value)
+        ("std", pa.float64()),  # over images (population std as published); null for set scores
+        ("n", pa.int64()),  # images counted
+        ("errors", pa.int64()),  # images without a score
+        ("status", pa.string()),  # ok / skipped
+        ("reason", pa.string()),  # why skipped
+        ("weights", pa.string()),  # pretrained / random (random: not comparable)
+    ]
+)
 
 
 LEGACY_COLUMNS = ["iter", "real_A", "fake_A", "real_B", "fake_B", "score_real", "score_fake"]
 LPIPS_LEGACY_COLUMNS = [
-    "iter", "real_A", "fake_A_alx", "fake_A_vgg", "fake_A_sqz",
-    "real_B", "fake_B_alx", "fake_B_vgg", "fake_B_sqz",
-    "score_real", "score_fake_alx", "score_fake_vgg", "score_fake_sqz",
-]  # fmt: skip
-LEGACY_FILES = {"ssim": "ssim_score.csv", "is": "inception_score.csv", "ds": "ssd_score.csv",
-                "pckh": "pckh_score.csv", "lpips": "lpips_score.csv"}
+    "iter",
+    "real_A",
+    "fake_A_alx",
+    "fake_A_vgg",
+    "fake_A_sqz",
+    "real_B",
+    "fake_B_alx",
+    "fake_B_vgg",
+    "fake_B_sqz",
+    "score_real",
+    "score_fake_alx",
+    "score_fake_vgg",
+    "score_fake_sqz",
+]
+LEGACY_FILES = {
+    "ssim": "ssim_score.csv",
+    "is": "inception_score.csv",
+    "ds": "ssd_score.csv",
+    "pckh": "pckh_score.csv",
+    "lpips": "lpips_score.csv",
+}
 
 
 # --- the generation layout ------------------------------------------------------------
+
 
 def expand_metrics(names: list[str]) -> list[str]:
     """Config names -> stored metric names (lpips -> one per backbone), checked."""
@@ -113,15 +136,19 @@ def real_images(pairs: pd.DataFrame) -> pd.DataFrame:
     """The real target images per direction (scored once, not per checkpoint)."""
     ok = pairs[pairs["error"].isna()]
     return ok.drop_duplicates(["direction", "name"])[["direction", "name", "real_path"]].assign(
-        checkpoint=REAL, fake_path=None)
+        checkpoint=REAL, fake_path=None
+    )
 
 
 # --- scoring (pure, run inside Ray tasks and actors) ----------------------------------
 
+
 def load_image(gen_root: str, rel: str) -> np.ndarray:
     from pipeline.imaging import load_rgb
 
-    return np.array(load_rgb(Path(gen_root) / rel))   # a writable copy: torch refuses read-only arrays
+    return np.array(
+        load_rgb(Path(gen_root) / rel)
+    )  # a writable copy: torch refuses read-only arrays
 
 
 def _load_pairs(gen_root: str, rows: list[dict]) -> tuple[list, list, dict[int, str]]:
@@ -133,7 +160,10 @@ def _load_pairs(gen_root: str, rows: list[dict]) -> tuple[list, list, dict[int, 
         try:
             a, b = load_image(gen_root, r["real_path"]), load_image(gen_root, r["fake_path"])
             if a.shape != b.shape:
-                raise ImageError(f"real {a.shape[1]}x{a.shape[0]} and generated {b.shape[1]}x{b.shape[0]} differ in size")
+                raise ImageError(
+                    f"real {a.shape[1]}x{a.shape[0]} and generated "
+                    f"{b.shape[1]}x{b.shape[0]} differ in size"
+                )
             real.append(a)
             fake.append(b)
         except ImageError as exc:
@@ -161,12 +191,16 @@ def score_pixel_batch(gen_root: str, rows: list[dict], metrics: list[str]) -> di
         if metric == "ssim":
             values = [ssim_image(a, b) for a, b in zip(real, fake, strict=True)]
         else:
-            values = [float(psnr_batch(a[None], b[None])[0]) for a, b in zip(real, fake, strict=True)]
+            values = [
+                float(psnr_batch(a[None], b[None])[0]) for a, b in zip(real, fake, strict=True)
+            ]
         out[metric] = _with_errors(rows, errors, [{"value": v} for v in values])
     return out
 
 
-def build_scorer(metric: str, weights: str | None) -> Callable[[list[np.ndarray], list[np.ndarray] | None], list[dict]]:
+def build_scorer(
+    metric: str, weights: str | None
+) -> Callable[[list[np.ndarray], list[np.ndarray] | None], list[dict]]:
     """The network scorer of `metric`: (real images, fake images) -> one dict per image.
     Image metrics score the first list only; `weights` None builds a random network."""
     from pipeline.runtime import best_device
@@ -192,7 +226,7 @@ def build_scorer(metric: str, weights: str | None) -> Callable[[list[np.ndarray]
 
         model = build_lpips(metric.split("_", 1)[1], weights).to(device)
         return lambda real, fake: [{"value": v} for v in lpips_distances(model, real, fake)]
-    if metric == "pckh":   # `weights`: the keypoints config resolve_estimator checked
+    if metric == "pckh":  # `weights`: the keypoints config resolve_estimator checked
         from pipeline.estimators import build_estimator
 
         estimator = build_estimator(weights, device=device)
@@ -209,9 +243,16 @@ def pckh_rows(real_kp: list, fake_kp: list) -> list[dict]:
     for (rx, ry, _), (fx, fy, _) in zip(real_kp, fake_kp, strict=True):
         counts = pckh_counts(rx, ry, fx, fy)
         if counts is None:
-            out.append({"error": f"not counted: fewer than {MIN_HEAD_KEYPOINTS} head keypoints in the real image"})
+            out.append(
+                {
+                    "error": f"not counted: fewer than {MIN_HEAD_KEYPOINTS} head keypoints "
+                    "in the real image"
+                }
+            )
         else:
-            out.append({"correct": counts[0], "valid": counts[1], "value": counts[0] / max(counts[1], 1)})
+            out.append(
+                {"correct": counts[0], "valid": counts[1], "value": counts[0] / max(counts[1], 1)}
+            )
     return out
 
 
@@ -246,7 +287,7 @@ class MetricActor:
         self.error = None
         try:
             self.scorer = build_scorer(metric, weights)
-        except WeightsError as exc:   # missing or unusable weights: the metric's skip reason
+        except WeightsError as exc:  # missing or unusable weights: the metric's skip reason
             self.error = str(exc)
 
     def ready(self) -> str | None:
@@ -258,8 +299,13 @@ class MetricActor:
 
 # --- summaries and legacy CSVs --------------------------------------------------------
 
-def summarise(per_image: dict[str, pd.DataFrame], skipped: dict[str, str], pairs: pd.DataFrame,
-              weights_mode: str) -> pd.DataFrame:
+
+def summarise(
+    per_image: dict[str, pd.DataFrame],
+    skipped: dict[str, str],
+    pairs: pd.DataFrame,
+    weights_mode: str,
+) -> pd.DataFrame:
     """One row per (checkpoint, direction, metric) and, for IS and DS, the real sets."""
     from pipeline.metrics.fid import fid_from_features
     from pipeline.metrics.inception_score import inception_score
@@ -269,21 +315,55 @@ def summarise(per_image: dict[str, pd.DataFrame], skipped: dict[str, str], pairs
     groups = list(groups)
     rows = []
 
-    def add(ckpt, direction, metric, images, mean=None, std=None, n=0, errors=0, status="ok", reason=None):
-        rows.append(dict(checkpoint=ckpt, direction=direction, metric=metric, images=images, mean=mean,
-                         std=std, n=n, errors=errors, status=status, reason=reason, weights=weights_mode))
+    def add(
+        ckpt,
+        direction,
+        metric,
+        images,
+        mean=None,
+        std=None,
+        n=0,
+        errors=0,
+        status="ok",
+        reason=None,
+    ):
+        rows.append(
+            dict(
+                checkpoint=ckpt,
+                direction=direction,
+                metric=metric,
+                images=images,
+                mean=mean,
+                std=std,
+                n=n,
+                errors=errors,
+                status=status,
+                reason=reason,
+                weights=weights_mode,
+            )
+        )
 
     for metric in SPECS:
         if metric in skipped:
             for g in groups:
-                add(g.checkpoint, g.direction, metric, "generated", status="skipped", reason=skipped[metric])
+                add(
+                    g.checkpoint,
+                    g.direction,
+                    metric,
+                    "generated",
+                    status="skipped",
+                    reason=skipped[metric],
+                )
             continue
         if metric not in per_image:
             continue
         table = per_image[metric]
         sets = [(g.checkpoint, g.direction, "generated") for g in groups]
         if metric in ("is", "ds"):
-            sets += [(REAL, d, "real") for d in sorted(table.loc[table["checkpoint"] == REAL, "direction"].unique())]
+            sets += [
+                (REAL, d, "real")
+                for d in sorted(table.loc[table["checkpoint"] == REAL, "direction"].unique())
+            ]
         for ckpt, direction, images in sets:
             part = table[(table["checkpoint"] == ckpt) & (table["direction"] == direction)]
             ok = part[part["error"].isna()]
@@ -292,9 +372,15 @@ def summarise(per_image: dict[str, pd.DataFrame], skipped: dict[str, str], pairs
                 score = inception_score(np.stack(ok["features"].to_list())) if n else None
                 add(ckpt, direction, metric, images, score, None, n, errors)
             elif metric == "fid":
-                real = table[(table["checkpoint"] == REAL) & (table["direction"] == direction) & table["error"].isna()]
+                real = table[
+                    (table["checkpoint"] == REAL)
+                    & (table["direction"] == direction)
+                    & table["error"].isna()
+                ]
                 try:
-                    score = fid_from_features(np.stack(real["features"].to_list()), np.stack(ok["features"].to_list()))
+                    score = fid_from_features(
+                        np.stack(real["features"].to_list()), np.stack(ok["features"].to_list())
+                    )
                     add(ckpt, direction, metric, images, score, None, n, errors)
                 except ValueError as exc:
                     add(ckpt, direction, metric, images, None, None, n, errors, "skipped", str(exc))
@@ -303,21 +389,39 @@ def summarise(per_image: dict[str, pd.DataFrame], skipped: dict[str, str], pairs
                 add(ckpt, direction, metric, images, score, None, n, errors)
             else:
                 values = ok["value"].to_numpy(np.float64)
-                add(ckpt, direction, metric, images, float(values.mean()) if n else None,
-                    float(values.std()) if n else None, n, errors)
+                add(
+                    ckpt,
+                    direction,
+                    metric,
+                    images,
+                    float(values.mean()) if n else None,
+                    float(values.std()) if n else None,
+                    n,
+                    errors,
+                )
     return pd.DataFrame(rows, columns=SUMMARY_SCHEMA.names)
 
 
 def _mean_of(summary: pd.DataFrame, ckpt: str, direction: str, metric: str) -> float:
-    hit = summary[(summary["checkpoint"] == ckpt) & (summary["direction"] == direction)
-                  & (summary["metric"] == metric) & (summary["status"] == "ok")]
-    return float(hit["mean"].iloc[0]) if len(hit) and pd.notna(hit["mean"].iloc[0]) else float("nan")
+    hit = summary[
+        (summary["checkpoint"] == ckpt)
+        & (summary["direction"] == direction)
+        & (summary["metric"] == metric)
+        & (summary["status"] == "ok")
+    ]
+    return (
+        float(hit["mean"].iloc[0]) if len(hit) and pd.notna(hit["mean"].iloc[0]) else float("nan")
+    )
 
 
-def legacy_tables(summary: pd.DataFrame, per_image: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+def legacy_tables(
+    summary: pd.DataFrame, per_image: dict[str, pd.DataFrame]
+) -> dict[str, pd.DataFrame]:
     """The published score CSVs, one row per checkpoint (fake_A = direction BA, fake_B = AB).
     A CSV is produced only when all its metrics were scored: a skipped metric leaves it absent."""
-    ckpts = sorted(set(summary.loc[summary["checkpoint"] != REAL, "checkpoint"]), key=checkpoint_sort_key)
+    ckpts = sorted(
+        set(summary.loc[summary["checkpoint"] != REAL, "checkpoint"]), key=checkpoint_sort_key
+    )
     scored = set(summary.loc[summary["status"] == "ok", "metric"])
     out = {}
     for metric, fname in LEGACY_FILES.items():
@@ -329,24 +433,36 @@ def legacy_tables(summary: pd.DataFrame, per_image: dict[str, pd.DataFrame]) -> 
             if metric == "lpips":
                 a = [_mean_of(summary, c, "BA", m) for m in LPIPS_METRICS]
                 b = [_mean_of(summary, c, "AB", m) for m in LPIPS_METRICS]
-                rows.append([c, 0.0, *a, 0.0, *b, 0.0, *((x + y) / 2 for x, y in zip(a, b, strict=True))])
+                rows.append(
+                    [c, 0.0, *a, 0.0, *b, 0.0, *((x + y) / 2 for x, y in zip(a, b, strict=True))]
+                )
                 continue
             fa, fb = _mean_of(summary, c, "BA", metric), _mean_of(summary, c, "AB", metric)
             if metric in ("is", "ds"):
-                ra, rb = _mean_of(summary, REAL, "BA", metric), _mean_of(summary, REAL, "AB", metric)
+                ra, rb = (
+                    _mean_of(summary, REAL, "BA", metric),
+                    _mean_of(summary, REAL, "AB", metric),
+                )
             else:
-                ra = rb = 1.0   # SSIM and PCKh of a real image against itself
+                ra = rb = 1.0  # SSIM and PCKh of a real image against itself
             fake = (fa + fb) / 2
-            if metric == "pckh":   # pooled over both directions, as published
+            if metric == "pckh":  # pooled over both directions, as published
                 t = per_image["pckh"]
                 ok = t[(t["checkpoint"] == c) & t["error"].isna()]
-                fake = float(ok["correct"].sum()) / ok["valid"].sum() if ok["valid"].sum() else float("nan")
+                fake = (
+                    float(ok["correct"].sum()) / ok["valid"].sum()
+                    if ok["valid"].sum()
+                    else float("nan")
+                )
             rows.append([c, ra, fa, rb, fb, (ra + rb) / 2, fake])
-        out[fname] = pd.DataFrame(rows, columns=LPIPS_LEGACY_COLUMNS if metric == "lpips" else LEGACY_COLUMNS)
+        out[fname] = pd.DataFrame(
+            rows, columns=LPIPS_LEGACY_COLUMNS if metric == "lpips" else LEGACY_COLUMNS
+        )
     return out
 
 
 # --- the Ray wrapper ------------------------------------------------------------------
+
 
 def _load_done(path: Path) -> pd.DataFrame:
     if path.exists():
@@ -358,7 +474,11 @@ def _pending(units: pd.DataFrame, done: pd.DataFrame) -> list[dict]:
     """Units (checkpoint, direction, name) not scored yet: a rerun resumes."""
     keys = set(zip(done["checkpoint"], done["direction"], done["name"], strict=True))
     cols = ["checkpoint", "direction", "name", "real_path", "fake_path"]
-    return [r for r in units[cols].to_dict("records") if (r["checkpoint"], r["direction"], r["name"]) not in keys]
+    return [
+        r
+        for r in units[cols].to_dict("records")
+        if (r["checkpoint"], r["direction"], r["name"]) not in keys
+    ]
 
 
 def _rows_frame(rows: list[dict]) -> pd.DataFrame:
@@ -384,7 +504,9 @@ class _Collector:
     def write(self) -> pd.DataFrame:
         frames = [f for f in self.frames if len(f)]
         table = pd.concat(frames, ignore_index=True) if frames else _rows_frame([])
-        table = table.sort_values(["checkpoint", "direction", "name"], key=_sort_key).reset_index(drop=True)
+        table = table.sort_values(["checkpoint", "direction", "name"], key=_sort_key).reset_index(
+            drop=True
+        )
         write_table(table, self.path, PER_IMAGE_SCHEMA)
         self.frames, self.last = [table], time.time()
         return table
@@ -399,7 +521,7 @@ def _sort_key(col: pd.Series) -> pd.Series:
 
 
 def _batches(rows: list[dict], size: int) -> list[list[dict]]:
-    return [rows[i:i + size] for i in range(0, len(rows), size)]
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
 def _run_pixel_metrics(metrics, gen_root, pairs, paths, batch_size) -> dict[str, pd.DataFrame]:
@@ -414,18 +536,25 @@ def _run_pixel_metrics(metrics, gen_root, pairs, paths, batch_size) -> dict[str,
         pending[m] = {(r["checkpoint"], r["direction"], r["name"]): r for r in _pending(ok, done)}
     todo = {k: r for m in metrics for k, r in pending[m].items()}
     task = ray.remote(num_cpus=1)(score_pixel_batch)
-    refs = [task.remote(str(gen_root), batch, list(metrics)) for batch in _batches(list(todo.values()), batch_size)]
+    refs = [
+        task.remote(str(gen_root), batch, list(metrics))
+        for batch in _batches(list(todo.values()), batch_size)
+    ]
     with tqdm(total=len(todo), desc="ssim/psnr", unit="pair") as bar:
         while refs:
             ready, refs = ray.wait(refs, num_returns=1)
             result = ray.get(ready[0])
             for m, rows in result.items():
-                collectors[m].add([r for r in rows if (r["checkpoint"], r["direction"], r["name"]) in pending[m]])
+                collectors[m].add(
+                    [r for r in rows if (r["checkpoint"], r["direction"], r["name"]) in pending[m]]
+                )
             bar.update(len(next(iter(result.values()))))
     return {m: c.write() for m, c in collectors.items()}
 
 
-def _run_network_metric(metric, weights, gen_root, units, paths, cfg) -> tuple[pd.DataFrame | None, str | None]:
+def _run_network_metric(
+    metric, weights, gen_root, units, paths, cfg
+) -> tuple[pd.DataFrame | None, str | None]:
     """Score `units` with an actor pool; (table, None), or (None, reason) when the network
     cannot be built (missing weights, missing estimator)."""
     import ray
@@ -503,23 +632,31 @@ def check_save_modes(modes: dict[str, str], paths: EvaluationLayout, allow_mixed
 
     mixed = mixed_modes_message(modes)
     if mixed and not allow_mixed:
-        raise click.UsageError(f"{mixed}. Evaluate each save mode into its own --out, or pass "
-                               "--allow-mixed-save-modes to score them together (flagged "
-                               "everywhere).")
+        raise click.UsageError(
+            f"{mixed}. Evaluate each save mode into its own --out, or pass "
+            "--allow-mixed-save-modes to score them together (flagged "
+            "everywhere)."
+        )
     kept = {}
     if paths.meta.exists():
         kept = json.loads(paths.meta.read_text()).get("save_modes", {})
     changed = {c: (kept[c], m) for c, m in modes.items() if c in kept and kept[c] != m}
     if changed:
         listed = ", ".join(f"{c}: {old} -> {new}" for c, (old, new) in changed.items())
-        raise click.UsageError(f"{paths.root} keeps scores of images saved in another mode "
-                               f"({listed}); resuming would mix them. Use a new --out or delete "
-                               "that directory.")
+        raise click.UsageError(
+            f"{paths.root} keeps scores of images saved in another mode "
+            f"({listed}); resuming would mix them. Use a new --out or delete "
+            "that directory."
+        )
 
 
-def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-                 metrics: list[str] | None = None,
-                 allow_mixed_save_modes: bool = False) -> StageResult:
+def run_evaluate(
+    cfg: Config,
+    generated: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    metrics: list[str] | None = None,
+    allow_mixed_save_modes: bool = False,
+) -> StageResult:
     """Score a published-layout generation directory into `out` (default O/evaluation)."""
     from pipeline.save_modes import checkpoint_save_modes, overall_save_mode, save_mode_text
 
@@ -531,7 +668,9 @@ def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: s
     result = StageResult("evaluate")
     pairs = scan_generation(gen_root)
     if pairs.empty:
-        raise DataError(f"{gen_root}: no generated images under fake_images/iter_<ckpt>/fake_{{A,B}}/")
+        raise DataError(
+            f"{gen_root}: no generated images under fake_images/iter_<ckpt>/fake_{{A,B}}/"
+        )
     result.rows_in = len(pairs)
     result.errors = int(pairs["error"].notna().sum())
     ckpts = sorted(pairs["checkpoint"].unique(), key=checkpoint_sort_key)
@@ -545,10 +684,11 @@ def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: s
     skipped: dict[str, str] = {}
     pixel = [m for m in names if SPECS[m].kind == "pixel"]
     if pixel:
-        per_image.update(_run_pixel_metrics(pixel, gen_root, pairs, paths, cfg.evaluate.pixel_batch_size))
+        per_image.update(
+            _run_pixel_metrics(pixel, gen_root, pairs, paths, cfg.evaluate.pixel_batch_size)
+        )
     ok_pairs = pairs[pairs["error"].isna()]
     for metric in (m for m in names if SPECS[m].kind != "pixel"):
-
         try:
             weights = weights_for(metric, mode, cfg.weights.dir, cfg.keypoints)
         except WeightsError as exc:
@@ -570,22 +710,33 @@ def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: s
         if fname in legacy:
             write_csv(legacy[fname], paths.root / fname, list(legacy[fname].columns))
         elif (paths.root / fname).exists():
-            (paths.root / fname).unlink()   # a stale CSV would contradict the skip
+            (paths.root / fname).unlink()  # a stale CSV would contradict the skip
     meta = {
-        "generated": str(gen_root), "metrics": names, "network_weights": mode,
-        "skipped": skipped, "checkpoints": ckpts, "checkpoint_files": checkpoint_files(ckpts, cfg),
-        "save_mode": overall_save_mode(modes), "save_modes": modes,
+        "generated": str(gen_root),
+        "metrics": names,
+        "network_weights": mode,
+        "skipped": skipped,
+        "checkpoints": ckpts,
+        "checkpoint_files": checkpoint_files(ckpts, cfg),
+        "save_mode": overall_save_mode(modes),
+        "save_modes": modes,
         "save_mode_text": save_mode_text(modes),
-        "config_hash": cfg.hash(), "evaluate_config": cfg.to_dict()["evaluate"],
-        "packages": package_versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-    }  # fmt: skip
+        "config_hash": cfg.hash(),
+        "evaluate_config": cfg.to_dict()["evaluate"],
+        "packages": package_versions(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
     from pipeline.tables import write_bytes_atomic
 
     write_bytes_atomic(paths.meta, json.dumps(meta, indent=2).encode())
     result.rows_out = int(sum(len(t) for t in per_image.values()))
     result.skipped = len(skipped)
-    result.outputs = {"summary": str(paths.summary), "per_image": str(paths.root / "per_image"),
-                      "meta": str(paths.meta), **{f: str(paths.root / f) for f in legacy}}
+    result.outputs = {
+        "summary": str(paths.summary),
+        "per_image": str(paths.root / "per_image"),
+        "meta": str(paths.meta),
+        **{f: str(paths.root / f) for f in legacy},
+    }
     result.notes = [f"images: {save_mode_text(modes)}"]
     result.notes += [f"{m} skipped: {r}" for m, r in skipped.items()]
     if mode == "random":
@@ -594,7 +745,8 @@ def run_evaluate(cfg: Config, generated: str | os.PathLike | None = None, out: s
 
 
 STAGE = StageSpec(
-    name="evaluate", version=1,
+    name="evaluate",
+    version=1,
     run=lambda cfg, fresh: run_evaluate(cfg),
     config_keys=("evaluate.metrics", "evaluate.network_weights", "keypoints.checkpoint"),
     inputs=lambda cfg: [OutputLayout(cfg.output.root).generated],
@@ -614,26 +766,49 @@ class MetricList(click.ParamType):
         names = [m.strip() for m in value.split(",") if m.strip()]
         unknown = [m for m in names if m not in METRICS]
         if unknown or not names:
-            self.fail(f"{', '.join(map(repr, unknown)) or 'nothing'} given; choose from "
-                      f"{', '.join(METRICS)}", param, ctx)
+            self.fail(
+                f"{', '.join(map(repr, unknown)) or 'nothing'} given; choose from "
+                f"{', '.join(METRICS)}",
+                param,
+                ctx,
+            )
         return names
 
 
 @click.command("evaluate")
-@click.option("--generated", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Generation directory in the published layout (default: <output.root>/generated).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Where tables and CSVs go (default: <output.root>/evaluation).")
-@click.option("--metrics", type=MetricList(), default=None,
-              help=f"Comma-separated subset of {','.join(METRICS)} (default: evaluate.metrics).")
-@click.option("--weights", "network_weights", type=click.Choice(["pretrained", "random"]), default=None,
-              help="Network weights: pretrained (default) or random (tests/benchmarks; scores meaningless).")
-@click.option("--allow-mixed-save-modes", is_flag=True,
-              help="Score checkpoints whose images were saved in different modes (published / "
-                   "default, see generate --minmax) in one table; refused without this flag.")
+@click.option(
+    "--generated",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Generation directory in the published layout (default: <output.root>/generated).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where tables and CSVs go (default: <output.root>/evaluation).",
+)
+@click.option(
+    "--metrics",
+    type=MetricList(),
+    default=None,
+    help=f"Comma-separated subset of {','.join(METRICS)} (default: evaluate.metrics).",
+)
+@click.option(
+    "--weights",
+    "network_weights",
+    type=click.Choice(["pretrained", "random"]),
+    default=None,
+    help="Network weights: pretrained (default) or random (tests/benchmarks; scores meaningless).",
+)
+@click.option(
+    "--allow-mixed-save-modes",
+    is_flag=True,
+    help="Score checkpoints whose images were saved in different modes (published / "
+    "default, see generate --minmax) in one table; refused without this flag.",
+)
 @click.pass_obj
-def evaluate_command(obj, generated, out, metrics, network_weights,
-                     allow_mixed_save_modes) -> None:
+def evaluate_command(obj, generated, out, metrics, network_weights, allow_mixed_save_modes) -> None:
     """Score generated images: SSIM, PSNR, IS, DS, PCKh, LPIPS, FID for every checkpoint.
 
     \b
@@ -641,7 +816,8 @@ def evaluate_command(obj, generated, out, metrics, network_weights,
     (the published test layout; real and generated matched by file name).
     Output in OUT:
       per_image/<metric>.parquet    per-image scores (resume: scored images are kept)
-      summary.parquet               mean, std, n per checkpoint, direction, metric (+ skipped reasons)
+      summary.parquet               mean, std, n per checkpoint, direction, metric
+                                    (+ skipped reasons)
       ssim_score.csv inception_score.csv ssd_score.csv pckh_score.csv lpips_score.csv
                                     published columns; absent when the metric was skipped
       evaluation.json               skipped metrics and reasons, images' save mode, provenance
@@ -650,15 +826,23 @@ def evaluate_command(obj, generated, out, metrics, network_weights,
     comparable with published numbers; unknown: no record). Mixed modes are refused unless
     --allow-mixed-save-modes.
     A metric whose weights are missing is skipped with the reason (see `weights status`).
-    Example: run_pipeline.py evaluate --generated out/demo/generated --out out/demo/evaluation --metrics ssim,psnr
+    Example: run_pipeline.py evaluate --generated out/demo/generated \\
+             --out out/demo/evaluation --metrics ssim,psnr
     """
     import dataclasses
 
     cfg = obj.cfg
     if network_weights:
-        cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, network_weights=network_weights))
-    result = run_evaluate(cfg, generated=generated, out=out, metrics=metrics,
-                          allow_mixed_save_modes=allow_mixed_save_modes)
+        cfg = dataclasses.replace(
+            cfg, evaluate=dataclasses.replace(cfg.evaluate, network_weights=network_weights)
+        )
+    result = run_evaluate(
+        cfg,
+        generated=generated,
+        out=out,
+        metrics=metrics,
+        allow_mixed_save_modes=allow_mixed_save_modes,
+    )
     click.echo(result.summary())
     for name, path in result.outputs.items():
         click.echo(f"  {name}: {path}")

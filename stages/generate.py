@@ -25,21 +25,33 @@ from stages.spec import StageSpec
 
 DIRECTIONS = tuple(GenerationLayout.DIRECTIONS)
 MANIFEST = GenerationLayout.MANIFEST
-MANIFEST_FLUSH_S = 20   # seconds between manifest saves during a run
+MANIFEST_FLUSH_S = 20  # seconds between manifest saves during a run
 TEST_SPLIT = "test"
 # Decode/encode tasks are light next to NetG: half a logical CPU lets two overlap a forward,
 # and differing from the actor's 1 CPU keeps Ray Data from fusing them into the actor.
 IO_CPUS = 0.5
 # Columns of a generation job (one output image of one checkpoint) besides the maps' sources.
-JOB_COLUMNS = ["checkpoint", "checkpoint_path", "direction", "index", "source_path", "source_id",
-               "target_path", "target_id", "real_path"]
-IDENTITY_KEY = ["checkpoint", "source_id", "target_id"]   # same network, same inputs: same image
-SOURCE_KEY = ["checkpoint", "direction", "index"]         # one job, one manifest row
+JOB_COLUMNS = [
+    "checkpoint",
+    "checkpoint_path",
+    "direction",
+    "index",
+    "source_path",
+    "source_id",
+    "target_path",
+    "target_id",
+    "real_path",
+]
+IDENTITY_KEY = ["checkpoint", "source_id", "target_id"]  # same network, same inputs: same image
+SOURCE_KEY = ["checkpoint", "direction", "index"]  # one job, one manifest row
 
 
 # --- the pure core ---------------------------------------------------------------------
 
-def read_test_pairs(root: str | os.PathLike, pairs_file: str | os.PathLike | None = None) -> pd.DataFrame:
+
+def read_test_pairs(
+    root: str | os.PathLike, pairs_file: str | os.PathLike | None = None
+) -> pd.DataFrame:
     """The test pairs in table order: `pairs_file` (Parquet pairs table or legacy CSV), else
     the dataset's pairs table (split test), else its legacy `test_img_pairs.csv`."""
     layout = DatasetLayout(root)
@@ -50,8 +62,10 @@ def read_test_pairs(root: str | os.PathLike, pairs_file: str | os.PathLike | Non
     elif layout.pairs_csv(TEST_SPLIT).exists():
         path = layout.pairs_csv(TEST_SPLIT)
     else:
-        raise DataError(f"no pairs under {root}: neither {layout.pairs_table} nor "
-                        f"{layout.pairs_csv(TEST_SPLIT)} exists; run the pairs stage first")
+        raise DataError(
+            f"no pairs under {root}: neither {layout.pairs_table} nor "
+            f"{layout.pairs_csv(TEST_SPLIT)} exists; run the pairs stage first"
+        )
     if path.suffix.lower() == ".csv":
         pairs = read_pairs_csv(path, root)
     else:
@@ -70,14 +84,23 @@ def generation_jobs(pairs: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for direction in DIRECTIONS:
         src, dst = ("A", "B") if direction == "AB" else ("B", "A")
-        frames.append(pd.DataFrame({
-            "direction": direction, "index": n,
-            "source_path": pairs[f"img{src}"].to_numpy(), "source_id": pairs[f"fid{src}"].to_numpy(),
-            "target_path": pairs[f"img{dst}"].to_numpy(), "target_id": pairs[f"fid{dst}"].to_numpy(),
-        }))  # fmt: skip
+        frames.append(
+            pd.DataFrame(
+                {
+                    "direction": direction,
+                    "index": n,
+                    "source_path": pairs[f"img{src}"].to_numpy(),
+                    "source_id": pairs[f"fid{src}"].to_numpy(),
+                    "target_path": pairs[f"img{dst}"].to_numpy(),
+                    "target_id": pairs[f"fid{dst}"].to_numpy(),
+                }
+            )
+        )
     jobs = pd.concat(frames, ignore_index=True)
-    jobs["real_path"] = [GenerationLayout.real(d, i, t) for d, i, t in
-                         zip(jobs["direction"], jobs["index"], jobs["target_id"], strict=True)]
+    jobs["real_path"] = [
+        GenerationLayout.real(d, i, t)
+        for d, i, t in zip(jobs["direction"], jobs["index"], jobs["target_id"], strict=True)
+    ]
     return jobs
 
 
@@ -112,12 +135,16 @@ def read_manifest(out_dir: str | os.PathLike) -> pd.DataFrame:
 def done_rows(manifest: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
     """Ok manifest rows whose generated and real image files both exist."""
     done = manifest[manifest["status"] == "ok"]
-    present = [(out_dir / f).is_file() and (out_dir / r).is_file()
-               for f, r in zip(done["output_path"], done["real_path"], strict=True)]
+    present = [
+        (out_dir / f).is_file() and (out_dir / r).is_file()
+        for f, r in zip(done["output_path"], done["real_path"], strict=True)
+    ]
     return done[np.array(present, dtype=bool)]
 
 
-def pending_jobs(jobs: pd.DataFrame, manifest: pd.DataFrame, ckpt: str, out_dir: Path) -> pd.DataFrame:
+def pending_jobs(
+    jobs: pd.DataFrame, manifest: pd.DataFrame, ckpt: str, out_dir: Path
+) -> pd.DataFrame:
     """Jobs of `ckpt` not yet done: no ok manifest row for the same pair, or its generated or
     real image file is gone."""
     done = done_rows(manifest[manifest["checkpoint"] == ckpt], out_dir)
@@ -139,16 +166,29 @@ def identical_jobs(todo: pd.DataFrame, done: pd.DataFrame) -> tuple[pd.DataFrame
     key (IDENTITY_KEY) runs once, as its first pending job, unless `done` (ok manifest rows
     whose files exist) already has it. Links carry their source job's manifest key and
     files as `from_direction`, `from_index`, `from_output`, `from_real`."""
-    source_columns = {"direction": "from_direction", "index": "from_index",
-                      "output_path": "from_output", "real_path": "from_real"}
+    source_columns = {
+        "direction": "from_direction",
+        "index": "from_index",
+        "output_path": "from_output",
+        "real_path": "from_real",
+    }
     made = done.drop_duplicates(IDENTITY_KEY).rename(columns=source_columns)
     made = todo.merge(made[IDENTITY_KEY + list(source_columns.values())], on=IDENTITY_KEY)
-    pending = todo.merge(made[IDENTITY_KEY].drop_duplicates(), on=IDENTITY_KEY, how="left",
-                         indicator=True).query("_merge == 'left_only'").drop(columns="_merge")
+    pending = (
+        todo.merge(
+            made[IDENTITY_KEY].drop_duplicates(), on=IDENTITY_KEY, how="left", indicator=True
+        )
+        .query("_merge == 'left_only'")
+        .drop(columns="_merge")
+    )
     first = ~pending.duplicated(IDENTITY_KEY)
     run = pending[first].reset_index(drop=True)
-    outputs = [GenerationLayout.fake(c, d, i, t) for c, d, i, t in
-               run[["checkpoint", "direction", "index", "target_id"]].itertuples(index=False)]
+    outputs = [
+        GenerationLayout.fake(c, d, i, t)
+        for c, d, i, t in run[["checkpoint", "direction", "index", "target_id"]].itertuples(
+            index=False
+        )
+    ]
     sources = run[IDENTITY_KEY + ["direction", "index", "real_path"]].assign(output_path=outputs)
     sources = sources.rename(columns=source_columns)
     waiting = pending[~first].merge(sources, on=IDENTITY_KEY)
@@ -163,7 +203,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
-    except OSError:   # another filesystem, or one without hard links (FAT, some network mounts)
+    except OSError:  # another filesystem, or one without hard links (FAT, some network mounts)
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
     # Renaming a link onto another link of the same file is a no-op that leaves `tmp`.
@@ -175,7 +215,8 @@ def write_identical(links: pd.DataFrame, sources: pd.DataFrame, out_dir: Path) -
     """Manifest rows of the links whose source job is in `sources` (manifest rows): the
     source's files when it is ok, its error otherwise."""
     status = sources[SOURCE_KEY + ["source_id", "target_id", "status", "error"]].rename(
-        columns={"direction": "from_direction", "index": "from_index"})
+        columns={"direction": "from_direction", "index": "from_index"}
+    )
     ready = links.merge(status, on=IDENTITY_KEY + ["from_direction", "from_index"])
     rows = []
     for r in ready.itertuples(index=False):
@@ -188,8 +229,19 @@ def write_identical(links: pd.DataFrame, sources: pd.DataFrame, out_dir: Path) -
                     link_or_copy(out_dir / r.from_real, out_dir / r.real_path)
             except OSError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-        rows.append((r.checkpoint, r.direction, int(r.index), r.source_id, r.target_id, r.real_path,
-                     rel, "ok" if error is None else "error", error))
+        rows.append(
+            (
+                r.checkpoint,
+                r.direction,
+                int(r.index),
+                r.source_id,
+                r.target_id,
+                r.real_path,
+                rel,
+                "ok" if error is None else "error",
+                error,
+            )
+        )
     return pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
 
 
@@ -201,8 +253,10 @@ def _read_map(npz_path: str, keypoints, fid: str) -> np.ndarray:
     if keypoints is not None:
         h, w = int(keypoints[0]), int(keypoints[1])
         return render_map(keypoints[2:20], keypoints[20:38], h, w)
-    raise DataError(f"pose map {npz_path} not found and no keypoints row for {fid}; "
-                    "run the posemaps (or keypoints) stage")
+    raise DataError(
+        f"pose map {npz_path} not found and no keypoints row for {fid}; "
+        "run the posemaps (or keypoints) stage"
+    )
 
 
 def one_hot_coords(pair: np.ndarray) -> np.ndarray:
@@ -211,8 +265,10 @@ def one_hot_coords(pair: np.ndarray) -> np.ndarray:
     the model actors; `maps_from_coords` rebuilds the identical array."""
     ys, xs, ks = np.nonzero(pair)
     if pair.dtype != np.uint8 or (pair[ys, xs, ks] != 1).any() or len(np.unique(ks)) != len(ks):
-        raise DataError("pose map is not one-hot (a gaussian map?) but generate.sparse_maps is "
-                        "true: unset it (null: picked from the maps' kind) or set it to false")
+        raise DataError(
+            "pose map is not one-hot (a gaussian map?) but generate.sparse_maps is "
+            "true: unset it (null: picked from the maps' kind) or set it to false"
+        )
     coords = np.full((pair.shape[2], 2), -1, np.int16)
     coords[ks, 0], coords[ks, 1] = ys, xs
     return coords
@@ -241,8 +297,14 @@ def jpeg_quality(minmax: bool) -> int | None:
     return None if minmax else JPEG_QUALITY
 
 
-def load_inputs(batch: dict[str, np.ndarray], root: str, out_dir: str, frame: tuple[int, int],
-                minmax: bool, sparse: bool = True) -> dict[str, np.ndarray]:
+def load_inputs(
+    batch: dict[str, np.ndarray],
+    root: str,
+    out_dir: str,
+    frame: tuple[int, int],
+    minmax: bool,
+    sparse: bool = True,
+) -> dict[str, np.ndarray]:
     """CPU task: decode the condition images and both pose maps of each job, and write the
     real (target) image when it is not there yet. A job that fails keeps an error and
     zero arrays, so the batch keeps its shape. With `sparse`, one-hot map pairs travel as
@@ -256,16 +318,26 @@ def load_inputs(batch: dict[str, np.ndarray], root: str, out_dir: str, frame: tu
     images = np.zeros((n, h, w, 3), np.uint8)
     maps = None
     coords = np.full((n, 36, 2), -1, np.int16)
-    errors = [""] * n   # "" = fine: an all-null column would not survive Ray's Arrow blocks
+    errors = [""] * n  # "" = fine: an all-null column would not survive Ray's Arrow blocks
     for i in range(n):
         try:
             cond = np.asarray(load_rgb(safe_path(root, batch["source_path"][i])))
             if cond.shape[:2] != frame:
-                raise DataError(f"image is {cond.shape[0]}x{cond.shape[1]}, expected {h}x{w} "
-                                "like the rest of the test set")
-            pair = np.concatenate([
-                _read_map(batch[f"{role}_map"][i], batch[f"{role}_keypoints"][i], batch[f"{role}_id"][i])
-                for role in ("source", "target")], axis=2)  # fmt: skip
+                raise DataError(
+                    f"image is {cond.shape[0]}x{cond.shape[1]}, expected {h}x{w} "
+                    "like the rest of the test set"
+                )
+            pair = np.concatenate(
+                [
+                    _read_map(
+                        batch[f"{role}_map"][i],
+                        batch[f"{role}_keypoints"][i],
+                        batch[f"{role}_id"][i],
+                    )
+                    for role in ("source", "target")
+                ],
+                axis=2,
+            )
             if pair.shape[:2] != frame:
                 raise DataError(f"pose map is {pair.shape[0]}x{pair.shape[1]}, image is {h}x{w}")
             if sparse:
@@ -274,10 +346,13 @@ def load_inputs(batch: dict[str, np.ndarray], root: str, out_dir: str, frame: tu
             if not real.is_file():
                 target = load_rgb(safe_path(root, batch["target_path"][i]))
                 # The published script stretched real images too; keep them comparable.
-                arr = (published_uint8(published_input_tensor(target)) if minmax
-                       else np.asarray(target))
+                arr = (
+                    published_uint8(published_input_tensor(target))
+                    if minmax
+                    else np.asarray(target)
+                )
                 write_bytes_atomic(real, encode_jpeg(arr, jpeg_quality(minmax)))
-        except (DataError, OSError, ValueError, zipfile.BadZipFile) as exc:   # this job's data
+        except (DataError, OSError, ValueError, zipfile.BadZipFile) as exc:  # this job's data
             errors[i] = f"{type(exc).__name__}: {exc}"
             continue
         images[i] = cond
@@ -297,7 +372,9 @@ class Generator:
     """Ray Data actor: NetG is built once per actor; a batch's checkpoint is loaded into it
     when it differs from the previous batch's, so all checkpoints stream through one pool."""
 
-    def __init__(self, ngf: int, dtype: str, channels_last: bool, minmax: bool, actors_per_node: int):
+    def __init__(
+        self, ngf: int, dtype: str, channels_last: bool, minmax: bool, actors_per_node: int
+    ):
         import torch
 
         from pipeline.api import autocast_dtype
@@ -331,15 +408,24 @@ class Generator:
         inject_fault("generate")
 
         images = batch["image"]
-        maps = (maps_from_coords(batch["coords"], *images.shape[1:3]) if "coords" in batch
-                else batch["maps"])
+        maps = (
+            maps_from_coords(batch["coords"], *images.shape[1:3])
+            if "coords" in batch
+            else batch["maps"]
+        )
         fakes = np.zeros_like(images)
         ok = batch["error"] == ""
         for path in pd.unique(batch["checkpoint_path"][ok]):
             rows = ok & (batch["checkpoint_path"] == path)
             self.use_checkpoint(path)
-            fakes[rows] = generate_uint8(self.net, images[rows], maps[rows], minmax=self.minmax,
-                                         dtype=self.dtype, channels_last=self.channels_last)
+            fakes[rows] = generate_uint8(
+                self.net,
+                images[rows],
+                maps[rows],
+                minmax=self.minmax,
+                dtype=self.dtype,
+                channels_last=self.channels_last,
+            )
         return {**{k: batch[k] for k in JOB_COLUMNS}, "error": batch["error"], "fake": fakes}
 
 
@@ -350,7 +436,11 @@ def write_outputs(batch: dict[str, np.ndarray], out_dir: str, minmax: bool = Fal
 
     rows = []
     for i in range(len(batch["index"])):
-        ckpt, direction, index = batch["checkpoint"][i], batch["direction"][i], int(batch["index"][i])
+        ckpt, direction, index = (
+            batch["checkpoint"][i],
+            batch["direction"][i],
+            int(batch["index"][i]),
+        )
         target = batch["target_id"][i]
         rel = GenerationLayout.fake(ckpt, direction, index, target)
         error = batch["error"][i] or None
@@ -360,8 +450,19 @@ def write_outputs(batch: dict[str, np.ndarray], out_dir: str, minmax: bool = Fal
                 write_bytes_atomic(Path(out_dir) / rel, jpeg)
             except OSError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-        rows.append((ckpt, direction, index, batch["source_id"][i], target, batch["real_path"][i],
-                     rel, "ok" if error is None else "error", error))
+        rows.append(
+            (
+                ckpt,
+                direction,
+                index,
+                batch["source_id"][i],
+                target,
+                batch["real_path"][i],
+                rel,
+                "ok" if error is None else "error",
+                error,
+            )
+        )
     return pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
 
 
@@ -375,27 +476,37 @@ def frame_size(root: str | os.PathLike, paths: list[str]) -> tuple[int, int]:
         except (ImageError, DataError):
             continue
         if h % 16 or w % 16:
-            raise DataError(f"test images are {h}x{w} ({rel}); NetG needs height and width "
-                            "divisible by 16 (DeepFashion frames are 256x176)")
+            raise DataError(
+                f"test images are {h}x{w} ({rel}); NetG needs height and width "
+                "divisible by 16 (DeepFashion frames are 256x176)"
+            )
         return h, w
     raise DataError(f"none of the {len(paths)} test images under {root} could be read")
 
 
 # --- the Ray wrapper -------------------------------------------------------------------
 
+
 def default_checkpoints(cfg: Config) -> list[str]:
     if cfg.generate.checkpoints:
         return list(cfg.generate.checkpoints)
     ckpt_dir = OutputLayout(cfg.output.root).checkpoints
     if not ckpt_dir.is_dir():
-        raise DataError(f"no --checkpoint given, generate.checkpoints is empty and {ckpt_dir} does "
-                        "not exist; train first or pass --checkpoint PATH")
+        raise DataError(
+            f"no --checkpoint given, generate.checkpoints is empty and {ckpt_dir} does "
+            "not exist; train first or pass --checkpoint PATH"
+        )
     return [str(ckpt_dir)]
 
 
-def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | None = None,
-                 pairs_file: str | None = None, limit: int | None = None,
-                 dedup: bool = True) -> StageResult:
+def run_generate(
+    cfg: Config,
+    checkpoints: list[str] | None = None,
+    out: str | None = None,
+    pairs_file: str | None = None,
+    limit: int | None = None,
+    dedup: bool = True,
+) -> StageResult:
     """Generate every pending (checkpoint, direction, pair) image; see the module doc.
     `dedup` False runs identical jobs again (for benchmarks of the deduplication)."""
     import ray
@@ -410,14 +521,18 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
     gc = cfg.generate
     root = str(Path(cfg.dataset.root).resolve())
     out_dir = Path(out or OutputLayout(cfg.output.root).generated).resolve()
-    result = StageResult("generate", outputs={"generated": str(out_dir), "manifest": str(out_dir / MANIFEST)})
+    result = StageResult(
+        "generate", outputs={"generated": str(out_dir), "manifest": str(out_dir / MANIFEST)}
+    )
     paths = expand_checkpoints(checkpoints or default_checkpoints(cfg), cfg.weights.checkpoint_dir)
     for path in paths:  # fail on a bad checkpoint before any work, naming the file
         check_checkpoint(path, gc.ngf)
     ids = [checkpoint_id(p) for p in paths]
     if len(set(ids)) < len(ids):
-        raise DataError(f"checkpoints {[str(p) for p in paths]} repeat an id ({ids}): each id is one "
-                        "output folder fake_images/iter_<id>; pass each checkpoint once")
+        raise DataError(
+            f"checkpoints {[str(p) for p in paths]} repeat an id ({ids}): each id is one "
+            "output folder fake_images/iter_<id>; pass each checkpoint once"
+        )
 
     pairs = read_test_pairs(root, pairs_file or gc.pairs)
     if limit is not None:
@@ -454,25 +569,49 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
         actors = gc.concurrency or gpus or cpu_nodes()
         per_node = max(1, -(-actors // cpu_nodes()))
         # One block per batch: each block is one load task, one forward, one write task.
-        blocks = [todo.iloc[i:i + gc.batch_size] for i in range(0, len(todo), gc.batch_size)]
+        blocks = [todo.iloc[i : i + gc.batch_size] for i in range(0, len(todo), gc.batch_size)]
         # The published script ran NetG in the default memory format; channels_last changes
         # the last bits, which the published save's truncation turns into grey levels.
         channels_last = gc.channels_last and not gc.minmax
-        ds = (ray.data.from_pandas(blocks)
-              .map_batches(load_inputs, batch_size=gc.batch_size, batch_format="numpy", num_cpus=IO_CPUS,
-                           fn_kwargs=dict(root=root, out_dir=str(out_dir), frame=frame, minmax=gc.minmax,
-                                          sparse=sparse))
-              .map_batches(Generator, batch_size=gc.batch_size, batch_format="numpy",
-                           compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
-                           fn_constructor_kwargs=dict(ngf=gc.ngf, dtype=gc.dtype, minmax=gc.minmax,
-                                                      channels_last=channels_last,
-                                                      actors_per_node=per_node))
-              .map_batches(write_outputs, batch_size=gc.batch_size, batch_format="numpy", num_cpus=IO_CPUS,
-                           fn_kwargs=dict(out_dir=str(out_dir), minmax=gc.minmax)))  # fmt: skip
+        ds = (
+            ray.data.from_pandas(blocks)
+            .map_batches(
+                load_inputs,
+                batch_size=gc.batch_size,
+                batch_format="numpy",
+                num_cpus=IO_CPUS,
+                fn_kwargs=dict(
+                    root=root, out_dir=str(out_dir), frame=frame, minmax=gc.minmax, sparse=sparse
+                ),
+            )
+            .map_batches(
+                Generator,
+                batch_size=gc.batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_gpus=1 if gpus else 0,
+                fn_constructor_kwargs=dict(
+                    ngf=gc.ngf,
+                    dtype=gc.dtype,
+                    minmax=gc.minmax,
+                    channels_last=channels_last,
+                    actors_per_node=per_node,
+                ),
+            )
+            .map_batches(
+                write_outputs,
+                batch_size=gc.batch_size,
+                batch_format="numpy",
+                num_cpus=IO_CPUS,
+                fn_kwargs=dict(out_dir=str(out_dir), minmax=gc.minmax),
+            )
+        )
         rows = []
         flushed = time.monotonic()
         try:
-            with tqdm(total=len(todo), desc=f"generate ({len(paths)} checkpoint(s))", unit="img") as bar:
+            with tqdm(
+                total=len(todo), desc=f"generate ({len(paths)} checkpoint(s))", unit="img"
+            ) as bar:
                 for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
                     rows.append(part)
                     generated += int((part["status"] == "ok").sum())
@@ -481,8 +620,11 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
                     bar.update(len(part))
                     if time.monotonic() - flushed > MANIFEST_FLUSH_S:
                         # A killed driver loses at most this much of the record.
-                        write_table(merge_manifest(manifest, pd.concat(rows, ignore_index=True)),
-                                    out_dir / MANIFEST, MANIFEST_SCHEMA)
+                        write_table(
+                            merge_manifest(manifest, pd.concat(rows, ignore_index=True)),
+                            out_dir / MANIFEST,
+                            MANIFEST_SCHEMA,
+                        )
                         flushed = time.monotonic()
         finally:  # an interrupted run still records what it wrote, so a rerun resumes there
             if rows:
@@ -491,34 +633,54 @@ def run_generate(cfg: Config, checkpoints: list[str] | None = None, out: str | N
                 write_table(manifest, out_dir / MANIFEST, MANIFEST_SCHEMA)
                 result.rows_out += int((new["status"] == "ok").sum())
                 result.errors += int((new["status"] == "error").sum())
-    result.notes.append(f"{len(paths)} checkpoint(s) x {len(pairs)} test pairs x 2 directions -> {out_dir}")
+    result.notes.append(
+        f"{len(paths)} checkpoint(s) x {len(pairs)} test pairs x 2 directions -> {out_dir}"
+    )
     copied = result.rows_out - generated
-    result.notes.append(f"{generated} image(s) generated, {copied} written from an identical job "
-                        "(same checkpoint and inputs: A->B of (a, b) is B->A of (b, a))")
+    result.notes.append(
+        f"{generated} image(s) generated, {copied} written from an identical job "
+        "(same checkpoint and inputs: A->B of (a, b) is B->A of (b, a))"
+    )
     result.notes.append(f"saved in {mode} mode: {SAVE_MODES[mode]}")
     transport = "coordinates" if sparse else "dense maps"
     result.notes.append(f"pose maps: {maps_text}, sent to the model as {transport}")
     if result.errors:
         first = manifest[manifest["status"] == "error"].iloc[0]
-        result.notes.append(f"{result.errors} error row(s) in the manifest, e.g. {first['real_path']}: "
-                            f"{first['error']}")
+        result.notes.append(
+            f"{result.errors} error row(s) in the manifest, e.g. {first['real_path']}: "
+            f"{first['error']}"
+        )
     return result.finish()
 
 
 # --- CLI -------------------------------------------------------------------------------
 
+
 def _generate_inputs(cfg: Config) -> list[Path]:
     layout = DatasetLayout(cfg.dataset.root)
-    ckpts = [Path(c) for c in cfg.generate.checkpoints] or [OutputLayout(cfg.output.root).checkpoints]
-    return [layout.pairs_table, layout.keypoints_table, layout.posemap_dir(TEST_SPLIT),
-            layout.images, *ckpts]
+    ckpts = [Path(c) for c in cfg.generate.checkpoints] or [
+        OutputLayout(cfg.output.root).checkpoints
+    ]
+    return [
+        layout.pairs_table,
+        layout.keypoints_table,
+        layout.posemap_dir(TEST_SPLIT),
+        layout.images,
+        *ckpts,
+    ]
 
 
 STAGE = StageSpec(
-    name="generate", version=1,
+    name="generate",
+    version=1,
     run=lambda cfg, fresh: run_generate(cfg),
-    config_keys=("generate.checkpoints", "generate.ngf", "generate.dtype", "generate.minmax",
-                 "generate.pairs"),
+    config_keys=(
+        "generate.checkpoints",
+        "generate.ngf",
+        "generate.dtype",
+        "generate.minmax",
+        "generate.pairs",
+    ),
     inputs=_generate_inputs,
     outputs=lambda cfg: [OutputLayout(cfg.output.root).manifest],
     previous=lambda cfg: [OutputLayout(cfg.output.root).generated],
@@ -526,23 +688,47 @@ STAGE = StageSpec(
 
 
 @click.command("generate")
-@click.option("--checkpoint", "checkpoints", multiple=True, metavar="PATH|ID|DIR",
-              help="A netG_<iter>.pth file, an iteration id (looked up in weights.checkpoint_dir), "
-                   "or a directory (every netG_<iter>.pth in it). Repeatable. Default: "
-                   "generate.checkpoints, else every netG_*.pth in <output.root>/train/checkpoints.")
-@click.option("--ngf", type=int, default=None, help="Generator width of the checkpoints (default generate.ngf).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output directory (default <output.root>/generated).")
-@click.option("--minmax/--no-minmax", default=None,
-              help="Published save mode: the published test script's images (each image, real "
-                   "ones too, stretched to its own min..max, times 255 truncated, JPEG at PIL's "
-                   "defaults, quality 75), byte for byte on CPU fp32. Off (default "
-                   "generate.minmax): (x+1)/2 rounded, JPEG quality 95, NOT comparable with "
-                   "published numbers.")
-@click.option("--batch-size", type=int, default=None, help="Images per forward (default generate.batch_size).")
-@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Pairs table (.parquet) or legacy pairs CSV (default: the dataset's pairs table, "
-                   "else test_img_pairs.csv).")
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    metavar="PATH|ID|DIR",
+    help="A netG_<iter>.pth file, an iteration id (looked up in weights.checkpoint_dir), "
+    "or a directory (every netG_<iter>.pth in it). Repeatable. Default: "
+    "generate.checkpoints, else every netG_*.pth in <output.root>/train/checkpoints.",
+)
+@click.option(
+    "--ngf",
+    type=int,
+    default=None,
+    help="Generator width of the checkpoints (default generate.ngf).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output directory (default <output.root>/generated).",
+)
+@click.option(
+    "--minmax/--no-minmax",
+    default=None,
+    help="Published save mode: the published test script's images (each image, real "
+    "ones too, stretched to its own min..max, times 255 truncated, JPEG at PIL's "
+    "defaults, quality 75), byte for byte on CPU fp32. Off (default "
+    "generate.minmax): (x+1)/2 rounded, JPEG quality 95, NOT comparable with "
+    "published numbers.",
+)
+@click.option(
+    "--batch-size", type=int, default=None, help="Images per forward (default generate.batch_size)."
+)
+@click.option(
+    "--pairs",
+    "pairs_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Pairs table (.parquet) or legacy pairs CSV (default: the dataset's pairs table, "
+    "else test_img_pairs.csv).",
+)
 @click.option("--limit", type=int, default=None, help="Only the first N test pairs (quick runs).")
 @click.pass_obj
 def generate_command(obj, checkpoints, ngf, out, minmax, batch_size, pairs_file, limit) -> None:

@@ -20,7 +20,9 @@ def annotate_from_ground_truth(root: str | Path, min_valid: int = 8) -> Path:
     root = Path(root)
     layout = DatasetLayout(root)
     splits = {s: read_image_list(layout.image_list(s), root) for s in SPLITS}
-    images = pd.DataFrame([(p, s) for s, ps in splits.items() for p in ps], columns=["path", "split"])
+    images = pd.DataFrame(
+        [(p, s) for s, ps in splits.items() for p in ps], columns=["path", "split"]
+    )
     kp = keypoints_from_csv(root / GROUND_TRUTH_CSV, images)
     write_table(kp, layout.keypoints_table, KEYPOINTS_SCHEMA)
     for r in kp.itertuples():

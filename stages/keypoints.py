@@ -43,22 +43,33 @@ DECODE_CPUS = 0.5
 def keypoints_from_csv(csv_path, images: pd.DataFrame, estimator: str = IMPORTED) -> pd.DataFrame:
     """Import a legacy keypoints CSV for `images` (columns path, split). Every image must
     have a row; rows for images not listed are ignored."""
-    legacy = read_keypoints_csv(csv_path).drop_duplicates("file_id", keep="last").set_index("file_id")
+    legacy = (
+        read_keypoints_csv(csv_path).drop_duplicates("file_id", keep="last").set_index("file_id")
+    )
     fids = images["path"].map(file_id)
     missing = [p for p, f in zip(images["path"], fids, strict=True) if f not in legacy.index]
     if missing:
-        raise DataError(f"{csv_path}: no keypoints for {len(missing)} listed image(s), e.g. {missing[0]}")
+        raise DataError(
+            f"{csv_path}: no keypoints for {len(missing)} listed image(s), e.g. {missing[0]}"
+        )
     rows = legacy.loc[fids.tolist()]
     x = [np.asarray(v, np.int32) for v in rows["x"]]
     y = [np.asarray(v, np.int32) for v in rows["y"]]
-    return pd.DataFrame({
-        "path": images["path"].tolist(), "file_id": fids.tolist(), "split": images["split"].tolist(),
-        "img_h": rows["img_h"].to_numpy(np.int32), "img_w": rows["img_w"].to_numpy(np.int32),
-        "x": x, "y": y,
-        "score": [valid_mask(a, b).astype(np.float32) for a, b in zip(x, y, strict=True)],
-        "n_valid": [int(valid_mask(a, b).sum()) for a, b in zip(x, y, strict=True)],
-        "estimator": estimator, "error": None,
-    }).sort_values("path", ignore_index=True)  # fmt: skip
+    return pd.DataFrame(
+        {
+            "path": images["path"].tolist(),
+            "file_id": fids.tolist(),
+            "split": images["split"].tolist(),
+            "img_h": rows["img_h"].to_numpy(np.int32),
+            "img_w": rows["img_w"].to_numpy(np.int32),
+            "x": x,
+            "y": y,
+            "score": [valid_mask(a, b).astype(np.float32) for a, b in zip(x, y, strict=True)],
+            "n_valid": [int(valid_mask(a, b).sum()) for a, b in zip(x, y, strict=True)],
+            "estimator": estimator,
+            "error": None,
+        }
+    ).sort_values("path", ignore_index=True)
 
 
 def list_images(cfg: Config, pattern: str | None = None) -> pd.DataFrame:
@@ -69,13 +80,23 @@ def list_images(cfg: Config, pattern: str | None = None) -> pd.DataFrame:
     if pattern is None and any(p.is_file() for p in lists.values()):
         rows = [(p, s) for s, f in lists.items() if f.is_file() for p in read_image_list(f, root)]
     else:
-        found = sorted(p.relative_to(root).as_posix() for p in root.glob(pattern or DEFAULT_GLOB) if p.is_file())
+        found = sorted(
+            p.relative_to(root).as_posix()
+            for p in root.glob(pattern or DEFAULT_GLOB)
+            if p.is_file()
+        )
         check_paths(root, found, f"glob {pattern or DEFAULT_GLOB}")
         rows = [(p, "") for p in found]
     if not rows:
-        raise DataError(f"no images under {root}: no image lists ({', '.join(map(str, lists.values()))}) "
-                        f"and nothing matches {pattern or DEFAULT_GLOB}")
-    return pd.DataFrame(rows, columns=["path", "split"]).drop_duplicates("path").sort_values("path", ignore_index=True)
+        raise DataError(
+            f"no images under {root}: no image lists ({', '.join(map(str, lists.values()))}) "
+            f"and nothing matches {pattern or DEFAULT_GLOB}"
+        )
+    return (
+        pd.DataFrame(rows, columns=["path", "split"])
+        .drop_duplicates("path")
+        .sort_values("path", ignore_index=True)
+    )
 
 
 def decode_images(batch: dict[str, np.ndarray], root: str) -> dict[str, np.ndarray]:
@@ -94,15 +115,33 @@ def decode_images(batch: dict[str, np.ndarray], root: str) -> dict[str, np.ndarr
     return {"path": batch["path"], "split": batch["split"], "image": images, "decode_error": errors}
 
 
-def keypoint_rows(paths, splits, images, errors, predicted: dict[int, tuple], estimator: str) -> pd.DataFrame:
+def keypoint_rows(
+    paths, splits, images, errors, predicted: dict[int, tuple], estimator: str
+) -> pd.DataFrame:
     """Table rows for one batch: predictions where decoding worked, error rows elsewhere."""
     none = np.full(N_KEYPOINTS, MISSING, np.int32)
     rows = []
-    for i, (path, split, image, error) in enumerate(zip(paths, splits, images, errors, strict=True)):
+    for i, (path, split, image, error) in enumerate(
+        zip(paths, splits, images, errors, strict=True)
+    ):
         x, y, score = predicted.get(i, (none, none, np.zeros(N_KEYPOINTS, np.float32)))
         error = None if pd.isna(error) else str(error)
         h, w = (image.shape[0], image.shape[1]) if error is None else (0, 0)
-        rows.append((path, file_id(path), split, h, w, x, y, score, int(valid_mask(x, y).sum()), estimator, error))
+        rows.append(
+            (
+                path,
+                file_id(path),
+                split,
+                h,
+                w,
+                x,
+                y,
+                score,
+                int(valid_mask(x, y).sum()),
+                estimator,
+                error,
+            )
+        )
     return pd.DataFrame(rows, columns=KEYPOINTS_SCHEMA.names)
 
 
@@ -116,13 +155,23 @@ class KeypointsPredictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
         ok = [i for i, e in enumerate(batch["decode_error"]) if pd.isna(e)]
-        predicted = dict(zip(ok, self.estimator.predict([batch["image"][i] for i in ok]), strict=True))
-        return keypoint_rows(batch["path"], batch["split"], batch["image"], batch["decode_error"],
-                             predicted, self.estimator.name)
+        predicted = dict(
+            zip(ok, self.estimator.predict([batch["image"][i] for i in ok]), strict=True)
+        )
+        return keypoint_rows(
+            batch["path"],
+            batch["split"],
+            batch["image"],
+            batch["decode_error"],
+            predicted,
+            self.estimator.name,
+        )
 
 
 def part_rows(layout: DatasetLayout) -> list[pd.DataFrame]:
-    return [read_table(p, KEYPOINTS_SCHEMA) for p in sorted(layout.keypoints_parts.glob("*.parquet"))]
+    return [
+        read_table(p, KEYPOINTS_SCHEMA) for p in sorted(layout.keypoints_parts.glob("*.parquet"))
+    ]
 
 
 def finished_rows(layout: DatasetLayout) -> pd.DataFrame:
@@ -147,11 +196,19 @@ def worker_resources(cluster: dict[str, float], concurrency: int | None) -> tupl
     # Logical CPU shares below half the cluster leave room for the decode tasks under
     # Ray Data's per-operator budget (larger asks never start on a 2-core machine); torch
     # still gets the actor's share of the physical cores as threads.
-    return n, {"num_cpus": min(1.0, (cpus - DECODE_CPUS) / (2 * n)), "threads": max(1, int(cpus) // n)}
+    return n, {
+        "num_cpus": min(1.0, (cpus - DECODE_CPUS) / (2 * n)),
+        "threads": max(1, int(cpus) // n),
+    }
 
 
-def estimate_keypoints(cfg: Config, todo: pd.DataFrame, layout: DatasetLayout, estimator: KeypointsConfig,
-                       progress: bool = True) -> int:
+def estimate_keypoints(
+    cfg: Config,
+    todo: pd.DataFrame,
+    layout: DatasetLayout,
+    estimator: KeypointsConfig,
+    progress: bool = True,
+) -> int:
     """Run the estimator (resolved by estimators.resolve_estimator) over `todo` on Ray Data,
     flushing finished rows to part files."""
     import ray
@@ -159,17 +216,28 @@ def estimate_keypoints(cfg: Config, todo: pd.DataFrame, layout: DatasetLayout, e
 
     kc = cfg.keypoints
     cluster = ray.cluster_resources()
-    if estimator.estimator == "mediapipe":   # CPU only: GPUs would sit idle in its actors
+    if estimator.estimator == "mediapipe":  # CPU only: GPUs would sit idle in its actors
         cluster = {k: v for k, v in cluster.items() if k != "GPU"}
     n_workers, res = worker_resources(cluster, kc.concurrency)
     threads = res.pop("threads", None)
-    chunks = [todo.iloc[i:i + kc.batch_size][["path", "split"]] for i in range(0, len(todo), kc.batch_size)]
+    chunks = [
+        todo.iloc[i : i + kc.batch_size][["path", "split"]]
+        for i in range(0, len(todo), kc.batch_size)
+    ]
     ds = ray.data.from_pandas(chunks)
-    ds = ds.map_batches(decode_images, fn_kwargs={"root": str(Path(cfg.dataset.root).resolve())},
-                        batch_size=kc.batch_size, num_cpus=DECODE_CPUS)
-    ds = ds.map_batches(KeypointsPredictor, batch_size=kc.batch_size, concurrency=n_workers,
-                        fn_constructor_kwargs={"keypoints": estimator, "device": None, "threads": threads},
-                        **res)
+    ds = ds.map_batches(
+        decode_images,
+        fn_kwargs={"root": str(Path(cfg.dataset.root).resolve())},
+        batch_size=kc.batch_size,
+        num_cpus=DECODE_CPUS,
+    )
+    ds = ds.map_batches(
+        KeypointsPredictor,
+        batch_size=kc.batch_size,
+        concurrency=n_workers,
+        fn_constructor_kwargs={"keypoints": estimator, "device": None, "threads": threads},
+        **res,
+    )
     parts, buffered, last, done = layout.keypoints_parts, [], time.time(), 0
     with tqdm(total=len(todo), desc="keypoints", unit="img", disable=not progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
@@ -177,10 +245,14 @@ def estimate_keypoints(cfg: Config, todo: pd.DataFrame, layout: DatasetLayout, e
             bar.update(len(batch))
             done += len(batch)
             if sum(map(len, buffered)) >= FLUSH_ROWS or time.time() - last > FLUSH_SECONDS:
-                write_table(pd.concat(buffered), parts / f"{uuid.uuid4().hex}.parquet", KEYPOINTS_SCHEMA)
+                write_table(
+                    pd.concat(buffered), parts / f"{uuid.uuid4().hex}.parquet", KEYPOINTS_SCHEMA
+                )
                 buffered, last = [], time.time()
         if buffered:
-            write_table(pd.concat(buffered), parts / f"{uuid.uuid4().hex}.parquet", KEYPOINTS_SCHEMA)
+            write_table(
+                pd.concat(buffered), parts / f"{uuid.uuid4().hex}.parquet", KEYPOINTS_SCHEMA
+            )
     return done
 
 
@@ -227,25 +299,37 @@ def read_sources(layout: DatasetLayout) -> dict[str, str]:
     return dict(zip(table["path"], table["digest"], strict=True))
 
 
-def run_keypoints(cfg: Config, checkpoint: str | None = None, annotations: str | None = None,
-                  force: bool = False, out: str | None = None, pattern: str | None = None,
-                  progress: bool = True, estimator: str | None = None,
-                  compare: str | None = None) -> StageResult:
+def run_keypoints(
+    cfg: Config,
+    checkpoint: str | None = None,
+    annotations: str | None = None,
+    force: bool = False,
+    out: str | None = None,
+    pattern: str | None = None,
+    progress: bool = True,
+    estimator: str | None = None,
+    compare: str | None = None,
+) -> StageResult:
     """Estimate (or import) keypoints for the dataset's images; resume unless `force`.
     `compare`: score them against this reference legacy CSV (tables/keypoints_qa.parquet)."""
     import dataclasses
 
     from pipeline.runtime import init_ray
 
-    kc = dataclasses.replace(cfg.keypoints, estimator=estimator or cfg.keypoints.estimator,
-                             checkpoint=checkpoint or cfg.keypoints.checkpoint)
+    kc = dataclasses.replace(
+        cfg.keypoints,
+        estimator=estimator or cfg.keypoints.estimator,
+        checkpoint=checkpoint or cfg.keypoints.checkpoint,
+    )
     result = StageResult("keypoints")
     layout = DatasetLayout(out or cfg.dataset.root)
     images = list_images(cfg, pattern)
     result.rows_in = len(images)
     annotations = annotations or cfg.keypoints.annotations
     if annotations:
-        table = keypoints_from_csv(annotations, images, estimator=f"{IMPORTED}:{Path(annotations).name}")
+        table = keypoints_from_csv(
+            annotations, images, estimator=f"{IMPORTED}:{Path(annotations).name}"
+        )
         result.notes.append(f"imported {len(table)} rows from {annotations}")
     else:
         if force:
@@ -254,8 +338,11 @@ def run_keypoints(cfg: Config, checkpoint: str | None = None, annotations: str |
         finished = pd.DataFrame(columns=KEYPOINTS_SCHEMA.names) if force else finished_rows(layout)
         # Rows with an error are retried: the file may have been fixed since. Rows another
         # estimator made (or imported ones) are redone.
-        finished = finished[finished["path"].isin(set(images["path"])) & finished["error"].isna()
-                            & finished["estimator"].str.startswith((f"{kc.estimator}:", f"{kc.estimator}-"))]
+        finished = finished[
+            finished["path"].isin(set(images["path"]))
+            & finished["error"].isna()
+            & finished["estimator"].str.startswith((f"{kc.estimator}:", f"{kc.estimator}-"))
+        ]
         digests = image_digests(cfg, layout.root, images["path"])
         recorded = read_sources(layout)
         changed = {p for p in finished["path"] if p in recorded and recorded[p] != digests[p]}
@@ -278,11 +365,16 @@ def run_keypoints(cfg: Config, checkpoint: str | None = None, annotations: str |
     result.errors = int(table["error"].notna().sum())
     result.outputs = write_outputs(table, layout)
     if not annotations:
-        write_table(pd.DataFrame({"path": table["path"], "digest": table["path"].map(digests)}),
-                    layout.keypoints_sources, SOURCES_SCHEMA)
+        write_table(
+            pd.DataFrame({"path": table["path"], "digest": table["path"].map(digests)}),
+            layout.keypoints_sources,
+            SOURCES_SCHEMA,
+        )
     found = table[table["error"].isna()]
-    result.notes.append(f"{int((found['n_valid'] == 0).sum())} image(s) without a person; "
-                        f"{result.errors} error row(s)")
+    result.notes.append(
+        f"{int((found['n_valid'] == 0).sum())} image(s) without a person; "
+        f"{result.errors} error row(s)"
+    )
     for reason, n in table["error"].dropna().str.split(":").str[0].value_counts().items():
         result.notes.append(f"  error {reason}: {n}")
     compare = compare or kc.compare
@@ -292,7 +384,9 @@ def run_keypoints(cfg: Config, checkpoint: str | None = None, annotations: str |
     return result.finish()
 
 
-def write_keypoint_qa(table: pd.DataFrame, reference_csv: str, layout: DatasetLayout) -> tuple[str, list[str]]:
+def write_keypoint_qa(
+    table: pd.DataFrame, reference_csv: str, layout: DatasetLayout
+) -> tuple[str, list[str]]:
     """Score the keypoints table against a reference legacy CSV into tables/keypoints_qa.parquet;
     returns its path and the summary lines."""
     from pipeline.keypoint_qa import KEYPOINT_QA_SCHEMA, compare_keypoints, qa_summary
@@ -308,43 +402,86 @@ def _layout(cfg: Config) -> DatasetLayout:
 
 
 STAGE = StageSpec(
-    name="keypoints", version=1,
+    name="keypoints",
+    version=1,
     run=lambda cfg, fresh: run_keypoints(cfg, force=fresh, progress=True),
-    config_keys=("dataset.train_list", "dataset.test_list", "keypoints.checkpoint",
-                 "keypoints.annotations", "keypoints.min_score", "keypoints.estimator",
-                 "keypoints.min_visibility", "keypoints.compare"),
-    inputs=lambda cfg: [_layout(cfg).image_list("train"), _layout(cfg).image_list("test"),
-                        _layout(cfg).images,
-                        *(Path(p) for p in (cfg.keypoints.annotations, cfg.keypoints.compare) if p)],
+    config_keys=(
+        "dataset.train_list",
+        "dataset.test_list",
+        "keypoints.checkpoint",
+        "keypoints.annotations",
+        "keypoints.min_score",
+        "keypoints.estimator",
+        "keypoints.min_visibility",
+        "keypoints.compare",
+    ),
+    inputs=lambda cfg: [
+        _layout(cfg).image_list("train"),
+        _layout(cfg).image_list("test"),
+        _layout(cfg).images,
+        *(Path(p) for p in (cfg.keypoints.annotations, cfg.keypoints.compare) if p),
+    ],
     outputs=lambda cfg: [_layout(cfg).keypoints_table],
-    previous=lambda cfg: [_layout(cfg).keypoints_table, _layout(cfg).keypoints_parts,
-                          _layout(cfg).keypoints_qa, _layout(cfg).keypoints_sources,
-                          *(_layout(cfg).keypoints_csv(s) for s in SPLITS)],
+    previous=lambda cfg: [
+        _layout(cfg).keypoints_table,
+        _layout(cfg).keypoints_parts,
+        _layout(cfg).keypoints_qa,
+        _layout(cfg).keypoints_sources,
+        *(_layout(cfg).keypoints_csv(s) for s in SPLITS),
+    ],
 )
 
 
 @click.command("keypoints")
-@click.option("--estimator", type=click.Choice(["openpifpaf", "mediapipe"]), default=None,
-              help="openpifpaf, or mediapipe (BlazePose, weights inside the installed wheel, CPU) "
-                   "(default: keypoints.estimator).")
-@click.option("--compare", type=click.Path(exists=True, dir_okay=False), default=None, metavar="CSV",
-              help="Score the keypoints against this reference legacy keypoints CSV (PCKh with the "
-                   "reference's head box, pixel error): tables/keypoints_qa.parquet "
-                   "(default: keypoints.compare).")
-@click.option("--checkpoint", default=None, metavar="NAME|PATH",
-              help="openpifpaf checkpoint name (looked up in weights.dir and the torch hub cache) "
-                   "or file (default: keypoints.checkpoint, shufflenetv2k16).")
-@click.option("--annotations", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Import this legacy keypoints CSV instead of estimating "
-                   "(e.g. <root>/ground_truth_keypoints.csv of a synthetic tree).")
-@click.option("--glob", "pattern", default=None, metavar="PATTERN",
-              help=f"Images to annotate as a glob under the dataset root (default: the image lists, "
-                   f"else {DEFAULT_GLOB}).")
+@click.option(
+    "--estimator",
+    type=click.Choice(["openpifpaf", "mediapipe"]),
+    default=None,
+    help="openpifpaf, or mediapipe (BlazePose, weights inside the installed wheel, CPU) "
+    "(default: keypoints.estimator).",
+)
+@click.option(
+    "--compare",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    metavar="CSV",
+    help="Score the keypoints against this reference legacy keypoints CSV (PCKh with the "
+    "reference's head box, pixel error): tables/keypoints_qa.parquet "
+    "(default: keypoints.compare).",
+)
+@click.option(
+    "--checkpoint",
+    default=None,
+    metavar="NAME|PATH",
+    help="openpifpaf checkpoint name (looked up in weights.dir and the torch hub cache) "
+    "or file (default: keypoints.checkpoint, shufflenetv2k16).",
+)
+@click.option(
+    "--annotations",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Import this legacy keypoints CSV instead of estimating "
+    "(e.g. <root>/ground_truth_keypoints.csv of a synthetic tree).",
+)
+@click.option(
+    "--glob",
+    "pattern",
+    default=None,
+    metavar="PATTERN",
+    help=f"Images to annotate as a glob under the dataset root (default: the image lists, "
+    f"else {DEFAULT_GLOB}).",
+)
 @click.option("--force", is_flag=True, help="Recompute every image instead of resuming.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Write the legacy CSVs here and the table under OUT/tables (default: dataset root).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write the legacy CSVs here and the table under OUT/tables (default: dataset root).",
+)
 @click.pass_obj
-def keypoints_command(obj, estimator, compare, checkpoint, annotations, pattern, force, out) -> None:
+def keypoints_command(
+    obj, estimator, compare, checkpoint, annotations, pattern, force, out
+) -> None:
     """OpenPose-18 keypoints for every image of dataset.root.
 
     \b
@@ -362,6 +499,14 @@ def keypoints_command(obj, estimator, compare, checkpoint, annotations, pattern,
     Example: run_pipeline.py keypoints --estimator mediapipe \\
              --compare data/synthetic/ground_truth_keypoints.csv
     """
-    result = run_keypoints(obj.cfg, checkpoint=checkpoint, annotations=annotations, force=force,
-                           out=out, pattern=pattern, estimator=estimator, compare=compare)
+    result = run_keypoints(
+        obj.cfg,
+        checkpoint=checkpoint,
+        annotations=annotations,
+        force=force,
+        out=out,
+        pattern=pattern,
+        estimator=estimator,
+        compare=compare,
+    )
     click.echo(result.summary())

@@ -30,14 +30,16 @@ from stages.spec import StageSpec
 @dataclass
 class PairCounts:
     images: int = 0
-    excluded: Counter = field(default_factory=Counter)   # reason -> images
+    excluded: Counter = field(default_factory=Counter)  # reason -> images
     pairs: dict[str, int] = field(default_factory=dict)  # split -> pairs
 
 
 def eligible_images(keypoints: pd.DataFrame, min_valid: int) -> tuple[pd.DataFrame, Counter]:
     """Images usable in pairs, and the excluded ones counted by reason."""
     reasons = Counter()
-    has_error = keypoints["error"].notna() if "error" in keypoints else pd.Series(False, keypoints.index)
+    has_error = (
+        keypoints["error"].notna() if "error" in keypoints else pd.Series(False, keypoints.index)
+    )
     reasons["keypoint error"] = int(has_error.sum())
     too_few = ~has_error & (keypoints["n_valid"] < min_valid)
     reasons[f"fewer than {min_valid} valid keypoints"] = int(too_few.sum())
@@ -47,18 +49,19 @@ def eligible_images(keypoints: pd.DataFrame, min_valid: int) -> tuple[pd.DataFra
 def ordered_pairs(group_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (A, B) of all ordered pairs of distinct rows within consecutive groups
     of the given sizes, A-major then B as a nested loop would list them; vectorised."""
-    starts = np.repeat(np.cumsum(group_sizes) - group_sizes, group_sizes)   # group start per row
+    starts = np.repeat(np.cumsum(group_sizes) - group_sizes, group_sizes)  # group start per row
     sizes = np.repeat(group_sizes, group_sizes)
-    per_row = sizes - 1                                                       # partners per row
+    per_row = sizes - 1  # partners per row
     a = np.repeat(np.arange(len(starts)), per_row)
-    j = np.arange(len(a)) - np.repeat(np.cumsum(per_row) - per_row, per_row)   # partner number
+    j = np.arange(len(a)) - np.repeat(np.cumsum(per_row) - per_row, per_row)  # partner number
     local_a = a - starts[a]
-    b = starts[a] + j + (j >= local_a)                                       # skip A itself
+    b = starts[a] + j + (j >= local_a)  # skip A itself
     return a, b
 
 
-def pairs_for_split(images: pd.DataFrame, split: str, max_per_identity: int | None,
-                    seed: int) -> pd.DataFrame:
+def pairs_for_split(
+    images: pd.DataFrame, split: str, max_per_identity: int | None, seed: int
+) -> pd.DataFrame:
     """All ordered pairs of distinct images per identity folder; optionally a seeded,
     deterministic sample of at most `max_per_identity` pairs per identity."""
     images = images.assign(group=images["path"].map(identity_group)).sort_values(["group", "path"])
@@ -75,14 +78,28 @@ def pairs_for_split(images: pd.DataFrame, split: str, max_per_identity: int | No
             rng = np.random.default_rng([seed, *groups[g].encode()])
             chosen = np.zeros(n, bool)
             chosen[rng.choice(n, size=max_per_identity, replace=False)] = True
-            keep[first[g]:first[g] + n] = chosen
+            keep[first[g] : first[g] + n] = chosen
         a, b, pair_group = a[keep], b[keep], pair_group[keep]
-    return pd.DataFrame({"imgA": paths[a], "imgB": paths[b], "fidA": fids[a], "fidB": fids[b],
-                         "group": groups[pair_group], "split": split}, columns=PAIRS_SCHEMA.names)
+    return pd.DataFrame(
+        {
+            "imgA": paths[a],
+            "imgB": paths[b],
+            "fidA": fids[a],
+            "fidB": fids[b],
+            "group": groups[pair_group],
+            "split": split,
+        },
+        columns=PAIRS_SCHEMA.names,
+    )
 
 
-def make_pairs(keypoints: pd.DataFrame, splits: dict[str, list[str]], min_valid: int,
-               max_per_identity: int | None = None, seed: int = 0) -> tuple[pd.DataFrame, PairCounts]:
+def make_pairs(
+    keypoints: pd.DataFrame,
+    splits: dict[str, list[str]],
+    min_valid: int,
+    max_per_identity: int | None = None,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, PairCounts]:
     """The pure core: keypoints table + image lists (split -> paths) -> pairs table."""
     counts = PairCounts(images=len(keypoints))
     ok, counts.excluded = eligible_images(keypoints, min_valid)
@@ -91,7 +108,9 @@ def make_pairs(keypoints: pd.DataFrame, splits: dict[str, list[str]], min_valid:
         part = pairs_for_split(ok[ok["path"].isin(set(paths))], split, max_per_identity, seed)
         counts.pairs[split] = len(part)
         frames.append(part)
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAIRS_SCHEMA.names)
+    table = (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAIRS_SCHEMA.names)
+    )
     return table, counts
 
 
@@ -102,20 +121,28 @@ def pairs_report(counts: PairCounts) -> list[str]:
     return lines
 
 
-def run_pairs(cfg: Config, min_valid: int | None = None, max_per_identity: int | None = None,
-              out: str | None = None) -> StageResult:
+def run_pairs(
+    cfg: Config,
+    min_valid: int | None = None,
+    max_per_identity: int | None = None,
+    out: str | None = None,
+) -> StageResult:
     """Pairs per split from the keypoints table and the image lists. Pure pandas and fast
     (seconds for 52,700 images), so it runs on the driver without starting Ray."""
     result = StageResult("pairs")
     root = Path(cfg.dataset.root)
     source, layout = DatasetLayout(root), DatasetLayout(out or root)
     if not source.keypoints_table.is_file():
-        raise DataError(f"no keypoints table at {source.keypoints_table}: run the keypoints stage first")
+        raise DataError(
+            f"no keypoints table at {source.keypoints_table}: run the keypoints stage first"
+        )
     keypoints = read_table(source.keypoints_table, KEYPOINTS_SCHEMA)
     lists = {"train": root / cfg.dataset.train_list, "test": root / cfg.dataset.test_list}
     splits = {s: read_image_list(f, root) for s, f in lists.items() if f.is_file()}
     if not splits:
-        raise DataError(f"no image lists at {' or '.join(map(str, lists.values()))}: pairs need the splits")
+        raise DataError(
+            f"no image lists at {' or '.join(map(str, lists.values()))}: pairs need the splits"
+        )
     min_valid = cfg.pairs.min_valid_keypoints if min_valid is None else min_valid
     max_per_identity = max_per_identity or cfg.pairs.max_pairs_per_identity
     table, counts = make_pairs(keypoints, splits, min_valid, max_per_identity, cfg.pairs.seed)
@@ -134,25 +161,47 @@ def run_pairs(cfg: Config, min_valid: int | None = None, max_per_identity: int |
 
 
 STAGE = StageSpec(
-    name="pairs", version=1,
+    name="pairs",
+    version=1,
     run=lambda cfg, fresh: run_pairs(cfg),
-    config_keys=("dataset.train_list", "dataset.test_list", "pairs.min_valid_keypoints",
-                 "pairs.max_pairs_per_identity", "pairs.seed"),
-    inputs=lambda cfg: [DatasetLayout(cfg.dataset.root).keypoints_table,
-                        *(DatasetLayout(cfg.dataset.root).image_list(s) for s in SPLITS)],
+    config_keys=(
+        "dataset.train_list",
+        "dataset.test_list",
+        "pairs.min_valid_keypoints",
+        "pairs.max_pairs_per_identity",
+        "pairs.seed",
+    ),
+    inputs=lambda cfg: [
+        DatasetLayout(cfg.dataset.root).keypoints_table,
+        *(DatasetLayout(cfg.dataset.root).image_list(s) for s in SPLITS),
+    ],
     outputs=lambda cfg: [DatasetLayout(cfg.dataset.root).pairs_table],
-    previous=lambda cfg: [DatasetLayout(cfg.dataset.root).pairs_table,
-                          *(DatasetLayout(cfg.dataset.root).pairs_csv(s) for s in SPLITS)],
+    previous=lambda cfg: [
+        DatasetLayout(cfg.dataset.root).pairs_table,
+        *(DatasetLayout(cfg.dataset.root).pairs_csv(s) for s in SPLITS),
+    ],
 )
 
 
 @click.command("pairs")
-@click.option("--min-valid", type=click.IntRange(0, 18), default=None,
-              help="Valid keypoints both images need (default: pairs.min_valid_keypoints).")
-@click.option("--max-pairs-per-identity", type=click.IntRange(1), default=None,
-              help="Keep a seeded, deterministic sample of at most N pairs per identity.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Write the legacy CSVs here and the table under OUT/tables (default: dataset root).")
+@click.option(
+    "--min-valid",
+    type=click.IntRange(0, 18),
+    default=None,
+    help="Valid keypoints both images need (default: pairs.min_valid_keypoints).",
+)
+@click.option(
+    "--max-pairs-per-identity",
+    type=click.IntRange(1),
+    default=None,
+    help="Keep a seeded, deterministic sample of at most N pairs per identity.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write the legacy CSVs here and the table under OUT/tables (default: dataset root).",
+)
 @click.pass_obj
 def pairs_command(obj, min_valid, max_pairs_per_identity, out) -> None:
     """Train/test pairs from the keypoints table and the image lists of dataset.root.
@@ -166,5 +215,7 @@ def pairs_command(obj, min_valid, max_pairs_per_identity, out) -> None:
     Prints images, excluded images by reason and pairs per split.
     Example: run_pipeline.py --set dataset.root=data/synthetic pairs --min-valid 8
     """
-    result = run_pairs(obj.cfg, min_valid=min_valid, max_per_identity=max_pairs_per_identity, out=out)
+    result = run_pairs(
+        obj.cfg, min_valid=min_valid, max_per_identity=max_pairs_per_identity, out=out
+    )
     click.echo(result.summary())

@@ -21,7 +21,7 @@ from pipeline.runtime import StageResult
 from pipeline.tables import KEYPOINTS_SCHEMA, DataError, read_table, write_bytes_atomic, write_table
 from stages.spec import StageSpec
 
-POSEMAP_META = "pose_maps.json"   # beside the maps: which kind the stage wrote there
+POSEMAP_META = "pose_maps.json"  # beside the maps: which kind the stage wrote there
 
 
 def posemap_kind(sigma: float | None) -> dict:
@@ -61,9 +61,9 @@ class PosemapJob:
     """One batch of maps to write: target files and the keypoints they hold."""
 
     paths: list[str]
-    x: np.ndarray          # (n, 18) int32
+    x: np.ndarray  # (n, 18) int32
     y: np.ndarray
-    heights: np.ndarray    # (n,)
+    heights: np.ndarray  # (n,)
     widths: np.ndarray
 
 
@@ -100,8 +100,9 @@ def read_index(layout: DatasetLayout) -> dict[str, str]:
     return dict(zip(index["target"], index["digest"], strict=True))
 
 
-def plan_posemaps(table: pd.DataFrame, layout: DatasetLayout, sigma: float | None, force: bool
-                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+def plan_posemaps(
+    table: pd.DataFrame, layout: DatasetLayout, sigma: float | None, force: bool
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """(rows whose map must be (re)written, every row that has a map, rows left out counted
     by reason). Both frames carry the target path and the row digest."""
     excluded: dict[str, int] = {}
@@ -110,14 +111,20 @@ def plan_posemaps(table: pd.DataFrame, layout: DatasetLayout, sigma: float | Non
     no_split = ~has_error & ~table["split"].isin(SPLITS)
     excluded["no train/test split"] = int(no_split.sum())
     rows = table[~has_error & ~no_split].copy()
-    rows["target"] = [str(layout.posemap(s, f))
-                      for s, f in zip(rows["split"], rows["file_id"], strict=True)]
+    rows["target"] = [
+        str(layout.posemap(s, f)) for s, f in zip(rows["split"], rows["file_id"], strict=True)
+    ]
     rows["digest"] = row_digests(rows, sigma)
     todo = rows
     if not force:
         index = read_index(layout)
-        up_to_date = np.array([index.get(t) == d and os.path.exists(t)
-                               for t, d in zip(rows["target"], rows["digest"], strict=True)], bool)
+        up_to_date = np.array(
+            [
+                index.get(t) == d and os.path.exists(t)
+                for t, d in zip(rows["target"], rows["digest"], strict=True)
+            ],
+            bool,
+        )
         excluded["up to date"] = int(up_to_date.sum())
         todo = rows[~up_to_date]
     return todo, rows, {k: v for k, v in excluded.items() if v}
@@ -126,12 +133,25 @@ def plan_posemaps(table: pd.DataFrame, layout: DatasetLayout, sigma: float | Non
 def jobs_for(rows: pd.DataFrame, batch_size: int) -> list[PosemapJob]:
     x, y = np.stack(rows["x"].to_numpy()), np.stack(rows["y"].to_numpy())
     h, w, targets = rows["img_h"].to_numpy(), rows["img_w"].to_numpy(), rows["target"].tolist()
-    return [PosemapJob(targets[i:i + batch_size], x[i:i + batch_size], y[i:i + batch_size],
-                       h[i:i + batch_size], w[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+    return [
+        PosemapJob(
+            targets[i : i + batch_size],
+            x[i : i + batch_size],
+            y[i : i + batch_size],
+            h[i : i + batch_size],
+            w[i : i + batch_size],
+        )
+        for i in range(0, len(rows), batch_size)
+    ]
 
 
-def run_posemaps(cfg: Config, sigma: float | None = None, force: bool = False, out: str | None = None,
-                 progress: bool = True) -> StageResult:
+def run_posemaps(
+    cfg: Config,
+    sigma: float | None = None,
+    force: bool = False,
+    out: str | None = None,
+    progress: bool = True,
+) -> StageResult:
     """Write the pose map of every keypoints row without an error, in parallel Ray tasks."""
     import ray
     from tqdm import tqdm
@@ -142,7 +162,9 @@ def run_posemaps(cfg: Config, sigma: float | None = None, force: bool = False, o
     source = DatasetLayout(cfg.dataset.root)
     layout = DatasetLayout(out or cfg.dataset.root)
     if not source.keypoints_table.is_file():
-        raise DataError(f"no keypoints table at {source.keypoints_table}: run the keypoints stage first")
+        raise DataError(
+            f"no keypoints table at {source.keypoints_table}: run the keypoints stage first"
+        )
     table = read_table(source.keypoints_table, KEYPOINTS_SCHEMA)
     sigma = sigma if sigma is not None else cfg.posemaps.gaussian_sigma
     wanted = posemap_kind(sigma)
@@ -173,16 +195,21 @@ def run_posemaps(cfg: Config, sigma: float | None = None, force: bool = False, o
     result.rows_out = len(rows)
     result.errors = excluded.get("keypoint error", 0)
     result.outputs = {f"{s}_pose_maps": str(layout.posemap_dir(s)) for s in SPLITS}
-    result.notes.append(f"{'gaussian sigma ' + str(sigma) if sigma is not None else 'one-hot'} maps; "
-                        f"{outside} out-of-image keypoint(s) treated as missing")
+    result.notes.append(
+        f"{'gaussian sigma ' + str(sigma) if sigma is not None else 'one-hot'} maps; "
+        f"{outside} out-of-image keypoint(s) treated as missing"
+    )
     result.notes += [f"not written ({reason}): {n}" for reason, n in excluded.items()]
     if gone:
-        result.notes.append(f"{len(gone)} map(s) of images no longer in the keypoints table removed")
+        result.notes.append(
+            f"{len(gone)} map(s) of images no longer in the keypoints table removed"
+        )
     return result.finish()
 
 
 STAGE = StageSpec(
-    name="posemaps", version=1,
+    name="posemaps",
+    version=1,
     run=lambda cfg, fresh: run_posemaps(cfg, force=fresh),
     config_keys=("posemaps.gaussian_sigma",),
     inputs=lambda cfg: [DatasetLayout(cfg.dataset.root).keypoints_table],
@@ -192,12 +219,25 @@ STAGE = StageSpec(
 
 
 @click.command("posemaps")
-@click.option("--gaussian", "sigma", type=click.FloatRange(0, min_open=True), default=None, metavar="SIGMA",
-              help="Gaussian maps with this sigma in pixels instead of the legacy one-hot maps.")
-@click.option("--force", is_flag=True,
-              help="Rewrite every map (maps whose keypoints and sigma are unchanged are skipped).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Write {train,test}_pose_maps/ here (default: dataset root).")
+@click.option(
+    "--gaussian",
+    "sigma",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    metavar="SIGMA",
+    help="Gaussian maps with this sigma in pixels instead of the legacy one-hot maps.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Rewrite every map (maps whose keypoints and sigma are unchanged are skipped).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write {train,test}_pose_maps/ here (default: dataset root).",
+)
 @click.pass_obj
 def posemaps_command(obj, sigma, force, out) -> None:
     """Pose maps from the keypoints table (tables/keypoints.parquet of dataset.root).

@@ -30,11 +30,13 @@ METRIC_NOTES = {
     "psnr": "higher is better (dB)",
     "is": "higher is better; one split, as published (no std)",
     "ds": "higher is better; torchvision SSD300-VGG16 COCO, whereas the published code used "
-          "NVIDIA's SSD from torch hub, so values are not directly comparable",
+    "NVIDIA's SSD from torch hub, so values are not directly comparable",
     "pckh": "higher is better; pooled correct / valid keypoints (no std)",
-    "lpips_alex": "lower is better", "lpips_vgg": "lower is better", "lpips_squeeze": "lower is better",
+    "lpips_alex": "lower is better",
+    "lpips_vgg": "lower is better",
+    "lpips_squeeze": "lower is better",
     "fid": "lower is better; generated set vs the real targets of the same direction (no std)",
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -42,15 +44,15 @@ class Report:
     """The report's content, rendered twice (HTML and Markdown)."""
 
     title: str
-    save_mode: str = ""                        # how the scored images were saved (header line)
+    save_mode: str = ""  # how the scored images were saved (header line)
     warnings: list[str] = field(default_factory=list)
-    table: pd.DataFrame | None = None          # rows: checkpoint, direction, images; cols: metrics
+    table: pd.DataFrame | None = None  # rows: checkpoint, direction, images; cols: metrics
     skipped: dict[str, str] = field(default_factory=dict)
-    figures: list[tuple[str, str, bytes]] = field(default_factory=list)   # (file name, caption, png)
-    stages: list[dict[str, str]] = field(default_factory=list)            # stage, produced, errors
-    notes: list[str] = field(default_factory=list)                        # under the metrics table
+    figures: list[tuple[str, str, bytes]] = field(default_factory=list)  # (file name, caption, png)
+    stages: list[dict[str, str]] = field(default_factory=list)  # stage, produced, errors
+    notes: list[str] = field(default_factory=list)  # under the metrics table
     provenance: dict[str, str] = field(default_factory=dict)
-    sections: list = field(default_factory=list)   # report_annotations.Section, before provenance
+    sections: list = field(default_factory=list)  # report_annotations.Section, before provenance
 
 
 def format_cell(row: pd.Series) -> str:
@@ -72,9 +74,20 @@ def metrics_table(summary: pd.DataFrame) -> pd.DataFrame:
     ok = summary[summary["status"] == "ok"]
     metrics = [m for m in SPECS if m in set(ok["metric"])]
     ok = ok.assign(cell=ok.apply(format_cell, axis=1))
-    wide = ok.pivot_table(index=["checkpoint", "direction", "images"], columns="metric", values="cell",
-                          aggfunc="first").reindex(columns=metrics).fillna("–").reset_index()
-    wide["order"] = wide["checkpoint"].map(lambda c: (1, 0, "") if c == REAL else (0, *checkpoint_sort_key(c)))
+    wide = (
+        ok.pivot_table(
+            index=["checkpoint", "direction", "images"],
+            columns="metric",
+            values="cell",
+            aggfunc="first",
+        )
+        .reindex(columns=metrics)
+        .fillna("–")
+        .reset_index()
+    )
+    wide["order"] = wide["checkpoint"].map(
+        lambda c: (1, 0, "") if c == REAL else (0, *checkpoint_sort_key(c))
+    )
     return wide.sort_values(["order", "direction"]).drop(columns="order").reset_index(drop=True)
 
 
@@ -84,22 +97,39 @@ def symmetric_note(summary: pd.DataFrame) -> list[str]:
     ok = summary[(summary["status"] == "ok") & (summary["checkpoint"] != REAL)]
     wide = ok.pivot_table(index=["checkpoint", "metric"], columns="direction", values="mean")
     if {"AB", "BA"} <= set(wide.columns) and len(wide) and np.allclose(wide["AB"], wide["BA"]):
-        return ["A→B and B→A agree because the test pairs contain every pair in both orders "
-                "((a, b) and (b, a)), so both directions generate the same set of images."]
+        return [
+            "A→B and B→A agree because the test pairs contain every pair in both orders "
+            "((a, b) and (b, a)), so both directions generate the same set of images."
+        ]
     return []
 
 
-def grid_rows(ssim: pd.DataFrame, pairs: pd.DataFrame, ckpt: str, direction: str, k: int) -> dict[str, pd.DataFrame]:
+def grid_rows(
+    ssim: pd.DataFrame, pairs: pd.DataFrame, ckpt: str, direction: str, k: int
+) -> dict[str, pd.DataFrame]:
     """The k best, median and worst pairs by SSIM of one checkpoint and direction."""
-    part = ssim[(ssim["checkpoint"] == ckpt) & (ssim["direction"] == direction) & ssim["error"].isna()]
-    part = part.merge(pairs[["checkpoint", "direction", "name", "condition_path"]],
-                      on=["checkpoint", "direction", "name"], how="left").sort_values("value", ascending=False)
+    part = ssim[
+        (ssim["checkpoint"] == ckpt) & (ssim["direction"] == direction) & ssim["error"].isna()
+    ]
+    part = part.merge(
+        pairs[["checkpoint", "direction", "name", "condition_path"]],
+        on=["checkpoint", "direction", "name"],
+        how="left",
+    ).sort_values("value", ascending=False)
     mid = max(0, len(part) // 2 - k // 2)
-    return {"best": part.head(k), "median": part.iloc[mid:mid + k], "worst": part.tail(k).iloc[::-1]}
+    return {
+        "best": part.head(k),
+        "median": part.iloc[mid : mid + k],
+        "worst": part.tail(k).iloc[::-1],
+    }
 
 
-def build_report(eval_dir: str | os.PathLike, name: str, grid_pairs: int = 3,
-                 generated: str | os.PathLike | None = None) -> Report:
+def build_report(
+    eval_dir: str | os.PathLike,
+    name: str,
+    grid_pairs: int = 3,
+    generated: str | os.PathLike | None = None,
+) -> Report:
     """Collect the report's content from an evaluation directory (the pure core)."""
     from stages.report_figures import metrics_plot, pair_grid, ssim_histogram
 
@@ -111,8 +141,10 @@ def build_report(eval_dir: str | os.PathLike, name: str, grid_pairs: int = 3,
     gen_root = Path(generated or meta.get("generated", ""))
     report = Report(title=f"Pose-transfer evaluation: {name}")
     if meta.get("network_weights") == "random" or (summary["weights"] == "random").any():
-        report.warnings.append("Network metrics were computed with RANDOM weights (test/benchmark mode): "
-                               "IS, DS, LPIPS and FID values below are meaningless.")
+        report.warnings.append(
+            "Network metrics were computed with RANDOM weights (test/benchmark mode): "
+            "IS, DS, LPIPS and FID values below are meaningless."
+        )
     report.save_mode = report_save_mode(meta)
     if meta.get("save_mode") in (MIXED, UNKNOWN, None):
         report.warnings.append(f"Images scored: {report.save_mode}")
@@ -121,33 +153,60 @@ def build_report(eval_dir: str | os.PathLike, name: str, grid_pairs: int = 3,
         report.skipped.setdefault(r.metric, r.reason)
     report.table = metrics_table(summary)
     report.notes += symmetric_note(summary)
-    ckpts = sorted((c for c in summary["checkpoint"].unique() if c != REAL), key=checkpoint_sort_key)
-    scored = [m for m in SPECS if m in set(summary.loc[(summary["status"] == "ok") & (summary["checkpoint"] != REAL), "metric"])]
+    ckpts = sorted(
+        (c for c in summary["checkpoint"].unique() if c != REAL), key=checkpoint_sort_key
+    )
+    scored = [
+        m
+        for m in SPECS
+        if m
+        in set(summary.loc[(summary["status"] == "ok") & (summary["checkpoint"] != REAL), "metric"])
+    ]
     if scored:
-        report.figures.append(("metrics.png", "Each metric across checkpoints (band: ± std over images)",
-                               metrics_plot(summary[summary["checkpoint"] != REAL], scored, ckpts)))
+        report.figures.append(
+            (
+                "metrics.png",
+                "Each metric across checkpoints (band: ± std over images)",
+                metrics_plot(summary[summary["checkpoint"] != REAL], scored, ckpts),
+            )
+        )
     if paths.per_image("ssim").exists():
         ssim = read_table(paths.per_image("ssim"), PER_IMAGE_SCHEMA)
-        report.figures.append(("ssim_hist.png", "Per-image SSIM by checkpoint", ssim_histogram(ssim, ckpts)))
+        report.figures.append(
+            ("ssim_hist.png", "Per-image SSIM by checkpoint", ssim_histogram(ssim, ckpts))
+        )
         pairs = read_table(paths.pairs, PAIRS_INDEX_SCHEMA)
         last = ckpts[-1]
         for direction in ("AB", "BA"):
             for label, rows in grid_rows(ssim, pairs, last, direction, grid_pairs).items():
                 if len(rows) and gen_root.is_dir():
-                    caption = f"{label.capitalize()} by SSIM: checkpoint {last}, {direction[0]}→{direction[1]}"
-                    report.figures.append((f"grid_{last}_{direction}_{label}.png", caption, pair_grid(gen_root, rows)))
+                    caption = (
+                        f"{label.capitalize()} by SSIM: checkpoint {last}, "
+                        f"{direction[0]}→{direction[1]}"
+                    )
+                    report.figures.append(
+                        (f"grid_{last}_{direction}_{label}.png", caption, pair_grid(gen_root, rows))
+                    )
     else:
-        report.warnings.append("SSIM was not scored, so there are no SSIM histogram and image grids.")
+        report.warnings.append(
+            "SSIM was not scored, so there are no SSIM histogram and image grids."
+        )
     files = meta.get("checkpoint_files", {})
     report.provenance = {
-        "generated images": str(gen_root), "evaluation": str(Path(eval_dir).resolve()),
-        "evaluated": meta.get("date", "unknown"), "config hash": meta.get("config_hash", "unknown"),
+        "generated images": str(gen_root),
+        "evaluation": str(Path(eval_dir).resolve()),
+        "evaluated": meta.get("date", "unknown"),
+        "config hash": meta.get("config_hash", "unknown"),
         "network weights": meta.get("network_weights", "unknown"),
         "image save mode": meta.get("save_mode", UNKNOWN),
-        **{f"checkpoint {c} sha256": (files[c]["sha256"] if c in files else "checkpoint file not found")
-           for c in ckpts},
+        **{
+            f"checkpoint {c} sha256": (
+                files[c]["sha256"] if c in files else "checkpoint file not found"
+            )
+            for c in ckpts
+        },
         **{f"package {k}": v for k, v in meta.get("packages", {}).items()},
-    }  # fmt: skip
+    }
     return report
 
 
@@ -163,58 +222,89 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#222}
-table{border-collapse:collapse;margin:8px 0 16px;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f2f2f2}.warn{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px;margin:8px 0}
-td.real{color:#555}figure{margin:16px 0}figcaption{font-size:13px;color:#444;margin-bottom:4px}
-img{max-width:100%;border:1px solid #ddd}.row{display:flex;gap:12px}.row figure{flex:1;margin:8px 0}code{background:#f4f4f4;padding:1px 3px}.small{font-size:12px;color:#555}"""
+CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;"
+    "padding:0 16px;color:#222}"
+    "table{border-collapse:collapse;margin:8px 0 16px;font-size:14px}"
+    "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f2f2f2}"
+    ".warn{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px;margin:8px 0}"
+    "td.real{color:#555}figure{margin:16px 0}"
+    "figcaption{font-size:13px;color:#444;margin-bottom:4px}"
+    "img{max-width:100%;border:1px solid #ddd}.row{display:flex;gap:12px}"
+    ".row figure{flex:1;margin:8px 0}code{background:#f4f4f4;padding:1px 3px}"
+    ".small{font-size:12px;color:#555}"
+)
 
 
 def render_html(report: Report) -> str:
     e = html.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(report.title)}</title>"
-           f"<style>{CSS}</style></head><body><h1>{e(report.title)}</h1>"
-           f"<p><b>Images scored:</b> {e(report.save_mode)}</p>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(report.title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{e(report.title)}</h1>"
+        f"<p><b>Images scored:</b> {e(report.save_mode)}</p>"
+    ]
     out += [f"<div class='warn'>{e(w)}</div>" for w in report.warnings]
     out.append("<h2>Metrics per checkpoint and direction</h2>")
     table = report.table
     if table is not None and len(table):
         metrics = [c for c in table.columns if c not in ("checkpoint", "direction", "images")]
-        out.append("<table><tr><th>checkpoint</th><th>direction</th><th>images</th>"
-                   + "".join(f"<th>{e(m)}</th>" for m in metrics) + "</tr>")
+        out.append(
+            "<table><tr><th>checkpoint</th><th>direction</th><th>images</th>"
+            + "".join(f"<th>{e(m)}</th>" for m in metrics)
+            + "</tr>"
+        )
         for r in table.to_dict("records"):
             cls = " class='real'" if r["checkpoint"] == REAL else ""
             direction = f"{r['direction'][0]}→{r['direction'][1]}"
-            out.append(f"<tr><td{cls}>{e(r['checkpoint'])}</td><td{cls}>{direction}</td><td{cls}>{e(r['images'])}</td>"
-                       + "".join(f"<td{cls}>{e(str(r[m]))}</td>" for m in metrics) + "</tr>")
-        out.append("</table><p class='small'>mean ± std over images (n = images scored). "
-                   "Rows <i>real</i>: the real target images of that direction.</p><ul class='small'>")
+            out.append(
+                f"<tr><td{cls}>{e(r['checkpoint'])}</td><td{cls}>{direction}</td><td{cls}>{e(r['images'])}</td>"
+                + "".join(f"<td{cls}>{e(str(r[m]))}</td>" for m in metrics)
+                + "</tr>"
+            )
+        out.append(
+            "</table><p class='small'>mean ± std over images (n = images scored). "
+            "Rows <i>real</i>: the real target images of that direction.</p><ul class='small'>"
+        )
         out += [f"<li><b>{e(m)}</b>: {e(METRIC_NOTES[m])}</li>" for m in metrics]
         out.append("</ul>")
         out += [f"<p class='small'>{e(n)}</p>" for n in report.notes]
     else:
         out.append("<p>No metric was scored.</p>")
     if report.stages:
-        out.append("<h2>Pipeline stages</h2><table><tr><th>stage</th><th>produced</th><th>error rows</th></tr>")
-        out += [f"<tr><td>{e(r['stage'])}</td><td>{e(r['produced'])}</td><td>{e(r['errors'])}</td></tr>"
-                for r in report.stages]
+        out.append(
+            "<h2>Pipeline stages</h2><table><tr><th>stage</th><th>produced</th>"
+            "<th>error rows</th></tr>"
+        )
+        out += [
+            f"<tr><td>{e(r['stage'])}</td><td>{e(r['produced'])}</td><td>{e(r['errors'])}</td></tr>"
+            for r in report.stages
+        ]
         out.append("</table>")
     if report.skipped:
         out.append("<h2>Skipped metrics</h2><table><tr><th>metric</th><th>reason</th></tr>")
         out += [f"<tr><td>{e(m)}</td><td>{e(r)}</td></tr>" for m, r in report.skipped.items()]
-        out.append("</table><p class='small'>Provide the files (see <code>run_pipeline.py weights status</code>) "
-                   "and rerun <code>evaluate</code>: scored images are kept, only the missing metrics run.</p>")
+        out.append(
+            "</table><p class='small'>Provide the files (see "
+            "<code>run_pipeline.py weights status</code>) and rerun <code>evaluate</code>: "
+            "scored images are kept, only the missing metrics run.</p>"
+        )
     if report.figures:
         out.append("<h2>Figures</h2>")
     grids = [f for f in report.figures if f[0].startswith("grid_")]
     for fname, caption, png in report.figures:
         if fname.startswith("grid_"):
             continue
-        out.append(f"<figure><figcaption>{e(caption)}</figcaption><img src='{_data_uri(png)}' alt='{e(caption)}'></figure>")
-    for i in range(0, len(grids), 3):   # best, median, worst of one direction side by side
+        out.append(
+            f"<figure><figcaption>{e(caption)}</figcaption>"
+            f"<img src='{_data_uri(png)}' alt='{e(caption)}'></figure>"
+        )
+    for i in range(0, len(grids), 3):  # best, median, worst of one direction side by side
         out.append("<div class='row'>")
-        out += [f"<figure><figcaption>{e(c)}</figcaption><img src='{_data_uri(p)}' alt='{e(c)}'></figure>"
-                for _, c, p in grids[i:i + 3]]
+        out += [
+            f"<figure><figcaption>{e(c)}</figcaption>"
+            f"<img src='{_data_uri(p)}' alt='{e(c)}'></figure>"
+            for _, c, p in grids[i : i + 3]
+        ]
         out.append("</div>")
     out += [s.html for s in report.sections]
     out.append("<h2>Provenance</h2><table>")
@@ -231,21 +321,36 @@ def render_markdown(report: Report, image_dir: str = "images") -> str:
     if table is not None and len(table):
         cols = list(table.columns)
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-        lines += ["", "mean ± std over images (n = images scored); `real`: the real target images.", ""]
+        lines += [
+            "| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)
+        ]
+        lines += [
+            "",
+            "mean ± std over images (n = images scored); `real`: the real target images.",
+            "",
+        ]
         lines += [f"- **{m}**: {METRIC_NOTES[m]}" for m in cols[3:]]
         lines += ["", *report.notes]
     else:
         lines.append("No metric was scored.")
     if report.stages:
-        lines += ["", "## Pipeline stages", "", "| stage | produced | error rows |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Pipeline stages",
+            "",
+            "| stage | produced | error rows |",
+            "|---|---|---|",
+        ]
         lines += [f"| {r['stage']} | {r['produced']} | {r['errors']} |" for r in report.stages]
     if report.skipped:
         lines += ["", "## Skipped metrics", "", "| metric | reason |", "|---|---|"]
         lines += [f"| {m} | {r.replace('|', '/')} |" for m, r in report.skipped.items()]
     if report.figures:
         lines += ["", "## Figures", ""]
-        lines += [f"![{caption}]({image_dir}/{fname})\n\n*{caption}*\n" for fname, caption, _ in report.figures]
+        lines += [
+            f"![{caption}]({image_dir}/{fname})\n\n*{caption}*\n"
+            for fname, caption, _ in report.figures
+        ]
     for section in report.sections:
         lines += ["", section.markdown]
     lines += ["", "## Provenance", "", "| | |", "|---|---|"]
@@ -263,8 +368,12 @@ def write_report(report: Report, out: str | os.PathLike) -> dict[str, str]:
     return {"html": str(out / "report.html"), "markdown": str(out / "report.md")}
 
 
-def run_report(cfg: Config, evaluation: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-               generated: str | os.PathLike | None = None) -> StageResult:
+def run_report(
+    cfg: Config,
+    evaluation: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    generated: str | os.PathLike | None = None,
+) -> StageResult:
     """The report of O/evaluation (or `evaluation`) into O/reports/<report.name> (or `out`)."""
     result = StageResult("report")
     outputs = OutputLayout(cfg.output.root)
@@ -285,23 +394,38 @@ def run_report(cfg: Config, evaluation: str | os.PathLike | None = None, out: st
 
 
 STAGE = StageSpec(
-    name="report", version=1,
+    name="report",
+    version=1,
     run=lambda cfg, fresh: run_report(cfg),
     config_keys=("report.name", "report.grid_pairs"),
-    inputs=lambda cfg: [OutputLayout(cfg.output.root).evaluation,
-                        OutputLayout(cfg.output.root).manifest],
+    inputs=lambda cfg: [
+        OutputLayout(cfg.output.root).evaluation,
+        OutputLayout(cfg.output.root).manifest,
+    ],
     outputs=lambda cfg: [OutputLayout(cfg.output.root).report(cfg.report.name) / "report.html"],
     previous=lambda cfg: [OutputLayout(cfg.output.root).report(cfg.report.name)],
 )
 
 
 @click.command("report")
-@click.option("--evaluation", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Evaluation directory written by `evaluate` (default: <output.root>/evaluation).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Report directory (default: <output.root>/reports/<report.name>).")
-@click.option("--generated", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Generation directory for the image grids (default: the one evaluate recorded).")
+@click.option(
+    "--evaluation",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Evaluation directory written by `evaluate` (default: <output.root>/evaluation).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Report directory (default: <output.root>/reports/<report.name>).",
+)
+@click.option(
+    "--generated",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Generation directory for the image grids (default: the one evaluate recorded).",
+)
 @click.pass_obj
 def report_command(obj, evaluation, out, generated) -> None:
     """Write report.html (self-contained, opens offline) and report.md from an evaluation.

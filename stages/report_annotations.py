@@ -126,7 +126,11 @@ def annotations_section(cfg: Config) -> Section | None:
         return None
     keypoints = read_table(layout.keypoints_table, KEYPOINTS_SCHEMA)
     ok = keypoints[keypoints["error"].isna()]
-    qa = read_table(layout.keypoints_qa, KEYPOINT_QA_SCHEMA) if layout.keypoints_qa.exists() else None
+    qa = (
+        read_table(layout.keypoints_qa, KEYPOINT_QA_SCHEMA)
+        if layout.keypoints_qa.exists()
+        else None
+    )
     reference = None
     if qa is not None and cfg.keypoints.compare and Path(cfg.keypoints.compare).is_file():
         reference = read_keypoints_csv(cfg.keypoints.compare).drop_duplicates(

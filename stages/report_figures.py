@@ -12,7 +12,10 @@ from PIL import Image, ImageDraw
 
 from pipeline.imaging import ImageError, load_rgb
 
-DIRECTION_STYLE = {"AB": ("tab:blue", "o-", "A→B (fake_B)"), "BA": ("tab:orange", "s--", "B→A (fake_A)")}
+DIRECTION_STYLE = {
+    "AB": ("tab:blue", "o-", "A→B (fake_B)"),
+    "BA": ("tab:orange", "s--", "B→A (fake_A)"),
+}
 
 
 def _png(fig) -> bytes:
@@ -50,7 +53,7 @@ def metrics_plot(summary: pd.DataFrame, metrics: list[str], ckpts: list[str]) ->
         if not numeric:
             ax.set_xticks(xs, ckpts)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
@@ -60,7 +63,7 @@ def metrics_plot(summary: pd.DataFrame, metrics: list[str], ckpts: list[str]) ->
 def _subplots(*args, **kwargs):
     import matplotlib
 
-    matplotlib.use("Agg")   # headless: reports are rendered on cluster nodes without a display
+    matplotlib.use("Agg")  # headless: reports are rendered on cluster nodes without a display
     import matplotlib.pyplot as plt
 
     return plt.subplots(*args, **kwargs)
@@ -82,7 +85,9 @@ def ssim_histogram(ssim: pd.DataFrame, ckpts: list[str]) -> bytes:
     bins = np.linspace(min(0.0, ok["value"].min()), 1.0, 41)
     for c in ckpts:
         values = ok.loc[ok["checkpoint"] == c, "value"]
-        ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"iter {c} (n={len(values)})")
+        ax.hist(
+            values, bins=bins, histtype="step", linewidth=1.5, label=f"iter {c} (n={len(values)})"
+        )
     return _single_panel_png(fig, ax, "SSIM per image", "images")
 
 
@@ -117,7 +122,9 @@ def pair_grid(gen_root: Path, rows: pd.DataFrame, height: int = 160) -> bytes:
         tiles = [_tile(gen_root, p, height) for p in (r.condition_path, r.real_path, r.fake_path)]
         lines.append((r, tiles))
     width = max(sum(t.width for t in tiles) + gap * 2 for _, tiles in lines)
-    canvas = Image.new("RGB", (width, header + len(lines) * (height + caption + gap)), (255, 255, 255))
+    canvas = Image.new(
+        "RGB", (width, header + len(lines) * (height + caption + gap)), (255, 255, 255)
+    )
     draw = ImageDraw.Draw(canvas)
     x = 0
     for label, t in zip(("condition", "target (real)", "generated"), lines[0][1], strict=True):

@@ -25,11 +25,23 @@ def stage_overview(cfg: Config) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     layout = DatasetLayout(cfg.dataset.root)
     if layout.keypoints_table.exists():
-        kp = pd.read_parquet(layout.keypoints_table, columns=["split", "n_valid", "estimator", "error"])
+        kp = pd.read_parquet(
+            layout.keypoints_table, columns=["split", "n_valid", "estimator", "error"]
+        )
         estimators = ", ".join(sorted(kp["estimator"].dropna().unique()))
-        rows.append({"stage": "keypoints", "produced": f"{len(kp)} images, mean {kp['n_valid'].mean():.1f} "
-                     f"valid keypoints ({estimators})", "errors": _reasons(kp["error"])})
-    maps = [len(list(layout.posemap_dir(s).glob("*.npz"))) for s in SPLITS if layout.posemap_dir(s).is_dir()]
+        rows.append(
+            {
+                "stage": "keypoints",
+                "produced": f"{len(kp)} images, mean {kp['n_valid'].mean():.1f} "
+                f"valid keypoints ({estimators})",
+                "errors": _reasons(kp["error"]),
+            }
+        )
+    maps = [
+        len(list(layout.posemap_dir(s).glob("*.npz")))
+        for s in SPLITS
+        if layout.posemap_dir(s).is_dir()
+    ]
     if maps:
         rows.append({"stage": "posemaps", "produced": f"{sum(maps)} pose maps", "errors": "0"})
     if layout.pairs_table.exists():
@@ -43,15 +55,30 @@ def stage_overview(cfg: Config) -> list[dict[str, str]]:
         last = losses.iloc[-1]
         meta_path = train.meta
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        note = "" if meta.get("perceptual_used", True) else "; perceptual term skipped (no VGG19 weights)"
-        rows.append({"stage": "train", "produced": f"{int(last['iteration'])} iterations, final L1 "
-                     f"{last['g_l1']:.4f}, G {last['g_total']:.3f}, D {last['d_total']:.3f}{note}",
-                     "errors": str(int(meta.get("skipped_pairs", 0) or 0))})
+        note = (
+            ""
+            if meta.get("perceptual_used", True)
+            else "; perceptual term skipped (no VGG19 weights)"
+        )
+        rows.append(
+            {
+                "stage": "train",
+                "produced": f"{int(last['iteration'])} iterations, final L1 "
+                f"{last['g_l1']:.4f}, G {last['g_total']:.3f}, D {last['d_total']:.3f}{note}",
+                "errors": str(int(meta.get("skipped_pairs", 0) or 0)),
+            }
+        )
     manifest = OutputLayout(cfg.output.root).manifest
     if manifest.exists():
         m = pd.read_parquet(manifest, columns=["checkpoint", "status", "error"])
-        rows.append({"stage": "generate", "produced": f"{int((m['status'] == 'ok').sum())} images from "
-                     f"{m['checkpoint'].nunique()} checkpoint(s)", "errors": _reasons(m["error"])})
+        rows.append(
+            {
+                "stage": "generate",
+                "produced": f"{int((m['status'] == 'ok').sum())} images from "
+                f"{m['checkpoint'].nunique()} checkpoint(s)",
+                "errors": _reasons(m["error"]),
+            }
+        )
     return rows
 
 
@@ -62,10 +89,21 @@ def training_figures(cfg: Config) -> list[tuple[str, str, bytes]]:
     train = TrainLayout(OutputLayout(cfg.output.root).train)
     figures = []
     if train.log.exists():
-        figures.append(("train_losses.png", "Training losses per iteration",
-                        loss_plot(pd.read_parquet(train.log))))
+        figures.append(
+            (
+                "train_losses.png",
+                "Training losses per iteration",
+                loss_plot(pd.read_parquet(train.log)),
+            )
+        )
     samples = sorted(train.samples.glob("iter_*.png"), key=lambda p: int(p.stem.split("_")[1]))
     if samples:
-        figures.append(("train_sample.png", f"Training sample at {samples[-1].stem.replace('_', ' ')} "
-                        "(condition | target | generated)", samples[-1].read_bytes()))
+        figures.append(
+            (
+                "train_sample.png",
+                f"Training sample at {samples[-1].stem.replace('_', ' ')} "
+                "(condition | target | generated)",
+                samples[-1].read_bytes(),
+            )
+        )
     return figures

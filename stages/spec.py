@@ -33,12 +33,12 @@ class StageSpec:
     # (cfg, fresh) -> result. fresh: earlier outputs were moved aside, start from nothing;
     # otherwise resume, reusing the rows whose inputs did not change.
     run: Callable[[Config, bool], StageResult]
-    config_keys: tuple[str, ...]            # dotted keys whose values change the outputs
-    inputs: Callable[[Config], list[Path]]   # files and folders, digested by content
+    config_keys: tuple[str, ...]  # dotted keys whose values change the outputs
+    inputs: Callable[[Config], list[Path]]  # files and folders, digested by content
     outputs: Callable[[Config], list[Path]]  # all exist once the stage finished
     # Earlier outputs moved aside (never deleted) before a fresh run.
     previous: Callable[[Config], list[Path]] = _nothing
-    needed: Callable[[Config], str | None] = _always_needed   # a reason to leave it out
+    needed: Callable[[Config], str | None] = _always_needed  # a reason to leave it out
     # True: a changed fingerprint stops the run instead of redoing the work (training).
     guarded: bool = False
     # A reason to resume a stage whose fingerprint matches (train.iterations raised).

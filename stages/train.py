@@ -37,13 +37,15 @@ log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("g_total", "g_l1", "g_gan", "g_perceptual", "d_total", "d_real", "d_fake")
 TRAIN_LOG_SCHEMA = pa.schema(
-    [("iteration", pa.int64())] + [(name, pa.float64()) for name in LOSS_NAMES]
-    + [("seconds", pa.float64())]   # wall time of the iteration on rank 0
+    [("iteration", pa.int64())]
+    + [(name, pa.float64()) for name in LOSS_NAMES]
+    + [("seconds", pa.float64())]  # wall time of the iteration on rank 0
 )
 SAMPLE_ROWS = 4
 
 
 # --- data: pairs -> (condition, target, map pair) ---------------------------------------
+
 
 class PairImages:
     """Map-style dataset over the train pairs: item i is (A, B, maps) as float tensors
@@ -51,15 +53,25 @@ class PairImages:
     the pair could not be loaded. Pose maps come from the npz files when present, else
     are rendered from the keypoints table."""
 
-    def __init__(self, root: str | os.PathLike, pairs: pd.DataFrame,
-                 keypoints: pd.DataFrame | None, size: tuple[int, int]):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        pairs: pd.DataFrame,
+        keypoints: pd.DataFrame | None,
+        size: tuple[int, int],
+    ):
         self.root = Path(root)
         self.layout = DatasetLayout(root)
         self.pairs = pairs.reset_index(drop=True)
-        self.keypoints = {} if keypoints is None else {
-            r.file_id: (np.asarray(r.x), np.asarray(r.y))
-            for r in keypoints.itertuples() if r.error is None or pd.isna(r.error)
-        }
+        self.keypoints = (
+            {}
+            if keypoints is None
+            else {
+                r.file_id: (np.asarray(r.x), np.asarray(r.y))
+                for r in keypoints.itertuples()
+                if r.error is None or pd.isna(r.error)
+            }
+        )
         self.size = size
 
     def __len__(self) -> int:
@@ -77,7 +89,9 @@ class PairImages:
 
         im = load_rgb(safe_path(self.root, rel))
         if (im.height, im.width) != self.size:
-            raise DataError(f"{rel} is {im.height}x{im.width}, training size is {self.size[0]}x{self.size[1]}")
+            raise DataError(
+                f"{rel} is {im.height}x{im.width}, training size is {self.size[0]}x{self.size[1]}"
+            )
         return to_tensor(im)
 
     def _map(self, split: str, fid: str) -> np.ndarray:
@@ -91,14 +105,18 @@ class PairImages:
         else:
             raise DataError(f"no pose map {path.name} and no keypoints for {fid}")
         if pose.shape != (*self.size, 18):
-            raise DataError(f"pose map of {fid} has shape {pose.shape}, expected {(*self.size, 18)}")
+            raise DataError(
+                f"pose map of {fid} has shape {pose.shape}, expected {(*self.size, 18)}"
+            )
         return pose
 
     def _load(self, row):
         import torch
 
         split = row["split"]
-        maps = np.concatenate([self._map(split, row["fidA"]), self._map(split, row["fidB"])], axis=2)
+        maps = np.concatenate(
+            [self._map(split, row["fidA"]), self._map(split, row["fidB"])], axis=2
+        )
         maps = torch.from_numpy(np.ascontiguousarray(maps.transpose(2, 0, 1))).float()
         return self._image(row["imgA"]), self._image(row["imgB"]), maps
 
@@ -122,8 +140,16 @@ class BatchStream:
     counted. `cursor` = (epoch, items consumed in it) restarts the stream exactly where a
     checkpoint left it; decoding runs in `loader_workers` DataLoader processes."""
 
-    def __init__(self, dataset: PairImages, batch_size: int, rank: int, world: int, seed: int,
-                 loader_workers: int = 0, cursor: tuple[int, int] = (0, 0)):
+    def __init__(
+        self,
+        dataset: PairImages,
+        batch_size: int,
+        rank: int,
+        world: int,
+        seed: int,
+        loader_workers: int = 0,
+        cursor: tuple[int, int] = (0, 0),
+    ):
         self.dataset = dataset
         self.batch_size = batch_size
         self.rank, self.world, self.seed = rank, world, seed
@@ -139,8 +165,13 @@ class BatchStream:
         epoch, offset = self.cursor
         while True:
             order = rank_order(len(self.dataset), self.rank, self.world, self.seed, epoch)
-            loader = DataLoader(self.dataset, sampler=order[offset:], batch_size=None,
-                                collate_fn=_keep, num_workers=self.loader_workers)
+            loader = DataLoader(
+                self.dataset,
+                sampler=order[offset:],
+                batch_size=None,
+                collate_fn=_keep,
+                num_workers=self.loader_workers,
+            )
             good = 0
             for item in loader:
                 offset += 1
@@ -152,8 +183,10 @@ class BatchStream:
                 good += 1
                 yield item
             if good == 0 and offset == len(order):
-                raise DataError(f"rank {self.rank}: none of its {len(order)} training pairs could be "
-                                f"loaded in epoch {epoch}; first reason: {self.reasons[0]}")
+                raise DataError(
+                    f"rank {self.rank}: none of its {len(order)} training pairs could be "
+                    f"loaded in epoch {epoch}; first reason: {self.reasons[0]}"
+                )
             epoch, offset = epoch + 1, 0
 
     def next_batch(self):
@@ -170,8 +203,10 @@ def load_train_pairs(root: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFram
 
     layout = DatasetLayout(root)
     if not layout.pairs_table.exists():
-        raise DataError(f"no pairs table at {layout.pairs_table}: run the keypoints, posemaps and "
-                        "pairs stages on this dataset root first")
+        raise DataError(
+            f"no pairs table at {layout.pairs_table}: run the keypoints, posemaps and "
+            "pairs stages on this dataset root first"
+        )
     pairs = read_table(layout.pairs_table, PAIRS_SCHEMA)
     pairs = pairs[pairs["split"] == "train"].reset_index(drop=True)
     if pairs.empty:
@@ -192,12 +227,15 @@ def training_size(root: str | os.PathLike, pairs: pd.DataFrame) -> tuple[int, in
         except (ImageError, DataError):
             continue
         if im.height % 16 or im.width % 16:
-            raise DataError(f"{rel}: NetG needs H and W divisible by 16, got {im.height}x{im.width}")
+            raise DataError(
+                f"{rel}: NetG needs H and W divisible by 16, got {im.height}x{im.width}"
+            )
         return im.height, im.width
     raise DataError(f"none of the first 50 train images under {root} could be read")
 
 
 # --- networks, optimisers and one step ---------------------------------------------------
+
 
 @dataclass
 class Nets:
@@ -224,9 +262,13 @@ def build_nets(tc: TrainConfig, device: str = "cpu") -> Nets:
     netG = build_generator(tc.ngf).to(device)
     netD = build_discriminator(tc.ndf).to(device)
     betas = (tc.beta1, tc.beta2)
-    return Nets(netG, netD, torch.optim.Adam(netG.parameters(), lr=tc.lr, betas=betas),
-                torch.optim.Adam(netD.parameters(), lr=tc.lr, betas=betas),
-                torch.amp.GradScaler(device, enabled=tc.autocast == "fp16"))
+    return Nets(
+        netG,
+        netD,
+        torch.optim.Adam(netG.parameters(), lr=tc.lr, betas=betas),
+        torch.optim.Adam(netD.parameters(), lr=tc.lr, betas=betas),
+        torch.amp.GradScaler(device, enabled=tc.autocast == "fp16"),
+    )
 
 
 def autocast_for(tc: TrainConfig, device: str):
@@ -283,8 +325,10 @@ def resolve_vgg_weights(cfg: Config) -> tuple[Path | None, str]:
         if tc.vgg_weights:
             path = Path(tc.vgg_weights)
             if not path.is_file():
-                raise WeightsError(f"train.vgg_weights: {path} not found; give the path of "
-                                   "vgg19-dcbb9e9d.pth or leave it empty to search the torch cache")
+                raise WeightsError(
+                    f"train.vgg_weights: {path} not found; give the path of "
+                    "vgg19-dcbb9e9d.pth or leave it empty to search the torch cache"
+                )
             return path, "used"
         return require_weight("vgg19", cfg.weights.dir), "used"
     except WeightsError as exc:
@@ -295,6 +339,7 @@ def resolve_vgg_weights(cfg: Config) -> tuple[Path | None, str]:
 
 
 # --- checkpoints, log and samples (rank 0) -------------------------------------------------
+
 
 def save_state_dict(state: dict, path: Path) -> None:
     import torch
@@ -333,8 +378,15 @@ def write_log(rows: list[dict], layout: TrainLayout, start: int) -> None:
     write_table(pd.concat(frames, ignore_index=True), layout.log, TRAIN_LOG_SCHEMA)
 
 
-def save_checkpoints(nets: Nets, layout: TrainLayout, it: int, rows: list[dict], start: int,
-                     progress: dict, metrics: dict) -> None:
+def save_checkpoints(
+    nets: Nets,
+    layout: TrainLayout,
+    it: int,
+    rows: list[dict],
+    start: int,
+    progress: dict,
+    metrics: dict,
+) -> None:
     """Rank 0: the official-name state dicts, the log so far, and the resumable state
     (networks, optimisers, data cursors, RNG) reported as a Ray Train checkpoint."""
     import tempfile
@@ -347,11 +399,22 @@ def save_checkpoints(nets: Nets, layout: TrainLayout, it: int, rows: list[dict],
     save_state_dict(netD, layout.net_checkpoint("netD", it))
     write_log(rows, layout, start)
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save({**progress, "netG": netG, "netD": netD, "optG": nets.optG.state_dict(),
-                    "optD": nets.optD.state_dict(), "scaler": nets.scaler.state_dict()},
-                   Path(tmp) / TrainLayout.STATE_FILE)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"{TrainLayout.STATE_DIR_PREFIX}{it:09d}")
+        torch.save(
+            {
+                **progress,
+                "netG": netG,
+                "netD": netD,
+                "optG": nets.optG.state_dict(),
+                "optD": nets.optD.state_dict(),
+                "scaler": nets.scaler.state_dict(),
+            },
+            Path(tmp) / TrainLayout.STATE_FILE,
+        )
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"{TrainLayout.STATE_DIR_PREFIX}{it:09d}",
+        )
 
 
 # --- fine-tuning from a published-style checkpoint pair -----------------------------------
@@ -368,8 +431,9 @@ class InitCheckpoints:
     iteration: int
 
 
-def resolve_init_checkpoints(ref: str | os.PathLike,
-                             iteration: int | None = None) -> InitCheckpoints:
+def resolve_init_checkpoints(
+    ref: str | os.PathLike, iteration: int | None = None
+) -> InitCheckpoints:
     """`ref` a directory: its highest netG_<iter>.pth that has a netD_<iter>.pth beside it;
     a file: netG_<N>.pth or netD_<N>.pth and its sibling of the same N. `iteration`
     overrides N. Raises WeightsError naming what is missing."""
@@ -377,29 +441,41 @@ def resolve_init_checkpoints(ref: str | os.PathLike,
 
     path = Path(ref)
     if path.is_dir():
-        pairs = sorted((int(m.group(2)), m.group(2)) for p in path.iterdir()
-                       if (m := NET_CHECKPOINT_RE.match(p.name)) and m.group(1) == "G"
-                       and (path / f"netD_{m.group(2)}.pth").is_file())
+        pairs = sorted(
+            (int(m.group(2)), m.group(2))
+            for p in path.iterdir()
+            if (m := NET_CHECKPOINT_RE.match(p.name))
+            and m.group(1) == "G"
+            and (path / f"netD_{m.group(2)}.pth").is_file()
+        )
         if not pairs:
-            raise WeightsError(f"--init-from {path}: no netG_<iter>.pth with a netD_<iter>.pth of "
-                               "the same iteration in this directory")
+            raise WeightsError(
+                f"--init-from {path}: no netG_<iter>.pth with a netD_<iter>.pth of "
+                "the same iteration in this directory"
+            )
         number, digits = pairs[-1]
     elif path.is_file():
         m = NET_CHECKPOINT_RE.match(path.name)
         if not m:
-            raise WeightsError(f"--init-from {path}: expected a file named netG_<iter>.pth or "
-                               "netD_<iter>.pth (its pair is found by the iteration), or a "
-                               "directory")
+            raise WeightsError(
+                f"--init-from {path}: expected a file named netG_<iter>.pth or "
+                "netD_<iter>.pth (its pair is found by the iteration), or a "
+                "directory"
+            )
         number, digits = int(m.group(2)), m.group(2)
     else:
         raise WeightsError(f"--init-from {path}: no such file or directory")
     folder = path if path.is_dir() else path.parent
-    found = InitCheckpoints(folder / f"netG_{digits}.pth", folder / f"netD_{digits}.pth",
-                            number if iteration is None else iteration)
+    found = InitCheckpoints(
+        folder / f"netG_{digits}.pth",
+        folder / f"netD_{digits}.pth",
+        number if iteration is None else iteration,
+    )
     for net in (found.netG, found.netD):
         if not net.is_file():
-            raise WeightsError(f"--init-from {path}: {net} not found; training starts from "
-                               "both nets")
+            raise WeightsError(
+                f"--init-from {path}: {net} not found; training starts from both nets"
+            )
     return found
 
 
@@ -425,6 +501,7 @@ def load_init_checkpoints(nets: Nets, init: dict) -> int:
 
 # --- the Ray Train worker loop ---------------------------------------------------------------
 
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import torch
@@ -446,10 +523,14 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     state_dir = checkpoint.path if checkpoint else config.get("resume_from")
     if state_dir:
-        state = torch.load(Path(state_dir) / TrainLayout.STATE_FILE, map_location=device, weights_only=True)
+        state = torch.load(
+            Path(state_dir) / TrainLayout.STATE_FILE, map_location=device, weights_only=True
+        )
         if state["world"] != world:
-            raise RuntimeError(f"{state_dir} was saved by {state['world']} workers; resume with "
-                               f"--num-workers {state['world']} (this run has {world})")
+            raise RuntimeError(
+                f"{state_dir} was saved by {state['world']} workers; resume with "
+                f"--num-workers {state['world']} (this run has {world})"
+            )
         nets.netG.load_state_dict(state["netG"])
         nets.netD.load_state_dict(state["netD"])
         nets.optG.load_state_dict(state["optG"])
@@ -471,13 +552,19 @@ def train_loop_per_worker(config: dict) -> None:
 
     pairs, keypoints = load_train_pairs(config["root"])
     dataset = PairImages(config["root"], pairs, keypoints, tuple(config["size"]))
-    stream = BatchStream(dataset, tc.batch_size, rank, world, tc.seed, tc.loader_workers, cursors[rank])
+    stream = BatchStream(
+        dataset, tc.batch_size, rank, world, tc.seed, tc.loader_workers, cursors[rank]
+    )
     samples = None
     if rank == 0:
         # Spread over the table (it is sorted by identity) so rows show different people.
         spread = np.unique(np.linspace(0, len(dataset) - 1, 4 * SAMPLE_ROWS).astype(int))
-        picked = [it for it in (dataset[int(i)] for i in spread) if not isinstance(it, str)][::4][:SAMPLE_ROWS]
-        samples = tuple(torch.stack(p).to(device) for p in zip(*picked, strict=True)) if picked else None
+        picked = [it for it in (dataset[int(i)] for i in spread) if not isinstance(it, str)][::4][
+            :SAMPLE_ROWS
+        ]
+        samples = (
+            tuple(torch.stack(p).to(device) for p in zip(*picked, strict=True)) if picked else None
+        )
     board = config.get("progress")
 
     rows: list[dict] = []
@@ -486,13 +573,19 @@ def train_loop_per_worker(config: dict) -> None:
         batch = tuple(t.to(device, non_blocking=True) for t in stream.next_batch())
         losses = train_step(nets, batch, weights, perceptual, amp)
         # Log the mean over workers so the log describes the whole global batch.
-        values = torch.stack([losses.get(k, torch.tensor(float("nan"), device=device)).float()
-                              for k in LOSS_NAMES])
+        values = torch.stack(
+            [losses.get(k, torch.tensor(float("nan"), device=device)).float() for k in LOSS_NAMES]
+        )
         dist.all_reduce(values)
         values = (values / world).tolist()
         if rank == 0:
-            rows.append({"iteration": it, **dict(zip(LOSS_NAMES, values, strict=True)),
-                         "seconds": time.perf_counter() - t0})
+            rows.append(
+                {
+                    "iteration": it,
+                    **dict(zip(LOSS_NAMES, values, strict=True)),
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
             if board is not None:
                 board.update.remote(it)
             if samples is not None and (it % tc.sample_every == 0 or it == tc.iterations):
@@ -503,13 +596,27 @@ def train_loop_per_worker(config: dict) -> None:
             skipped = torch.tensor(stream.skipped, device=device)
             dist.all_reduce(skipped)
             skipped_total = skipped_before + int(skipped)
-            metrics = {"iteration": it, "skipped": skipped_total,
-                       **{k: v for k, v in zip(LOSS_NAMES, values, strict=True) if not math.isnan(v)}}
+            metrics = {
+                "iteration": it,
+                "skipped": skipped_total,
+                **{k: v for k, v in zip(LOSS_NAMES, values, strict=True) if not math.isnan(v)},
+            }
             if rank == 0:
-                save_checkpoints(nets, layout, it, rows, start, {
-                    "iteration": it, "world": world, "cursors": [list(c) for c in all_cursors],
-                    "skipped": skipped_total, "rng": torch.get_rng_state(),
-                }, metrics)  # fmt: skip
+                save_checkpoints(
+                    nets,
+                    layout,
+                    it,
+                    rows,
+                    start,
+                    {
+                        "iteration": it,
+                        "world": world,
+                        "cursors": [list(c) for c in all_cursors],
+                        "skipped": skipped_total,
+                        "rng": torch.get_rng_state(),
+                    },
+                    metrics,
+                )
             else:
                 ray.train.report(metrics, checkpoint=None)
     for reason in stream.reasons[:5]:
@@ -517,6 +624,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 # --- driver ------------------------------------------------------------------------------
+
 
 def _progress_board():
     import ray
@@ -575,9 +683,13 @@ def write_meta(layout: TrainLayout, meta: dict) -> None:
     write_bytes_atomic(layout.meta, json.dumps(meta, indent=2, default=str).encode())
 
 
-def run_train(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False,
-              init_from: str | os.PathLike | None = None,
-              init_iter: int | None = None) -> StageResult:
+def run_train(
+    cfg: Config,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    init_from: str | os.PathLike | None = None,
+    init_iter: int | None = None,
+) -> StageResult:
     """Train on the train pairs of `cfg.dataset.root`; outputs under `out` (O/train/).
     `init_from`: start from a netG/netD pair (resolve_init_checkpoints) and continue its
     numbering, unless `resume` finds a saved state (which continues that run)."""
@@ -595,12 +707,16 @@ def run_train(cfg: Config, out: str | os.PathLike | None = None, resume: bool = 
     if resume:
         latest = layout.latest_state()
         if latest is None:
-            result.notes.append(f"--resume: no saved state under {layout.ray_storage}; starting at 0")
+            result.notes.append(
+                f"--resume: no saved state under {layout.ray_storage}; starting at 0"
+            )
         else:
             start, resume_from = latest
             if start >= tc.iterations:
-                result.notes.append(f"already trained to iteration {start} (train.iterations = "
-                                    f"{tc.iterations}); nothing to do")
+                result.notes.append(
+                    f"already trained to iteration {start} (train.iterations = "
+                    f"{tc.iterations}); nothing to do"
+                )
                 return result
     init, init_record = None, None
     if init_from is not None and resume_from is None:
@@ -609,16 +725,25 @@ def run_train(cfg: Config, out: str | os.PathLike | None = None, resume: bool = 
         init = resolve_init_checkpoints(init_from, init_iter)
         check_init_checkpoints(init, tc)
         if init.iteration >= tc.iterations:
-            raise DataError(f"--init-from starts at iteration {init.iteration}, but "
-                            f"train.iterations is {tc.iterations}: pass --iterations above "
-                            f"{init.iteration}")
+            raise DataError(
+                f"--init-from starts at iteration {init.iteration}, but "
+                f"train.iterations is {tc.iterations}: pass --iterations above "
+                f"{init.iteration}"
+            )
         start = init.iteration
-        init_record = {"iteration": init.iteration, "optimiser": "fresh Adam state: the checkpoint "
-                       "files hold no optimiser state (the published ones never do)",
-                       **{net: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
-                          for net, p in (("netG", init.netG), ("netD", init.netD))}}
-        result.notes.append(f"initialised from {init.netG.name} and {init.netD.name}, numbering "
-                            f"continues from {init.iteration}; Adam state starts fresh")
+        init_record = {
+            "iteration": init.iteration,
+            "optimiser": "fresh Adam state: the checkpoint "
+            "files hold no optimiser state (the published ones never do)",
+            **{
+                net: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
+                for net, p in (("netG", init.netG), ("netD", init.netD))
+            },
+        }
+        result.notes.append(
+            f"initialised from {init.netG.name} and {init.netD.name}, numbering "
+            f"continues from {init.iteration}; Adam state starts fresh"
+        )
     elif init_from is not None:
         result.notes.append(f"--init-from ignored: resuming the saved state at iteration {start}")
 
@@ -626,32 +751,52 @@ def run_train(cfg: Config, out: str | os.PathLike | None = None, resume: bool = 
     init_ray(cfg.ray)
     gpu = use_gpu_for(tc)
     meta = {
-        "config": cfg.to_dict(), "config_hash": cfg.hash(), "dataset_root": root,
-        "train_pairs": len(pairs), "perceptual_used": vgg_path is not None,
-        "perceptual": perceptual_note, "vgg_weights": str(vgg_path) if vgg_path else None,
-        "num_workers": tc.num_workers, "use_gpu": gpu, "resumed_from": start if resume_from else 0,
-        "init_from": init_record, "status": "running", "started": time.time(),
-    }  # fmt: skip
+        "config": cfg.to_dict(),
+        "config_hash": cfg.hash(),
+        "dataset_root": root,
+        "train_pairs": len(pairs),
+        "perceptual_used": vgg_path is not None,
+        "perceptual": perceptual_note,
+        "vgg_weights": str(vgg_path) if vgg_path else None,
+        "num_workers": tc.num_workers,
+        "use_gpu": gpu,
+        "resumed_from": start if resume_from else 0,
+        "init_from": init_record,
+        "status": "running",
+        "started": time.time(),
+    }
     write_meta(layout, meta)
     board = _progress_board()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "train": asdict(tc), "out": str(layout.root), "root": root,
-            "size": training_size(root, pairs), "vgg_weights": str(vgg_path) if vgg_path else None,
-            "resume_from": str(resume_from) if resume_from else None, "progress": board,
+            "train": asdict(tc),
+            "out": str(layout.root),
+            "root": root,
+            "size": training_size(root, pairs),
+            "vgg_weights": str(vgg_path) if vgg_path else None,
+            "resume_from": str(resume_from) if resume_from else None,
+            "progress": board,
             "init": {"netG": str(init.netG), "netD": str(init.netD), "iteration": init.iteration}
-            if init else None,
-        },  # fmt: skip
+            if init
+            else None,
+        },
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker(tc, gpu)}),
-        run_config=RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-                             storage_path=str(layout.ray_storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        scaling_config=ScalingConfig(
+            num_workers=tc.num_workers,
+            use_gpu=gpu,
+            resources_per_worker={"CPU": cpus_per_worker(tc, gpu)},
+        ),
+        run_config=RunConfig(
+            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=str(layout.ray_storage),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
     )
     done = threading.Event()
-    progress = threading.Thread(target=_show_progress, args=(board, start, tc.iterations, done), daemon=True)
+    progress = threading.Thread(
+        target=_show_progress, args=(board, start, tc.iterations, done), daemon=True
+    )
     progress.start()
     try:
         fit = trainer.fit()
@@ -662,15 +807,28 @@ def run_train(cfg: Config, out: str | os.PathLike | None = None, resume: bool = 
     result.skipped = int(metrics.get("skipped", 0))
     result.rows_out = tc.iterations - start
     final = layout.net_checkpoint("netG", tc.iterations)
-    result.outputs = {"checkpoints": str(layout.checkpoints), "final_netG": str(final),
-                      "log": str(layout.log), "samples": str(layout.samples), "meta": str(layout.meta)}
-    meta.update(status="finished", ended=time.time(), skipped_pairs=result.skipped,
-                final_losses={k: metrics[k] for k in LOSS_NAMES if k in metrics})
+    result.outputs = {
+        "checkpoints": str(layout.checkpoints),
+        "final_netG": str(final),
+        "log": str(layout.log),
+        "samples": str(layout.samples),
+        "meta": str(layout.meta),
+    }
+    meta.update(
+        status="finished",
+        ended=time.time(),
+        skipped_pairs=result.skipped,
+        final_losses={k: metrics[k] for k in LOSS_NAMES if k in metrics},
+    )
     write_meta(layout, meta)
-    result.notes.append(f"iterations {start + 1}..{tc.iterations} on {tc.num_workers} worker(s) "
-                        f"({'GPU' if gpu else 'CPU'}); perceptual term {perceptual_note}")
+    result.notes.append(
+        f"iterations {start + 1}..{tc.iterations} on {tc.num_workers} worker(s) "
+        f"({'GPU' if gpu else 'CPU'}); perceptual term {perceptual_note}"
+    )
     if result.skipped:
-        result.notes.append(f"{result.skipped} pair loads failed and were skipped (see the worker log)")
+        result.notes.append(
+            f"{result.skipped} pair loads failed and were skipped (see the worker log)"
+        )
     return result
 
 
@@ -690,13 +848,31 @@ def _more_iterations(cfg: Config, record: dict) -> str | None:
 # What defines the weights: not the iteration count (raising it continues the run), nor
 # workers, loader processes, checkpoint or sample periods.
 STAGE = StageSpec(
-    name="train", version=1,
+    name="train",
+    version=1,
     run=lambda cfg, fresh: run_train(cfg, resume=not fresh),
-    config_keys=tuple(f"train.{k}" for k in (
-        "ngf", "ndf", "batch_size", "lr", "beta1", "beta2", "lambda_l1", "lambda_gan",
-        "lambda_perceptual", "perceptual", "vgg_weights", "autocast", "seed")),
-    inputs=lambda cfg: [DatasetLayout(cfg.dataset.root).pairs_table,
-                        DatasetLayout(cfg.dataset.root).posemap_dir("train")],
+    config_keys=tuple(
+        f"train.{k}"
+        for k in (
+            "ngf",
+            "ndf",
+            "batch_size",
+            "lr",
+            "beta1",
+            "beta2",
+            "lambda_l1",
+            "lambda_gan",
+            "lambda_perceptual",
+            "perceptual",
+            "vgg_weights",
+            "autocast",
+            "seed",
+        )
+    ),
+    inputs=lambda cfg: [
+        DatasetLayout(cfg.dataset.root).pairs_table,
+        DatasetLayout(cfg.dataset.root).posemap_dir("train"),
+    ],
     outputs=lambda cfg: [OutputLayout(cfg.output.root).checkpoints],
     previous=lambda cfg: [OutputLayout(cfg.output.root).train],
     needed=_train_needed,
@@ -707,23 +883,43 @@ STAGE = StageSpec(
 
 
 @click.command("train")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output directory (default: <output.root>/train).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output directory (default: <output.root>/train).",
+)
 @click.option("--ngf", type=int, default=None, help="Generator width (default: train.ngf).")
-@click.option("--iterations", type=int, default=None, help="Last iteration (default: train.iterations).")
-@click.option("--ckpt-every", type=int, default=None, help="Checkpoint period (default: train.ckpt_every).")
-@click.option("--num-workers", type=int, default=None, help="Ray Train workers (default: train.num_workers).")
+@click.option(
+    "--iterations", type=int, default=None, help="Last iteration (default: train.iterations)."
+)
+@click.option(
+    "--ckpt-every", type=int, default=None, help="Checkpoint period (default: train.ckpt_every)."
+)
+@click.option(
+    "--num-workers", type=int, default=None, help="Ray Train workers (default: train.num_workers)."
+)
 @click.option("--resume", is_flag=True, help="Continue from the latest saved state under OUT.")
-@click.option("--init-from", type=click.Path(exists=True), default=None, metavar="DIR_OR_FILE",
-              help="Start from a netG_<iter>.pth / netD_<iter>.pth pair (the official 257500 / "
-                   "260500 ones, or another run's): a file of the pair, or a directory (its "
-                   "highest complete pair). Numbering continues from <iter>; Adam starts fresh, "
-                   "since the files hold no optimiser state.")
-@click.option("--init-iter", type=int, default=None,
-              help="The iteration --init-from's weights count as (default: from the file name).")
+@click.option(
+    "--init-from",
+    type=click.Path(exists=True),
+    default=None,
+    metavar="DIR_OR_FILE",
+    help="Start from a netG_<iter>.pth / netD_<iter>.pth pair (the official 257500 / "
+    "260500 ones, or another run's): a file of the pair, or a directory (its "
+    "highest complete pair). Numbering continues from <iter>; Adam starts fresh, "
+    "since the files hold no optimiser state.",
+)
+@click.option(
+    "--init-iter",
+    type=int,
+    default=None,
+    help="The iteration --init-from's weights count as (default: from the file name).",
+)
 @click.pass_obj
-def train_command(obj, out, ngf, iterations, ckpt_every, num_workers, resume, init_from,
-                  init_iter) -> None:
+def train_command(
+    obj, out, ngf, iterations, ckpt_every, num_workers, resume, init_from, init_iter
+) -> None:
     """Train NetG/NetD on the train pairs of dataset.root with Ray Train (DDP).
 
     \b
@@ -743,9 +939,21 @@ def train_command(obj, out, ngf, iterations, ckpt_every, num_workers, resume, in
 
     if init_iter is not None and init_from is None:
         raise click.UsageError("--init-iter needs --init-from")
-    overrides = {"ngf": ngf, "iterations": iterations, "ckpt_every": ckpt_every, "num_workers": num_workers}
+    overrides = {
+        "ngf": ngf,
+        "iterations": iterations,
+        "ckpt_every": ckpt_every,
+        "num_workers": num_workers,
+    }
     data = obj.cfg.to_dict()
     data["train"].update({k: v for k, v in overrides.items() if v is not None})
-    result = run_stage("train", run_train, config_from_dict(data), out=out, resume=resume,
-                       init_from=init_from, init_iter=init_iter)
+    result = run_stage(
+        "train",
+        run_train,
+        config_from_dict(data),
+        out=out,
+        resume=resume,
+        init_from=init_from,
+        init_iter=init_iter,
+    )
     click.echo(result.summary())

@@ -8,24 +8,61 @@ import click
 
 
 @click.command("transfer")
-@click.option("--condition", required=True, type=click.Path(dir_okay=False, exists=True),
-              help="Image of the person to re-pose (any size).")
-@click.option("--reference", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Image whose pose is the target (keypoints estimated with --estimator).")
-@click.option("--keypoints", "keypoints_file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Target keypoints file instead of --reference (format below).")
-@click.option("--condition-keypoints", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Keypoints of the condition image (default: estimated with --estimator).")
-@click.option("--estimator", type=click.Choice(["openpifpaf", "mediapipe"]), default=None,
-              help="Keypoint estimator for images without keypoints (default: keypoints.estimator).")
+@click.option(
+    "--condition",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Image of the person to re-pose (any size).",
+)
+@click.option(
+    "--reference",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Image whose pose is the target (keypoints estimated with --estimator).",
+)
+@click.option(
+    "--keypoints",
+    "keypoints_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Target keypoints file instead of --reference (format below).",
+)
+@click.option(
+    "--condition-keypoints",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Keypoints of the condition image (default: estimated with --estimator).",
+)
+@click.option(
+    "--estimator",
+    type=click.Choice(["openpifpaf", "mediapipe"]),
+    default=None,
+    help="Keypoint estimator for images without keypoints (default: keypoints.estimator).",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output image path.")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, exists=True),
-              help="Generator checkpoint netG_<iter>.pth.")
-@click.option("--ngf", type=int, default=64, show_default=True, help="Generator width of the checkpoint.")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Generator checkpoint netG_<iter>.pth.",
+)
+@click.option(
+    "--ngf", type=int, default=64, show_default=True, help="Generator width of the checkpoint."
+)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available).")
 @click.pass_obj
-def transfer_command(obj, condition, reference, keypoints_file, condition_keypoints, estimator, out,
-                     checkpoint, ngf, device) -> None:
+def transfer_command(
+    obj,
+    condition,
+    reference,
+    keypoints_file,
+    condition_keypoints,
+    estimator,
+    out,
+    checkpoint,
+    ngf,
+    device,
+) -> None:
     """Re-pose the person of one image (condition) in the pose of a reference image.
 
     The target pose comes from a reference image or from a keypoints file. The output has
@@ -48,12 +85,20 @@ def transfer_command(obj, condition, reference, keypoints_file, condition_keypoi
         raise click.UsageError("give exactly one of --reference IMAGE or --keypoints FILE")
     fmt = Image.registered_extensions().get(Path(out).suffix.lower())
     if fmt is None:
-        raise click.BadParameter(f"{out}: unknown image extension (use .jpg or .png)", param_hint="--out")
+        raise click.BadParameter(
+            f"{out}: unknown image extension (use .jpg or .png)", param_hint="--out"
+        )
     target = reference if reference is not None else read_pose_file(keypoints_file)
     cond_pose = read_pose_file(condition_keypoints) if condition_keypoints else None
     kc = obj.cfg.keypoints
-    pt = PoseTransfer(checkpoint, device=device, ngf=ngf, estimator_checkpoint=kc.checkpoint,
-                      estimator=estimator or kc.estimator, weights_dir=obj.cfg.weights.dir)
+    pt = PoseTransfer(
+        checkpoint,
+        device=device,
+        ngf=ngf,
+        estimator_checkpoint=kc.checkpoint,
+        estimator=estimator or kc.estimator,
+        weights_dir=obj.cfg.weights.dir,
+    )
     image = pt.transfer(condition, target, cond_pose)
     with atomic_path(out) as tmp:
         image.save(tmp, format=fmt)

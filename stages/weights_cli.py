@@ -19,18 +19,31 @@ def weight_rows(weights_dir: str | None, checkpoint_dirs: list[Path]) -> list[di
     where = ", ".join(str(d) for d in weight_search_dirs(weights_dir))
     for spec in KNOWN_WEIGHTS.values():
         found = find_weight(spec.filename, weights_dir)
-        rows.append({
-            "name": spec.name, "used_for": spec.used_for, "file": spec.filename, "where": where,
-            "path": str(found) if found else None,
-            "size": found.stat().st_size if found else None,
-            "sha256": file_sha256(found) if found else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": spec.name,
+                "used_for": spec.used_for,
+                "file": spec.filename,
+                "where": where,
+                "path": str(found) if found else None,
+                "size": found.stat().st_size if found else None,
+                "sha256": file_sha256(found) if found else None,
+            }
+        )
     rows += blazepose_rows()
     for d in checkpoint_dirs:
         for path in sorted(d.glob("netG_*.pth")) if d.is_dir() else []:
-            rows.append({"name": f"netG {path.stem[5:]}", "used_for": "generate: NetG checkpoint",
-                         "file": path.name, "where": str(d), "path": str(path),
-                         "size": path.stat().st_size, "sha256": file_sha256(path)})
+            rows.append(
+                {
+                    "name": f"netG {path.stem[5:]}",
+                    "used_for": "generate: NetG checkpoint",
+                    "file": path.name,
+                    "where": str(d),
+                    "path": str(path),
+                    "size": path.stat().st_size,
+                    "sha256": file_sha256(path),
+                }
+            )
     return rows
 
 
@@ -42,12 +55,29 @@ def blazepose_rows() -> list[dict]:
     try:
         files = model_files()
     except MediapipeUnavailable as exc:
-        return [{"name": "blazepose", "used_for": "keypoints (mediapipe)", "file": "mediapipe wheel",
-                 "where": str(exc), "path": None, "size": None, "sha256": None}]
-    return [{"name": name, "used_for": "keypoints and evaluate: PCKh (mediapipe)", "file": path.name,
-             "where": str(path.parent), "path": str(path) if path.is_file() else None,
-             "size": path.stat().st_size if path.is_file() else None,
-             "sha256": file_sha256(path) if path.is_file() else None} for name, path in files.items()]
+        return [
+            {
+                "name": "blazepose",
+                "used_for": "keypoints (mediapipe)",
+                "file": "mediapipe wheel",
+                "where": str(exc),
+                "path": None,
+                "size": None,
+                "sha256": None,
+            }
+        ]
+    return [
+        {
+            "name": name,
+            "used_for": "keypoints and evaluate: PCKh (mediapipe)",
+            "file": path.name,
+            "where": str(path.parent),
+            "path": str(path) if path.is_file() else None,
+            "size": path.stat().st_size if path.is_file() else None,
+            "sha256": file_sha256(path) if path.is_file() else None,
+        }
+        for name, path in files.items()
+    ]
 
 
 @click.group("weights")
@@ -69,16 +99,25 @@ def status(obj) -> None:
     Example: run_pipeline.py --set weights.dir=/models weights status
     """
     cfg = obj.cfg
-    dirs = [Path(d) for d in (cfg.weights.checkpoint_dir, OutputLayout(cfg.output.root).checkpoints) if d]
+    dirs = [
+        Path(d)
+        for d in (cfg.weights.checkpoint_dir, OutputLayout(cfg.output.root).checkpoints)
+        if d
+    ]
     rows = weight_rows(cfg.weights.dir, dirs)
     missing = 0
     for r in rows:
         if r["path"]:
-            click.echo(f"present  {r['name']:<15} {r['used_for']}\n         {r['path']}  "
-                       f"{r['size'] / 1e6:.1f} MB  sha256 {r['sha256']}")
+            click.echo(
+                f"present  {r['name']:<15} {r['used_for']}\n         {r['path']}  "
+                f"{r['size'] / 1e6:.1f} MB  sha256 {r['sha256']}"
+            )
         else:
             missing += 1
-            click.echo(f"MISSING  {r['name']:<15} {r['used_for']}\n         {r['file']} looked for in {r['where']}")
+            click.echo(
+                f"MISSING  {r['name']:<15} {r['used_for']}\n"
+                f"         {r['file']} looked for in {r['where']}"
+            )
     click.echo(f"{len(rows) - missing} present, {missing} missing")
     if missing:
         raise SystemExit(1)
@@ -103,14 +142,20 @@ def fetch(obj, name) -> None:
     from pipeline.weights import KNOWN_WEIGHTS, torch_cache_dir
 
     if name not in KNOWN_WEIGHTS:
-        raise click.BadParameter(f"unknown weight {name!r}; known: {', '.join(KNOWN_WEIGHTS)}", param_hint="NAME")
+        raise click.BadParameter(
+            f"unknown weight {name!r}; known: {', '.join(KNOWN_WEIGHTS)}", param_hint="NAME"
+        )
     spec = KNOWN_WEIGHTS[name]
     dest = torch_cache_dir() / "hub" / "checkpoints" / spec.filename
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        prefix = re.search(r"-([0-9a-f]{8,})\.pth$", spec.filename)   # sha256 prefix by convention
-        torch.hub.download_url_to_file(spec.url, str(dest), hash_prefix=prefix and prefix.group(1), progress=True)
+        prefix = re.search(r"-([0-9a-f]{8,})\.pth$", spec.filename)  # sha256 prefix by convention
+        torch.hub.download_url_to_file(
+            spec.url, str(dest), hash_prefix=prefix and prefix.group(1), progress=True
+        )
     except OSError as exc:
-        raise click.ClickException(f"could not download {spec.url}: {exc}. Without internet, copy "
-                                   f"{spec.filename} into {dest.parent} by hand.") from exc
+        raise click.ClickException(
+            f"could not download {spec.url}: {exc}. Without internet, copy "
+            f"{spec.filename} into {dest.parent} by hand."
+        ) from exc
     click.echo(f"fetched {name}: {dest}")

@@ -18,8 +18,9 @@ def perturbed(image: np.ndarray, noise: float, shift: int, seed: int) -> np.ndar
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def write_published_layout(synth_root: Path, out: Path, checkpoints: dict[str, float],
-                           max_pairs: int | None = None) -> int:
+def write_published_layout(
+    synth_root: Path, out: Path, checkpoints: dict[str, float], max_pairs: int | None = None
+) -> int:
     """Pairs (A, B) = consecutive images of one identity folder; `checkpoints` maps a
     checkpoint id to its noise level. Returns the number of pairs."""
     folders = sorted({p.parent for p in Path(synth_root).glob("img/**/*.jpg")})
@@ -33,11 +34,15 @@ def write_published_layout(synth_root: Path, out: Path, checkpoints: dict[str, f
         for side, path in (("A", a), ("B", b)):
             name = f"{n}@{file_id(str(path.relative_to(synth_root)))}.jpg"
             ims[side] = (name, np.asarray(load_rgb(path)))
-            write_bytes_atomic(out / "real_images" / f"real_{side}" / name, encode_jpeg(ims[side][1]))
+            write_bytes_atomic(
+                out / "real_images" / f"real_{side}" / name, encode_jpeg(ims[side][1])
+            )
         for k, (ckpt, noise) in enumerate(checkpoints.items()):
             for side, (name, image) in ims.items():
                 fake = perturbed(image, noise, shift=2, seed=n * 7 + k)
-                write_bytes_atomic(out / "fake_images" / f"iter_{ckpt}" / f"fake_{side}" / name, encode_jpeg(fake))
+                write_bytes_atomic(
+                    out / "fake_images" / f"iter_{ckpt}" / f"fake_{side}" / name, encode_jpeg(fake)
+                )
     return len(pairs)
 
 
@@ -45,6 +50,3 @@ def corrupt(path: Path) -> None:
     """Replace an image by a truncated file (a bad row, not a crash)."""
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
-
-
-

@@ -52,8 +52,10 @@ def test_any_size_round_trips_and_equals_a_direct_forward(checkpoint, condition)
     canvas, box = resize_pad_256(condition)
     maps = [render_map(*keypoints_to_canvas(p.x, p.y, box), 256, 256) for p in (cond_pose, target)]
     with torch.no_grad():
-        y = pt.net(to_tensor(np.array(canvas))[None],
-                   torch.from_numpy(np.concatenate(maps, 2)).permute(2, 0, 1).float()[None])
+        y = pt.net(
+            to_tensor(np.array(canvas))[None],
+            torch.from_numpy(np.concatenate(maps, 2)).permute(2, 0, 1).float()[None],
+        )
     expected = unpad_256(Image.fromarray(to_uint8(y)[0]), box)
     assert np.array_equal(np.asarray(out), np.asarray(expected))
     # The target pose drives the result.
@@ -64,7 +66,7 @@ def test_any_size_round_trips_and_equals_a_direct_forward(checkpoint, condition)
 def test_keypoints_of_another_image_size_are_placed_by_their_own_size(checkpoint, condition):
     pt = PoseTransfer(checkpoint, device="cpu", ngf=NGF)
     small = pose(2, w=W // 2, h=H // 2)
-    same_in_condition_frame = Pose(small.x * 2, small.y * 2)      # size None: condition's
+    same_in_condition_frame = Pose(small.x * 2, small.y * 2)  # size None: condition's
     same_in_condition_frame.x[3] = same_in_condition_frame.y[3] = -1
     a = pt.transfer(condition, small, condition_pose=pose(1))
     b = pt.transfer(condition, same_in_condition_frame, condition_pose=pose(1))
@@ -92,9 +94,21 @@ def test_transfer_cli_with_keypoint_files(checkpoint, condition, tmp_path):
     condition.save(tmp_path / "a.png")
     for name, p in (("target.json", pose(2)), ("cond.json", pose(1))):
         (tmp_path / name).write_text(json.dumps({"x": p.x.tolist(), "y": p.y.tolist()}))
-    args = ["transfer", "--condition", str(tmp_path / "a.png"), "--keypoints", str(tmp_path / "target.json"),
-            "--condition-keypoints", str(tmp_path / "cond.json"), "--out", str(tmp_path / "c.jpg"),
-            "--checkpoint", str(checkpoint), "--device", "cpu"]
+    args = [
+        "transfer",
+        "--condition",
+        str(tmp_path / "a.png"),
+        "--keypoints",
+        str(tmp_path / "target.json"),
+        "--condition-keypoints",
+        str(tmp_path / "cond.json"),
+        "--out",
+        str(tmp_path / "c.jpg"),
+        "--checkpoint",
+        str(checkpoint),
+        "--device",
+        "cpu",
+    ]
     res = CliRunner().invoke(cli, [*args, "--ngf", str(NGF)])
     assert res.exit_code == 0, res.output
     assert Image.open(tmp_path / "c.jpg").size == (W, H)
@@ -102,9 +116,10 @@ def test_transfer_cli_with_keypoint_files(checkpoint, condition, tmp_path):
     assert res.exit_code == 2 and "netG_10.pth" in res.output and "shape mismatch" in res.output
 
 
-def test_reference_image_without_openpifpaf_weights_is_a_clear_error(checkpoint, condition, tmp_path,
-                                                                     monkeypatch):
-    pytest.importorskip("pipeline.estimator")   # the annotations branch provides it
+def test_reference_image_without_openpifpaf_weights_is_a_clear_error(
+    checkpoint, condition, tmp_path, monkeypatch
+):
+    pytest.importorskip("pipeline.estimator")  # the annotations branch provides it
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_cache"))
     pt = PoseTransfer(checkpoint, device="cpu", ngf=NGF)
     with pytest.raises(WeightsError, match="openpifpaf"):

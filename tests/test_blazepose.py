@@ -16,7 +16,7 @@ from pipeline.pose_blazepose import (
     blazepose_to_op18,
     landmark_indices,
     model_files,
-)  # fmt: skip
+)
 from pipeline.skeleton import NECK, OP18_NAMES
 
 OP = {name: i for i, name in enumerate(OP18_NAMES)}
@@ -156,11 +156,25 @@ def test_transfer_cli_estimates_both_poses_with_mediapipe(reference, tmp_path):
     torch.manual_seed(0)
     torch.save(build_generator(4, init=False).state_dict(), ckpt)
     api = reference / "api-test"
-    res = CliRunner().invoke(cli, [
-        "transfer", "--condition", str(api / "condition.jpg"),
-        "--reference", str(api / "target_pose_reference.jpg"), "--estimator", "mediapipe",
-        "--out", str(tmp_path / "c.jpg"), "--checkpoint", str(ckpt), "--ngf", "4",
-        "--device", "cpu",
-    ])  # fmt: skip
+    res = CliRunner().invoke(
+        cli,
+        [
+            "transfer",
+            "--condition",
+            str(api / "condition.jpg"),
+            "--reference",
+            str(api / "target_pose_reference.jpg"),
+            "--estimator",
+            "mediapipe",
+            "--out",
+            str(tmp_path / "c.jpg"),
+            "--checkpoint",
+            str(ckpt),
+            "--ngf",
+            "4",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert Image.open(tmp_path / "c.jpg").size == (176, 256)

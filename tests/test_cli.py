@@ -6,8 +6,20 @@ from run_pipeline import LAZY_COMMANDS, cli
 
 def test_synth_and_check_networks(tmp_path, reference):
     runner = CliRunner()
-    res = runner.invoke(cli, ["synth", "--out", str(tmp_path / "d"), "--identities", "2",
-                              "--poses-per-identity", "2", "--seed", "1"])
+    res = runner.invoke(
+        cli,
+        [
+            "synth",
+            "--out",
+            str(tmp_path / "d"),
+            "--identities",
+            "2",
+            "--poses-per-identity",
+            "2",
+            "--seed",
+            "1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "4 images" in res.output and (tmp_path / "d" / "train_img_list.csv").exists()
     res = runner.invoke(cli, ["check-networks", "--reference", str(reference)])
@@ -24,15 +36,29 @@ def test_config_errors_name_the_field_and_write_nothing(tmp_path, where):
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 2 and "synth.identities" in res.output and "'many'" in res.output
     assert "Traceback" not in res.output
-    args = ["--set", "synth.colour=red", *synth] if where == "before" else [*synth, "--set", "synth.colour=red"]
+    args = (
+        ["--set", "synth.colour=red", *synth]
+        if where == "before"
+        else [*synth, "--set", "synth.colour=red"]
+    )
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 2 and "synth.colour" in res.output
     assert not (tmp_path / "d").exists()
 
 
 def test_options_after_the_subcommand_apply(tmp_path):
-    res = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path / "d"),
-                                   "--set", "synth.identities=3", "--set", "synth.poses_per_identity=2"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "synth",
+            "--out",
+            str(tmp_path / "d"),
+            "--set",
+            "synth.identities=3",
+            "--set",
+            "synth.poses_per_identity=2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "6 images" in res.output and "in 3 identities" in res.output
 
@@ -41,7 +67,11 @@ def test_data_errors_are_one_paragraph_and_exit_2_with_traceback_only_when_verbo
     args = ["pairs", "--set", f"dataset.root={tmp_path}"]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 2 and "no keypoints table" in res.output
-    assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)
+    assert (
+        "Traceback" not in res.output
+        and res.exception is None
+        or isinstance(res.exception, SystemExit)
+    )
     res = CliRunner().invoke(cli, [*args, "--verbose"])
     assert res.exit_code != 0 and "no keypoints table" in str(res.exception)
 
@@ -79,8 +109,10 @@ def test_top_level_help_imports_no_stage():
     import subprocess
     import sys
 
-    code = ("import sys; from click.testing import CliRunner; from run_pipeline import cli; "
-            "CliRunner().invoke(cli, ['--help']); "
-            "print(sorted(m for m in sys.modules if m.startswith('stages.') or m in ('torch', 'ray')))")
+    code = (
+        "import sys; from click.testing import CliRunner; from run_pipeline import cli; "
+        "CliRunner().invoke(cli, ['--help']); "
+        "print(sorted(m for m in sys.modules if m.startswith('stages.') or m in ('torch', 'ray')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -32,7 +32,9 @@ def test_unknown_key_is_an_error(tmp_path):
 
 
 def test_overrides_parse_and_validate():
-    cfg = load_config(None, ["train.iterations=12", "ray.address=null", "evaluate.metrics=ssim,psnr"])
+    cfg = load_config(
+        None, ["train.iterations=12", "ray.address=null", "evaluate.metrics=ssim,psnr"]
+    )
     assert cfg.train.iterations == 12 and cfg.ray.address is None
     assert cfg.evaluate.metrics == ["ssim", "psnr"]
     with pytest.raises(ConfigError, match=r"train\.batch_size.*below the minimum"):

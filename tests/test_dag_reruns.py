@@ -19,15 +19,27 @@ from stages.dag import StaleStageError, plan_run, run_dag
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
-    "keypoints.estimator=mediapipe", "train.ngf=4", "train.ndf=4", "train.iterations=2",
-    "train.batch_size=2", "train.ckpt_every=2", "train.sample_every=2", "generate.ngf=4",
-    "generate.batch_size=4", "evaluate.metrics=[ssim,psnr]", "ray.num_cpus=2",
+    "keypoints.estimator=mediapipe",
+    "train.ngf=4",
+    "train.ndf=4",
+    "train.iterations=2",
+    "train.batch_size=2",
+    "train.ckpt_every=2",
+    "train.sample_every=2",
+    "generate.ngf=4",
+    "generate.batch_size=4",
+    "evaluate.metrics=[ssim,psnr]",
+    "ray.num_cpus=2",
 ]
 
 
 def snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
-            for root in roots for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+        for root in roots
+        for p in root.rglob("*")
+        if p.is_file()
+    }
 
 
 def run(cfg, **plan) -> pd.DataFrame:
@@ -47,8 +59,12 @@ def dry_run(cfg, **plan) -> str:
 def test_reruns_explain_themselves_and_keep_earlier_work(tmp_path, ray_session):
     root, out = tmp_path / "data", tmp_path / "out"
     write_synthetic_tree(root, identities=4, poses_per_identity=3, seed=11)
-    base = [f"dataset.root={root}", f"output.root={out}",
-            f"keypoints.compare={root / GROUND_TRUTH_CSV}", *TINY]
+    base = [
+        f"dataset.root={root}",
+        f"output.root={out}",
+        f"keypoints.compare={root / GROUND_TRUTH_CSV}",
+        *TINY,
+    ]
 
     def cfg(*extra):
         return load_config(REPO / "configs" / "demo.yaml", [*base, *extra])
@@ -65,8 +81,14 @@ def test_reruns_explain_themselves_and_keep_earlier_work(tmp_path, ray_session):
     # Workers, batch sizes, concurrency and mtimes do not define outputs.
     for p in layout.images.rglob("*.jpg"):
         os.utime(p, (1, 1))
-    quiet = run(cfg("train.num_workers=2", "generate.batch_size=3", "evaluate.concurrency=2",
-                    "keypoints.batch_size=2"))
+    quiet = run(
+        cfg(
+            "train.num_workers=2",
+            "generate.batch_size=3",
+            "evaluate.concurrency=2",
+            "keypoints.batch_size=2",
+        )
+    )
     assert (quiet["status"] == "skipped").all(), quiet[["status", "reason"]]
 
     # More iterations continue the run; generation and evaluation add the new checkpoint only.
@@ -88,7 +110,7 @@ def test_reruns_explain_themselves_and_keep_earlier_work(tmp_path, ray_session):
     write_synthetic_tree(extra_root, identities=2, poses_per_identity=3, seed=12)
     extra = read_image_list(DatasetLayout(extra_root).image_list("train"), extra_root)
     extra += read_image_list(DatasetLayout(extra_root).image_list("test"), extra_root)
-    added = [rel.replace("img/", "img/EXTRA_", 1) for rel in extra[:5]]   # new identities
+    added = [rel.replace("img/", "img/EXTRA_", 1) for rel in extra[:5]]  # new identities
     for rel, new in zip(extra[:5], added, strict=True):
         (root / new).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(extra_root / rel, root / new)
@@ -111,7 +133,7 @@ def test_reruns_explain_themselves_and_keep_earlier_work(tmp_path, ray_session):
     with pytest.raises(StaleStageError) as stop:
         run(cfg("train.iterations=4", "pairs.min_valid_keypoints=9"))
     assert "--force train" in str(stop.value) and "--resume train" in str(stop.value)
-    assert (outputs.checkpoints / "netG_4.pth").exists()          # nothing was touched
+    assert (outputs.checkpoints / "netG_4.pth").exists()  # nothing was touched
     forced = run(cfg("train.iterations=4", "pairs.min_valid_keypoints=9"), force=("train",))
     assert forced.loc["train", "status"] == "ran"
     aside = list(out.glob("train.prev/*/train/checkpoints/netG_4.pth"))

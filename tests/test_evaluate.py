@@ -18,14 +18,20 @@ from stages.evaluate import (
     LPIPS_LEGACY_COLUMNS,
     PER_IMAGE_SCHEMA,
     run_evaluate,
-)  # fmt: skip
+)
 
 
 @pytest.fixture(scope="module")
 def generated(synth_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen")
     write_published_layout(synth_root, out, {"500": 20.0, "1000": 6.0}, max_pairs=4)
-    corrupt(out / "fake_images" / "iter_500" / "fake_B" / sorted(p.name for p in (out / "fake_images" / "iter_500" / "fake_B").iterdir())[0])
+    corrupt(
+        out
+        / "fake_images"
+        / "iter_500"
+        / "fake_B"
+        / sorted(p.name for p in (out / "fake_images" / "iter_500" / "fake_B").iterdir())[0]
+    )
     return out
 
 
@@ -44,27 +50,45 @@ def test_scan_matches_real_and_fake_by_name(generated, tmp_path):
     assert row["condition_path"].startswith(f"real_images/real_A/{row['index']}@")
     copy = tmp_path / "gen"
     shutil.copytree(generated, copy)
-    (copy / "real_images" / "real_A" / row["condition_path"].split("/")[-1]).rename(copy / "stray.jpg")
+    (copy / "real_images" / "real_A" / row["condition_path"].split("/")[-1]).rename(
+        copy / "stray.jpg"
+    )
     broken = scan_generation(copy)
-    assert broken["error"].str.contains("no real image real_images/real_A").sum() == 2   # BA of both checkpoints
+    assert (
+        broken["error"].str.contains("no real image real_images/real_A").sum() == 2
+    )  # BA of both checkpoints
 
 
 def test_pixel_metrics_tables_and_legacy_csv(generated, tmp_path, ray_session):
     out = tmp_path / "eval"
-    result = run_evaluate(_cfg(tmp_path), generated=generated, out=out, metrics=["ssim", "psnr", "is"])
+    result = run_evaluate(
+        _cfg(tmp_path), generated=generated, out=out, metrics=["ssim", "psnr", "is"]
+    )
     ssim = read_table(out / "per_image" / "ssim.parquet", PER_IMAGE_SCHEMA)
-    assert len(ssim) == 16 and ssim["error"].notna().sum() == 1       # the truncated image
+    assert len(ssim) == 16 and ssim["error"].notna().sum() == 1  # the truncated image
     assert "not a readable image" in ssim["error"].dropna().iloc[0]
     ok = ssim[ssim["error"].isna()].iloc[3]
     real, fake = (np.asarray(load_rgb(generated / ok[c])) for c in ("real_path", "fake_path"))
-    assert ok["value"] == pytest.approx(structural_similarity(real, fake, channel_axis=-1), abs=1e-6)
+    assert ok["value"] == pytest.approx(
+        structural_similarity(real, fake, channel_axis=-1), abs=1e-6
+    )
 
     summary = pd.read_parquet(out / "summary.parquet")
-    s = summary[(summary["metric"] == "ssim") & (summary["checkpoint"] == "1000") & (summary["direction"] == "AB")].iloc[0]
+    s = summary[
+        (summary["metric"] == "ssim")
+        & (summary["checkpoint"] == "1000")
+        & (summary["direction"] == "AB")
+    ].iloc[0]
     part = ssim[(ssim["checkpoint"] == "1000") & (ssim["direction"] == "AB")]["value"]
-    assert (s["mean"], s["std"], s["n"]) == (pytest.approx(part.mean()), pytest.approx(part.std(ddof=0)), 4)
+    assert (s["mean"], s["std"], s["n"]) == (
+        pytest.approx(part.mean()),
+        pytest.approx(part.std(ddof=0)),
+        4,
+    )
     mean_of = summary.set_index(["checkpoint", "direction", "metric"])["mean"]
-    assert mean_of[("1000", "AB", "ssim")] > mean_of[("500", "AB", "ssim")]   # less noise, higher SSIM
+    assert (
+        mean_of[("1000", "AB", "ssim")] > mean_of[("500", "AB", "ssim")]
+    )  # less noise, higher SSIM
 
     # IS needs inception weights, missing here: skipped with the reason everywhere, never 0.
     skipped = summary[summary["metric"] == "is"]
@@ -98,15 +122,20 @@ def test_resume_keeps_scored_rows(generated, tmp_path, ray_session):
     second = read_table(path, PER_IMAGE_SCHEMA)
     assert len(second) == len(first)
     assert second.loc[0, "value"] == -123.0
-    again = second[(second["checkpoint"] == dropped["checkpoint"]) & (second["name"] == dropped["name"])
-                   & (second["direction"] == dropped["direction"])]
+    again = second[
+        (second["checkpoint"] == dropped["checkpoint"])
+        & (second["name"] == dropped["name"])
+        & (second["direction"] == dropped["direction"])
+    ]
     assert again["value"].iloc[0] == pytest.approx(first.loc[1, "value"])
 
 
 @pytest.mark.slow
 def test_lpips_with_random_backbones_in_actor_pool(generated, tmp_path, ray_session):
     out = tmp_path / "eval"
-    run_evaluate(_cfg(tmp_path, network_weights="random"), generated=generated, out=out, metrics=["lpips"])
+    run_evaluate(
+        _cfg(tmp_path, network_weights="random"), generated=generated, out=out, metrics=["lpips"]
+    )
     summary = pd.read_parquet(out / "summary.parquet")
     assert set(summary["metric"]) == {"lpips_alex", "lpips_vgg", "lpips_squeeze"}
     assert (summary["status"] == "ok").all() and (summary["weights"] == "random").all()
@@ -121,8 +150,15 @@ def test_set_metrics_with_random_networks(synth_root, tmp_path, ray_session):
     gen = tmp_path / "gen"
     write_published_layout(synth_root, gen, {"7": 10.0}, max_pairs=2)
     out = tmp_path / "eval"
-    run_evaluate(_cfg(tmp_path, network_weights="random"), generated=gen, out=out, metrics=["is", "fid", "ds", "pckh"])
-    summary = pd.read_parquet(out / "summary.parquet").set_index(["checkpoint", "direction", "metric"])
+    run_evaluate(
+        _cfg(tmp_path, network_weights="random"),
+        generated=gen,
+        out=out,
+        metrics=["is", "fid", "ds", "pckh"],
+    )
+    summary = pd.read_parquet(out / "summary.parquet").set_index(
+        ["checkpoint", "direction", "metric"]
+    )
     assert summary.loc[("7", "AB", "is"), "mean"] >= 1.0
     assert summary.loc[("real", "AB", "is"), "n"] == 2
     assert np.isfinite(summary.loc[("7", "AB", "fid"), "mean"])
@@ -142,9 +178,23 @@ def test_cli(generated, tmp_path, ray_session):
     from run_pipeline import cli
 
     out = tmp_path / "eval"
-    res = CliRunner().invoke(cli, ["--set", "ray.num_cpus=2", "evaluate", "--generated", str(generated),
-                                   "--out", str(out), "--metrics", "ssim,fid"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "--set",
+            "ray.num_cpus=2",
+            "evaluate",
+            "--generated",
+            str(generated),
+            "--out",
+            str(out),
+            "--metrics",
+            "ssim,fid",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "fid skipped: missing weights" in res.output and (out / "ssim_score.csv").exists()
-    res = CliRunner().invoke(cli, ["evaluate", "--generated", str(generated), "--out", str(out), "--metrics", "nope"])
+    res = CliRunner().invoke(
+        cli, ["evaluate", "--generated", str(generated), "--out", str(out), "--metrics", "nope"]
+    )
     assert res.exit_code == 2 and "'nope' given; choose from" in res.output

@@ -22,7 +22,7 @@ from pipeline.weights import WeightsError, load_into
 from stages.generate import MANIFEST, generation_jobs, read_test_pairs, run_generate
 
 NGF = 4
-PAIRS = 5          # first test pairs used: enough for two batches of 4 per direction
+PAIRS = 5  # first test pairs used: enough for two batches of 4 per direction
 ITERS = (100, 200)
 
 
@@ -54,13 +54,15 @@ def files_under(d: Path) -> dict[str, bytes]:
 def two_checkpoint_run(annotated_root, ckpt_dir, ray_session, tmp_path_factory):
     out_root = tmp_path_factory.mktemp("gen")
     cfg = make_cfg(annotated_root, out_root)
-    cfg.generate.checkpoints = [str(ckpt_dir)]    # the default taken when no --checkpoint
+    cfg.generate.checkpoints = [str(ckpt_dir)]  # the default taken when no --checkpoint
     result = run_generate(cfg, limit=PAIRS)
     return cfg, out_root / "generated", result
 
 
 def test_jobs_swap_roles_for_b_to_a():
-    pairs = pd.DataFrame({"imgA": ["img/a.jpg"], "imgB": ["img/b.jpg"], "fidA": ["imga"], "fidB": ["imgb"]})
+    pairs = pd.DataFrame(
+        {"imgA": ["img/a.jpg"], "imgB": ["img/b.jpg"], "fidA": ["imga"], "fidB": ["imgb"]}
+    )
     jobs = generation_jobs(pairs).set_index("direction")
     assert (jobs.loc["AB", "source_id"], jobs.loc["AB", "target_id"]) == ("imga", "imgb")
     assert (jobs.loc["BA", "source_id"], jobs.loc["BA", "target_id"]) == ("imgb", "imga")
@@ -75,8 +77,10 @@ def test_published_layout_and_complete_manifest(two_checkpoint_run, annotated_ro
     for n, p in enumerate(pairs.itertuples()):
         expected |= {f"real_images/real_B/{n}@{p.fidB}.jpg", f"real_images/real_A/{n}@{p.fidA}.jpg"}
         for it in ITERS:
-            expected |= {f"fake_images/iter_{it}/fake_B/{n}@{p.fidB}.jpg",
-                         f"fake_images/iter_{it}/fake_A/{n}@{p.fidA}.jpg"}
+            expected |= {
+                f"fake_images/iter_{it}/fake_B/{n}@{p.fidB}.jpg",
+                f"fake_images/iter_{it}/fake_A/{n}@{p.fidA}.jpg",
+            }
     assert set(files_under(out)) == expected
     manifest = read_table(out / MANIFEST, MANIFEST_SCHEMA)
     assert len(manifest) == len(ITERS) * 2 * PAIRS == result.rows_out and result.errors == 0
@@ -107,15 +111,20 @@ def test_generated_image_equals_direct_forward(two_checkpoint_run, annotated_roo
     for r in rows.itertuples():
         pair = pairs.iloc[r.index]
         source = pair.imgA if r.direction == "AB" else pair.imgB
-        maps = np.concatenate([load_posemap(layout.posemap("test", f)) for f in (r.source_id, r.target_id)], 2)
+        maps = np.concatenate(
+            [load_posemap(layout.posemap("test", f)) for f in (r.source_id, r.target_id)], 2
+        )
         with torch.no_grad():
-            y = net(to_tensor(np.array(load_rgb(annotated_root / source)))[None],
-                    torch.from_numpy(maps).permute(2, 0, 1).float()[None])
+            y = net(
+                to_tensor(np.array(load_rgb(annotated_root / source)))[None],
+                torch.from_numpy(maps).permute(2, 0, 1).float()[None],
+            )
         assert (out / r.output_path).read_bytes() == encode_jpeg(to_uint8(y)[0]), r.output_path
 
 
 def test_missing_image_is_an_error_row_rerun_completes_identically(
-        two_checkpoint_run, annotated_root, ckpt_dir, tmp_path, ray_session):
+    two_checkpoint_run, annotated_root, ckpt_dir, tmp_path, ray_session
+):
     _, clean_out, _ = two_checkpoint_run
     root = tmp_path / "data"
     shutil.copytree(annotated_root, root)
@@ -127,7 +136,9 @@ def test_missing_image_is_an_error_row_rerun_completes_identically(
     manifest = read_table(tmp_path / "generated" / MANIFEST)
     fid = pairs["fidA"].iloc[0]
     involved = (manifest["source_id"] == fid) | (manifest["target_id"] == fid)
-    assert (manifest.loc[involved, "status"] == "error").all() and result.errors == involved.sum() > 0
+    assert (
+        manifest.loc[involved, "status"] == "error"
+    ).all() and result.errors == involved.sum() > 0
     assert manifest.loc[involved, "error"].str.contains("cannot read").all()
     assert (manifest.loc[~involved, "status"] == "ok").all() and (~involved).sum() > 0
 
@@ -149,21 +160,37 @@ def test_bad_checkpoint_is_named_before_any_work(annotated_root, tmp_path):
 
 
 def test_cli_legacy_pairs_csv_and_maps_rendered_from_keypoints(
-        two_checkpoint_run, annotated_root, ckpt_dir, tmp_path, ray_session):
+    two_checkpoint_run, annotated_root, ckpt_dir, tmp_path, ray_session
+):
     """Without npz maps and without a pairs table the stage renders maps from the keypoints
     table and reads test_img_pairs.csv: the images equal those made from the npz maps."""
     from run_pipeline import cli
 
     _, clean_out, _ = two_checkpoint_run
     root = tmp_path / "data"
-    shutil.copytree(annotated_root, root, ignore=shutil.ignore_patterns("*_pose_maps", "pairs.parquet"))
+    shutil.copytree(
+        annotated_root, root, ignore=shutil.ignore_patterns("*_pose_maps", "pairs.parquet")
+    )
     layout = DatasetLayout(root)
     write_pairs_csv(read_test_pairs(annotated_root).head(2), layout.pairs_csv("test"))
-    res = CliRunner().invoke(cli, [
-        "--set", f"dataset.root={root}", "--set", "ray.num_cpus=2", "generate",
-        "--checkpoint", str(ckpt_dir / "netG_100.pth"), "--ngf", str(NGF), "--out", str(tmp_path / "g")])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "--set",
+            f"dataset.root={root}",
+            "--set",
+            "ray.num_cpus=2",
+            "generate",
+            "--checkpoint",
+            str(ckpt_dir / "netG_100.pth"),
+            "--ngf",
+            str(NGF),
+            "--out",
+            str(tmp_path / "g"),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    assert "4 in, 4 out, 0 errors" in res.output       # 2 pairs x 2 directions, 1 checkpoint
+    assert "4 in, 4 out, 0 errors" in res.output  # 2 pairs x 2 directions, 1 checkpoint
     got, clean = files_under(tmp_path / "g"), files_under(clean_out)
     assert len(got) == 8 and got.keys() <= clean.keys()
     assert all(got[k] == clean[k] for k in got)

@@ -10,7 +10,9 @@ from pipeline.imaging import ImageError, load_rgb, resize_pad_256, to_tensor, to
 def test_resize_pad_matches_published_oracle(reference, name):
     src = next((reference / "api-test").glob(f"{name}.*"))
     ours, _ = resize_pad_256(load_rgb(src))
-    expected = np.asarray(Image.open(reference / "api-test" / f"{name}_padded256.png").convert("RGB"))
+    expected = np.asarray(
+        Image.open(reference / "api-test" / f"{name}_padded256.png").convert("RGB")
+    )
     assert ours.size == (256, 256)
     assert np.abs(np.asarray(ours).astype(int) - expected.astype(int)).max() <= 1
 
@@ -31,7 +33,7 @@ def test_load_rgb_converts_modes_and_reports_bad_files(tmp_path):
     Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")
     for name in ("grey.png", "alpha.png", "cmyk.jpg"):
         assert load_rgb(tmp_path / name).mode == "RGB"
-    assert np.asarray(load_rgb(tmp_path / "alpha.png")).min() == 255   # transparent -> white
+    assert np.asarray(load_rgb(tmp_path / "alpha.png")).min() == 255  # transparent -> white
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "text.jpg").write_text("not an image")
     Image.new("RGB", (64, 64), 7).save(tmp_path / "full.jpg")

@@ -22,10 +22,24 @@ def pose(**points) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rows(poses: dict[str, tuple]) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "path": f"img/{fid}.jpg", "file_id": fid, "split": "test", "img_h": 256, "img_w": 176,
-        "x": x, "y": y, "score": (x >= 0).astype(np.float32), "n_valid": int((x >= 0).sum()),
-        "estimator": "test", "error": None} for fid, (x, y) in poses.items()])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                "path": f"img/{fid}.jpg",
+                "file_id": fid,
+                "split": "test",
+                "img_h": 256,
+                "img_w": 176,
+                "x": x,
+                "y": y,
+                "score": (x >= 0).astype(np.float32),
+                "n_valid": int((x >= 0).sum()),
+                "estimator": "test",
+                "error": None,
+            }
+            for fid, (x, y) in poses.items()
+        ]
+    )
 
 
 def test_qa_scores_a_hand_computed_case(tmp_path):

@@ -19,7 +19,7 @@ from pipeline.estimator import (
     inside_image,
     load_network,
     resolve_checkpoint,
-)  # fmt: skip
+)
 from pipeline.layout import DatasetLayout
 from pipeline.skeleton import COCO17_NAMES, NECK, OP18_NAMES
 from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
@@ -47,7 +47,7 @@ def coco_annotation(xy: np.ndarray, conf: np.ndarray):
 def test_best_person_maps_coco_names_to_openpose18():
     xy = np.stack([np.arange(17) * 3.0 + 10, np.arange(17) * 2.0 + 20], axis=1)
     conf = np.full(17, 0.9)
-    conf[COCO17_NAMES.index("left_ankle")] = 0.0          # not found
+    conf[COCO17_NAMES.index("left_ankle")] = 0.0  # not found
     weak = coco_annotation(xy + 50, np.full(17, 0.2))
     strong = coco_annotation(xy, conf)
     x, y, score = best_person([weak, strong])
@@ -66,8 +66,11 @@ def test_best_person_maps_coco_names_to_openpose18():
 def test_no_person_and_out_of_frame_points_are_missing():
     x, y, score = best_person([])
     assert (x == -1).all() and (y == -1).all() and (score == 0).all()
-    kp = (np.array([5, -2, 200] + [10] * 15, np.int32), np.array([5, 5, 5] + [300] * 15, np.int32),
-          np.ones(18, np.float32))
+    kp = (
+        np.array([5, -2, 200] + [10] * 15, np.int32),
+        np.array([5, 5, 5] + [300] * 15, np.int32),
+        np.ones(18, np.float32),
+    )
     x, y, score = inside_image(kp, height=256, width=176)
     assert x[0] == 5 and (x[1:] == -1).all() and (y[1:] == -1).all() and score[1:].sum() == 0
 
@@ -112,11 +115,19 @@ def random_checkpoint(tmp_path_factory) -> Path:
 
 def test_estimator_loads_pickled_network_and_predicts(random_checkpoint):
     est = KeypointEstimator(random_checkpoint, device="cpu")
-    images = [np.full((64, 48, 3), 255, np.uint8), np.zeros((32, 32, 3), np.uint8), np.zeros((64, 48, 3), np.uint8)]
+    images = [
+        np.full((64, 48, 3), 255, np.uint8),
+        np.zeros((32, 32, 3), np.uint8),
+        np.zeros((64, 48, 3), np.uint8),
+    ]
     out = est.predict(images)
     assert len(out) == 3
     for x, y, score in out:
-        assert x.shape == y.shape == score.shape == (18,) and x.dtype == np.int32 and score.dtype == np.float32
+        assert (
+            x.shape == y.shape == score.shape == (18,)
+            and x.dtype == np.int32
+            and score.dtype == np.float32
+        )
 
 
 @pytest.fixture
@@ -130,8 +141,10 @@ def small_tree(tmp_path) -> Path:
     (root / "img/bad/empty.jpg").write_bytes(b"")
     (root / "img/bad/text.jpg").write_text("not an image\n")
     train = read_image_list(root / "train_img_list.csv", root)
-    write_image_list(train + ["img/bad/truncated.jpg", "img/bad/empty.jpg", "img/bad/text.jpg"],
-                     root / "train_img_list.csv")
+    write_image_list(
+        train + ["img/bad/truncated.jpg", "img/bad/empty.jpg", "img/bad/text.jpg"],
+        root / "train_img_list.csv",
+    )
     return root
 
 
@@ -142,8 +155,10 @@ def test_keypoints_stage_on_ray_with_errors_and_resume(small_tree, random_checkp
     result = run_keypoints(cfg, checkpoint=str(random_checkpoint), progress=False)
     clean = read_table(layout.keypoints_table)
     assert list(clean.columns) == KEYPOINTS_SCHEMA.names
-    listed = sorted(read_image_list(layout.image_list("train"), small_tree)
-                    + read_image_list(layout.image_list("test"), small_tree))
+    listed = sorted(
+        read_image_list(layout.image_list("train"), small_tree)
+        + read_image_list(layout.image_list("test"), small_tree)
+    )
     assert clean["path"].tolist() == listed and result.rows_out == 9 and result.errors == 3
     errors = clean.set_index("path")["error"]
     assert errors["img/bad/empty.jpg"] == "empty file (0 bytes)"
@@ -163,7 +178,9 @@ def test_keypoints_stage_on_ray_with_errors_and_resume(small_tree, random_checkp
     resumed = run_keypoints(cfg, checkpoint=str(random_checkpoint), progress=False)
     assert resumed.skipped == 4 and not layout.keypoints_parts.exists()
     again = read_table(layout.keypoints_table)
-    pd.testing.assert_frame_equal(again.drop(columns=["x", "y", "score"]), clean.drop(columns=["x", "y", "score"]))
+    pd.testing.assert_frame_equal(
+        again.drop(columns=["x", "y", "score"]), clean.drop(columns=["x", "y", "score"])
+    )
     for col in ("x", "y"):
         assert [list(v) for v in again[col]] == [list(v) for v in clean[col]]
 

@@ -45,8 +45,8 @@ def real_photos(reference: Path) -> dict[str, np.ndarray]:
         ),
         "img/MEN/Suits/id_00000002/01_1_front.jpg": data.astronaut(),
         "img/MEN/Suits/id_00000002/02_1_front.jpg": np.asarray(load_rgb(grace)),
-        EMPTY: np.full((256, 176, 3), 255, np.uint8),   # nobody
-    }  # fmt: skip
+        EMPTY: np.full((256, 176, 3), 255, np.uint8),  # nobody
+    }
 
 
 @pytest.fixture(scope="module")

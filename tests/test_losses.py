@@ -15,7 +15,7 @@ from pipeline.losses import (
     lsgan_loss,
     minmax_scale,
     vgg19_features,
-)  # fmt: skip
+)
 from pipeline.weights import WeightsError
 from stages.train import resolve_vgg_weights
 
@@ -27,7 +27,9 @@ def test_lsgan_and_l1_equal_hand_computation():
     q = torch.tensor([[0.0, 1.0], [0.5, 0.5]])
     assert l1_loss(p, q).item() == pytest.approx((0.2 + 0.1 + 1.0 + 1.0) / 4)
     d = discriminator_loss(d_real=p, d_fake=q)
-    assert d["d_total"].item() == pytest.approx(0.5 * (lsgan_loss(p, True) + lsgan_loss(q, False)).item())
+    assert d["d_total"].item() == pytest.approx(
+        0.5 * (lsgan_loss(p, True) + lsgan_loss(q, False)).item()
+    )
 
 
 def test_minmax_scale_per_image():
@@ -46,10 +48,12 @@ def test_perceptual_equals_hand_computation_with_random_vgg_slice():
     fake = (torch.rand(2, 3, 32, 24) * 2 - 1).requires_grad_()
     real = torch.rand(2, 3, 32, 24) * 2 - 1
 
-    def prep(img):   # each image by itself: stretch to [0, 1], then ImageNet statistics
+    def prep(img):  # each image by itself: stretch to [0, 1], then ImageNet statistics
         lo, hi = img.min(), img.max()
         s = (img - lo) / (hi - lo)
-        return (s - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        return (s - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+            3, 1, 1
+        )
 
     expected = 0.0
     for cut in (4, 9):
@@ -77,7 +81,7 @@ def test_generator_loss_combines_weighted_terms():
 
 
 def test_perceptual_auto_warns_required_raises_off_skips(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))   # an empty cache
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
     cfg = Config()
     cfg.weights.dir = str(tmp_path / "weights")
     with caplog.at_level(logging.WARNING):

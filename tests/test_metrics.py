@@ -14,7 +14,9 @@ from pipeline.metrics.ssim import ssim_batch
 
 
 def _noisy(a, rng, amount):
-    return np.clip(a.astype(int) + rng.integers(-amount, amount + 1, a.shape), 0, 255).astype(np.uint8)
+    return np.clip(a.astype(int) + rng.integers(-amount, amount + 1, a.shape), 0, 255).astype(
+        np.uint8
+    )
 
 
 @pytest.mark.parametrize("shape", [(5, 32, 24, 3), (2, 7, 7, 3), (3, 64, 41, 1)])
@@ -22,8 +24,8 @@ def test_ssim_equals_skimage_on_random_images(shape):
     rng = np.random.default_rng(sum(shape))
     a = rng.integers(0, 256, shape, dtype=np.uint8)
     b = _noisy(a, rng, 60)
-    b[0] = a[0]            # identical pair: exactly 1
-    a[-1] = 255            # a flat image: zero variance
+    b[0] = a[0]  # identical pair: exactly 1
+    a[-1] = 255  # a flat image: zero variance
     ref = [structural_similarity(x, y, channel_axis=-1) for x, y in zip(a, b, strict=True)]
     np.testing.assert_allclose(ssim_batch(a, b), ref, rtol=0, atol=1e-6)
     assert ssim_batch(a, b)[0] == pytest.approx(1.0, abs=1e-12)
@@ -48,7 +50,9 @@ def test_psnr_formula_and_skimage():
     b = _noisy(a, rng, 30)
     mse = ((a.astype(float) - b.astype(float)) ** 2).mean(axis=(1, 2, 3))
     np.testing.assert_allclose(psnr_batch(a, b), 10 * np.log10(255.0**2 / mse), rtol=1e-12)
-    np.testing.assert_allclose(psnr_batch(a, b), [peak_signal_noise_ratio(x, y) for x, y in zip(a, b, strict=True)])
+    np.testing.assert_allclose(
+        psnr_batch(a, b), [peak_signal_noise_ratio(x, y) for x, y in zip(a, b, strict=True)]
+    )
     assert psnr_batch(a[:1], a[:1])[0] == np.inf
 
 
@@ -81,8 +85,10 @@ def test_inception_score_against_direct_computation():
     py = p.mean(0)
     direct = np.exp(np.mean([np.sum(pi * np.log(pi / py)) for pi in p]))
     assert inception_score(p) == pytest.approx(direct, rel=1e-9)
-    assert inception_score(np.tile(p[:1], (5, 1))) == pytest.approx(1.0)   # one class profile: IS 1
-    assert inception_score(np.eye(10)) == pytest.approx(10.0)             # confident, all classes: IS = classes
+    assert inception_score(np.tile(p[:1], (5, 1))) == pytest.approx(1.0)  # one class profile: IS 1
+    assert inception_score(np.eye(10)) == pytest.approx(
+        10.0
+    )  # confident, all classes: IS = classes
 
 
 def test_frechet_distance_against_eigenvalues():
@@ -116,10 +122,17 @@ def test_lpips_runs_with_random_backbones(net, two_images, tmp_path):
     assert d.shape == (2,) and np.all(d > 0) and d[0] == pytest.approx(d[1], rel=1e-5)
     assert lpips_distances(model, two_images, two_images) == pytest.approx([0.0, 0.0], abs=1e-6)
     # A torchvision-named backbone file loads into the lpips slices (same tensors back).
-    state = {k.replace(k.split(".")[0], "features", 1): v for k, v in model.net.state_dict().items()}
+    state = {
+        k.replace(k.split(".")[0], "features", 1): v for k, v in model.net.state_dict().items()
+    }
     torch.save(state, tmp_path / "backbone.pth")
     loaded = build_lpips(net, tmp_path / "backbone.pth")
-    assert all(torch.equal(a, b) for a, b in zip(loaded.net.state_dict().values(), model.net.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            loaded.net.state_dict().values(), model.net.state_dict().values(), strict=True
+        )
+    )
     assert backbone_state(model.net, state).keys() == model.net.state_dict().keys()
 
 
@@ -128,9 +141,11 @@ def test_detection_score_keeps_the_best_person():
 
     from pipeline.metrics.detection_score import best_person_scores
 
-    dets = [{"labels": torch.tensor([3, 1, 1]), "scores": torch.tensor([0.99, 0.4, 0.7])},
-            {"labels": torch.tensor([2]), "scores": torch.tensor([0.9])},
-            {"labels": torch.tensor([], dtype=torch.long), "scores": torch.tensor([])}]
+    dets = [
+        {"labels": torch.tensor([3, 1, 1]), "scores": torch.tensor([0.99, 0.4, 0.7])},
+        {"labels": torch.tensor([2]), "scores": torch.tensor([0.9])},
+        {"labels": torch.tensor([], dtype=torch.long), "scores": torch.tensor([])},
+    ]
     np.testing.assert_allclose(best_person_scores(dets), [0.7, 0.0, 0.0], rtol=1e-6)
 
 
@@ -147,7 +162,9 @@ def test_network_metrics_with_random_weights(two_images, tmp_path):
     net = build_fid_inception(None)
     feats = pool3_features(net, two_images)
     assert feats.shape == (2, FEATURES) and np.isfinite(feats).all()
-    torch.save(net.state_dict(), tmp_path / "fid.pth")          # the pytorch-fid key layout loads back
-    assert np.allclose(pool3_features(build_fid_inception(tmp_path / "fid.pth"), two_images), feats, atol=1e-5)
+    torch.save(net.state_dict(), tmp_path / "fid.pth")  # the pytorch-fid key layout loads back
+    assert np.allclose(
+        pool3_features(build_fid_inception(tmp_path / "fid.pth"), two_images), feats, atol=1e-5
+    )
     scores = person_scores(build_ssd(None), two_images)
     assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))

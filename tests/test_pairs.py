@@ -34,12 +34,19 @@ def test_pairs_match_hand_count_and_exclusions(annotated_root):
     table, counts = make_pairs(kp, splits, min_valid=8)
     ok = kp[(kp["n_valid"] >= 8) & kp["error"].isna()]
     for split, paths in splits.items():
-        per_identity = ok[ok["path"].isin(paths)].groupby(ok["path"].str.rsplit("/", n=1).str[0]).size()
+        per_identity = (
+            ok[ok["path"].isin(paths)].groupby(ok["path"].str.rsplit("/", n=1).str[0]).size()
+        )
         assert counts.pairs[split] == int((per_identity * (per_identity - 1)).sum())
-        expected = {(a, b) for _, g in ok[ok["path"].isin(paths)].groupby(ok["path"].str.rsplit("/", n=1).str[0])
-                    for a, b in permutations(g["path"], 2)}
+        expected = {
+            (a, b)
+            for _, g in ok[ok["path"].isin(paths)].groupby(ok["path"].str.rsplit("/", n=1).str[0])
+            for a, b in permutations(g["path"], 2)
+        }
         got = table[table["split"] == split]
-        assert set(zip(got["imgA"], got["imgB"])) == expected and len(got) == len(expected)
+        assert set(zip(got["imgA"], got["imgB"], strict=True)) == expected and len(got) == len(
+            expected
+        )
     assert counts.excluded == {"keypoint error": 1, "fewer than 8 valid keypoints": 1}
     assert (table["imgA"] != table["imgB"]).all()
 
@@ -57,7 +64,9 @@ def test_sampled_pairs_are_deterministic_and_capped(annotated_root):
 
 def test_stage_writes_table_and_legacy_csvs(annotated_root, tmp_path):
     root = tmp_path / "data"
-    shutil.copytree(annotated_root, root, ignore=shutil.ignore_patterns("*_pose_maps", "pairs.parquet"))
+    shutil.copytree(
+        annotated_root, root, ignore=shutil.ignore_patterns("*_pose_maps", "pairs.parquet")
+    )
     result = run_pairs(load_config(overrides=[f"dataset.root={root}"]), min_valid=8)
     layout = DatasetLayout(root)
     table = read_table(layout.pairs_table, PAIRS_SCHEMA)
@@ -65,7 +74,10 @@ def test_stage_writes_table_and_legacy_csvs(annotated_root, tmp_path):
     for split in ("train", "test"):
         legacy = pd.read_csv(layout.pairs_csv(split))
         assert list(legacy.columns) == ["imgA", "imgB"]
-        assert legacy.values.tolist() == table.loc[table["split"] == split, ["imgA", "imgB"]].values.tolist()
+        assert (
+            legacy.values.tolist()
+            == table.loc[table["split"] == split, ["imgA", "imgB"]].values.tolist()
+        )
     assert any("train:" in n for n in result.notes)
 
 

@@ -25,16 +25,28 @@ from stages.dag import plan_run, run_dag
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
-    "train.ngf=4", "train.ndf=4", "train.iterations=2", "train.batch_size=2", "train.ckpt_every=2",
-    "train.sample_every=2", "generate.ngf=4", "generate.batch_size=4",
-    "evaluate.metrics=[ssim,psnr]", "ray.num_cpus=2",
+    "train.ngf=4",
+    "train.ndf=4",
+    "train.iterations=2",
+    "train.batch_size=2",
+    "train.ckpt_every=2",
+    "train.sample_every=2",
+    "generate.ngf=4",
+    "generate.batch_size=4",
+    "evaluate.metrics=[ssim,psnr]",
+    "ray.num_cpus=2",
 ]
 
 
 def tiny_overrides(root: Path, out: Path, extra: list[str] = ()) -> list[str]:
-    return [f"dataset.root={root}", f"output.root={out}",
-            f"keypoints.annotations={root / GROUND_TRUTH_CSV}",
-            f"keypoints.compare={root / GROUND_TRUTH_CSV}", *TINY, *extra]
+    return [
+        f"dataset.root={root}",
+        f"output.root={out}",
+        f"keypoints.annotations={root / GROUND_TRUTH_CSV}",
+        f"keypoints.compare={root / GROUND_TRUTH_CSV}",
+        *TINY,
+        *extra,
+    ]
 
 
 def random_checkpoint(path: Path, ngf: int = 4) -> Path:
@@ -46,9 +58,16 @@ def random_checkpoint(path: Path, ngf: int = 4) -> Path:
 
 def run_cli(args: list[str], env_extra: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, str(REPO / "run_pipeline.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "run_pipeline.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
@@ -71,16 +90,22 @@ def test_run_twice_does_no_work_the_second_time(tmp_path, ray_session):
     second = run_dag(cfg, plan_run(), echo=lambda s: None)
     assert second["status"].tolist() == ["skipped"] * 7
     assert (tmp_path / "out" / "reports" / "demo" / "report.html").exists()
-    forced = run_dag(cfg, plan_run(force=("evaluate",)), echo=lambda s: None).set_index("stage")["status"]
+    forced = run_dag(cfg, plan_run(force=("evaluate",)), echo=lambda s: None).set_index("stage")[
+        "status"
+    ]
     assert forced["evaluate"] == "ran" and forced["generate"] == "skipped"
     only = run_dag(cfg, plan_run(only="pairs"), echo=lambda s: None)
     assert only["stage"].tolist() == ["pairs"] and only["status"].tolist() == ["ran"]
     manifest = pd.read_parquet(tmp_path / "out" / "run_manifest.parquet")
     assert manifest["run_id"].nunique() == 4 and len(manifest) == 7 + 7 + 7 + 1
-    assert {"fingerprint", "config_hash", "packages", "rows_in", "rows_out", "errors"} <= set(manifest.columns)
+    assert {"fingerprint", "config_hash", "packages", "rows_in", "rows_out", "errors"} <= set(
+        manifest.columns
+    )
     # A changed config section reruns that stage and what depends on it, from scratch.
-    cfg2 = load_config(REPO / "configs" / "demo.yaml",
-                       tiny_overrides(root, tmp_path / "out", ["evaluate.metrics=[ssim]"]))
+    cfg2 = load_config(
+        REPO / "configs" / "demo.yaml",
+        tiny_overrides(root, tmp_path / "out", ["evaluate.metrics=[ssim]"]),
+    )
     third = run_dag(cfg2, plan_run(), echo=lambda s: None).set_index("stage")["status"]
     assert third["train"] == "skipped" and third["evaluate"] == "ran" and third["report"] == "ran"
 
@@ -100,7 +125,12 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 def run_args(root: Path, out: Path, ckpt: Path) -> list[str]:
     sets = tiny_overrides(root, out, [f"generate.checkpoints=[{ckpt}]"])
-    return ["--config", str(REPO / "configs" / "demo.yaml"), *sum((["--set", s] for s in sets), []), "run"]
+    return [
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        *sum((["--set", s] for s in sets), []),
+        "run",
+    ]
 
 
 @pytest.mark.slow
@@ -114,14 +144,24 @@ def test_killed_workers_are_retried_and_outputs_equal_a_clean_run(tmp_path, faul
     # Data actors (restarted, their batches resubmitted). The plain `run` does the rest.
     for stage, nth, extra in (("posemaps", 1, ["--only", "posemaps"]), ("generate", 2, [])):
         marker = tmp_path / f"{stage}.killed"
-        out = finish(run_cli([*args, *extra], {"POSE_PIPELINE_FAULT": f"{stage}:{nth}",
-                                              "POSE_PIPELINE_FAULT_MARKER": str(marker)}))
+        out = finish(
+            run_cli(
+                [*args, *extra],
+                {
+                    "POSE_PIPELINE_FAULT": f"{stage}:{nth}",
+                    "POSE_PIPELINE_FAULT_MARKER": str(marker),
+                },
+            )
+        )
         assert marker.exists(), f"the fault hook never fired for {stage}:\n{out[-2000:]}"
     assert tree_files(clean, "*.npz") == tree_files(faulty, "*.npz")
-    assert tree_files(tmp_path / "out_clean" / "generated", "*.jpg") == \
-        tree_files(tmp_path / "out_faulty" / "generated", "*.jpg")
+    assert tree_files(tmp_path / "out_clean" / "generated", "*.jpg") == tree_files(
+        tmp_path / "out_faulty" / "generated", "*.jpg"
+    )
     m = pd.read_parquet(tmp_path / "out_faulty" / "generated" / "manifest.parquet")
-    assert (m["status"] == "ok").all() and not m.duplicated(["checkpoint", "direction", "index"]).any()
+    assert (m["status"] == "ok").all() and not m.duplicated(
+        ["checkpoint", "direction", "index"]
+    ).any()
 
 
 @pytest.mark.slow
@@ -140,16 +180,27 @@ def test_killed_driver_resumes_to_the_clean_result(tmp_path, fault_tree):
     out = finish(run_cli(run_args(killed, tmp_path / "out_killed", ckpt)))
     assert "[keypoints] up to date" in out and "[generate] resuming" in out
     for table in ("tables/keypoints.parquet", "tables/pairs.parquet"):
-        pd.testing.assert_frame_equal(pd.read_parquet(clean / table), pd.read_parquet(killed / table))
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(clean / table), pd.read_parquet(killed / table)
+        )
     key = ["checkpoint", "direction", "index"]
-    a = pd.read_parquet(tmp_path / "out_clean" / "generated" / "manifest.parquet").sort_values(key, ignore_index=True)
-    b = pd.read_parquet(tmp_path / "out_killed" / "generated" / "manifest.parquet").sort_values(key, ignore_index=True)
+    a = pd.read_parquet(tmp_path / "out_clean" / "generated" / "manifest.parquet").sort_values(
+        key, ignore_index=True
+    )
+    b = pd.read_parquet(tmp_path / "out_killed" / "generated" / "manifest.parquet").sort_values(
+        key, ignore_index=True
+    )
     pd.testing.assert_frame_equal(a, b)
-    assert tree_files(tmp_path / "out_clean" / "generated", "*.jpg") == \
-        tree_files(tmp_path / "out_killed" / "generated", "*.jpg")
+    assert tree_files(tmp_path / "out_clean" / "generated", "*.jpg") == tree_files(
+        tmp_path / "out_killed" / "generated", "*.jpg"
+    )
     ssim = "evaluation/per_image/ssim.parquet"
-    va = pd.read_parquet(tmp_path / "out_clean" / ssim).sort_values(["checkpoint", "direction", "name"])
-    vb = pd.read_parquet(tmp_path / "out_killed" / ssim).sort_values(["checkpoint", "direction", "name"])
+    va = pd.read_parquet(tmp_path / "out_clean" / ssim).sort_values(
+        ["checkpoint", "direction", "name"]
+    )
+    vb = pd.read_parquet(tmp_path / "out_killed" / ssim).sort_values(
+        ["checkpoint", "direction", "name"]
+    )
     np.testing.assert_array_equal(va["value"].to_numpy(), vb["value"].to_numpy())
 
 
@@ -158,8 +209,11 @@ def test_corrupted_images_become_error_rows_and_the_report_counts_them(tmp_path,
     source, ckpt = fault_tree
     root = copy_tree(source, tmp_path / "data")
     test_images = pd.read_csv(root / "test_img_list.csv")["img"].tolist()
-    bad = {test_images[0]: b"", test_images[5]: (root / test_images[5]).read_bytes()[:300],
-           test_images[-1]: b"this is not a jpeg"}
+    bad = {
+        test_images[0]: b"",
+        test_images[5]: (root / test_images[5]).read_bytes()[:300],
+        test_images[-1]: b"this is not a jpeg",
+    }
     for rel, data in bad.items():
         (root / rel).write_bytes(data)
     finish(run_cli(run_args(root, tmp_path / "out", ckpt)))
@@ -169,7 +223,9 @@ def test_corrupted_images_become_error_rows_and_the_report_counts_them(tmp_path,
     assert len(errors) and set(errors["source_id"]) | set(errors["target_id"]) >= bad_ids
     assert errors["error"].str.contains("empty file|not a readable image").all()
     involved = m["source_id"].isin(bad_ids) | m["target_id"].isin(bad_ids)
-    assert (m.loc[~involved, "status"] == "ok").all() and (m.loc[involved, "status"] == "error").all()
+    assert (m.loc[~involved, "status"] == "ok").all() and (
+        m.loc[involved, "status"] == "error"
+    ).all()
     report = (tmp_path / "out" / "reports" / "demo" / "report.md").read_text()
     assert f"| generate | {int((m['status'] == 'ok').sum())} images" in report
     assert f"| {len(errors)} (" in report
@@ -177,19 +233,38 @@ def test_corrupted_images_become_error_rows_and_the_report_counts_them(tmp_path,
 
 def test_pairs_csv_escaping_the_root_is_refused_naming_rows(tmp_path, annotated_root):
     bad = tmp_path / "pairs.csv"
-    pd.DataFrame({"imgA": ["img/ok.jpg", "../outside.jpg"], "imgB": ["/etc/passwd", "img/ok2.jpg"]}).to_csv(bad, index=False)
-    res = CliRunner().invoke(cli, ["--set", f"dataset.root={annotated_root}", "--set", f"output.root={tmp_path / 'o'}",
-                                   "generate", "--pairs", str(bad), "--checkpoint",
-                                   str(random_checkpoint(tmp_path / "netG_1.pth")), "--ngf", "4"])
+    pd.DataFrame(
+        {"imgA": ["img/ok.jpg", "../outside.jpg"], "imgB": ["/etc/passwd", "img/ok2.jpg"]}
+    ).to_csv(bad, index=False)
+    res = CliRunner().invoke(
+        cli,
+        [
+            "--set",
+            f"dataset.root={annotated_root}",
+            "--set",
+            f"output.root={tmp_path / 'o'}",
+            "generate",
+            "--pairs",
+            str(bad),
+            "--checkpoint",
+            str(random_checkpoint(tmp_path / "netG_1.pth")),
+            "--ngf",
+            "4",
+        ],
+    )
     assert res.exit_code != 0
     text = res.output + str(res.exception or "")
     assert "row 2" in text and "row 3" in text and "outside the dataset root" in text
     assert not (tmp_path / "o" / "generated" / "manifest.parquet").exists()
 
 
-@pytest.mark.parametrize("setting, field", [("train.iterations=many", "train.iterations"),
-                                            ("generate.colour=red", "generate.colour")])
+@pytest.mark.parametrize(
+    "setting, field",
+    [("train.iterations=many", "train.iterations"), ("generate.colour=red", "generate.colour")],
+)
 def test_bad_config_names_the_field_and_writes_nothing(tmp_path, setting, field):
-    res = CliRunner().invoke(cli, ["--set", f"output.root={tmp_path / 'out'}", "--set", setting, "run"])
+    res = CliRunner().invoke(
+        cli, ["--set", f"output.root={tmp_path / 'out'}", "--set", setting, "run"]
+    )
     assert res.exit_code == 2 and field in res.output
     assert not (tmp_path / "out").exists()

@@ -50,7 +50,7 @@ def test_stage_writes_skips_and_counts(annotated_root, tmp_path, ray_session):
     table = read_table(layout.keypoints_table, KEYPOINTS_SCHEMA)
     x0 = np.asarray(table.at[0, "x"]).copy()
     first_valid = int(np.nonzero(x0 >= 0)[0][0])
-    x0[first_valid] = 999                                   # outside the 176-wide image
+    x0[first_valid] = 999  # outside the 176-wide image
     table.at[0, "x"] = x0
     table.at[1, "error"] = "not a readable image: test"
     write_table(table, layout.keypoints_table, KEYPOINTS_SCHEMA)
@@ -62,23 +62,27 @@ def test_stage_writes_skips_and_counts(annotated_root, tmp_path, ray_session):
     for r in table.iloc[[0, 2, 3]].itertuples():
         m = load_posemap(layout.posemap(r.split, r.file_id))
         ys, xs, ks = np.nonzero(m)
-        inside = [(k, int(r.y[k]), int(r.x[k])) for k in range(18) if 0 <= r.x[k] < r.img_w and r.y[k] >= 0]
-        assert sorted(zip(ks.tolist(), ys.tolist(), xs.tolist())) == inside
+        inside = [
+            (k, int(r.y[k]), int(r.x[k]))
+            for k in range(18)
+            if 0 <= r.x[k] < r.img_w and r.y[k] >= 0
+        ]
+        assert sorted(zip(ks.tolist(), ys.tolist(), xs.tolist(), strict=True)) == inside
     assert not layout.posemap(table.at[1, "split"], table.at[1, "file_id"]).exists()
 
     again = run_posemaps(cfg, progress=False)
     assert again.rows_out == 0 and again.skipped == len(table) - 1
     old = layout.posemap(table.at[2, "split"], table.at[2, "file_id"])
-    os.utime(old, (0, 0))                        # an older file with the same content is fine
+    os.utime(old, (0, 0))  # an older file with the same content is fine
     assert run_posemaps(cfg, progress=False).rows_out == 0
     x2 = np.asarray(table.at[2, "x"]).copy()
-    x2[x2 >= 0] -= 1                                          # one row's keypoints move
+    x2[x2 >= 0] -= 1  # one row's keypoints move
     table.at[2, "x"] = x2
     gone = table.iloc[3]
     write_table(table.drop(index=3), layout.keypoints_table, KEYPOINTS_SCHEMA)
     assert run_posemaps(cfg, progress=False).rows_out == 1
     moved = load_posemap(old)
     assert sorted(np.nonzero(moved)[1].tolist()) == sorted(int(v) for v in x2 if 0 <= v < 176)
-    assert not layout.posemap(gone.split, gone.file_id).exists()   # its image left the table
+    assert not layout.posemap(gone.split, gone.file_id).exists()  # its image left the table
     table = table.drop(index=3)
     assert run_posemaps(cfg, force=True, progress=False).rows_out == len(table) - 1

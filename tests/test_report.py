@@ -16,7 +16,9 @@ def evaluation(synth_root, tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("report")
     write_published_layout(synth_root, root / "gen", {"100": 20.0, "300": 8.0}, max_pairs=5)
     cfg = load_config(None, ["ray.num_cpus=2", f"output.root={root}"])
-    run_evaluate(cfg, generated=root / "gen", out=root / "evaluation", metrics=["ssim", "psnr", "fid"])
+    run_evaluate(
+        cfg, generated=root / "gen", out=root / "evaluation", metrics=["ssim", "psnr", "fid"]
+    )
     return root, cfg
 
 
@@ -27,28 +29,32 @@ def test_report_files_embed_images_and_list_skipped(evaluation):
     assert result.outputs["html"] == str(html_path)
     text = html_path.read_text()
     images = re.findall(r"<img src='([^']+)'", text)
-    assert len(images) == 2 + 6      # metrics plot, SSIM histogram, 3 grids x 2 directions
+    assert len(images) == 2 + 6  # metrics plot, SSIM histogram, 3 grids x 2 directions
     assert all(src.startswith("data:image/png;base64,") for src in images)
-    assert not re.search(r"(src|href)=['\"](?!data:)", text)      # nothing fetched from outside
-    assert "pt_inception-2015-12-05-6726825d.pth" in text          # FID skipped, with its reason
+    assert not re.search(r"(src|href)=['\"](?!data:)", text)  # nothing fetched from outside
+    assert "pt_inception-2015-12-05-6726825d.pth" in text  # FID skipped, with its reason
     for ckpt in ("100", "300"):
         assert f"checkpoint {ckpt} sha256" in text
     md = (root / "reports" / "demo" / "report.md").read_text()
     assert "## Skipped metrics" in md and "| fid |" in md
     for link in re.findall(r"\]\((images/[^)]+)\)", md):
         assert (root / "reports" / "demo" / link).is_file()
-    assert "| checkpoint | direction | images | ssim | psnr |" in md   # no column (and no 0) for fid
-    assert md.count("(n=5)") == 2 * 2 * 2    # 5 pairs per checkpoint and direction, ssim and psnr
+    assert "| checkpoint | direction | images | ssim | psnr |" in md  # no column (and no 0) for fid
+    assert md.count("(n=5)") == 2 * 2 * 2  # 5 pairs per checkpoint and direction, ssim and psnr
 
 
 def test_report_cli_and_missing_evaluation(evaluation, tmp_path):
     from run_pipeline import cli
 
     root, _ = evaluation
-    res = CliRunner().invoke(cli, ["report", "--evaluation", str(root / "evaluation"), "--out", str(tmp_path / "r")])
+    res = CliRunner().invoke(
+        cli, ["report", "--evaluation", str(root / "evaluation"), "--out", str(tmp_path / "r")]
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r" / "report.html").exists() and "fid skipped" in res.output
     empty = tmp_path / "empty"
     empty.mkdir()
-    res = CliRunner().invoke(cli, ["report", "--evaluation", str(empty), "--out", str(tmp_path / "r2")])
+    res = CliRunner().invoke(
+        cli, ["report", "--evaluation", str(empty), "--out", str(tmp_path / "r2")]
+    )
     assert res.exit_code != 0 and "run `evaluate" in res.output

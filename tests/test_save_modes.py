@@ -17,7 +17,7 @@ from pipeline.save_modes import (
     PUBLISHED,
     record_generation,
     save_mode_text,
-)  # fmt: skip
+)
 from stages.evaluate import run_evaluate
 from stages.report import run_report
 
@@ -63,12 +63,13 @@ def test_published_mode_reaches_evaluation_and_report_header(generated, tmp_path
 
 def test_mixed_modes_are_refused_unless_allowed_and_then_flagged(generated, tmp_path, ray_session):
     gen, cfg = generated
-    record_generation(gen, DEFAULT, ["100"], "one-hot")     # 300 copied in from elsewhere
+    record_generation(gen, DEFAULT, ["100"], "one-hot")  # 300 copied in from elsewhere
     with pytest.raises(click.UsageError, match="different modes.*default: 100; unknown: 300"):
         run_evaluate(cfg, generated=gen, out=tmp_path / "ev", metrics=["ssim"])
     assert not (tmp_path / "ev").exists()
-    run_evaluate(cfg, generated=gen, out=tmp_path / "ev", metrics=["ssim"],
-                 allow_mixed_save_modes=True)
+    run_evaluate(
+        cfg, generated=gen, out=tmp_path / "ev", metrics=["ssim"], allow_mixed_save_modes=True
+    )
     assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["save_mode"] == "mixed"
     result = run_report(cfg, evaluation=tmp_path / "ev", out=tmp_path / "rep")
     assert any(w.startswith("Images scored: MIXED save modes") for w in result.notes)

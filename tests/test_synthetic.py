@@ -38,9 +38,11 @@ def test_tree_layout_and_split_by_identity(synth_root):
 
 def test_keypoints_inside_image_and_on_the_figure(synth_root):
     gt = read_keypoints_csv(synth_root / GROUND_TRUTH_CSV)
-    paths = {p.replace("/", "").rsplit(".", 1)[0]: p for p in
-             read_image_list(synth_root / "train_img_list.csv", synth_root)
-             + read_image_list(synth_root / "test_img_list.csv", synth_root)}
+    paths = {
+        p.replace("/", "").rsplit(".", 1)[0]: p
+        for p in read_image_list(synth_root / "train_img_list.csv", synth_root)
+        + read_image_list(synth_root / "test_img_list.csv", synth_root)
+    }
     assert len(gt) == len(paths)
     n_checked = 0
     for row in gt.itertuples():
@@ -50,7 +52,7 @@ def test_keypoints_inside_image_and_on_the_figure(synth_root):
         assert ok.sum() >= 14
         assert (x[ok] < 176).all() and (y[ok] < 256).all() and (y[ok] >= 0).all()
         for k in np.nonzero(ok)[0]:
-            assert im[y[k], x[k]].min() < 235, (row.file_id, k)   # painted, not background
+            assert im[y[k], x[k]].min() < 235, (row.file_id, k)  # painted, not background
             n_checked += 1
     assert n_checked > 32 * 14
     # Distinct poses within an identity.

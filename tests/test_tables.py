@@ -20,20 +20,26 @@ from pipeline.tables import (
     write_keypoints_csv,
     write_pairs_csv,
     write_table,
-)  # fmt: skip
+)
 
 
 def keypoint_rows(n=3):
     rng = np.random.default_rng(0)
-    return pd.DataFrame({
-        "path": [f"img/MEN/Denim/id_0000000{i}/01_1_front.jpg" for i in range(n)],
-        "file_id": [f"imgMENDenimid_0000000{i}01_1_front" for i in range(n)],
-        "split": "train", "img_h": 256, "img_w": 176,
-        "x": [rng.integers(-1, 176, 18) for _ in range(n)],
-        "y": [rng.integers(-1, 256, 18) for _ in range(n)],
-        "score": [rng.random(18).astype(np.float32) for _ in range(n)],
-        "n_valid": 10, "estimator": "test", "error": [None] * (n - 1) + ["broken: reason"],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "path": [f"img/MEN/Denim/id_0000000{i}/01_1_front.jpg" for i in range(n)],
+            "file_id": [f"imgMENDenimid_0000000{i}01_1_front" for i in range(n)],
+            "split": "train",
+            "img_h": 256,
+            "img_w": 176,
+            "x": [rng.integers(-1, 176, 18) for _ in range(n)],
+            "y": [rng.integers(-1, 256, 18) for _ in range(n)],
+            "score": [rng.random(18).astype(np.float32) for _ in range(n)],
+            "n_valid": 10,
+            "estimator": "test",
+            "error": [None] * (n - 1) + ["broken: reason"],
+        }
+    )
 
 
 def test_file_id_as_published():
@@ -53,7 +59,7 @@ def test_parquet_round_trip_keeps_schema(tmp_path):
 def test_failed_write_leaves_no_file(tmp_path):
     target = tmp_path / "t.parquet"
     bad = keypoint_rows()
-    bad["x"] = [[1, 2]] * len(bad)          # wrong list length: the write must fail
+    bad["x"] = [[1, 2]] * len(bad)  # wrong list length: the write must fail
     with pytest.raises(DataError, match="column 'x'"):
         write_table(bad, target, KEYPOINTS_SCHEMA)
     assert os.listdir(tmp_path) == []
@@ -69,7 +75,9 @@ def test_keypoints_csv_round_trip_omits_error_rows(tmp_path):
     df = keypoint_rows()
     write_keypoints_csv(df, tmp_path / "k.csv")
     header = (tmp_path / "k.csv").read_text().splitlines()[0]
-    assert header.startswith("file_id,img_h,img_w,p0_x,p0_y,p1_x") and header.endswith("p17_x,p17_y")
+    assert header.startswith("file_id,img_h,img_w,p0_x,p0_y,p1_x") and header.endswith(
+        "p17_x,p17_y"
+    )
     back = read_keypoints_csv(tmp_path / "k.csv")
     assert len(back) == 2
     np.testing.assert_array_equal(np.stack(back.x), np.stack(df.x[:2]))
@@ -111,7 +119,8 @@ def test_paths_escaping_the_root_are_refused(tmp_path):
     with pytest.raises(DataError, match="outside the dataset root"):
         safe_path(root, "img/link/x.jpg")
     pd.DataFrame({"imgA": ["img/a.jpg", "../b.jpg"], "imgB": ["/abs.jpg", "img/c.jpg"]}).to_csv(
-        tmp_path / "pairs.csv", index=False)
+        tmp_path / "pairs.csv", index=False
+    )
     with pytest.raises(DataError) as err:
         read_pairs_csv(tmp_path / "pairs.csv", root)
     assert "row 2" in str(err.value) and "row 3" in str(err.value) and "2 path(s)" in str(err.value)

@@ -20,7 +20,7 @@ from stages.train import (
     rank_order,
     run_train,
     train_step,
-)  # fmt: skip
+)
 
 
 def tiny_config(root, out, **train) -> Config:
@@ -29,8 +29,17 @@ def tiny_config(root, out, **train) -> Config:
     cfg.output.root = str(out)
     cfg.ray.num_cpus = 2
     cfg.train.perceptual = "off"
-    settings = dict(ngf=4, ndf=4, batch_size=2, iterations=2, ckpt_every=2, sample_every=2,
-                    num_workers=1, loader_workers=0, cpus_per_worker=1)
+    settings = dict(
+        ngf=4,
+        ndf=4,
+        batch_size=2,
+        iterations=2,
+        ckpt_every=2,
+        sample_every=2,
+        num_workers=1,
+        loader_workers=0,
+        cpus_per_worker=1,
+    )
     for key, value in {**settings, **train}.items():
         setattr(cfg.train, key, value)
     return cfg
@@ -52,7 +61,7 @@ def test_batch_stream_skips_bad_pairs_and_restarts_at_its_cursor(annotated_root)
     first = stream.next_batch()
     assert [t.shape[0] for t in first] == [4, 4, 4] and first[2].shape[1] == 36
     cursor = stream.cursor
-    expected = stream.next_batch()     # 8 good items of 5 per epoch: crosses into epoch 1
+    expected = stream.next_batch()  # 8 good items of 5 per epoch: crosses into epoch 1
     assert stream.cursor[0] == 1 and stream.skipped >= 1
     assert all("missing.jpg" in reason for reason in stream.reasons)
     again = BatchStream(data, batch_size=4, rank=0, world=1, seed=0, cursor=cursor).next_batch()
@@ -65,19 +74,22 @@ def test_loss_drops_on_a_fixed_batch(annotated_root):
     batch = tuple(torch.stack(t) for t in zip(data[0], data[1], strict=True))
     tc = tiny_config(annotated_root, "unused").train
     nets = build_nets(tc)
-    l1 = [train_step(nets, batch, loss_weights(tc), None, autocast_for(tc, "cpu"))["g_l1"].item()
-          for _ in range(30)]
+    l1 = [
+        train_step(nets, batch, loss_weights(tc), None, autocast_for(tc, "cpu"))["g_l1"].item()
+        for _ in range(30)
+    ]
     assert np.mean(l1[-5:]) < 0.75 * np.mean(l1[:3]), l1
 
 
 def test_two_workers_write_official_checkpoints_skip_bad_pairs_and_resume(
-        annotated_root, ray_session, tmp_path):
+    annotated_root, ray_session, tmp_path
+):
     root = tmp_path / "data"
     shutil.copytree(annotated_root, root)
     layout = DatasetLayout(root)
     train = read_table(layout.pairs_table, PAIRS_SCHEMA).query("split == 'train'")
-    (root / train.iloc[0]["imgB"]).write_bytes(b"not a jpeg")          # a broken image
-    layout.posemap("train", train.iloc[-1]["fidA"]).unlink()            # rendered on the fly
+    (root / train.iloc[0]["imgB"]).write_bytes(b"not a jpeg")  # a broken image
+    layout.posemap("train", train.iloc[-1]["fidA"]).unlink()  # rendered on the fly
     out = tmp_path / "train"
     cfg = tiny_config(root, tmp_path, num_workers=2)
 
@@ -101,7 +113,9 @@ def test_two_workers_write_official_checkpoints_skip_bad_pairs_and_resume(
 
 
 @pytest.mark.slow
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(annotated_root, ray_session, tmp_path):
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
+    annotated_root, ray_session, tmp_path
+):
     straight = tmp_path / "straight"
     run_train(tiny_config(annotated_root, tmp_path, iterations=4), out=straight)
     resumed = tmp_path / "resumed"

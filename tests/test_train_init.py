@@ -18,12 +18,18 @@ from stages.train import build_nets, resolve_init_checkpoints, run_train
 def test_resolve_a_directory_a_file_and_an_iteration_override(tmp_path):
     for name in ("netG_100.pth", "netD_100.pth", "netG_200.pth", "netD_050.pth"):
         (tmp_path / name).write_bytes(b"")
-    found = resolve_init_checkpoints(tmp_path)   # 200 has no netD: the highest pair is 100
-    assert (found.netG.name, found.netD.name, found.iteration) == \
-        ("netG_100.pth", "netD_100.pth", 100)
+    found = resolve_init_checkpoints(tmp_path)  # 200 has no netD: the highest pair is 100
+    assert (found.netG.name, found.netD.name, found.iteration) == (
+        "netG_100.pth",
+        "netD_100.pth",
+        100,
+    )
     found = resolve_init_checkpoints(tmp_path / "netD_100.pth", iteration=257500)
     assert (found.netG, found.netD, found.iteration) == (
-        tmp_path / "netG_100.pth", tmp_path / "netD_100.pth", 257500)
+        tmp_path / "netG_100.pth",
+        tmp_path / "netD_100.pth",
+        257500,
+    )
     with pytest.raises(WeightsError, match=r"netD_200\.pth not found"):
         resolve_init_checkpoints(tmp_path / "netG_200.pth")
     (tmp_path / "weights.pth").write_bytes(b"")
@@ -49,7 +55,8 @@ def test_cli_refuses_a_bad_init_before_training(annotated_root, tmp_path, ray_se
 
 @pytest.mark.slow
 def test_init_from_another_runs_pair_continues_its_weights_and_numbering(
-        annotated_root, ray_session, tmp_path):
+    annotated_root, ray_session, tmp_path
+):
     source = tmp_path / "source"
     run_train(tiny_config(annotated_root, tmp_path, seed=1, iterations=2), out=source)
     # lr 0: the parameters after the first fine-tuning iteration are exactly those it started
@@ -71,8 +78,9 @@ def test_init_from_another_runs_pair_continues_its_weights_and_numbering(
         assert counts and all(after[k] > before[k] for k in counts), net
     fresh = tiny_config(annotated_root, tmp_path, seed=0)
     tuned = torch.load(ckpts / "netG_3.pth", weights_only=True)
-    assert not torch.equal(build_nets(fresh.train).netG.state_dict()["in1_conv1.0.weight"],
-                           tuned["in1_conv1.0.weight"])
+    assert not torch.equal(
+        build_nets(fresh.train).netG.state_dict()["in1_conv1.0.weight"], tuned["in1_conv1.0.weight"]
+    )
     meta = json.loads((tmp_path / "fine" / "run_meta.json").read_text())
     init = meta["init_from"]
     assert init["iteration"] == 2 and "fresh Adam state" in init["optimiser"]

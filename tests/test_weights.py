@@ -24,7 +24,7 @@ def test_pickle_with_code_is_refused(tmp_path):
     with pytest.raises(WeightsError, match="not a plain state dict"):
         load_state_dict(path)
     assert not os.path.exists("/tmp/pose_pwned")
-    torch.save(NetG(ngf=2), tmp_path / "module.pth")   # a whole pickled module
+    torch.save(NetG(ngf=2), tmp_path / "module.pth")  # a whole pickled module
     with pytest.raises(WeightsError, match="not a plain state dict"):
         load_state_dict(tmp_path / "module.pth")
 

@@ -25,17 +25,19 @@ def test_status_finds_a_right_named_file(tmp_path, monkeypatch):
     wdir.mkdir()
     data = b"not really inception weights"
     (wdir / KNOWN_WEIGHTS["fid_inception"].filename).write_bytes(data)
-    (wdir / "fid.pth").write_bytes(data)                     # a wrong name is not picked up
+    (wdir / "fid.pth").write_bytes(data)  # a wrong name is not picked up
     ckpts = tmp_path / "train" / "checkpoints"
     ckpts.mkdir(parents=True)
     (ckpts / "netG_500.pth").write_bytes(b"ckpt")
-    res = CliRunner().invoke(cli, ["--set", f"weights.dir={wdir}", "--set", f"output.root={tmp_path}",
-                                   "weights", "status"])
-    assert res.exit_code == 1                                # others still missing
+    res = CliRunner().invoke(
+        cli,
+        ["--set", f"weights.dir={wdir}", "--set", f"output.root={tmp_path}", "weights", "status"],
+    )
+    assert res.exit_code == 1  # others still missing
     assert "present  fid_inception" in res.output
     assert hashlib.sha256(data).hexdigest() in res.output
     assert "present  netG 500" in res.output and hashlib.sha256(b"ckpt").hexdigest() in res.output
-    assert "4 present" in res.output   # with the two BlazePose files
+    assert "4 present" in res.output  # with the two BlazePose files
 
 
 def test_fetch_rejects_unknown_names():

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import torch
 
-PERSON_LABEL = 1      # COCO category id of "person" in torchvision's 91-class labels
+PERSON_LABEL = 1  # COCO category id of "person" in torchvision's 91-class labels
 
 
 def build_ssd(weights: str | os.PathLike | None) -> torch.nn.Module:
@@ -37,6 +37,8 @@ def best_person_scores(detections: list[dict[str, torch.Tensor]]) -> np.ndarray:
 def person_scores(net: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray:
     """DS per image. The detector resizes to 300 and normalises itself; inputs in [0, 1]."""
     device = next(net.parameters()).device
-    batch = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div(255).to(device)
-             for im in images]
+    batch = [
+        torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div(255).to(device)
+        for im in images
+    ]
     return best_person_scores(net(batch))

@@ -31,7 +31,12 @@ class FIDInceptionC(InceptionC):
     def _forward(self, x):
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         d = self.branch7x7dbl_1(x)
-        for conv in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+        for conv in (
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             d = conv(d)
         pool = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
         return [self.branch1x1(x), b7, d, pool]
@@ -73,10 +78,27 @@ def build_fid_inception(weights: str | os.PathLike | None) -> torch.nn.Module:
     return net.eval()
 
 
-_POOL3_PATH = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
-               "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
-               "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
-               "avgpool")  # fmt: skip
+_POOL3_PATH = (
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "maxpool1",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+    "maxpool2",
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
+    "Mixed_6a",
+    "Mixed_6b",
+    "Mixed_6c",
+    "Mixed_6d",
+    "Mixed_6e",
+    "Mixed_7a",
+    "Mixed_7b",
+    "Mixed_7c",
+    "avgpool",
+)
 
 
 @torch.no_grad()
@@ -88,8 +110,9 @@ def pool3_features(net: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray
     return x.flatten(1).float().cpu().numpy()
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
     """d^2 = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)).
 
     When sqrt(S1 S2) is not finite (near-singular product) eps is added to both diagonals;
@@ -106,6 +129,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
     """FID between two feature sets (rows = images; at least 2 each for a covariance)."""
     if len(real) < 2 or len(fake) < 2:
-        raise ValueError(f"FID needs at least 2 images per set, got {len(real)} real and {len(fake)} generated")
+        raise ValueError(
+            f"FID needs at least 2 images per set, got {len(real)} real and {len(fake)} generated"
+        )
     r, f = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     return frechet_distance(r.mean(0), np.cov(r, rowvar=False), f.mean(0), np.cov(f, rowvar=False))

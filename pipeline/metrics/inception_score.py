@@ -19,7 +19,9 @@ def build_inception(weights: str | os.PathLike | None) -> torch.nn.Module:
 
     from pipeline.weights import load_into
 
-    net = inception_v3(weights=None, aux_logits=True, transform_input=False, init_weights=weights is None)
+    net = inception_v3(
+        weights=None, aux_logits=True, transform_input=False, init_weights=weights is None
+    )
     if weights is not None:
         load_into(net, weights)
     return net.eval()
@@ -28,7 +30,9 @@ def build_inception(weights: str | os.PathLike | None) -> torch.nn.Module:
 def resized_batch(images: list[np.ndarray], device: str | torch.device) -> torch.Tensor:
     """uint8 HxWx3 images -> (N, 3, 299, 299) in [-1, 1], bilinear (align_corners=False)."""
     x = torch.stack([to_tensor(im) for im in images]).to(device)
-    return torch.nn.functional.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    return torch.nn.functional.interpolate(
+        x, size=(SIZE, SIZE), mode="bilinear", align_corners=False
+    )
 
 
 @torch.no_grad()

@@ -11,11 +11,16 @@ import torch
 from pipeline.imaging import to_tensor
 
 # lpips net name -> (our weights registry name, short name in the legacy CSV)
-LPIPS_NETS = {"alex": ("alexnet", "alx"), "vgg": ("vgg16", "vgg"), "squeeze": ("squeezenet1_1", "sqz")}
+LPIPS_NETS = {
+    "alex": ("alexnet", "alx"),
+    "vgg": ("vgg16", "vgg"),
+    "squeeze": ("squeezenet1_1", "sqz"),
+}
 
 
-def backbone_state(lpips_net: torch.nn.Module, torchvision_state: dict[str, torch.Tensor]
-                   ) -> dict[str, torch.Tensor]:
+def backbone_state(
+    lpips_net: torch.nn.Module, torchvision_state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Rename torchvision `features.<i>.<param>` to lpips' `slice<k>.<i>.<param>`."""
     out = {}
     for key in lpips_net.state_dict():
@@ -35,12 +40,16 @@ def build_lpips(net: str, backbone_weights: str | os.PathLike | None) -> torch.n
         try:
             model.net.load_state_dict(backbone_state(model.net, load_state_dict(backbone_weights)))
         except (KeyError, RuntimeError) as exc:
-            raise WeightsError(f"{backbone_weights} does not fit the LPIPS {net} backbone: {exc}") from exc
+            raise WeightsError(
+                f"{backbone_weights} does not fit the LPIPS {net} backbone: {exc}"
+            ) from exc
     return model.eval()
 
 
 @torch.no_grad()
-def lpips_distances(model: torch.nn.Module, real: list[np.ndarray], fake: list[np.ndarray]) -> np.ndarray:
+def lpips_distances(
+    model: torch.nn.Module, real: list[np.ndarray], fake: list[np.ndarray]
+) -> np.ndarray:
     """LPIPS distance per pair, inputs RGB in [-1, 1] -> float64 (N,)."""
     device = next(model.parameters()).device
     a = torch.stack([to_tensor(im) for im in real]).to(device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-HEAD_KEYPOINTS = (0, 1, 14, 15, 16, 17)   # nose, neck, eyes, ears (OpenPose-18)
+HEAD_KEYPOINTS = (0, 1, 14, 15, 16, 17)  # nose, neck, eyes, ears (OpenPose-18)
 MIN_HEAD_KEYPOINTS = 2
 THRESHOLD = 0.5
 

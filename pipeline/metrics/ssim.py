@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-WIN = 7                      # skimage's default window (uniform filter)
-DATA_RANGE = 255.0           # skimage's data range for uint8
+WIN = 7  # skimage's default window (uniform filter)
+DATA_RANGE = 255.0  # skimage's data range for uint8
 K1, K2 = 0.01, 0.03
 _NP = WIN * WIN
 _COV_NORM = _NP / (_NP - 1)  # skimage's sample-covariance correction
@@ -22,11 +22,11 @@ def _window_sums(a: np.ndarray) -> np.ndarray:
     h = a.shape[-2] - WIN + 1
     rows = a[..., 0:h, :].copy()
     for k in range(1, WIN):
-        rows += a[..., k:k + h, :]
+        rows += a[..., k : k + h, :]
     w = a.shape[-1] - WIN + 1
     out = rows[..., 0:w].copy()
     for k in range(1, WIN):
-        out += rows[..., k:k + w]
+        out += rows[..., k : k + w]
     return out
 
 
@@ -44,10 +44,10 @@ def ssim_image(real: np.ndarray, fake: np.ndarray) -> float:
     y = np.ascontiguousarray(fake.transpose(2, 0, 1), dtype=np.int32)
     sx, sy = _window_sums(x), _window_sums(y)
     sxx, syy, sxy = _window_sums(x * x), _window_sums(y * y), _window_sums(x * y)
-    means = sx * sy                         # n^2 ux uy
-    squares = sx * sx + sy * sy             # n^2 (ux^2 + uy^2)
-    cov = _NP * sxy - means                 # n^2 (n-1)/n vxy
-    var = _NP * (sxx + syy) - squares       # n^2 (n-1)/n (vx + vy)
+    means = sx * sy  # n^2 ux uy
+    squares = sx * sx + sy * sy  # n^2 (ux^2 + uy^2)
+    cov = _NP * sxy - means  # n^2 (n-1)/n vxy
+    var = _NP * (sxx + syy) - squares  # n^2 (n-1)/n (vx + vy)
     k1 = (K1 * DATA_RANGE) ** 2 * _NP**2
     k2 = (K2 * DATA_RANGE) ** 2 * _NP**2
     num = (2.0 * means + k1) * (2.0 * _COV_NORM * cov + k2)
@@ -59,7 +59,10 @@ def ssim_batch(real: np.ndarray, fake: np.ndarray) -> np.ndarray:
     """Per-image SSIM of uint8 (N, H, W, C) batches -> float64 (N,). One image at a time:
     its planes stay in cache, which is faster than one large vectorised pass."""
     if real.shape != fake.shape or real.ndim != 4:
-        raise ValueError(f"ssim_batch needs two (N, H, W, C) arrays of one shape, got {real.shape} and {fake.shape}")
+        raise ValueError(
+            "ssim_batch needs two (N, H, W, C) arrays of one shape, "
+            f"got {real.shape} and {fake.shape}"
+        )
     if real.shape[1] < WIN or real.shape[2] < WIN:
         raise ValueError(f"images must be at least {WIN}x{WIN}, got {real.shape[1:3]}")
     return np.array([ssim_image(a, b) for a, b in zip(real, fake, strict=True)], dtype=np.float64)
