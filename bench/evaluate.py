@@ -91,9 +91,9 @@ def main() -> None:
     import pandas as pd
 
     from pipeline.config import RayConfig
+    from pipeline.metrics.summary import PER_IMAGE_SCHEMA
     from pipeline.runtime import available_gpus, init_ray
     from pipeline.tables import read_table
-    from stages.evaluate import PER_IMAGE_SCHEMA
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_evaluate_"))
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import time
 import zipfile
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.layout import DatasetLayout, GenerationLayout, OutputLayout
+from pipeline.resumable import ResumableTable
 from pipeline.runtime import StageResult
 from pipeline.save_modes import SAVE_MODES, record_generation, save_mode
 from pipeline.tables import MANIFEST_SCHEMA, DataError, read_pairs_csv, read_table, safe_path
@@ -27,9 +27,6 @@ DIRECTIONS = tuple(GenerationLayout.DIRECTIONS)
 MANIFEST = GenerationLayout.MANIFEST
 MANIFEST_FLUSH_S = 20  # seconds between manifest saves during a run
 TEST_SPLIT = "test"
-# Decode/encode tasks are light next to NetG: half a logical CPU lets two overlap a forward,
-# and differing from the actor's 1 CPU keeps Ray Data from fusing them into the actor.
-IO_CPUS = 0.5
 # Columns of a generation job (one output image of one checkpoint) besides the maps' sources.
 JOB_COLUMNS = [
     "checkpoint",
@@ -125,11 +122,22 @@ def attach_map_sources(jobs: pd.DataFrame, root: str | os.PathLike) -> pd.DataFr
     return out
 
 
+MANIFEST_KEY = ["checkpoint", "direction", "index"]
+
+
+def manifest_output(out_dir: str | os.PathLike) -> ResumableTable:
+    """The generation manifest, one row per output file, resumable (manifest.parts)."""
+    return ResumableTable(
+        Path(out_dir) / MANIFEST,
+        MANIFEST_SCHEMA,
+        MANIFEST_KEY,
+        flush_rows=1 << 30,
+        flush_seconds=MANIFEST_FLUSH_S,
+    )
+
+
 def read_manifest(out_dir: str | os.PathLike) -> pd.DataFrame:
-    path = Path(out_dir) / MANIFEST
-    if not path.exists():
-        return MANIFEST_SCHEMA.empty_table().to_pandas()
-    return read_table(path, MANIFEST_SCHEMA)
+    return manifest_output(out_dir).done()
 
 
 def done_rows(manifest: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
@@ -151,13 +159,6 @@ def pending_jobs(
     key = ["direction", "index", "source_id", "target_id"]
     merged = jobs.merge(done[key].drop_duplicates(), on=key, how="left", indicator=True)
     return jobs[(merged["_merge"] == "left_only").to_numpy()].reset_index(drop=True)
-
-
-def merge_manifest(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """New rows replace old rows of the same (checkpoint, direction, index)."""
-    key = ["checkpoint", "direction", "index"]
-    both = pd.concat([old, new], ignore_index=True).drop_duplicates(key, keep="last")
-    return both.sort_values(key, ignore_index=True)
 
 
 def identical_jobs(todo: pd.DataFrame, done: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -375,15 +376,13 @@ class Generator:
     def __init__(
         self, ngf: int, dtype: str, channels_last: bool, minmax: bool, actors_per_node: int
     ):
-        import torch
-
         from pipeline.api import autocast_dtype
-        from pipeline.runtime import best_device, node_cpus
+        from pipeline.ray_pool import use_node_threads
+        from pipeline.runtime import best_device
 
         self.device = best_device()
         if self.device == "cpu":
-            # Ray pins workers to one thread; the actor is the only heavy compute here.
-            torch.set_num_threads(max(1, node_cpus() // actors_per_node))
+            use_node_threads(actors_per_node)
         self.ngf, self.channels_last, self.minmax = ngf, channels_last, minmax
         self.dtype = autocast_dtype(dtype, self.device)
         self.net = None
@@ -513,8 +512,8 @@ def run_generate(
     from tqdm import tqdm
 
     from pipeline.api import check_checkpoint
-    from pipeline.runtime import available_gpus, cpu_nodes, init_ray
-    from pipeline.tables import write_table
+    from pipeline.ray_pool import plan_pool, task_options
+    from pipeline.runtime import init_ray
     from pipeline.weights import checkpoint_id, expand_checkpoints
     from stages.posemaps import describe_posemap_kind, recorded_posemap_kind
 
@@ -539,7 +538,8 @@ def run_generate(
         pairs = pairs.head(limit)
     jobs = attach_map_sources(generation_jobs(pairs), root)
     frame = frame_size(root, pairs["imgA"].tolist())
-    manifest = read_manifest(out_dir)
+    output = manifest_output(out_dir)
+    manifest = output.done()
     todo_parts = []
     for path, ckpt in zip(paths, ids, strict=True):
         todo = pending_jobs(jobs, manifest, ckpt, out_dir)
@@ -559,80 +559,55 @@ def run_generate(
         todo, links = identical_jobs(todo, done)
         linked = write_identical(links, done, out_dir)
         if len(linked):
-            manifest = merge_manifest(manifest, linked)
-            write_table(manifest, out_dir / MANIFEST, MANIFEST_SCHEMA)
+            output.add(linked)
+            output.flush()
             result.rows_out = int((linked["status"] == "ok").sum())
             result.errors = int((linked["status"] == "error").sum())
     if not todo.empty:
         init_ray(cfg.ray)
-        gpus = available_gpus()
-        actors = gc.concurrency or gpus or cpu_nodes()
-        per_node = max(1, -(-actors // cpu_nodes()))
+        pool = plan_pool(gc.concurrency)
         # One block per batch: each block is one load task, one forward, one write task.
         blocks = [todo.iloc[i : i + gc.batch_size] for i in range(0, len(todo), gc.batch_size)]
         # The published script ran NetG in the default memory format; channels_last changes
         # the last bits, which the published save's truncation turns into grey levels.
         channels_last = gc.channels_last and not gc.minmax
-        ds = (
-            ray.data.from_pandas(blocks)
-            .map_batches(
-                load_inputs,
-                batch_size=gc.batch_size,
-                batch_format="numpy",
-                num_cpus=IO_CPUS,
-                fn_kwargs=dict(
-                    root=root, out_dir=str(out_dir), frame=frame, minmax=gc.minmax, sparse=sparse
-                ),
-            )
-            .map_batches(
-                Generator,
-                batch_size=gc.batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                num_gpus=1 if gpus else 0,
-                fn_constructor_kwargs=dict(
-                    ngf=gc.ngf,
-                    dtype=gc.dtype,
-                    minmax=gc.minmax,
-                    channels_last=channels_last,
-                    actors_per_node=per_node,
-                ),
-            )
-            .map_batches(
-                write_outputs,
-                batch_size=gc.batch_size,
-                batch_format="numpy",
-                num_cpus=IO_CPUS,
-                fn_kwargs=dict(out_dir=str(out_dir), minmax=gc.minmax),
-            )
+        ds = ray.data.from_pandas(blocks).map_batches(
+            load_inputs,
+            batch_size=gc.batch_size,
+            batch_format="numpy",
+            fn_kwargs=dict(
+                root=root, out_dir=str(out_dir), frame=frame, minmax=gc.minmax, sparse=sparse
+            ),
+            **task_options(),
         )
-        rows = []
-        flushed = time.monotonic()
+        ds = pool.map(
+            ds, Generator, gc.batch_size, ngf=gc.ngf, dtype=gc.dtype, minmax=gc.minmax,
+            channels_last=channels_last,
+        )  # fmt: skip
+        ds = ds.map_batches(
+            write_outputs,
+            batch_size=gc.batch_size,
+            batch_format="numpy",
+            fn_kwargs=dict(out_dir=str(out_dir), minmax=gc.minmax),
+            **task_options(),
+        )
         try:
             with tqdm(
                 total=len(todo), desc=f"generate ({len(paths)} checkpoint(s))", unit="img"
             ) as bar:
                 for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                    rows.append(part)
                     generated += int((part["status"] == "ok").sum())
-                    if len(links):
-                        rows.append(write_identical(links, part, out_dir))
+                    new = [part, write_identical(links, part, out_dir)] if len(links) else [part]
+                    for rows in new:
+                        output.add(rows)
+                        result.rows_out += int((rows["status"] == "ok").sum())
+                        result.errors += int((rows["status"] == "error").sum())
                     bar.update(len(part))
-                    if time.monotonic() - flushed > MANIFEST_FLUSH_S:
-                        # A killed driver loses at most this much of the record.
-                        write_table(
-                            merge_manifest(manifest, pd.concat(rows, ignore_index=True)),
-                            out_dir / MANIFEST,
-                            MANIFEST_SCHEMA,
-                        )
-                        flushed = time.monotonic()
         finally:  # an interrupted run still records what it wrote, so a rerun resumes there
-            if rows:
-                new = pd.concat(rows, ignore_index=True)
-                manifest = merge_manifest(manifest, new)
-                write_table(manifest, out_dir / MANIFEST, MANIFEST_SCHEMA)
-                result.rows_out += int((new["status"] == "ok").sum())
-                result.errors += int((new["status"] == "error").sum())
+            output.flush()
+    manifest = output.done().sort_values(MANIFEST_KEY, ignore_index=True)
+    if output.unmerged or not output.path.exists():
+        output.commit(manifest)
     result.notes.append(
         f"{len(paths)} checkpoint(s) x {len(pairs)} test pairs x 2 directions -> {out_dir}"
     )

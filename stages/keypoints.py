@@ -4,8 +4,6 @@ CSVs, and optionally a QA table against a reference CSV."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from pathlib import Path
 
 import click
@@ -15,6 +13,7 @@ import pyarrow as pa
 
 from pipeline.config import Config, KeypointsConfig
 from pipeline.layout import SPLITS, DatasetLayout, OutputLayout
+from pipeline.resumable import ResumableTable
 from pipeline.runtime import StageResult
 from pipeline.skeleton import MISSING, N_KEYPOINTS, valid_mask
 from pipeline.tables import (
@@ -35,9 +34,6 @@ DEFAULT_GLOB = "img/**/*.jpg"
 # An interrupted run keeps what it finished: results are flushed to part files this often.
 FLUSH_ROWS = 256
 FLUSH_SECONDS = 60.0
-# Decoding costs little next to the network; asking for a different CPU share than the
-# actors also keeps Ray Data from fusing decoding into the (GPU) actors.
-DECODE_CPUS = 0.5
 
 
 def keypoints_from_csv(csv_path, images: pd.DataFrame, estimator: str = IMPORTED) -> pd.DataFrame:
@@ -148,10 +144,12 @@ def keypoint_rows(
 class KeypointsPredictor:
     """Ray Data actor: one estimator per actor, decoded images in, table rows out."""
 
-    def __init__(self, keypoints: KeypointsConfig, device: str | None, threads: int | None):
+    def __init__(self, keypoints: KeypointsConfig, device: str | None, actors_per_node: int):
         from pipeline.estimators import build_estimator
+        from pipeline.ray_pool import use_node_threads
 
-        self.estimator = build_estimator(keypoints, device=device, threads=threads)
+        use_node_threads(actors_per_node)
+        self.estimator = build_estimator(keypoints, device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
         ok = [i for i, e in enumerate(batch["decode_error"]) if pd.isna(e)]
@@ -168,108 +166,65 @@ class KeypointsPredictor:
         )
 
 
-def part_rows(layout: DatasetLayout) -> list[pd.DataFrame]:
-    return [
-        read_table(p, KEYPOINTS_SCHEMA) for p in sorted(layout.keypoints_parts.glob("*.parquet"))
-    ]
-
-
-def finished_rows(layout: DatasetLayout) -> pd.DataFrame:
-    """Rows already done: the table plus part files an interrupted run left behind."""
-    frames = part_rows(layout)
-    if layout.keypoints_table.is_file():
-        frames.insert(0, read_table(layout.keypoints_table, KEYPOINTS_SCHEMA))
-    if not frames:
-        return pd.DataFrame(columns=KEYPOINTS_SCHEMA.names)
-    return pd.concat(frames, ignore_index=True).drop_duplicates("path", keep="last")
-
-
-def worker_resources(cluster: dict[str, float], concurrency: int | None) -> tuple[int, dict]:
-    """Actor pool size and per-actor resources: one GPU per actor when there are GPUs,
-    else the cores shared out as torch threads, so that one actor can use every core."""
-    gpus = int(cluster.get("GPU", 0))
-    cpus = float(cluster.get("CPU", 1))
-    if gpus:
-        n = concurrency or gpus
-        return n, {"num_gpus": min(1.0, gpus / n), "num_cpus": 1}
-    n = concurrency or max(1, int(cpus) // 4)
-    # Logical CPU shares below half the cluster leave room for the decode tasks under
-    # Ray Data's per-operator budget (larger asks never start on a 2-core machine); torch
-    # still gets the actor's share of the physical cores as threads.
-    return n, {
-        "num_cpus": min(1.0, (cpus - DECODE_CPUS) / (2 * n)),
-        "threads": max(1, int(cpus) // n),
-    }
-
-
 def estimate_keypoints(
     cfg: Config,
     todo: pd.DataFrame,
-    layout: DatasetLayout,
+    output: ResumableTable,
     estimator: KeypointsConfig,
     progress: bool = True,
 ) -> int:
-    """Run the estimator (resolved by estimators.resolve_estimator) over `todo` on Ray Data,
-    flushing finished rows to part files."""
+    """Run the estimator (resolved by estimators.resolve_estimator) over `todo` on Ray Data:
+    decode tasks feed a model pool; finished rows reach `output`'s part files as they come."""
     import ray
     from tqdm import tqdm
 
+    from pipeline.ray_pool import IO_CPUS, plan_pool, task_options
+    from pipeline.runtime import largest_node_cpus
+
     kc = cfg.keypoints
-    cluster = ray.cluster_resources()
-    if estimator.estimator == "mediapipe":  # CPU only: GPUs would sit idle in its actors
-        cluster = {k: v for k, v in cluster.items() if k != "GPU"}
-    n_workers, res = worker_resources(cluster, kc.concurrency)
-    threads = res.pop("threads", None)
+    # A share below half a node leaves room for the decode tasks under Ray Data's
+    # per-operator budget; torch still gets the node's cores as threads.
+    share = min(1.0, (largest_node_cpus() - IO_CPUS) / 2)
+    # mediapipe runs on CPU only: GPUs would sit idle in its actors.
+    pool = plan_pool(kc.concurrency, use_gpus=estimator.estimator != "mediapipe", num_cpus=share)
     chunks = [
         todo.iloc[i : i + kc.batch_size][["path", "split"]]
         for i in range(0, len(todo), kc.batch_size)
     ]
-    ds = ray.data.from_pandas(chunks)
-    ds = ds.map_batches(
+    ds = ray.data.from_pandas(chunks).map_batches(
         decode_images,
         fn_kwargs={"root": str(Path(cfg.dataset.root).resolve())},
         batch_size=kc.batch_size,
-        num_cpus=DECODE_CPUS,
+        **task_options(),
     )
-    ds = ds.map_batches(
-        KeypointsPredictor,
-        batch_size=kc.batch_size,
-        concurrency=n_workers,
-        fn_constructor_kwargs={"keypoints": estimator, "device": None, "threads": threads},
-        **res,
-    )
-    parts, buffered, last, done = layout.keypoints_parts, [], time.time(), 0
+    ds = pool.map(ds, KeypointsPredictor, kc.batch_size, keypoints=estimator, device=None)
+    done = 0
     with tqdm(total=len(todo), desc="keypoints", unit="img", disable=not progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-            buffered.append(batch)
+            output.add(batch)
             bar.update(len(batch))
             done += len(batch)
-            if sum(map(len, buffered)) >= FLUSH_ROWS or time.time() - last > FLUSH_SECONDS:
-                write_table(
-                    pd.concat(buffered), parts / f"{uuid.uuid4().hex}.parquet", KEYPOINTS_SCHEMA
-                )
-                buffered, last = [], time.time()
-        if buffered:
-            write_table(
-                pd.concat(buffered), parts / f"{uuid.uuid4().hex}.parquet", KEYPOINTS_SCHEMA
-            )
+    output.flush()
     return done
 
 
 def write_outputs(table: pd.DataFrame, layout: DatasetLayout) -> dict[str, str]:
     """The keypoints table (sorted by path) and the legacy CSV of each split."""
-    write_table(table, layout.keypoints_table, KEYPOINTS_SCHEMA)
+    keypoints_output(layout).commit(table)
     outputs = {"keypoints_table": str(layout.keypoints_table)}
     for split in SPLITS:
         rows = table[table["split"] == split]
         if len(rows):
             write_keypoints_csv(rows, layout.keypoints_csv(split))
             outputs[f"{split}_csv"] = str(layout.keypoints_csv(split))
-    for part in layout.keypoints_parts.glob("*.parquet"):
-        part.unlink()
-    if layout.keypoints_parts.is_dir():
-        layout.keypoints_parts.rmdir()
     return outputs
+
+
+def keypoints_output(layout: DatasetLayout) -> ResumableTable:
+    """The keypoints table, one row per image path, resumable (tables/keypoints.parts)."""
+    return ResumableTable(
+        layout.keypoints_table, KEYPOINTS_SCHEMA, ["path"], FLUSH_ROWS, FLUSH_SECONDS
+    )
 
 
 SOURCES_SCHEMA = pa.schema([("path", pa.string()), ("digest", pa.string())])
@@ -332,10 +287,10 @@ def run_keypoints(
         )
         result.notes.append(f"imported {len(table)} rows from {annotations}")
     else:
+        output = keypoints_output(layout)
         if force:
-            for part in layout.keypoints_parts.glob("*.parquet"):
-                part.unlink()
-        finished = pd.DataFrame(columns=KEYPOINTS_SCHEMA.names) if force else finished_rows(layout)
+            output.discard()
+        finished = pd.DataFrame(columns=KEYPOINTS_SCHEMA.names) if force else output.done()
         # Rows with an error are retried: the file may have been fixed since. Rows another
         # estimator made (or imported ones) are redone.
         finished = finished[
@@ -357,8 +312,10 @@ def run_keypoints(
             # Missing weights fail here, before Ray starts.
             resolved = resolve_estimator(kc, cfg.weights.dir)
             init_ray(cfg.ray)
-            estimate_keypoints(cfg, todo, layout, resolved, progress)
-        table = pd.concat([finished, *part_rows(layout)], ignore_index=True)
+            estimate_keypoints(cfg, todo, output, resolved, progress)
+        new = output.done()
+        new = new[new["path"].isin(set(todo["path"]))]
+        table = pd.concat([finished, new], ignore_index=True)
         table = table[table["path"].isin(set(images["path"]))].drop_duplicates("path", keep="last")
         table = table.sort_values("path", ignore_index=True)
     result.rows_out = len(table)

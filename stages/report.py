@@ -18,10 +18,11 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.errors import DataError
 from pipeline.layout import PAIRS_INDEX_SCHEMA, EvaluationLayout, OutputLayout
+from pipeline.metrics.registry import REAL, SPECS
+from pipeline.metrics.summary import PER_IMAGE_SCHEMA, SUMMARY_SCHEMA
 from pipeline.runtime import StageResult
 from pipeline.save_modes import MIXED, SAVE_MODES, UNKNOWN
 from pipeline.tables import checkpoint_sort_key, read_table, write_bytes_atomic
-from stages.evaluate import PER_IMAGE_SCHEMA, REAL, SPECS, SUMMARY_SCHEMA
 from stages.report_pipeline import stage_overview, training_figures
 from stages.spec import StageSpec
 

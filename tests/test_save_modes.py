@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 
-import click
 import pytest
 from published_layout import write_published_layout
 
 from pipeline.config import load_config
+from pipeline.errors import DataError
 from pipeline.save_modes import (
     DEFAULT,
     GENERATION_META,
@@ -57,14 +57,14 @@ def test_published_mode_reaches_evaluation_and_report_header(generated, tmp_path
     (gen / GENERATION_META).unlink()
     record_generation(gen, DEFAULT, ["100", "300"], "one-hot")
     kept = r"keeps scores of images saved in another mode \(100: published -> default"
-    with pytest.raises(click.UsageError, match=kept):
+    with pytest.raises(DataError, match=kept):
         run_evaluate(cfg, generated=gen, out=tmp_path / "ev", metrics=["ssim"])
 
 
 def test_mixed_modes_are_refused_unless_allowed_and_then_flagged(generated, tmp_path, ray_session):
     gen, cfg = generated
     record_generation(gen, DEFAULT, ["100"], "one-hot")  # 300 copied in from elsewhere
-    with pytest.raises(click.UsageError, match="different modes.*default: 100; unknown: 300"):
+    with pytest.raises(DataError, match="different modes.*default: 100; unknown: 300"):
         run_evaluate(cfg, generated=gen, out=tmp_path / "ev", metrics=["ssim"])
     assert not (tmp_path / "ev").exists()
     run_evaluate(

@@ -1,0 +1,89 @@
+"""Scoring batches of generated images, run inside Ray tasks (pixel metrics) and actors
+(network metrics): load the real and generated images of each row, score what loads, and
+keep a row with the reason for what does not."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.imaging import ImageError, load_rgb
+from pipeline.metrics.registry import REAL
+
+
+def real_images(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The real target images per direction (scored once, not per checkpoint)."""
+    ok = pairs[pairs["error"].isna()]
+    return ok.drop_duplicates(["direction", "name"])[["direction", "name", "real_path"]].assign(
+        checkpoint=REAL, fake_path=None
+    )
+
+
+def load_image(gen_root: str, rel: str) -> np.ndarray:
+    return np.array(
+        load_rgb(Path(gen_root) / rel)
+    )  # a writable copy: torch refuses read-only arrays
+
+
+def _load_pairs(gen_root: str, rows: list[dict]) -> tuple[list, list, dict[int, str]]:
+    """Real and fake images of `rows`; failures are returned by row position."""
+    real, fake, errors = [], [], {}
+    for i, r in enumerate(rows):
+        try:
+            a, b = load_image(gen_root, r["real_path"]), load_image(gen_root, r["fake_path"])
+            if a.shape != b.shape:
+                raise ImageError(
+                    f"real {a.shape[1]}x{a.shape[0]} and generated "
+                    f"{b.shape[1]}x{b.shape[0]} differ in size"
+                )
+            real.append(a)
+            fake.append(b)
+        except ImageError as exc:
+            errors[i] = f"{r['fake_path']}: {exc}"
+    return real, fake, errors
+
+
+def _with_errors(rows: list[dict], errors: dict[int, str], scored: list[dict]) -> list[dict]:
+    """Merge scores of the loadable rows with error rows, in the order of `rows`."""
+    it = iter(scored)
+    out = []
+    for i, r in enumerate(rows):
+        out.append({**r, "error": errors[i]} if i in errors else {**r, **next(it)})
+    return out
+
+
+def score_pixel_batch(gen_root: str, rows: list[dict], metrics: list[str]) -> dict[str, list[dict]]:
+    """SSIM and/or PSNR for a batch of pairs -> metric -> rows with `value` or `error`."""
+    from pipeline.metrics.psnr import psnr_batch
+    from pipeline.metrics.ssim import ssim_image
+
+    real, fake, errors = _load_pairs(gen_root, rows)
+    out = {}
+    for metric in metrics:
+        if metric == "ssim":
+            values = [ssim_image(a, b) for a, b in zip(real, fake, strict=True)]
+        else:
+            values = [
+                float(psnr_batch(a[None], b[None])[0]) for a, b in zip(real, fake, strict=True)
+            ]
+        out[metric] = _with_errors(rows, errors, [{"value": v} for v in values])
+    return out
+
+
+def score_network_batch(scorer: Callable, gen_root: str, rows: list[dict], kind: str) -> list[dict]:
+    """Load a batch and score it: pairs for pair metrics, single images for image metrics
+    (the fake image, or the real one for rows of the real set)."""
+    if kind == "pair":
+        real, fake, errors = _load_pairs(gen_root, rows)
+        return _with_errors(rows, errors, scorer(real, fake) if real else [])
+    images, errors = [], {}
+    for i, r in enumerate(rows):
+        rel = r["fake_path"] if r["fake_path"] else r["real_path"]
+        try:
+            images.append(load_image(gen_root, rel))
+        except ImageError as exc:
+            errors[i] = f"{rel}: {exc}"
+    return _with_errors(rows, errors, scorer(images, None) if images else [])

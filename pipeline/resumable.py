@@ -1,0 +1,84 @@
+"""Stage outputs that survive an interrupted run: rows are appended as part files beside
+the table as they finish, a rerun reads them back as done, and the end of the run merges
+everything into the table with one atomic write."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from pipeline.tables import read_table, write_table
+
+
+class ResumableTable:
+    """A Parquet table under construction. `key` names the columns that identify a row: a
+    later row replaces an earlier one with the same key."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        schema: pa.Schema,
+        key: list[str],
+        flush_rows: int = 256,
+        flush_seconds: float = 30.0,
+    ):
+        self.path = Path(path)
+        self.parts = self.path.with_suffix(".parts")
+        self.schema, self.key = schema, key
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self._buffer: list[pd.DataFrame] = []
+        self._last = time.monotonic()
+
+    def done(self) -> pd.DataFrame:
+        """The table plus the parts an interrupted run left, later rows winning."""
+        frames = [read_table(self.path, self.schema)] if self.path.is_file() else []
+        frames += [
+            read_table(p, self.schema)
+            for p in sorted(self.parts.glob("*.parquet"), key=os.path.getmtime)
+        ]
+        frames = [f for f in frames if len(f)]
+        if not frames:
+            return self.schema.empty_table().to_pandas()
+        both = pd.concat(frames, ignore_index=True)
+        return both.drop_duplicates(self.key, keep="last").reset_index(drop=True)
+
+    @property
+    def unmerged(self) -> bool:
+        """Whether part files wait to be merged into the table."""
+        return any(self.parts.glob("*.parquet"))
+
+    def add(self, rows: pd.DataFrame) -> None:
+        """Buffer finished rows; they reach disk every `flush_rows` rows or `flush_seconds`."""
+        self._buffer.append(rows)
+        buffered = sum(map(len, self._buffer))
+        if buffered >= self.flush_rows or time.monotonic() - self._last > self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        rows = [f for f in self._buffer if len(f)]
+        if rows:
+            write_table(
+                pd.concat(rows, ignore_index=True),
+                self.parts / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet",
+                self.schema,
+            )
+        self._buffer, self._last = [], time.monotonic()
+
+    def discard(self) -> None:
+        """Forget the parts (a fresh run)."""
+        self._buffer = []
+        for part in self.parts.glob("*.parquet"):
+            part.unlink()
+
+    def commit(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Write the final table atomically, then drop the parts it holds."""
+        write_table(table, self.path, self.schema)
+        self.discard()
+        if self.parts.is_dir():
+            self.parts.rmdir()
+        return table
