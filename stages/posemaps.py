@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -56,28 +55,21 @@ def same_kind(recorded: dict, wanted: dict) -> bool:
     return recorded["kind"] == wanted["kind"] and sigma in (None, wanted.get("sigma"))
 
 
-@dataclass
-class PosemapJob:
-    """One batch of maps to write: target files and the keypoints they hold."""
-
-    paths: list[str]
-    x: np.ndarray  # (n, 18) int32
-    y: np.ndarray
-    heights: np.ndarray  # (n,)
-    widths: np.ndarray
+MAP_COLUMNS = ["target", "x", "y", "img_h", "img_w"]
 
 
-def write_posemaps(job: PosemapJob, sigma: float | None) -> int:
-    """Write a batch of maps; returns how many present keypoints fell outside their image
-    (they are treated as missing)."""
+def write_posemaps(batch: pd.DataFrame, sigma: float | None) -> pd.DataFrame:
+    """Ray Data task: write a batch of maps; returns how many were written and how many
+    present keypoints fell outside their image (they are treated as missing)."""
     from pipeline.runtime import inject_fault
 
     inject_fault("posemaps")
     outside = 0
-    for path, x, y, h, w in zip(job.paths, job.x, job.y, job.heights, job.widths, strict=True):
-        write_posemap(Path(path), x, y, int(h), int(w), sigma)
-        outside += out_of_image(x, y, int(h), int(w))
-    return outside
+    for r in batch.itertuples(index=False):
+        x, y = np.asarray(r.x), np.asarray(r.y)
+        write_posemap(Path(r.target), x, y, int(r.img_h), int(r.img_w), sigma)
+        outside += out_of_image(x, y, int(r.img_h), int(r.img_w))
+    return pd.DataFrame({"written": [len(batch)], "outside": [outside]})
 
 
 POSEMAP_INDEX_SCHEMA = pa.schema([("target", pa.string()), ("digest", pa.string())])
@@ -130,21 +122,6 @@ def plan_posemaps(
     return todo, rows, {k: v for k, v in excluded.items() if v}
 
 
-def jobs_for(rows: pd.DataFrame, batch_size: int) -> list[PosemapJob]:
-    x, y = np.stack(rows["x"].to_numpy()), np.stack(rows["y"].to_numpy())
-    h, w, targets = rows["img_h"].to_numpy(), rows["img_w"].to_numpy(), rows["target"].tolist()
-    return [
-        PosemapJob(
-            targets[i : i + batch_size],
-            x[i : i + batch_size],
-            y[i : i + batch_size],
-            h[i : i + batch_size],
-            w[i : i + batch_size],
-        )
-        for i in range(0, len(rows), batch_size)
-    ]
-
-
 def run_posemaps(
     cfg: Config,
     sigma: float | None = None,
@@ -156,6 +133,7 @@ def run_posemaps(
     import ray
     from tqdm import tqdm
 
+    from pipeline.ray_pool import task_options
     from pipeline.runtime import init_ray
 
     result = StageResult("posemaps")
@@ -173,13 +151,16 @@ def run_posemaps(
     outside = 0
     if len(rows):
         init_ray(cfg.ray)
-        task = ray.remote(write_posemaps)
-        pending = [task.remote(job, sigma) for job in jobs_for(rows, cfg.posemaps.batch_size)]
+        size = cfg.posemaps.batch_size
+        chunks = [rows.iloc[i : i + size][MAP_COLUMNS] for i in range(0, len(rows), size)]
+        ds = ray.data.from_pandas(chunks).map_batches(
+            write_posemaps, batch_size=None, batch_format="pandas", fn_kwargs={"sigma": sigma},
+            **task_options(1),
+        )  # fmt: skip
         with tqdm(total=len(rows), desc="posemaps", unit="map", disable=not progress) as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                outside += ray.get(done[0])
-                bar.update(min(cfg.posemaps.batch_size, bar.total - bar.n))
+            for done in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                outside += int(done["outside"].sum())
+                bar.update(int(done["written"].sum()))
     # Maps of images no longer in the table go; the index records what each map holds.
     gone = set(read_index(layout)) - set(mapped["target"])
     for target in gone:
