@@ -1,129 +1,65 @@
-"""FID: pool3 features of the FID Inception network (the TF-ported weights
-pt_inception-2015-12-05-6726825d.pth) for a real and a generated set, and the Frechet
-distance between the two Gaussians fitted to them."""
+"""FID with pytorch-fid: its FID Inception (pool3 features, its input resizing and
+normalisation) for a real and a generated set, and its Frechet distance, with its check on
+the imaginary part. Only the weights come from us: a local file (the TF-ported
+pt_inception-2015-12-05-6726825d.pth), never pytorch-fid's download."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from unittest import mock
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy import linalg
-from torchvision.models.inception import Inception3, InceptionA, InceptionC, InceptionE
-
-from pipeline.metrics.inception_score import resized_batch
+from pytorch_fid import inception as pf
+from pytorch_fid.fid_score import calculate_frechet_distance
 
 FEATURES = 2048
 
 
-# The TF Inception that FID is defined with differs from torchvision's in its pooling:
-# average pools exclude the padding, and the last block max-pools its pool branch.
-class FIDInceptionA(InceptionA):
-    def _forward(self, x):
-        b5 = self.branch5x5_2(self.branch5x5_1(x))
-        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        pool = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
-        return [self.branch1x1(x), b5, b3, pool]
+@contextlib.contextmanager
+def _local_weights(weights: str | os.PathLike | None) -> Iterator[None]:
+    """pytorch-fid builds its network, then fetches the weights by URL; hand it the local
+    file (weights_only) instead, or for None the random initial weights of what it built."""
+    from pipeline.weights import load_state_dict
+
+    built: list[torch.nn.Module] = []
+    build = pf._inception_v3
+
+    def keep(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    def fetch(url, **kwargs):
+        return load_state_dict(weights) if weights is not None else built[-1].state_dict()
+
+    with mock.patch.object(pf, "_inception_v3", keep), \
+            mock.patch.object(pf, "load_state_dict_from_url", fetch):  # fmt: skip
+        yield
 
 
-class FIDInceptionC(InceptionC):
-    def _forward(self, x):
-        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        d = self.branch7x7dbl_1(x)
-        for conv in (
-            self.branch7x7dbl_2,
-            self.branch7x7dbl_3,
-            self.branch7x7dbl_4,
-            self.branch7x7dbl_5,
-        ):
-            d = conv(d)
-        pool = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
-        return [self.branch1x1(x), b7, d, pool]
-
-
-class FIDInceptionE(InceptionE):
-    def __init__(self, in_channels: int, max_pool: bool):
-        super().__init__(in_channels)
-        self.max_pool = max_pool
-
-    def _forward(self, x):
-        b3 = self.branch3x3_1(x)
-        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
-        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
-        if self.max_pool:
-            pooled = F.max_pool2d(x, 3, stride=1, padding=1)
-        else:
-            pooled = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-        return [self.branch1x1(x), b3, d, self.branch_pool(pooled)]
+def fid_inception3(weights: str | os.PathLike | None) -> torch.nn.Module:
+    """pytorch-fid's FID Inception network itself (the official file's key layout)."""
+    with _local_weights(weights):
+        return pf.fid_inception_v3().eval()
 
 
 def build_fid_inception(weights: str | os.PathLike | None) -> torch.nn.Module:
-    """The FID Inception (1008 classes, no aux head) in eval mode; None: random weights."""
-    from pipeline.weights import load_into
-
-    net = Inception3(num_classes=1008, aux_logits=False, transform_input=False, init_weights=False)
-    net.Mixed_5b = FIDInceptionA(192, pool_features=32)
-    net.Mixed_5c = FIDInceptionA(256, pool_features=64)
-    net.Mixed_5d = FIDInceptionA(288, pool_features=64)
-    net.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
-    net.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
-    net.Mixed_7b = FIDInceptionE(1280, max_pool=False)
-    net.Mixed_7c = FIDInceptionE(2048, max_pool=True)
-    if weights is not None:
-        load_into(net, weights)
+    """pytorch-fid's InceptionV3 up to pool3, in eval mode; None: random weights."""
+    with _local_weights(weights):
+        net = pf.InceptionV3([pf.InceptionV3.BLOCK_INDEX_BY_DIM[FEATURES]])
     return net.eval()
-
-
-_POOL3_PATH = (
-    "Conv2d_1a_3x3",
-    "Conv2d_2a_3x3",
-    "Conv2d_2b_3x3",
-    "maxpool1",
-    "Conv2d_3b_1x1",
-    "Conv2d_4a_3x3",
-    "maxpool2",
-    "Mixed_5b",
-    "Mixed_5c",
-    "Mixed_5d",
-    "Mixed_6a",
-    "Mixed_6b",
-    "Mixed_6c",
-    "Mixed_6d",
-    "Mixed_6e",
-    "Mixed_7a",
-    "Mixed_7b",
-    "Mixed_7c",
-    "avgpool",
-)
 
 
 @torch.no_grad()
 def pool3_features(net: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray:
-    """2048-d pool3 features per image (inputs in [-1, 1], bilinear 299) -> float32 (N, 2048)."""
-    x = resized_batch(images, next(net.parameters()).device)
-    for name in _POOL3_PATH:
-        x = getattr(net, name)(x)
-    return x.flatten(1).float().cpu().numpy()
-
-
-def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
-) -> float:
-    """d^2 = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)).
-
-    When sqrt(S1 S2) is not finite (near-singular product) eps is added to both diagonals;
-    the tiny imaginary part numerical error leaves is dropped."""
-    diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-    covmean = np.real(covmean)
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    """2048-d pool3 features per uint8 HxWx3 image -> float32 (N, 2048). pytorch-fid takes
+    [0, 1] inputs and resizes them to 299 itself."""
+    device = next(net.parameters()).device
+    x = torch.from_numpy(np.stack(images)).to(device)
+    x = x.permute(0, 3, 1, 2).float() / 255.0
+    return net(x)[0].flatten(1).float().cpu().numpy()
 
 
 def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
@@ -133,4 +69,6 @@ def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
             f"FID needs at least 2 images per set, got {len(real)} real and {len(fake)} generated"
         )
     r, f = np.asarray(real, np.float64), np.asarray(fake, np.float64)
-    return frechet_distance(r.mean(0), np.cov(r, rowvar=False), f.mean(0), np.cov(f, rowvar=False))
+    mu1, mu2 = r.mean(0), f.mean(0)
+    s1, s2 = np.cov(r, rowvar=False), np.cov(f, rowvar=False)
+    return float(calculate_frechet_distance(mu1, s1, mu2, s2))
