@@ -3,163 +3,166 @@ field and the bad value, overridden from the CLI with `--set section.key=value`.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import ConfigError
 
 
-def _check(min_value: float | None = None, choices: tuple | None = None) -> dict:
-    return {"min": min_value, "choices": choices}
+def _comma_list(value: Any) -> Any:
+    """`--set evaluate.metrics=ssim,psnr` gives a string; lists are written that way too."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
 
 
-@dataclass
-class DatasetConfig:
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are not coerced across types
+    (a string is not a number, a bool is not an int; an int is a valid float)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DatasetConfig(Section):
     root: str = "data/synthetic"
     train_list: str = "train_img_list.csv"
     test_list: str = "test_img_list.csv"
 
 
-@dataclass
-class OutputConfig:
+class OutputConfig(Section):
     root: str = "out"
 
 
-@dataclass
-class RayConfig:
+class RayConfig(Section):
     address: str | None = None  # None: start a local Ray; "auto" or host:port: join
-    num_cpus: int | None = field(default=None, metadata=_check(1))
-    num_gpus: int | None = field(default=None, metadata=_check(0))
-    batch_size: int = field(default=16, metadata=_check(1))
-    concurrency: int | None = field(default=None, metadata=_check(1))
+    num_cpus: int | None = Field(None, ge=1)
+    num_gpus: int | None = Field(None, ge=0)
+    batch_size: int = Field(16, ge=1)
+    concurrency: int | None = Field(None, ge=1)
 
 
-@dataclass
-class SynthConfig:
-    identities: int = field(default=40, metadata=_check(2))
-    poses_per_identity: int = field(default=6, metadata=_check(2))
+class SynthConfig(Section):
+    identities: int = Field(40, ge=2)
+    poses_per_identity: int = Field(6, ge=2)
     seed: int = 0
-    test_fraction: float = field(default=0.2, metadata=_check(0.0))
+    test_fraction: float = Field(0.2, ge=0.0)
 
 
-@dataclass
-class KeypointsConfig:
+class KeypointsConfig(Section):
     estimator: Literal["openpifpaf", "mediapipe"] = "openpifpaf"
     checkpoint: str = "shufflenetv2k16"  # openpifpaf checkpoint name or path
     annotations: str | None = None  # import this legacy CSV instead of estimating
     compare: str | None = None  # score the keypoints against this legacy CSV (QA)
     # mediapipe: landmarks less visible than this are missing (-1).
-    min_visibility: float = field(default=0.5, metadata=_check(0.0))
-    batch_size: int = field(default=8, metadata=_check(1))
-    concurrency: int | None = field(default=None, metadata=_check(1))
-    min_score: float = field(default=0.0, metadata=_check(0.0))
+    min_visibility: float = Field(0.5, ge=0.0)
+    batch_size: int = Field(8, ge=1)
+    concurrency: int | None = Field(None, ge=1)
+    min_score: float = Field(0.0, ge=0.0)
 
 
-@dataclass
-class PosemapsConfig:
-    gaussian_sigma: float | None = field(default=None, metadata=_check(0.0))
-    batch_size: int = field(default=64, metadata=_check(1))
+class PosemapsConfig(Section):
+    gaussian_sigma: float | None = Field(None, ge=0.0)
+    batch_size: int = Field(64, ge=1)
 
 
-@dataclass
-class PairsConfig:
-    min_valid_keypoints: int = field(default=8, metadata=_check(0))
-    max_pairs_per_identity: int | None = field(default=None, metadata=_check(1))
+class PairsConfig(Section):
+    min_valid_keypoints: int = Field(8, ge=0)
+    max_pairs_per_identity: int | None = Field(None, ge=1)
     seed: int = 0
 
 
-@dataclass
-class TrainConfig:
-    ngf: int = field(default=64, metadata=_check(1))
-    ndf: int = field(default=64, metadata=_check(1))
-    iterations: int = field(default=260_000, metadata=_check(1))
-    batch_size: int = field(default=8, metadata=_check(1))
-    lr: float = field(default=1e-3, metadata=_check(0.0))
-    beta1: float = field(default=0.5, metadata=_check(0.0))
-    beta2: float = field(default=0.999, metadata=_check(0.0))
-    lambda_l1: float = field(default=5.0, metadata=_check(0.0))
-    lambda_gan: float = field(default=1.0, metadata=_check(0.0))
-    lambda_perceptual: float = field(default=5.0, metadata=_check(0.0))
+class TrainConfig(Section):
+    ngf: int = Field(64, ge=1)
+    ndf: int = Field(64, ge=1)
+    iterations: int = Field(260_000, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, ge=0.0)
+    beta1: float = Field(0.5, ge=0.0)
+    beta2: float = Field(0.999, ge=0.0)
+    lambda_l1: float = Field(5.0, ge=0.0)
+    lambda_gan: float = Field(1.0, ge=0.0)
+    lambda_perceptual: float = Field(5.0, ge=0.0)
     perceptual: Literal["auto", "required", "off"] = "auto"
     vgg_weights: str | None = None
-    ckpt_every: int = field(default=500, metadata=_check(1))
-    sample_every: int = field(default=500, metadata=_check(1))
-    num_workers: int = field(default=1, metadata=_check(1))
+    ckpt_every: int = Field(500, ge=1)
+    sample_every: int = Field(500, ge=1)
+    num_workers: int = Field(1, ge=1)
     # DataLoader processes decoding pairs for each Ray Train worker (0: in the worker).
-    loader_workers: int = field(default=1, metadata=_check(0))
+    loader_workers: int = Field(1, ge=0)
     # CPUs (and torch threads) per Ray Train worker; None: the cluster's CPUs shared evenly.
-    cpus_per_worker: int | None = field(default=None, metadata=_check(1))
+    cpus_per_worker: int | None = Field(None, ge=1)
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     autocast: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = 0
 
 
-@dataclass
-class GenerateConfig:
-    checkpoints: list[str] = field(default_factory=list)
-    ngf: int = field(default=64, metadata=_check(1))
-    batch_size: int = field(default=16, metadata=_check(1))
+class GenerateConfig(Section):
+    checkpoints: list[str] = Field(default_factory=list)
+
+    _split = field_validator("checkpoints", mode="before")(lambda v: _comma_list(v))
+    ngf: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     channels_last: bool = True
     minmax: bool = False
-    concurrency: int | None = field(default=None, metadata=_check(1))
+    concurrency: int | None = Field(None, ge=1)
     # One-hot pose maps travel from the load tasks to the model actors as coordinates, gaussian
     # ones as dense maps; None picks by the maps' kind, true/false overrides.
     sparse_maps: bool | None = None
     pairs: str | None = None  # pairs table or legacy CSV; default: the dataset's
 
 
-@dataclass
-class EvaluateConfig:
-    metrics: list[str] = field(
+class EvaluateConfig(Section):
+    metrics: list[str] = Field(
         default_factory=lambda: ["ssim", "psnr", "is", "ds", "pckh", "lpips", "fid"]
     )
-    batch_size: int = field(default=32, metadata=_check(1))  # images per network call
-    pixel_batch_size: int = field(default=64, metadata=_check(1))  # pairs per SSIM/PSNR task
-    concurrency: int | None = field(default=None, metadata=_check(1))  # actors per metric (CPU)
+
+    _split = field_validator("metrics", mode="before")(lambda v: _comma_list(v))
+    batch_size: int = Field(32, ge=1)  # images per network call
+    pixel_batch_size: int = Field(64, ge=1)  # pairs per SSIM/PSNR task
+    concurrency: int | None = Field(None, ge=1)  # actors per metric (CPU)
     # "random": random-initialised networks, for tests and benchmarks only (scores are
     # meaningless and marked as such in every output).
     network_weights: Literal["pretrained", "random"] = "pretrained"
 
 
-@dataclass
-class ReportConfig:
+class ReportConfig(Section):
     name: str = "demo"
-    grid_pairs: int = field(default=3, metadata=_check(1))  # pairs per best/median/worst grid
+    grid_pairs: int = Field(3, ge=1)  # pairs per best/median/worst grid
 
 
-@dataclass
-class WeightsConfig:
+class WeightsConfig(Section):
     # Extra directory searched for weight files before the torch hub cache.
     dir: str | None = None
     checkpoint_dir: str | None = None  # where netG_<iter>.pth ids are looked up
 
 
-@dataclass
-class Config:
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    synth: SynthConfig = field(default_factory=SynthConfig)
-    keypoints: KeypointsConfig = field(default_factory=KeypointsConfig)
-    posemaps: PosemapsConfig = field(default_factory=PosemapsConfig)
-    pairs: PairsConfig = field(default_factory=PairsConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
-    weights: WeightsConfig = field(default_factory=WeightsConfig)
+class Config(Section):
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    keypoints: KeypointsConfig = Field(default_factory=KeypointsConfig)
+    posemaps: PosemapsConfig = Field(default_factory=PosemapsConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    weights: WeightsConfig = Field(default_factory=WeightsConfig)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _sections_default_when_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def section_hash(self, section: str) -> str:
         return _digest(getattr(self, section))
@@ -168,95 +171,35 @@ class Config:
         return _digest(self)
 
 
-def _digest(obj: Any) -> str:
-    blob = json.dumps(dataclasses.asdict(obj), sort_keys=True).encode()
+def _digest(obj: BaseModel) -> str:
+    blob = json.dumps(obj.model_dump(), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, name: str) -> Any:
-    """Check `value` against the annotation `tp`; ints are accepted for floats."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, name)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(
-            errors[0]
-            if len(errors) == 1
-            else f"config field '{name}': {value!r} is not a {_type_name(tp)}"
+def _message(error: dict[str, Any], model: type[BaseModel]) -> str:
+    """One pydantic error as a sentence naming the field and the bad value."""
+    name = ".".join(str(part) for part in error["loc"])
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        section = model
+        for part in error["loc"][:-1]:
+            section = section.model_fields[part].annotation
+        where = f"section '{name.rsplit('.', 1)[0]}'" if len(error["loc"]) > 1 else "top level"
+        return (
+            f"unknown config key '{name}' in {where}; known keys: {', '.join(section.model_fields)}"
         )
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"config field '{name}': {value!r} is not one of {list(choices)}")
-        return value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise ConfigError(f"config field '{name}': expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{name}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(
-        f"config field '{name}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
-    )
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"config section '{prefix}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = f"section '{prefix}'" if prefix else "top level"
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(repr(f'{prefix}.{k}'.lstrip('.')) for k in unknown)}"
-            f" in {where}; known keys: {', '.join(fields)}"
-        )
-    kwargs = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}".lstrip(".")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value or {}, name)
-            continue
-        value = _coerce(value, tp, name)
-        meta = fields[key].metadata
-        if meta.get("min") is not None and value is not None and value < meta["min"]:
-            raise ConfigError(
-                f"config field '{name}': {value!r} is below the minimum {meta['min']}"
-            )
-        kwargs[key] = value
-    return cls(**kwargs)
+    if error["type"] in ("greater_than_equal", "greater_than"):
+        return f"config field '{name}': {value!r} is below the minimum {error['ctx'].get('ge')}"
+    if error["type"] == "literal_error":
+        return f"config field '{name}': {value!r} is not one of {error['ctx']['expected']}"
+    return f"config field '{name}': {value!r} ({type(value).__name__}): {error['msg']}"
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    return _build(Config, data or {}, "")
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_message(e, Config) for e in exc.errors())) from None
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

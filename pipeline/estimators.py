@@ -3,7 +3,6 @@ evaluate's PCKh and the inference API build their estimator with."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Protocol
 
@@ -59,7 +58,7 @@ def resolve_estimator(
     from pipeline.estimator import resolve_checkpoint
 
     path = resolve_checkpoint(kc.checkpoint, weights_dir)
-    return dataclasses.replace(kc, checkpoint=str(path.resolve()))
+    return kc.model_copy(update={"checkpoint": str(path.resolve())})
 
 
 def build_estimator(

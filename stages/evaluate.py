@@ -355,13 +355,9 @@ def evaluate_command(obj, generated, out, metrics, network_weights, allow_mixed_
     Example: run_pipeline.py evaluate --generated out/demo/generated \\
              --out out/demo/evaluation --metrics ssim,psnr
     """
-    import dataclasses
-
     cfg = obj.cfg
     if network_weights:
-        cfg = dataclasses.replace(
-            cfg, evaluate=dataclasses.replace(cfg.evaluate, network_weights=network_weights)
-        )
+        cfg.evaluate.network_weights = network_weights
     result = run_evaluate(
         cfg,
         generated=generated,

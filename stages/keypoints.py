@@ -267,14 +267,13 @@ def run_keypoints(
 ) -> StageResult:
     """Estimate (or import) keypoints for the dataset's images; resume unless `force`.
     `compare`: score them against this reference legacy CSV (tables/keypoints_qa.parquet)."""
-    import dataclasses
-
     from pipeline.runtime import init_ray
 
-    kc = dataclasses.replace(
-        cfg.keypoints,
-        estimator=estimator or cfg.keypoints.estimator,
-        checkpoint=checkpoint or cfg.keypoints.checkpoint,
+    kc = cfg.keypoints.model_copy(
+        update={
+            "estimator": estimator or cfg.keypoints.estimator,
+            "checkpoint": checkpoint or cfg.keypoints.checkpoint,
+        }
     )
     result = StageResult("keypoints")
     layout = DatasetLayout(out or cfg.dataset.root)

@@ -11,7 +11,7 @@ import re
 import threading
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -770,7 +770,7 @@ def run_train(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "train": asdict(tc),
+            "train": tc.model_dump(),
             "out": str(layout.root),
             "root": root,
             "size": training_size(root, pairs),
