@@ -58,7 +58,11 @@ MANIFEST_SCHEMA = pa.schema(
         ("output_path", pa.string()),  # relative to the generation root
         ("status", pa.string()),  # ok / error
         ("error", pa.string()),
-    ]
+        # Digest of what made the image (checkpoint, both images, both maps, save mode): a
+        # row is reused only while it matches. Null in manifests written before it existed.
+        ("inputs", pa.string()),
+    ],
+    metadata={"optional": "inputs"},
 )
 
 # Legacy CSV columns of the published scripts.
@@ -132,8 +136,12 @@ def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd.D
     table = pq.read_table(path)
     if schema is not None:
         missing = [n for n in schema.names if n not in table.schema.names]
-        if missing:
+        # Columns added later (`schema` metadata "optional") read as nulls from older files.
+        optional = (schema.metadata or {}).get(b"optional", b"").decode().split(",")
+        if [n for n in missing if n not in optional]:
             raise DataError(f"{path}: missing columns {missing}")
+        for name in missing:
+            table = table.append_column(name, pa.nulls(len(table), schema.field(name).type))
         table = table.select(schema.names)
     return table.to_pandas()
 

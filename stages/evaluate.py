@@ -15,6 +15,7 @@ import click
 import pandas as pd
 
 from pipeline.config import Config
+from pipeline.content_state import ContentCache
 from pipeline.errors import DataError, WeightsError
 from pipeline.layout import PAIRS_INDEX_SCHEMA, EvaluationLayout, OutputLayout, scan_generation
 from pipeline.metrics.registry import METRICS, SPECS, build_scorer, expand_metrics, weights_for
@@ -33,7 +34,7 @@ from pipeline.tables import checkpoint_sort_key, write_bytes_atomic, write_csv, 
 from stages.spec import StageSpec
 
 UNIT_KEY = ["checkpoint", "direction", "name"]
-UNIT_COLUMNS = [*UNIT_KEY, "real_path", "fake_path"]
+UNIT_COLUMNS = [*UNIT_KEY, "real_path", "fake_path", "inputs"]
 
 
 class MetricActor:
@@ -72,15 +73,37 @@ def metric_output(paths: EvaluationLayout, metric: str) -> ResumableTable:
     return ResumableTable(paths.per_image(metric), PER_IMAGE_SCHEMA, UNIT_KEY, flush_rows=1 << 30)
 
 
+def unit_digests(units: pd.DataFrame, gen_root: Path, cache) -> list[str]:
+    """Per unit, the content digest of its real and generated files (stat-keyed cache)."""
+
+    def digest(rel) -> str:
+        try:
+            return cache.digest(gen_root / rel) if isinstance(rel, str) else "none"
+        except OSError:
+            return "missing"
+
+    return [f"{digest(r)}|{digest(f)}" for r, f in zip(units["real_path"], units["fake_path"],
+                                                           strict=True)]  # fmt: skip
+
+
 def pending_units(units: pd.DataFrame, done: pd.DataFrame) -> pd.DataFrame:
-    """Units (checkpoint, direction, name) not scored yet: a rerun resumes."""
-    merged = units[UNIT_COLUMNS].merge(done[UNIT_KEY], on=UNIT_KEY, how="left", indicator=True)
+    """Units (checkpoint, direction, name) not scored from their current files yet: a rerun
+    resumes, and a regenerated image is scored again (scores written before digests were
+    recorded are kept)."""
+    now = units[[*UNIT_KEY, "inputs"]].rename(columns={"inputs": "inputs_now"})
+    kept = done.merge(now, on=UNIT_KEY)
+    kept = kept[(kept["inputs"].isna() | (kept["inputs"] == kept["inputs_now"])).to_numpy()]
+    merged = units.merge(kept[UNIT_KEY], on=UNIT_KEY, how="left", indicator=True)
     return units[UNIT_COLUMNS][(merged["_merge"] == "left_only").to_numpy()].reset_index(drop=True)
 
 
-def finish_output(output: ResumableTable) -> pd.DataFrame:
-    table = output.done().sort_values(UNIT_KEY, key=sort_key).reset_index(drop=True)
-    if output.unmerged or not output.path.exists():
+def finish_output(output: ResumableTable, units: pd.DataFrame) -> pd.DataFrame:
+    """The metric's table over the current units only (images gone from the generation
+    directory leave it), written when it changed."""
+    done = output.done()
+    table = done.merge(units[UNIT_KEY], on=UNIT_KEY).sort_values(UNIT_KEY, key=sort_key)
+    table = table.reset_index(drop=True)
+    if output.unmerged or not output.path.exists() or len(table) != len(done):
         output.commit(table)
     return table
 
@@ -115,7 +138,7 @@ def run_pixel_metrics(metrics, gen_root, pairs, paths, batch_size) -> dict[str, 
         finally:
             for o in outputs.values():
                 o.flush()
-    return {m: finish_output(o) for m, o in outputs.items()}
+    return {m: finish_output(o, ok) for m, o in outputs.items()}
 
 
 def run_network_metric(metric, weights, gen_root, units, paths, cfg) -> pd.DataFrame:
@@ -139,7 +162,7 @@ def run_network_metric(metric, weights, gen_root, units, paths, cfg) -> pd.DataF
                     bar.update(len(rows))
         finally:
             output.flush()
-    return finish_output(output)
+    return finish_output(output, units)
 
 
 def checkpoint_files(ckpts: list[str], cfg: Config) -> dict[str, dict]:
@@ -214,12 +237,14 @@ def run_evaluate(
 
     per_image: dict[str, pd.DataFrame] = {}
     skipped: dict[str, str] = {}
+    with ContentCache(OutputLayout(cfg.output.root).state / "content.sqlite") as cache:
+        pairs["inputs"] = unit_digests(pairs, gen_root, cache)
+    ok_pairs = pairs[pairs["error"].isna()]
     pixel = [m for m in names if SPECS[m].kind == "pixel"]
     if pixel:
         per_image.update(
             run_pixel_metrics(pixel, gen_root, pairs, paths, cfg.evaluate.pixel_batch_size)
         )
-    ok_pairs = pairs[pairs["error"].isna()]
     for metric in (m for m in names if SPECS[m].kind != "pixel"):
         try:
             weights = weights_for(metric, mode, cfg.weights.dir, cfg.keypoints)

@@ -6,6 +6,7 @@ same checkpoint and inputs (B->A of (b, a) is A->B of (a, b)) run once."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import zipfile
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
+from pipeline.content_state import ContentCache
 from pipeline.layout import DatasetLayout, GenerationLayout, OutputLayout
 from pipeline.resumable import ResumableTable
 from pipeline.runtime import StageResult
@@ -38,6 +40,7 @@ JOB_COLUMNS = [
     "target_path",
     "target_id",
     "real_path",
+    "inputs",
 ]
 IDENTITY_KEY = ["checkpoint", "source_id", "target_id"]  # same network, same inputs: same image
 SOURCE_KEY = ["checkpoint", "direction", "index"]  # one job, one manifest row
@@ -150,13 +153,76 @@ def done_rows(manifest: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
     return done[np.array(present, dtype=bool)]
 
 
+def same_inputs(done: pd.DataFrame, jobs: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """Done rows made from what the matching job would use now (rows written before inputs
+    were recorded count as made from it: an upgrade does not redo work)."""
+    now = jobs[key + ["inputs"]].drop_duplicates(key).rename(columns={"inputs": "inputs_now"})
+    rows = done.merge(now, on=key)
+    keep = rows["inputs"].isna() | (rows["inputs"] == rows["inputs_now"])
+    return rows[keep.to_numpy()].drop(columns="inputs_now")
+
+
+def input_digests(jobs: pd.DataFrame, root: str, cache) -> list[str]:
+    """Per job, a digest of its two images and two pose maps (the npz file, else the
+    keypoints row it is rendered from), by content through the stat-keyed `cache`."""
+
+    def image(rel: str) -> str:
+        try:
+            return cache.digest(safe_path(root, rel))
+        except (OSError, DataError):
+            return "missing"
+
+    def pose(npz: str, keypoints) -> str:
+        if os.path.exists(npz):
+            return cache.digest(npz)
+        return "none" if keypoints is None else hashlib.blake2b(keypoints.tobytes()).hexdigest()
+
+    images = {p: image(p) for p in pd.unique(pd.concat([jobs["source_path"], jobs["target_path"]]))}
+    maps = {}
+    for role in ("source", "target"):
+        for fid, npz, kp in zip(jobs[f"{role}_id"], jobs[f"{role}_map"], jobs[f"{role}_keypoints"],
+                                strict=True):  # fmt: skip
+            if fid not in maps:
+                maps[fid] = pose(npz, kp)
+    return [
+        "|".join((images[s], images[t], maps[sf], maps[tf]))
+        for s, t, sf, tf in zip(
+            jobs["source_path"],
+            jobs["target_path"],
+            jobs["source_id"],
+            jobs["target_id"],
+            strict=True,
+        )  # fmt: skip
+    ]
+
+
+def with_checkpoint(jobs: pd.DataFrame, base: list[str], ckpt: str, ckpt_digest: str,
+                    mode: str) -> pd.DataFrame:  # fmt: skip
+    """The jobs of one checkpoint, each with the digest of everything that makes its image."""
+    digests = [hashlib.blake2b(f"{b}|{ckpt_digest}|{mode}".encode(), digest_size=12).hexdigest()
+               for b in base]  # fmt: skip
+    return jobs.assign(checkpoint=ckpt, inputs=digests)
+
+
+def stale_rows(manifest: pd.DataFrame, jobs: pd.DataFrame, ckpts: list[str]) -> pd.DataFrame:
+    """Rows of `ckpts` that no current job matches (a pair left the table, an index moved)
+    or whose inputs changed since: their files no longer describe the pair set."""
+    key = ["checkpoint", "direction", "index", "source_id", "target_id"]
+    mine = manifest[manifest["checkpoint"].isin(ckpts)]
+    current = same_inputs(mine, jobs, key)[key]
+    flags = mine[key].merge(current.assign(_current=True), on=key, how="left")["_current"]
+    return mine[flags.isna().to_numpy()]
+
+
 def pending_jobs(
     jobs: pd.DataFrame, manifest: pd.DataFrame, ckpt: str, out_dir: Path
 ) -> pd.DataFrame:
-    """Jobs of `ckpt` not yet done: no ok manifest row for the same pair, or its generated or
-    real image file is gone."""
+    """Jobs of `ckpt` not yet done: no ok manifest row for the same pair and inputs, or its
+    generated or real image file is gone."""
     done = done_rows(manifest[manifest["checkpoint"] == ckpt], out_dir)
     key = ["direction", "index", "source_id", "target_id"]
+    if "inputs" in jobs:
+        done = same_inputs(done, jobs, key)
     merged = jobs.merge(done[key].drop_duplicates(), on=key, how="left", indicator=True)
     return jobs[(merged["_merge"] == "left_only").to_numpy()].reset_index(drop=True)
 
@@ -194,6 +260,19 @@ def identical_jobs(todo: pd.DataFrame, done: pd.DataFrame) -> tuple[pd.DataFrame
     sources = sources.rename(columns=source_columns)
     waiting = pending[~first].merge(sources, on=IDENTITY_KEY)
     return run, pd.concat([made, waiting], ignore_index=True)
+
+
+def remove_outputs(manifest: pd.DataFrame, stale: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Delete the files of `stale` rows and of real images no remaining row uses; return the
+    manifest without those rows."""
+    key = ["checkpoint", "direction", "index"]
+    flags = manifest[key].merge(stale[key].assign(_stale=True), on=key, how="left")["_stale"]
+    kept = manifest[flags.isna().to_numpy()].reset_index(drop=True)
+    for rel in stale["output_path"]:
+        (out_dir / rel).unlink(missing_ok=True)
+    for rel in set(stale["real_path"]) - set(kept["real_path"]):
+        (out_dir / rel).unlink(missing_ok=True)
+    return kept
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -241,6 +320,7 @@ def write_identical(links: pd.DataFrame, sources: pd.DataFrame, out_dir: Path) -
                 rel,
                 "ok" if error is None else "error",
                 error,
+                r.inputs,
             )
         )
     return pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
@@ -460,6 +540,7 @@ def write_outputs(batch: dict[str, np.ndarray], out_dir: str, minmax: bool = Fal
                 rel,
                 "ok" if error is None else "error",
                 error,
+                batch["inputs"][i],
             )
         )
     return pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
@@ -540,22 +621,32 @@ def run_generate(
     frame = frame_size(root, pairs["imgA"].tolist())
     output = manifest_output(out_dir)
     manifest = output.done()
+    mode = save_mode(gc.minmax)
+    with ContentCache(OutputLayout(cfg.output.root).state / "content.sqlite") as cache:
+        base = input_digests(jobs, root, cache)
+        per_ckpt = [with_checkpoint(jobs, base, c, cache.digest(p), mode).assign(
+                    checkpoint_path=str(p)) for p, c in zip(paths, ids, strict=True)]  # fmt: skip
+    stale = stale_rows(manifest, pd.concat(per_ckpt, ignore_index=True), ids)
+    if len(stale):
+        manifest = remove_outputs(manifest, stale, out_dir)
+        output.commit(manifest)
+        result.notes.append(f"{len(stale)} earlier image(s) of changed or removed pairs removed")
     todo_parts = []
-    for path, ckpt in zip(paths, ids, strict=True):
-        todo = pending_jobs(jobs, manifest, ckpt, out_dir)
+    for ckpt_jobs, ckpt in zip(per_ckpt, ids, strict=True):
+        todo = pending_jobs(ckpt_jobs, manifest, ckpt, out_dir)
         result.skipped += len(jobs) - len(todo)
-        todo_parts.append(todo.assign(checkpoint=ckpt, checkpoint_path=str(path)))
+        todo_parts.append(todo)
     result.rows_in = len(jobs) * len(paths)
     todo = pd.concat(todo_parts, ignore_index=True)
     kind = recorded_posemap_kind(DatasetLayout(root).posemap_dir(TEST_SPLIT))
     sparse = map_transport(gc.sparse_maps, kind)
     maps_text = describe_posemap_kind(kind)
-    mode = save_mode(gc.minmax)
     record_generation(out_dir, mode, ids, maps_text)
     links, generated = todo.iloc[:0], 0
     if dedup:
         keys = todo[IDENTITY_KEY].drop_duplicates()
-        done = done_rows(manifest.merge(keys, on=IDENTITY_KEY), out_dir)
+        done = same_inputs(done_rows(manifest.merge(keys, on=IDENTITY_KEY), out_dir), todo,
+                           IDENTITY_KEY)  # fmt: skip
         todo, links = identical_jobs(todo, done)
         linked = write_identical(links, done, out_dir)
         if len(linked):

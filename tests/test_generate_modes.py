@@ -111,6 +111,7 @@ def test_identical_jobs_run_once_from_the_first_pending_or_a_done_one():
                 "fake_images/iter_1/fake_A/2@b.jpg",
                 "ok",
                 None,
+                None,
             )
         ],
         columns=MANIFEST_SCHEMA.names,

@@ -16,10 +16,11 @@ from pipeline.metrics.registry import REAL
 
 def real_images(pairs: pd.DataFrame) -> pd.DataFrame:
     """The real target images per direction (scored once, not per checkpoint)."""
-    ok = pairs[pairs["error"].isna()]
-    return ok.drop_duplicates(["direction", "name"])[["direction", "name", "real_path"]].assign(
-        checkpoint=REAL, fake_path=None
-    )
+    ok = pairs[pairs["error"].isna()].drop_duplicates(["direction", "name"])
+    real = ok[["direction", "name", "real_path"]].assign(checkpoint=REAL, fake_path=None)
+    if "inputs" in ok:  # the real file's half of the pair's digest
+        real["inputs"] = ok["inputs"].str.split("|").str[0] + "|none"
+    return real
 
 
 def load_image(gen_root: str, rel: str) -> np.ndarray:

@@ -23,7 +23,10 @@ PER_IMAGE_SCHEMA = pa.schema(
         ("valid", pa.int32()),  # PCKh: valid keypoints of the real image
         ("features", pa.list_(pa.float32())),  # IS: class probabilities; FID: pool3 features
         ("error", pa.string()),  # why the image has no score (null when scored)
-    ]
+        # Digest of the scored files' contents: a score is reused only while it matches.
+        ("inputs", pa.string()),
+    ],
+    metadata={"optional": "inputs"},
 )
 
 SUMMARY_SCHEMA = pa.schema(
