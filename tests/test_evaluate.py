@@ -188,3 +188,24 @@ def test_cli(generated, tmp_path, ray_session):
         cli, ["evaluate", "--generated", str(generated), "--out", str(out), "--metrics", "nope"]
     )
     assert res.exit_code == 2 and "'nope' given; choose from" in res.output
+
+
+def test_a_regenerated_image_is_scored_again_and_only_it(generated, tmp_path, ray_session):
+    gen = tmp_path / "gen"
+    shutil.copytree(generated, gen)
+    out, cfg = tmp_path / "eval", _cfg(tmp_path)
+    run_evaluate(cfg, generated=gen, out=out, metrics=["psnr"])
+    path = out / "per_image" / "psnr.parquet"
+    table = read_table(path, PER_IMAGE_SCHEMA)
+    scored = table["error"].isna()
+    table.loc[scored, "value"] = -1.0  # sentinels: a reused score keeps them
+    write_table(table, path, PER_IMAGE_SCHEMA)
+    target = table[scored].iloc[0]
+    # The same file name, new content (an image generated again): now equal to the real one.
+    (gen / target["fake_path"]).write_bytes((gen / target["real_path"]).read_bytes())
+    run_evaluate(cfg, generated=gen, out=out, metrics=["psnr"])
+    again = read_table(path, PER_IMAGE_SCHEMA)
+    key = ["checkpoint", "direction", "name"]
+    hit = (again[key] == target[key]).all(axis=1)
+    assert again.loc[hit, "value"].iloc[0] == np.inf
+    assert (again.loc[~hit & again["error"].isna(), "value"] == -1.0).all()

@@ -194,3 +194,30 @@ def test_cli_legacy_pairs_csv_and_maps_rendered_from_keypoints(
     got, clean = files_under(tmp_path / "g"), files_under(clean_out)
     assert len(got) == 8 and got.keys() <= clean.keys()
     assert all(got[k] == clean[k] for k in got)
+
+
+def test_changed_image_regenerates_only_its_pairs(annotated_root, ckpt_dir, tmp_path, ray_session):
+    root = tmp_path / "data"
+    shutil.copytree(annotated_root, root)
+    cfg = make_cfg(root, tmp_path)
+    cfg.generate.checkpoints = [str(ckpt_dir / "netG_100.pth")]
+    run_generate(cfg, limit=PAIRS)
+    out = tmp_path / "generated"
+    before = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
+    pairs = read_test_pairs(root).head(PAIRS)
+    changed = pairs["imgA"].iloc[0]
+    im = np.asarray(load_rgb(root / changed)).copy()
+    im[:8] = 0  # same name, new bytes
+    (root / changed).write_bytes(encode_jpeg(im))
+    again = run_generate(cfg, limit=PAIRS)
+    involved = int(pairs["imgA"].eq(changed).sum() + pairs["imgB"].eq(changed).sum())
+    # Both directions of every pair that shows the image, made or copied again; no others.
+    assert again.rows_out == 2 * involved and again.skipped == 2 * PAIRS - 2 * involved
+    manifest = read_table(out / MANIFEST, MANIFEST_SCHEMA)
+    assert len(manifest) == 2 * PAIRS and (manifest["status"] == "ok").all()
+    after = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
+    assert sum(before[k] != after[k] for k in before) >= 2 * involved
+    fid = pairs.loc[pairs["imgA"] == changed, "fidA"].iloc[0]
+    untouched = manifest[(manifest["source_id"] != fid) & (manifest["target_id"] != fid)]
+    assert len(untouched) == 2 * PAIRS - 2 * involved
+    assert all(before[p] == after[p] for p in untouched["output_path"])
