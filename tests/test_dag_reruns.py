@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_pipeline_run import TINY
 
 from pipeline.config import load_config
 from pipeline.layout import DatasetLayout, OutputLayout
@@ -18,19 +19,6 @@ from pipeline.tables import read_image_list, write_image_list
 from stages.dag import StaleStageError, plan_run, run_dag
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = [
-    "keypoints.estimator=mediapipe",
-    "train.ngf=4",
-    "train.ndf=4",
-    "train.iterations=2",
-    "train.batch_size=2",
-    "train.ckpt_every=2",
-    "train.sample_every=2",
-    "generate.ngf=4",
-    "generate.batch_size=4",
-    "evaluate.metrics=[ssim,psnr]",
-    "ray.num_cpus=2",
-]
 
 
 def snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
@@ -60,6 +48,7 @@ def test_reruns_explain_themselves_and_keep_earlier_work(tmp_path, ray_session):
     root, out = tmp_path / "data", tmp_path / "out"
     write_synthetic_tree(root, identities=4, poses_per_identity=3, seed=11)
     base = [
+        "keypoints.estimator=mediapipe",
         f"dataset.root={root}",
         f"output.root={out}",
         f"keypoints.compare={root / GROUND_TRUTH_CSV}",
