@@ -406,11 +406,19 @@ STAGE = StageSpec(
     "(default: keypoints.compare).",
 )
 @click.option(
-    "--checkpoint",
+    "--model",
+    "checkpoint",
     default=None,
     metavar="NAME|PATH",
     help="openpifpaf checkpoint name (looked up in weights.dir and the torch hub cache) "
     "or file (default: keypoints.checkpoint, shufflenetv2k16).",
+)
+@click.option(
+    "--checkpoint",
+    "old_checkpoint",
+    default=None,
+    hidden=True,
+    help="Old name of --model (--checkpoint means a NetG file everywhere else).",
 )
 @click.option(
     "--annotations",
@@ -436,7 +444,7 @@ STAGE = StageSpec(
 )
 @click.pass_obj
 def keypoints_command(
-    obj, estimator, compare, checkpoint, annotations, pattern, force, out
+    obj, estimator, compare, checkpoint, old_checkpoint, annotations, pattern, force, out
 ) -> None:
     """OpenPose-18 keypoints for every image of dataset.root.
 
@@ -451,13 +459,16 @@ def keypoints_command(
       tables/keypoints.parquet                      one row per image, sorted by path
       train_img_keypoints.csv, test_img_keypoints.csv   legacy CSVs (error rows omitted)
       tables/keypoints_qa.parquet                   with --compare: per-image PCKh and pixel error
-    A rerun resumes: images already done are skipped unless --force.
+    A rerun resumes: images already done are skipped (unless --force) while their bytes are
+    unchanged; changed and new images are estimated again.
     Example: run_pipeline.py keypoints --estimator mediapipe \\
              --compare data/synthetic/ground_truth_keypoints.csv
     """
+    if old_checkpoint:
+        click.echo("keypoints --checkpoint is now --model", err=True)
     result = run_keypoints(
         obj.cfg,
-        checkpoint=checkpoint,
+        checkpoint=checkpoint or old_checkpoint,
         annotations=annotations,
         force=force,
         out=out,
