@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.skeleton import MISSING, N_KEYPOINTS, coco17_to_op18
+from pipeline.skeleton import MISSING, N_KEYPOINTS, Keypoints, coco17_to_op18
 from pipeline.weights import (
     KNOWN_WEIGHTS,
     WeightsError,
@@ -22,9 +22,6 @@ from pipeline.weights import (
 )
 
 DEFAULT_CHECKPOINT = "shufflenetv2k16"
-Keypoints = tuple[
-    np.ndarray, np.ndarray, np.ndarray
-]  # x int32 (18,), y int32 (18,), score float32 (18,)
 
 
 def _openpifpaf():

@@ -9,8 +9,8 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.config import KeypointsConfig
-from pipeline.estimator import Keypoints
-from pipeline.weights import WeightsError
+from pipeline.errors import WeightsError
+from pipeline.skeleton import Keypoints
 
 ESTIMATORS = ("openpifpaf", "mediapipe")
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from pipeline.errors import ImageError
+
+if TYPE_CHECKING:  # torch loads only where tensors are made: decode workers stay light
+    import torch
 
 CANVAS = 256
 CONTENT_W = 176  # DeepFashion frames are 256 x 176 (h x w)
@@ -60,6 +63,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 def to_tensor(im: Image.Image | np.ndarray) -> torch.Tensor:
     """HWC uint8 -> CHW float in [-1, 1]."""
+    import torch
+
     arr = np.array(im, dtype=np.uint8)  # a writable copy: PIL-backed arrays are read-only
     return torch.from_numpy(arr).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
@@ -70,6 +75,8 @@ def to_uint8(x: torch.Tensor, minmax: bool = False) -> np.ndarray:
     Default mapping (x + 1) / 2, rounded. `minmax`: the published test script's conversion
     (`published_uint8`).
     """
+    import torch
+
     if minmax:
         return published_uint8(x)
     x = x.detach().float().cpu()
@@ -103,6 +110,8 @@ def published_input_tensor(arr: np.ndarray) -> torch.Tensor:
     """HWC uint8 -> CHW float as the published data loader made it: ToTensor (divide by 255)
     then Normalize(0.5, 0.5). The same operations as `to_tensor` on paper, not to the last
     bit, which `published_uint8`'s truncation can turn into a different grey level."""
+    import torch
+
     chw = torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1)
     return chw.float().div(255).sub(0.5).div(0.5)
 

@@ -121,3 +121,7 @@ def valid_mask(
     if height is not None and width is not None:
         ok &= (x < width) & (y < height)
     return ok
+
+
+# What an estimator returns per image: x int32 (18,), y int32 (18,), score float32 (18,).
+Keypoints = tuple[np.ndarray, np.ndarray, np.ndarray]

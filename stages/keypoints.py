@@ -148,7 +148,8 @@ class KeypointsPredictor:
         from pipeline.estimators import build_estimator
         from pipeline.ray_pool import use_node_threads
 
-        use_node_threads(actors_per_node)
+        if keypoints.estimator != "mediapipe":  # mediapipe has its own threads, no torch
+            use_node_threads(actors_per_node)
         self.estimator = build_estimator(keypoints, device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
