@@ -44,7 +44,7 @@ def test_pair_scores(root: Path, netG, max_pairs: int) -> dict[str, float]:
 
     from pipeline.imaging import to_uint8
     from pipeline.tables import PAIRS_SCHEMA, read_table
-    from stages.train import PairImages
+    from pipeline.training.data import PairImages
 
     pairs = read_table(DatasetLayout(root).pairs_table, PAIRS_SCHEMA).query("split == 'test'")
     pairs = pairs.sample(n=min(max_pairs, len(pairs)), random_state=0)

@@ -93,8 +93,16 @@ class TrainConfig:
     ckpt_every: int = field(default=500, metadata=_check(1))
     sample_every: int = field(default=500, metadata=_check(1))
     num_workers: int = field(default=1, metadata=_check(1))
-    # DataLoader processes decoding pairs for each Ray Train worker (0: in the worker).
-    loader_workers: int = field(default=1, metadata=_check(0))
+    # DataLoader processes decoding pairs for each Ray Train worker when the set is streamed
+    # (0: in the worker); None: 1 when the node has a CPU beyond the workers' share, else 0.
+    loader_workers: int | None = field(default=None, metadata=_check(0))
+    # Each worker decodes the train set once into memory (uint8 images, one-hot maps as
+    # coordinates) when it fits in this many MB; else, or with 0, it decodes every item
+    # on every use.
+    memory_mb: int = field(default=2048, metadata=_check(0))
+    # Test pairs scored after training (trained vs untrained NetG vs copying the condition,
+    # SSIM and L1); 0: no check.
+    quality_pairs: int = field(default=64, metadata=_check(0))
     # CPUs (and torch threads) per Ray Train worker; None: the cluster's CPUs shared evenly.
     cpus_per_worker: int | None = field(default=None, metadata=_check(1))
     use_gpu: Literal["auto", "yes", "no"] = "auto"

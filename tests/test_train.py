@@ -10,17 +10,9 @@ from pipeline.config import Config
 from pipeline.layout import DatasetLayout, TrainLayout
 from pipeline.networks import NetD, NetG
 from pipeline.tables import PAIRS_SCHEMA, read_table
-from stages.train import (
-    BatchStream,
-    PairImages,
-    autocast_for,
-    build_nets,
-    load_train_pairs,
-    loss_weights,
-    rank_order,
-    run_train,
-    train_step,
-)
+from pipeline.training.data import BatchStream, PairImages, load_train_pairs, rank_order
+from pipeline.training.step import autocast_for, build_nets, loss_weights, train_step
+from stages.train import run_train
 
 
 def tiny_config(root, out, **train) -> Config:

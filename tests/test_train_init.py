@@ -11,8 +11,10 @@ import torch
 from click.testing import CliRunner
 from test_train import tiny_config
 
+from pipeline.training.checkpoints import resolve_init_checkpoints
+from pipeline.training.step import build_nets
 from pipeline.weights import WeightsError, file_sha256
-from stages.train import build_nets, resolve_init_checkpoints, run_train
+from stages.train import run_train
 
 
 def test_resolve_a_directory_a_file_and_an_iteration_override(tmp_path):
