@@ -41,6 +41,7 @@ from pipeline.training.step import (
     build_nets,
     loss_weights,
     resolve_vgg_weights,
+    to_device,
     train_step,
 )
 from stages.spec import StageSpec
@@ -116,13 +117,13 @@ def train_loop_per_worker(config: dict) -> None:
         picked = [it for it in (dataset[int(i)] for i in spread) if not isinstance(it, str)][::4][
             :SAMPLE_ROWS
         ]
-        samples = tuple(t.to(device) for t in dataset.collate(picked)) if picked else None
+        samples = to_device(dataset.collate(picked), device, tc) if picked else None
     board = config.get("progress")
 
     rows: list[dict] = []
     for it in range(start + 1, tc.iterations + 1):
         t0 = time.perf_counter()
-        batch = tuple(t.to(device, non_blocking=True) for t in stream.next_batch())
+        batch = to_device(stream.next_batch(), device, tc)
         losses = train_step(nets, batch, weights, perceptual, amp)
         # Log the mean over workers so the log describes the whole global batch.
         values = torch.stack(

@@ -76,7 +76,12 @@ def save_checkpoints(
     import ray.train
     import torch
 
-    netG, netD = nets.plain(nets.netG).state_dict(), nets.plain(nets.netD).state_dict()
+    # Contiguous copies: the files stay what the published code writes whatever memory
+    # format trained them.
+    netG, netD = (
+        {k: v.contiguous() for k, v in nets.plain(net).state_dict().items()}
+        for net in (nets.netG, nets.netD)
+    )
     save_state_dict(netG, layout.net_checkpoint("netG", it))
     save_state_dict(netD, layout.net_checkpoint("netD", it))
     write_log(rows, layout, start)

@@ -37,8 +37,9 @@ def build_nets(tc: TrainConfig, device: str = "cpu") -> Nets:
     from pipeline.networks import build_discriminator, build_generator
 
     torch.manual_seed(tc.seed)
-    netG = build_generator(tc.ngf).to(device)
-    netD = build_discriminator(tc.ndf).to(device)
+    layout = memory_format(tc)
+    netG = build_generator(tc.ngf).to(device, memory_format=layout)
+    netD = build_discriminator(tc.ndf).to(device, memory_format=layout)
     betas = (tc.beta1, tc.beta2)
     return Nets(
         netG,
@@ -47,6 +48,18 @@ def build_nets(tc: TrainConfig, device: str = "cpu") -> Nets:
         torch.optim.Adam(netD.parameters(), lr=tc.lr, betas=betas),
         torch.amp.GradScaler(device, enabled=tc.autocast == "fp16"),
     )
+
+
+def memory_format(tc: TrainConfig):
+    import torch
+
+    return torch.channels_last if tc.channels_last else torch.contiguous_format
+
+
+def to_device(batch, device, tc: TrainConfig) -> tuple:
+    """The batch on the device, in the nets' memory format."""
+    layout = memory_format(tc)
+    return tuple(t.to(device, non_blocking=True).contiguous(memory_format=layout) for t in batch)
 
 
 def autocast_for(tc: TrainConfig, device: str):
