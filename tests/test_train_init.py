@@ -51,7 +51,7 @@ def test_cli_refuses_a_bad_init_before_training(annotated_root, tmp_path, ray_se
     res = CliRunner().invoke(cli, [*base, "--init-iter", "5"])
     assert res.exit_code == 2 and "--init-iter needs --init-from" in res.output
     res = CliRunner().invoke(cli, [*base, "--init-from", str(tmp_path / "netG_7.pth")])
-    assert res.exit_code == 1 and "netG_7.pth is not a plain state dict" in res.output
+    assert res.exit_code == 2 and "netG_7.pth is not a plain state dict" in res.output
     assert not (tmp_path / "t" / "checkpoints").exists()
 
 
