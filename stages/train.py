@@ -17,13 +17,14 @@ from pathlib import Path
 import click
 import numpy as np
 
-from pipeline.config import Config, ConfigError, TrainConfig
+from pipeline.config import Config, TrainConfig
 from pipeline.layout import DatasetLayout, OutputLayout, TrainLayout
-from pipeline.runtime import StageResult, available_gpus, init_ray
+from pipeline.runtime import StageResult, init_ray
 from pipeline.tables import DataError, write_bytes_atomic
 from pipeline.training.checkpoints import (
     check_init_checkpoints,
     load_init_checkpoints,
+    load_train_state,
     resolve_init_checkpoints,
     save_checkpoints,
     save_sample_grid,
@@ -35,6 +36,14 @@ from pipeline.training.data import (
     load_train_pairs,
     training_size,
 )
+from pipeline.training.driver import (
+    cpus_per_worker,
+    loader_workers_for,
+    progress_board,
+    show_progress,
+    use_gpu_for,
+)
+from pipeline.training.quality import quality_line
 from pipeline.training.step import (
     LOSS_NAMES,
     autocast_for,
@@ -75,21 +84,7 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     state_dir = checkpoint.path if checkpoint else config.get("resume_from")
     if state_dir:
-        state = torch.load(
-            Path(state_dir) / TrainLayout.STATE_FILE, map_location=device, weights_only=True
-        )
-        if state["world"] != world:
-            raise RuntimeError(
-                f"{state_dir} was saved by {state['world']} workers; resume with "
-                f"--num-workers {state['world']} (this run has {world})"
-            )
-        nets.netG.load_state_dict(state["netG"])
-        nets.netD.load_state_dict(state["netD"])
-        nets.optG.load_state_dict(state["optG"])
-        nets.optD.load_state_dict(state["optD"])
-        nets.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"].cpu())
-        start, cursors, skipped_before = state["iteration"], state["cursors"], state["skipped"]
+        start, cursors, skipped_before = load_train_state(nets, Path(state_dir), world, device)
     elif config.get("init"):
         start = load_init_checkpoints(nets, config["init"])
     ids = [device.index] if dev == "cuda" else None
@@ -180,87 +175,6 @@ def train_loop_per_worker(config: dict) -> None:
 # --- driver ------------------------------------------------------------------------------
 
 
-def _progress_board():
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class ProgressBoard:
-        """Rank 0 posts its iteration; the driver's tqdm polls it."""
-
-        def __init__(self):
-            self.iteration = 0
-
-        def update(self, iteration: int) -> None:
-            self.iteration = iteration
-
-        def get(self) -> int:
-            return self.iteration
-
-    return ProgressBoard.remote()
-
-
-def _show_progress(board, start: int, total: int, done: threading.Event) -> None:
-    """A tqdm bar, and once the first iterations are timed, one line with the time per
-    iteration and the minutes left (the bar's own ETA is hidden in logs without a tty)."""
-    import ray
-    from tqdm import tqdm
-
-    timed_from: tuple[int, float] | None = None
-    told = False
-    with tqdm(total=total, initial=start, desc="train", unit="it", mininterval=2) as bar:
-        while not done.wait(2.0):
-            now = ray.get(board.get.remote())
-            bar.update(max(0, now - bar.n))
-            # The first iterations pay the process group and data set-up: time from the
-            # second one seen, over at least 5 iterations.
-            if timed_from is None and now > start:
-                timed_from = (now, time.perf_counter())
-            elif timed_from and not told and now - timed_from[0] >= 5:
-                per_it = (time.perf_counter() - timed_from[1]) / (now - timed_from[0])
-                bar.write(
-                    f"    train: {per_it:.2f} s/iteration, about {per_it * (total - now) / 60:.1f} "
-                    f"min for the remaining {total - now} iterations"
-                )
-                told = True
-        bar.update(max(0, ray.get(board.get.remote()) - bar.n))
-
-
-def use_gpu_for(tc: TrainConfig) -> bool:
-    if tc.use_gpu == "auto":
-        return available_gpus() > 0
-    if tc.use_gpu == "yes" and available_gpus() == 0:
-        raise ConfigError("train.use_gpu: yes, but the Ray cluster has no GPU; use auto or no")
-    return tc.use_gpu == "yes"
-
-
-def cpus_per_worker(tc: TrainConfig, gpu: bool) -> int:
-    """CPU workers share the cluster's CPUs evenly (Ray sets each worker's torch threads
-    to its CPU count); GPU workers keep one CPU each for feeding the GPU."""
-    import ray
-
-    if tc.cpus_per_worker is not None:
-        return tc.cpus_per_worker
-    if gpu:
-        return 1
-    from pipeline.runtime import largest_node_cpus
-
-    # A worker fits on one node: never more CPUs than the largest node has.
-    share = int(ray.cluster_resources().get("CPU", 1)) // tc.num_workers
-    return max(1, min(share, largest_node_cpus()))
-
-
-def loader_workers_for(tc: TrainConfig, cpus: int) -> int:
-    """DataLoader processes per worker for a streamed set: one when the cluster has a CPU
-    beyond the workers' share for each worker; on a saturated machine a decoding process
-    only takes time from torch's threads."""
-    import ray
-
-    if tc.loader_workers is not None:
-        return tc.loader_workers
-    spare = int(ray.cluster_resources().get("CPU", 1)) - tc.num_workers * cpus
-    return 1 if spare >= tc.num_workers else 0
-
-
 def write_meta(layout: TrainLayout, meta: dict) -> None:
     write_bytes_atomic(layout.meta, json.dumps(meta, indent=2, default=str).encode())
 
@@ -302,8 +216,6 @@ def run_train(
                 return result
     init, init_record = None, None
     if init_from is not None and resume_from is None:
-        from pipeline.weights import file_sha256
-
         init = resolve_init_checkpoints(init_from, init_iter)
         check_init_checkpoints(init, tc)
         if init.iteration >= tc.iterations:
@@ -313,15 +225,7 @@ def run_train(
                 f"{init.iteration}"
             )
         start = init.iteration
-        init_record = {
-            "iteration": init.iteration,
-            "optimiser": "fresh Adam state: the checkpoint "
-            "files hold no optimiser state (the published ones never do)",
-            **{
-                net: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
-                for net, p in (("netG", init.netG), ("netD", init.netD))
-            },
-        }
+        init_record = init.record()
         result.notes.append(
             f"initialised from {init.netG.name} and {init.netD.name}, numbering "
             f"continues from {init.iteration}; Adam state starts fresh"
@@ -348,7 +252,7 @@ def run_train(
         "started": time.time(),
     }
     write_meta(layout, meta)
-    board = _progress_board()
+    board = progress_board()
     cpus = cpus_per_worker(tc, gpu)
     size = training_size(root, pairs)
     trainer = TorchTrainer(
@@ -380,7 +284,7 @@ def run_train(
     )
     done = threading.Event()
     progress = threading.Thread(
-        target=_show_progress, args=(board, start, tc.iterations, done), daemon=True
+        target=show_progress, args=(board, start, tc.iterations, done), daemon=True
     )
     progress.start()
     try:
@@ -422,16 +326,6 @@ def run_train(
             f"{result.skipped} pair loads failed and were skipped (see the worker log)"
         )
     return result
-
-
-def quality_line(quality: dict) -> str:
-    s, l1 = quality["ssim"], quality["l1"]
-    return (
-        f"test pairs ({quality['pairs']}): SSIM trained {s['trained']:.3f} / untrained "
-        f"{s['untrained']:.3f} / copy condition {s['copy_condition']:.3f}; L1 "
-        f"{l1['trained']:.4f} / {l1['untrained']:.4f} / {l1['copy_condition']:.4f}: "
-        f"{quality['verdict']}"
-    )
 
 
 def _train_needed(cfg: Config) -> str | None:

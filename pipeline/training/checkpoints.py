@@ -104,6 +104,26 @@ def save_checkpoints(
         )
 
 
+def load_train_state(nets: Nets, state_dir: Path, world: int, device) -> tuple[int, list, int]:
+    """Networks, optimisers and RNG from a saved state; (iteration, data cursors per rank,
+    pairs skipped so far). The cursors are per rank, so the worker count must match."""
+    import torch
+
+    state = torch.load(state_dir / TrainLayout.STATE_FILE, map_location=device, weights_only=True)
+    if state["world"] != world:
+        raise RuntimeError(
+            f"{state_dir} was saved by {state['world']} workers; resume with "
+            f"--num-workers {state['world']} (this run has {world})"
+        )
+    nets.netG.load_state_dict(state["netG"])
+    nets.netD.load_state_dict(state["netD"])
+    nets.optG.load_state_dict(state["optG"])
+    nets.optD.load_state_dict(state["optD"])
+    nets.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"].cpu())
+    return state["iteration"], state["cursors"], state["skipped"]
+
+
 NET_CHECKPOINT_RE = re.compile(r"^net([GD])_(\d+)\.pth$")
 
 
@@ -114,6 +134,20 @@ class InitCheckpoints:
     netG: Path
     netD: Path
     iteration: int
+
+    def record(self) -> dict:
+        """What run_meta.json keeps of the start: the files, their sha256, the iteration."""
+        from pipeline.weights import file_sha256
+
+        return {
+            "iteration": self.iteration,
+            "optimiser": "fresh Adam state: the checkpoint "
+            "files hold no optimiser state (the published ones never do)",
+            **{
+                net: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
+                for net, p in (("netG", self.netG), ("netD", self.netD))
+            },
+        }
 
 
 def resolve_init_checkpoints(

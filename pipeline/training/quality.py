@@ -86,3 +86,13 @@ def training_quality(
         if beats
         else "training did NOT beat both baselines on SSIM and L1: train longer",
     }
+
+
+def quality_line(quality: dict) -> str:
+    s, l1 = quality["ssim"], quality["l1"]
+    return (
+        f"test pairs ({quality['pairs']}): SSIM trained {s['trained']:.3f} / untrained "
+        f"{s['untrained']:.3f} / copy condition {s['copy_condition']:.3f}; L1 "
+        f"{l1['trained']:.4f} / {l1['untrained']:.4f} / {l1['copy_condition']:.4f}: "
+        f"{quality['verdict']}"
+    )
