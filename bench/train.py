@@ -37,36 +37,11 @@ def annotated_synthetic_tree(root: Path, identities: int = 40, poses: int = 6) -
     return root
 
 
-def test_pair_scores(root: Path, netG, max_pairs: int) -> dict[str, float]:
-    """Mean SSIM (skimage, channel_axis=-1, uint8) and mean L1 (|a - b| / 255) of NetG's
-    output (eval mode) and of the copy-the-condition baseline against the target."""
-    import torch
-    from skimage.metrics import structural_similarity
-
-    from pipeline.imaging import to_uint8
-    from pipeline.tables import PAIRS_SCHEMA, read_table
-    from pipeline.training.data import PairImages
-
-    pairs = read_table(DatasetLayout(root).pairs_table, PAIRS_SCHEMA).query("split == 'test'")
-    pairs = pairs.sample(n=min(max_pairs, len(pairs)), random_state=0)
-    data = PairImages(root, pairs, None, (256, 176))
-    scores = {"ssim": [], "l1": [], "copy_ssim": [], "copy_l1": []}
-    netG.eval()
-    with torch.no_grad():
-        for i in range(len(data)):
-            a, b, maps = data[i]
-            fake = to_uint8(netG(a[None], maps[None])[0])
-            real, cond = to_uint8(b), to_uint8(a)
-            for prefix, img in (("", fake), ("copy_", cond)):
-                scores[prefix + "ssim"].append(structural_similarity(real, img, channel_axis=-1))
-                scores[prefix + "l1"].append(np.abs(real.astype(float) - img).mean() / 255)
-    return {k: float(np.mean(v)) for k, v in scores.items()} | {"pairs": len(data)}
-
-
 def quality(args) -> dict:
-    from pipeline.networks import build_generator
+    """Train with configs/demo.yaml (plus --set), then the stage's own test-pair check
+    (`pipeline.training.quality`): trained vs untrained NetG vs copying the condition."""
     from pipeline.runtime import run_stage
-    from pipeline.weights import load_into
+    from pipeline.training.quality import training_quality
     from stages.train import run_train
 
     root = annotated_synthetic_tree(Path(args.work) / "data")
@@ -74,20 +49,13 @@ def quality(args) -> dict:
         f"train.{s}" for s in args.set
     ]
     cfg = load_config(REPO / "configs" / "demo.yaml", overrides)
+    tc = cfg.train
     t0 = time.time()
     if args.score_only is None:
         run_stage("train", run_train, cfg, out=Path(args.work) / "train")
     minutes = (time.time() - t0) / 60
-    tc = cfg.train
     at = args.score_only or tc.iterations
     ckpt = Path(args.work) / "train" / "checkpoints" / f"netG_{at}.pth"
-    import torch
-
-    torch.manual_seed(tc.seed)  # the same init the training started from
-    untrained = test_pair_scores(root, build_generator(tc.ngf), args.max_pairs)
-    trained = test_pair_scores(
-        root, load_into(build_generator(tc.ngf, init=False), ckpt), args.max_pairs
-    )
     return {
         "config": {
             k: getattr(tc, k)
@@ -95,17 +63,7 @@ def quality(args) -> dict:
         },
         "scored_iteration": at,
         "train_minutes": round(minutes, 2),
-        "test_pairs": trained["pairs"],
-        "ssim": {
-            "trained": trained["ssim"],
-            "untrained": untrained["ssim"],
-            "copy_condition": trained["copy_ssim"],
-        },
-        "l1": {
-            "trained": trained["l1"],
-            "untrained": untrained["l1"],
-            "copy_condition": trained["copy_l1"],
-        },
+        **training_quality(root, tc, ckpt, (256, 176), args.max_pairs),
     }
 
 

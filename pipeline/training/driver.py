@@ -3,6 +3,7 @@ worker gets, and the progress board rank 0 posts to while the driver shows a bar
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -51,6 +52,7 @@ def show_progress(board, start: int, total: int, done: threading.Event) -> None:
                     f"    train: {per_it:.2f} s/iteration, about {per_it * (total - now) / 60:.1f} "
                     f"min for the remaining {total - now} iterations"
                 )
+                sys.stdout.flush()  # a pipe or a log file would hold it back until the end
                 told = True
         bar.update(max(0, ray.get(board.get.remote()) - bar.n))
 
