@@ -92,12 +92,22 @@ class TrainConfig(Section):
     ckpt_every: int = Field(500, ge=1)
     sample_every: int = Field(500, ge=1)
     num_workers: int = Field(1, ge=1)
-    # DataLoader processes decoding pairs for each Ray Train worker (0: in the worker).
-    loader_workers: int = Field(1, ge=0)
+    # DataLoader processes decoding pairs for each Ray Train worker when the set is streamed
+    # (0: in the worker); None: 1 when the node has a CPU beyond the workers' share, else 0.
+    loader_workers: int | None = Field(None, ge=0)
+    # Each worker decodes the train set once into memory (uint8 images, one-hot maps as
+    # coordinates) when it fits in this many MB; else, or with 0, it decodes every item
+    # on every use.
+    memory_mb: int = Field(2048, ge=0)
+    # Test pairs scored after training (trained vs untrained NetG vs copying the condition,
+    # SSIM and L1); 0: no check.
+    quality_pairs: int = Field(64, ge=0)
     # CPUs (and torch threads) per Ray Train worker; None: the cluster's CPUs shared evenly.
     cpus_per_worker: int | None = Field(None, ge=1)
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     autocast: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # NHWC nets and batches (bench/train.py: faster on the 2-core CPU at ngf 8).
+    channels_last: bool = True
     seed: int = 0
 
 

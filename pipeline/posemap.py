@@ -68,3 +68,17 @@ def write_posemap(path: Path, x, y, height: int, width: int, sigma: float | None
 def load_posemap(path: Path) -> np.ndarray:
     with np.load(path) as data:
         return data["arr_0"]
+
+
+def one_hot_coords(pose_map: np.ndarray) -> np.ndarray | None:
+    """(K, 2) int16 (y, x) of the single 1 in each channel of a one-hot (H, W, K) map, -1
+    where a channel is empty; None when the map is not one-hot (gaussian, or a channel with
+    several marks), so the caller keeps it dense."""
+    ys, xs, ks = np.nonzero(pose_map)
+    if pose_map.dtype != np.uint8 or (pose_map[ys, xs, ks] != 1).any():
+        return None
+    if len(np.unique(ks)) != len(ks):
+        return None
+    coords = np.full((pose_map.shape[2], 2), -1, np.int16)
+    coords[ks, 0], coords[ks, 1] = ys, xs
+    return coords

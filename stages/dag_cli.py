@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import click
@@ -157,6 +158,19 @@ def demo_command(obj, out, identities) -> None:
     else:
         click.echo(f"[synth] {data} already holds this synthetic tree, kept")
     cfg = obj.cfg
-    run_dag(cfg, plan_run(), echo=click.echo)
+    t0 = time.perf_counter()
+    rows = run_dag(cfg, plan_run(), echo=click.echo)
     report = OutputLayout(cfg.output.root).report(cfg.report.name) / "report.html"
-    click.echo(f"demo finished: report at {report.resolve()}")
+    click.echo(f"demo finished in {time_summary(time.perf_counter() - t0, rows)}")
+    click.echo(f"report at {report.resolve()}")
+
+
+def time_summary(total: float, rows) -> str:
+    """'3 min 12 s: train 150 s (78%), keypoints 20 s (10%), ...' over the stages that ran."""
+    ran = rows[rows["status"] == "ran"].sort_values("seconds", ascending=False)
+    parts = [
+        f"{r.stage} {r.seconds:.0f} s ({100 * r.seconds / max(total, 1e-9):.0f}%)"
+        for r in ran.itertuples()
+    ]
+    head = f"{int(total // 60)} min {total % 60:.0f} s"
+    return head + (": " + ", ".join(parts) if parts else " (every stage was up to date)")

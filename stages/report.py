@@ -23,7 +23,7 @@ from pipeline.metrics.summary import PER_IMAGE_SCHEMA, SUMMARY_SCHEMA
 from pipeline.runtime import StageResult
 from pipeline.save_modes import MIXED, SAVE_MODES, UNKNOWN
 from pipeline.tables import checkpoint_sort_key, read_table, write_bytes_atomic
-from stages.report_pipeline import stage_overview, training_figures
+from stages.report_pipeline import stage_overview, training_check_section, training_figures
 from stages.spec import StageSpec
 
 METRIC_NOTES = {
@@ -385,7 +385,8 @@ def run_report(
     report.figures += training_figures(cfg)
     from stages.report_annotations import annotations_section
 
-    report.sections += [s for s in (annotations_section(cfg),) if s is not None]
+    found = (training_check_section(cfg), annotations_section(cfg))
+    report.sections += [s for s in found if s is not None]
     result.outputs = write_report(report, out)
     result.rows_in = int(np.sum(report.table is not None and len(report.table)))
     result.rows_out = len(report.figures)

@@ -107,3 +107,40 @@ def training_figures(cfg: Config) -> list[tuple[str, str, bytes]]:
             )
         )
     return figures
+
+
+def training_check_section(cfg: Config):
+    """Trained vs untrained NetG vs copying the condition on the test pairs (SSIM, L1), as
+    the train stage scored them (run_meta.json `test_quality`); None when it did not."""
+    import html
+
+    from stages.report_annotations import Section
+
+    meta_path = TrainLayout(OutputLayout(cfg.output.root).train).meta
+    quality = json.loads(meta_path.read_text()).get("test_quality") if meta_path.exists() else None
+    if not quality:
+        return None
+    columns = ("trained", "untrained", "copy_condition")
+    heads = ("trained NetG", "untrained NetG (same init)", "copy the condition")
+    rows = [
+        ("SSIM (higher is better)", quality["ssim"], 3),
+        ("L1 (lower is better)", quality["l1"], 4),
+    ]
+    caption = f"{quality['pairs']} test pairs, {quality['checkpoint']}: {quality['verdict']}."
+    out = ["<h2>Did training work?</h2><table><tr><th></th>"]
+    out += [f"<th>{h}</th>" for h in heads]
+    out.append("</tr>")
+    for name, values, digits in rows:
+        out.append(
+            f"<tr><th>{name}</th>"
+            + "".join(f"<td>{values[c]:.{digits}f}</td>" for c in columns)
+            + "</tr>"
+        )
+    out.append(f"</table><p class='small'>{html.escape(caption)}</p>")
+    md = ["## Did training work?", "", "| | " + " | ".join(heads) + " |", "|---" * 4 + "|"]
+    md += [
+        f"| {name} | " + " | ".join(f"{values[c]:.{digits}f}" for c in columns) + " |"
+        for name, values, digits in rows
+    ]
+    md += ["", caption, ""]
+    return Section("Did training work?", "\n".join(out), "\n".join(md))

@@ -1,5 +1,7 @@
 """Train stage: NetG/NetD with the published objective on Ray Train (DDP over
-`train.num_workers`), official-name checkpoints, resumable state, a loss log and sample grids."""
+`train.num_workers`), official-name checkpoints, resumable state, a loss log and sample grids.
+The data, the step and the checkpoint files are pipeline/training/; this is the Ray Train
+loop, the driver, the stage declaration and the CLI."""
 
 from __future__ import annotations
 
@@ -7,496 +9,54 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
-from pipeline.config import Config, ConfigError, TrainConfig
+from pipeline.config import Config, TrainConfig
 from pipeline.layout import DatasetLayout, OutputLayout, TrainLayout
-from pipeline.runtime import StageResult, available_gpus, init_ray
-from pipeline.tables import (
-    DataError,
-    atomic_path,
-    read_table,
-    safe_path,
-    write_bytes_atomic,
-    write_table,
+from pipeline.runtime import StageResult, init_ray
+from pipeline.tables import DataError, write_bytes_atomic
+from pipeline.training.checkpoints import (
+    check_init_checkpoints,
+    load_init_checkpoints,
+    load_train_state,
+    resolve_init_checkpoints,
+    save_checkpoints,
+    save_sample_grid,
+)
+from pipeline.training.data import (
+    BatchStream,
+    PairImages,
+    decode_in_memory,
+    load_train_pairs,
+    training_size,
+)
+from pipeline.training.driver import (
+    cpus_per_worker,
+    loader_workers_for,
+    progress_board,
+    show_progress,
+    use_gpu_for,
+)
+from pipeline.training.quality import quality_line
+from pipeline.training.step import (
+    LOSS_NAMES,
+    autocast_for,
+    build_nets,
+    loss_weights,
+    resolve_vgg_weights,
+    to_device,
+    train_step,
 )
 from stages.spec import StageSpec
 
 log = logging.getLogger(__name__)
 
-LOSS_NAMES = ("g_total", "g_l1", "g_gan", "g_perceptual", "d_total", "d_real", "d_fake")
-TRAIN_LOG_SCHEMA = pa.schema(
-    [("iteration", pa.int64())]
-    + [(name, pa.float64()) for name in LOSS_NAMES]
-    + [("seconds", pa.float64())]  # wall time of the iteration on rank 0
-)
 SAMPLE_ROWS = 4
-
-
-# --- data: pairs -> (condition, target, map pair) ---------------------------------------
-
-
-class PairImages:
-    """Map-style dataset over the train pairs: item i is (A, B, maps) as float tensors
-    (A, B in [-1, 1], maps = concat(mapA, mapB) channels-first), or a string saying why
-    the pair could not be loaded. Pose maps come from the npz files when present, else
-    are rendered from the keypoints table."""
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        pairs: pd.DataFrame,
-        keypoints: pd.DataFrame | None,
-        size: tuple[int, int],
-    ):
-        self.root = Path(root)
-        self.layout = DatasetLayout(root)
-        self.pairs = pairs.reset_index(drop=True)
-        self.keypoints = (
-            {}
-            if keypoints is None
-            else {
-                r.file_id: (np.asarray(r.x), np.asarray(r.y))
-                for r in keypoints.itertuples()
-                if r.error is None or pd.isna(r.error)
-            }
-        )
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int):
-        row = self.pairs.iloc[i]
-        try:
-            return self._load(row)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            return f"pair {i} ({row['imgA']} -> {row['imgB']}): {exc}"
-
-    def _image(self, rel: str):
-        from pipeline.imaging import load_rgb, to_tensor
-
-        im = load_rgb(safe_path(self.root, rel))
-        if (im.height, im.width) != self.size:
-            raise DataError(
-                f"{rel} is {im.height}x{im.width}, training size is {self.size[0]}x{self.size[1]}"
-            )
-        return to_tensor(im)
-
-    def _map(self, split: str, fid: str) -> np.ndarray:
-        from pipeline.posemap import load_posemap, render_map
-
-        path = self.layout.posemap(split, fid)
-        if path.is_file():
-            pose = load_posemap(path)
-        elif fid in self.keypoints:
-            pose = render_map(*self.keypoints[fid], *self.size)
-        else:
-            raise DataError(f"no pose map {path.name} and no keypoints for {fid}")
-        if pose.shape != (*self.size, 18):
-            raise DataError(
-                f"pose map of {fid} has shape {pose.shape}, expected {(*self.size, 18)}"
-            )
-        return pose
-
-    def _load(self, row):
-        import torch
-
-        split = row["split"]
-        maps = np.concatenate(
-            [self._map(split, row["fidA"]), self._map(split, row["fidB"])], axis=2
-        )
-        maps = torch.from_numpy(np.ascontiguousarray(maps.transpose(2, 0, 1))).float()
-        return self._image(row["imgA"]), self._image(row["imgB"]), maps
-
-
-def rank_order(n: int, rank: int, world: int, seed: int, epoch: int) -> list[int]:
-    """This rank's share of a seeded shuffle of range(n) for `epoch` (DistributedSampler:
-    disjoint shards, padded to equal length so every rank takes the same number of steps)."""
-    from torch.utils.data import DistributedSampler
-
-    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    sampler.set_epoch(epoch)
-    return list(sampler)
-
-
-def _keep(item):
-    return item
-
-
-class BatchStream:
-    """Endless full batches of loadable pairs for one rank. Bad pairs are skipped and
-    counted. `cursor` = (epoch, items consumed in it) restarts the stream exactly where a
-    checkpoint left it; decoding runs in `loader_workers` DataLoader processes."""
-
-    def __init__(
-        self,
-        dataset: PairImages,
-        batch_size: int,
-        rank: int,
-        world: int,
-        seed: int,
-        loader_workers: int = 0,
-        cursor: tuple[int, int] = (0, 0),
-    ):
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.rank, self.world, self.seed = rank, world, seed
-        self.loader_workers = loader_workers
-        self.cursor = tuple(cursor)
-        self.skipped = 0
-        self.reasons: list[str] = []
-        self._items = self._item_stream()
-
-    def _item_stream(self):
-        from torch.utils.data import DataLoader
-
-        epoch, offset = self.cursor
-        while True:
-            order = rank_order(len(self.dataset), self.rank, self.world, self.seed, epoch)
-            loader = DataLoader(
-                self.dataset,
-                sampler=order[offset:],
-                batch_size=None,
-                collate_fn=_keep,
-                num_workers=self.loader_workers,
-            )
-            good = 0
-            for item in loader:
-                offset += 1
-                self.cursor = (epoch, offset)
-                if isinstance(item, str):
-                    self.skipped += 1
-                    self.reasons.append(item)
-                    continue
-                good += 1
-                yield item
-            if good == 0 and offset == len(order):
-                raise DataError(
-                    f"rank {self.rank}: none of its {len(order)} training pairs could be "
-                    f"loaded in epoch {epoch}; first reason: {self.reasons[0]}"
-                )
-            epoch, offset = epoch + 1, 0
-
-    def next_batch(self):
-        import torch
-
-        items = [next(self._items) for _ in range(self.batch_size)]
-        return tuple(torch.stack(parts) for parts in zip(*items, strict=True))
-
-
-def load_train_pairs(root: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """The train rows of the pairs table and the keypoints table (None when absent, then
-    every pose map must exist as npz)."""
-    from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
-
-    layout = DatasetLayout(root)
-    if not layout.pairs_table.exists():
-        raise DataError(
-            f"no pairs table at {layout.pairs_table}: run the keypoints, posemaps and "
-            "pairs stages on this dataset root first"
-        )
-    pairs = read_table(layout.pairs_table, PAIRS_SCHEMA)
-    pairs = pairs[pairs["split"] == "train"].reset_index(drop=True)
-    if pairs.empty:
-        raise DataError(f"{layout.pairs_table} has no pairs with split == 'train'")
-    keypoints = None
-    if layout.keypoints_table.exists():
-        keypoints = read_table(layout.keypoints_table, KEYPOINTS_SCHEMA)
-    return pairs, keypoints
-
-
-def training_size(root: str | os.PathLike, pairs: pd.DataFrame) -> tuple[int, int]:
-    """(H, W) of the first readable condition image; both must be divisible by 16."""
-    from pipeline.imaging import ImageError, load_rgb
-
-    for rel in pairs["imgA"].head(50):
-        try:
-            im = load_rgb(safe_path(root, rel))
-        except (ImageError, DataError):
-            continue
-        if im.height % 16 or im.width % 16:
-            raise DataError(
-                f"{rel}: NetG needs H and W divisible by 16, got {im.height}x{im.width}"
-            )
-        return im.height, im.width
-    raise DataError(f"none of the first 50 train images under {root} could be read")
-
-
-# --- networks, optimisers and one step ---------------------------------------------------
-
-
-@dataclass
-class Nets:
-    """Generator, discriminator (possibly DDP-wrapped) and their Adam optimisers."""
-
-    netG: Any
-    netD: Any
-    optG: Any
-    optD: Any
-    scaler: Any
-
-    def plain(self, net) -> Any:
-        """The unwrapped module: its state_dict has the official parameter names."""
-        return getattr(net, "module", net)
-
-
-def build_nets(tc: TrainConfig, device: str = "cpu") -> Nets:
-    """Published init (seeded, so every rank starts identical) and Adam(lr, betas)."""
-    import torch
-
-    from pipeline.networks import build_discriminator, build_generator
-
-    torch.manual_seed(tc.seed)
-    netG = build_generator(tc.ngf).to(device)
-    netD = build_discriminator(tc.ndf).to(device)
-    betas = (tc.beta1, tc.beta2)
-    return Nets(
-        netG,
-        netD,
-        torch.optim.Adam(netG.parameters(), lr=tc.lr, betas=betas),
-        torch.optim.Adam(netD.parameters(), lr=tc.lr, betas=betas),
-        torch.amp.GradScaler(device, enabled=tc.autocast == "fp16"),
-    )
-
-
-def autocast_for(tc: TrainConfig, device: str):
-    import torch
-
-    from pipeline.api import AUTOCAST_DTYPES
-
-    dtype = AUTOCAST_DTYPES[tc.autocast]
-    return torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype is not None)
-
-
-def train_step(nets: Nets, batch, weights, perceptual, amp) -> dict[str, Any]:
-    """One published iteration: generate, update D on (A, B) vs (A, fake), then update G.
-    Returns the loss tensors (detached)."""
-    import torch
-
-    from pipeline.losses import discriminator_loss, generator_loss
-
-    a, b, maps = batch
-    with amp:
-        fake = nets.netG(a, maps)
-        d_real = nets.netD(torch.cat([a, b], 1))
-        d_fake = nets.netD(torch.cat([a, fake.detach()], 1))
-    d_parts = discriminator_loss(d_real.float(), d_fake.float())
-    nets.optD.zero_grad(set_to_none=True)
-    nets.scaler.scale(d_parts["d_total"]).backward()
-    nets.scaler.step(nets.optD)
-
-    with amp:
-        d_fake_for_g = nets.netD(torch.cat([a, fake], 1))
-    g_parts = generator_loss(fake.float(), b, d_fake_for_g.float(), weights, perceptual)
-    nets.optG.zero_grad(set_to_none=True)
-    nets.scaler.scale(g_parts["g_total"]).backward()
-    nets.scaler.step(nets.optG)
-    nets.scaler.update()
-    return {k: v.detach() for k, v in {**d_parts, **g_parts}.items()}
-
-
-def loss_weights(tc: TrainConfig):
-    from pipeline.losses import LossWeights
-
-    return LossWeights(l1=tc.lambda_l1, gan=tc.lambda_gan, perceptual=tc.lambda_perceptual)
-
-
-def resolve_vgg_weights(cfg: Config) -> tuple[Path | None, str]:
-    """The VGG19 file for the perceptual term, or None with the reason it is off.
-    `auto` without weights warns once and trains without it; `required` raises."""
-    from pipeline.weights import WeightsError, require_weight
-
-    tc = cfg.train
-    if tc.perceptual == "off" or tc.lambda_perceptual == 0:
-        return None, "off by config"
-    try:
-        if tc.vgg_weights:
-            path = Path(tc.vgg_weights)
-            if not path.is_file():
-                raise WeightsError(
-                    f"train.vgg_weights: {path} not found; give the path of "
-                    "vgg19-dcbb9e9d.pth or leave it empty to search the torch cache"
-                )
-            return path, "used"
-        return require_weight("vgg19", cfg.weights.dir), "used"
-    except WeightsError as exc:
-        if tc.perceptual == "required":
-            raise
-        log.warning("training WITHOUT the perceptual term (train.perceptual: auto): %s", exc)
-        return None, f"skipped: {exc}"
-
-
-# --- checkpoints, log and samples (rank 0) -------------------------------------------------
-
-
-def save_state_dict(state: dict, path: Path) -> None:
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def save_sample_grid(nets: Nets, samples, path: Path) -> None:
-    """condition | target | generated, one row per sample pair, G in eval mode."""
-    import torch
-    from PIL import Image
-
-    from pipeline.drawing import grid
-    from pipeline.imaging import to_uint8
-
-    netG = nets.plain(nets.netG)
-    a, b, maps = samples
-    netG.eval()
-    with torch.no_grad():
-        fake = netG(a, maps)
-    netG.train()
-    rows = [[Image.fromarray(im) for im in to_uint8(t)] for t in (a, b, fake)]
-    png = grid([list(r) for r in zip(*rows, strict=True)])
-    with atomic_path(path) as tmp:
-        png.save(tmp, format="PNG")
-
-
-def write_log(rows: list[dict], layout: TrainLayout, start: int) -> None:
-    """Previous runs' rows before `start` (a resumed run) plus this run's rows."""
-    frames = []
-    if start > 0 and layout.log.exists():
-        old = read_table(layout.log, TRAIN_LOG_SCHEMA)
-        frames.append(old[old["iteration"] <= start])
-    frames.append(pd.DataFrame(rows, columns=TRAIN_LOG_SCHEMA.names))
-    write_table(pd.concat(frames, ignore_index=True), layout.log, TRAIN_LOG_SCHEMA)
-
-
-def save_checkpoints(
-    nets: Nets,
-    layout: TrainLayout,
-    it: int,
-    rows: list[dict],
-    start: int,
-    progress: dict,
-    metrics: dict,
-) -> None:
-    """Rank 0: the official-name state dicts, the log so far, and the resumable state
-    (networks, optimisers, data cursors, RNG) reported as a Ray Train checkpoint."""
-    import tempfile
-
-    import ray.train
-    import torch
-
-    netG, netD = nets.plain(nets.netG).state_dict(), nets.plain(nets.netD).state_dict()
-    save_state_dict(netG, layout.net_checkpoint("netG", it))
-    save_state_dict(netD, layout.net_checkpoint("netD", it))
-    write_log(rows, layout, start)
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save(
-            {
-                **progress,
-                "netG": netG,
-                "netD": netD,
-                "optG": nets.optG.state_dict(),
-                "optD": nets.optD.state_dict(),
-                "scaler": nets.scaler.state_dict(),
-            },
-            Path(tmp) / TrainLayout.STATE_FILE,
-        )
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name=f"{TrainLayout.STATE_DIR_PREFIX}{it:09d}",
-        )
-
-
-# --- fine-tuning from a published-style checkpoint pair -----------------------------------
-
-NET_CHECKPOINT_RE = re.compile(r"^net([GD])_(\d+)\.pth$")
-
-
-@dataclass(frozen=True)
-class InitCheckpoints:
-    """The netG/netD pair a run starts from, and the iteration its numbering continues from."""
-
-    netG: Path
-    netD: Path
-    iteration: int
-
-
-def resolve_init_checkpoints(
-    ref: str | os.PathLike, iteration: int | None = None
-) -> InitCheckpoints:
-    """`ref` a directory: its highest netG_<iter>.pth that has a netD_<iter>.pth beside it;
-    a file: netG_<N>.pth or netD_<N>.pth and its sibling of the same N. `iteration`
-    overrides N. Raises WeightsError naming what is missing."""
-    from pipeline.weights import WeightsError
-
-    path = Path(ref)
-    if path.is_dir():
-        pairs = sorted(
-            (int(m.group(2)), m.group(2))
-            for p in path.iterdir()
-            if (m := NET_CHECKPOINT_RE.match(p.name))
-            and m.group(1) == "G"
-            and (path / f"netD_{m.group(2)}.pth").is_file()
-        )
-        if not pairs:
-            raise WeightsError(
-                f"--init-from {path}: no netG_<iter>.pth with a netD_<iter>.pth of "
-                "the same iteration in this directory"
-            )
-        number, digits = pairs[-1]
-    elif path.is_file():
-        m = NET_CHECKPOINT_RE.match(path.name)
-        if not m:
-            raise WeightsError(
-                f"--init-from {path}: expected a file named netG_<iter>.pth or "
-                "netD_<iter>.pth (its pair is found by the iteration), or a "
-                "directory"
-            )
-        number, digits = int(m.group(2)), m.group(2)
-    else:
-        raise WeightsError(f"--init-from {path}: no such file or directory")
-    folder = path if path.is_dir() else path.parent
-    found = InitCheckpoints(
-        folder / f"netG_{digits}.pth",
-        folder / f"netD_{digits}.pth",
-        number if iteration is None else iteration,
-    )
-    for net in (found.netG, found.netD):
-        if not net.is_file():
-            raise WeightsError(
-                f"--init-from {path}: {net} not found; training starts from both nets"
-            )
-    return found
-
-
-def check_init_checkpoints(init: InitCheckpoints, tc: TrainConfig) -> None:
-    """Fail before any worker starts when a file is not a NetG(ngf) / NetD(ndf) state dict."""
-    from pipeline.api import check_checkpoint
-    from pipeline.networks import build_discriminator
-    from pipeline.weights import load_into
-
-    check_checkpoint(init.netG, tc.ngf)
-    load_into(build_discriminator(tc.ndf), init.netD)
-
-
-def load_init_checkpoints(nets: Nets, init: dict) -> int:
-    """Both nets from the pair (weights_only); the iteration the run continues from. Adam
-    state stays fresh: published checkpoint files hold none."""
-    from pipeline.weights import load_into
-
-    load_into(nets.netG, init["netG"])
-    load_into(nets.netD, init["netD"])
-    return int(init["iteration"])
 
 
 # --- the Ray Train worker loop ---------------------------------------------------------------
@@ -523,21 +83,7 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     state_dir = checkpoint.path if checkpoint else config.get("resume_from")
     if state_dir:
-        state = torch.load(
-            Path(state_dir) / TrainLayout.STATE_FILE, map_location=device, weights_only=True
-        )
-        if state["world"] != world:
-            raise RuntimeError(
-                f"{state_dir} was saved by {state['world']} workers; resume with "
-                f"--num-workers {state['world']} (this run has {world})"
-            )
-        nets.netG.load_state_dict(state["netG"])
-        nets.netD.load_state_dict(state["netD"])
-        nets.optG.load_state_dict(state["optG"])
-        nets.optD.load_state_dict(state["optD"])
-        nets.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"].cpu())
-        start, cursors, skipped_before = state["iteration"], state["cursors"], state["skipped"]
+        start, cursors, skipped_before = load_train_state(nets, Path(state_dir), world, device)
     elif config.get("init"):
         start = load_init_checkpoints(nets, config["init"])
     ids = [device.index] if dev == "cuda" else None
@@ -552,8 +98,11 @@ def train_loop_per_worker(config: dict) -> None:
 
     pairs, keypoints = load_train_pairs(config["root"])
     dataset = PairImages(config["root"], pairs, keypoints, tuple(config["size"]))
+    in_memory = decode_in_memory(dataset, tc.memory_mb * 2**20) if tc.memory_mb else None
+    loader_workers = 0 if in_memory is not None else config["loader_workers"]
+    dataset = dataset if in_memory is None else in_memory
     stream = BatchStream(
-        dataset, tc.batch_size, rank, world, tc.seed, tc.loader_workers, cursors[rank]
+        dataset, tc.batch_size, rank, world, tc.seed, loader_workers, cursors[rank]
     )
     samples = None
     if rank == 0:
@@ -562,15 +111,13 @@ def train_loop_per_worker(config: dict) -> None:
         picked = [it for it in (dataset[int(i)] for i in spread) if not isinstance(it, str)][::4][
             :SAMPLE_ROWS
         ]
-        samples = (
-            tuple(torch.stack(p).to(device) for p in zip(*picked, strict=True)) if picked else None
-        )
+        samples = to_device(dataset.collate(picked), device, tc) if picked else None
     board = config.get("progress")
 
     rows: list[dict] = []
     for it in range(start + 1, tc.iterations + 1):
         t0 = time.perf_counter()
-        batch = tuple(t.to(device, non_blocking=True) for t in stream.next_batch())
+        batch = to_device(stream.next_batch(), device, tc)
         losses = train_step(nets, batch, weights, perceptual, amp)
         # Log the mean over workers so the log describes the whole global batch.
         values = torch.stack(
@@ -599,6 +146,7 @@ def train_loop_per_worker(config: dict) -> None:
             metrics = {
                 "iteration": it,
                 "skipped": skipped_total,
+                "in_memory": int(in_memory is not None),
                 **{k: v for k, v in zip(LOSS_NAMES, values, strict=True) if not math.isnan(v)},
             }
             if rank == 0:
@@ -624,59 +172,6 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 # --- driver ------------------------------------------------------------------------------
-
-
-def _progress_board():
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class ProgressBoard:
-        """Rank 0 posts its iteration; the driver's tqdm polls it."""
-
-        def __init__(self):
-            self.iteration = 0
-
-        def update(self, iteration: int) -> None:
-            self.iteration = iteration
-
-        def get(self) -> int:
-            return self.iteration
-
-    return ProgressBoard.remote()
-
-
-def _show_progress(board, start: int, total: int, done: threading.Event) -> None:
-    import ray
-    from tqdm import tqdm
-
-    with tqdm(total=total, initial=start, desc="train", unit="it", mininterval=2) as bar:
-        while not done.wait(2.0):
-            bar.update(max(0, ray.get(board.get.remote()) - bar.n))
-        bar.update(max(0, ray.get(board.get.remote()) - bar.n))
-
-
-def use_gpu_for(tc: TrainConfig) -> bool:
-    if tc.use_gpu == "auto":
-        return available_gpus() > 0
-    if tc.use_gpu == "yes" and available_gpus() == 0:
-        raise ConfigError("train.use_gpu: yes, but the Ray cluster has no GPU; use auto or no")
-    return tc.use_gpu == "yes"
-
-
-def cpus_per_worker(tc: TrainConfig, gpu: bool) -> int:
-    """CPU workers share the cluster's CPUs evenly (Ray sets each worker's torch threads
-    to its CPU count); GPU workers keep one CPU each for feeding the GPU."""
-    import ray
-
-    if tc.cpus_per_worker is not None:
-        return tc.cpus_per_worker
-    if gpu:
-        return 1
-    from pipeline.runtime import largest_node_cpus
-
-    # A worker fits on one node: never more CPUs than the largest node has.
-    share = int(ray.cluster_resources().get("CPU", 1)) // tc.num_workers
-    return max(1, min(share, largest_node_cpus()))
 
 
 def write_meta(layout: TrainLayout, meta: dict) -> None:
@@ -720,8 +215,6 @@ def run_train(
                 return result
     init, init_record = None, None
     if init_from is not None and resume_from is None:
-        from pipeline.weights import file_sha256
-
         init = resolve_init_checkpoints(init_from, init_iter)
         check_init_checkpoints(init, tc)
         if init.iteration >= tc.iterations:
@@ -731,15 +224,7 @@ def run_train(
                 f"{init.iteration}"
             )
         start = init.iteration
-        init_record = {
-            "iteration": init.iteration,
-            "optimiser": "fresh Adam state: the checkpoint "
-            "files hold no optimiser state (the published ones never do)",
-            **{
-                net: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
-                for net, p in (("netG", init.netG), ("netD", init.netD))
-            },
-        }
+        init_record = init.record()
         result.notes.append(
             f"initialised from {init.netG.name} and {init.netD.name}, numbering "
             f"continues from {init.iteration}; Adam state starts fresh"
@@ -766,14 +251,17 @@ def run_train(
         "started": time.time(),
     }
     write_meta(layout, meta)
-    board = _progress_board()
+    board = progress_board()
+    cpus = cpus_per_worker(tc, gpu)
+    size = training_size(root, pairs)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "train": tc.model_dump(),
             "out": str(layout.root),
             "root": root,
-            "size": training_size(root, pairs),
+            "size": size,
+            "loader_workers": loader_workers_for(tc, cpus),
             "vgg_weights": str(vgg_path) if vgg_path else None,
             "resume_from": str(resume_from) if resume_from else None,
             "progress": board,
@@ -785,7 +273,7 @@ def run_train(
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers,
             use_gpu=gpu,
-            resources_per_worker={"CPU": cpus_per_worker(tc, gpu)},
+            resources_per_worker={"CPU": cpus},
         ),
         run_config=RunConfig(
             name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
@@ -795,7 +283,7 @@ def run_train(
     )
     done = threading.Event()
     progress = threading.Thread(
-        target=_show_progress, args=(board, start, tc.iterations, done), daemon=True
+        target=show_progress, args=(board, start, tc.iterations, done), daemon=True
     )
     progress.start()
     try:
@@ -819,7 +307,14 @@ def run_train(
         ended=time.time(),
         skipped_pairs=result.skipped,
         final_losses={k: metrics[k] for k in LOSS_NAMES if k in metrics},
+        data="decoded once into memory" if metrics.get("in_memory") else "decoded per item",
     )
+    if tc.quality_pairs and final.is_file():
+        from pipeline.training.quality import training_quality
+
+        meta["test_quality"] = training_quality(root, tc, final, size, tc.quality_pairs)
+        if meta["test_quality"]:
+            result.notes.append(quality_line(meta["test_quality"]))
     write_meta(layout, meta)
     result.notes.append(
         f"iterations {start + 1}..{tc.iterations} on {tc.num_workers} worker(s) "

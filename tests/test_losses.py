@@ -16,8 +16,8 @@ from pipeline.losses import (
     minmax_scale,
     vgg19_features,
 )
+from pipeline.training.step import resolve_vgg_weights
 from pipeline.weights import WeightsError
-from stages.train import resolve_vgg_weights
 
 
 def test_lsgan_and_l1_equal_hand_computation():

@@ -31,6 +31,7 @@ TINY = [
     "train.batch_size=2",
     "train.ckpt_every=2",
     "train.sample_every=2",
+    "train.quality_pairs=4",
     "generate.ngf=4",
     "generate.batch_size=4",
     "evaluate.metrics=[ssim,psnr]",

@@ -10,17 +10,9 @@ from pipeline.config import Config
 from pipeline.layout import DatasetLayout, TrainLayout
 from pipeline.networks import NetD, NetG
 from pipeline.tables import PAIRS_SCHEMA, read_table
-from stages.train import (
-    BatchStream,
-    PairImages,
-    autocast_for,
-    build_nets,
-    load_train_pairs,
-    loss_weights,
-    rank_order,
-    run_train,
-    train_step,
-)
+from pipeline.training.data import BatchStream, PairImages, load_train_pairs, rank_order
+from pipeline.training.step import autocast_for, build_nets, loss_weights, train_step
+from stages.train import run_train
 
 
 def tiny_config(root, out, **train) -> Config:
@@ -39,6 +31,7 @@ def tiny_config(root, out, **train) -> Config:
         num_workers=1,
         loader_workers=0,
         cpus_per_worker=1,
+        quality_pairs=2,
     )
     for key, value in {**settings, **train}.items():
         setattr(cfg.train, key, value)
@@ -96,11 +89,20 @@ def test_two_workers_write_official_checkpoints_skip_bad_pairs_and_resume(
     result = run_train(cfg, out=out)
     ckpts = out / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["netD_2.pth", "netG_2.pth"]
-    NetG(ngf=4).load_state_dict(torch.load(ckpts / "netG_2.pth", weights_only=True))
+    state = torch.load(ckpts / "netG_2.pth", weights_only=True)
+    # Trained channels_last, saved in the published (contiguous) layout.
+    assert all(v.is_contiguous() for v in state.values())
+    NetG(ngf=4).load_state_dict(state)
     NetD(ndf=4).load_state_dict(torch.load(ckpts / "netD_2.pth", weights_only=True))
     assert result.skipped >= 1
     meta = json.loads((out / "run_meta.json").read_text())
     assert meta["perceptual_used"] is False and meta["skipped_pairs"] == result.skipped
+    assert meta["data"] == "decoded once into memory"
+    assert meta["test_quality"]["pairs"] == 2 and set(meta["test_quality"]["ssim"]) == {
+        "trained",
+        "untrained",
+        "copy_condition",
+    }
     assert (out / "samples" / "iter_2.png").is_file()
 
     cfg.train.iterations = 4

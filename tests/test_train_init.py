@@ -11,8 +11,10 @@ import torch
 from click.testing import CliRunner
 from test_train import tiny_config
 
+from pipeline.training.checkpoints import resolve_init_checkpoints
+from pipeline.training.step import build_nets
 from pipeline.weights import WeightsError, file_sha256
-from stages.train import build_nets, resolve_init_checkpoints, run_train
+from stages.train import run_train
 
 
 def test_resolve_a_directory_a_file_and_an_iteration_override(tmp_path):
@@ -49,7 +51,7 @@ def test_cli_refuses_a_bad_init_before_training(annotated_root, tmp_path, ray_se
     res = CliRunner().invoke(cli, [*base, "--init-iter", "5"])
     assert res.exit_code == 2 and "--init-iter needs --init-from" in res.output
     res = CliRunner().invoke(cli, [*base, "--init-from", str(tmp_path / "netG_7.pth")])
-    assert res.exit_code == 1 and "netG_7.pth is not a plain state dict" in res.output
+    assert res.exit_code == 2 and "netG_7.pth is not a plain state dict" in res.output
     assert not (tmp_path / "t" / "checkpoints").exists()
 
 
