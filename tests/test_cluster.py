@@ -168,9 +168,7 @@ def test_stages_on_three_nodes_equal_a_local_run_and_use_every_node(
     for stage, table in records.items():
         used = set(table["node"].dropna())
         assert used <= nodes and len(used) >= 2, (stage, used)
-    # Model actors spread one per node by default; the network metric finished on 1-CPU
-    # nodes with every image scored.
-    assert set(records["generate"]["node"].dropna()) == nodes
+    # The network metric finished on 1-CPU nodes with every image scored.
     assert len(per_image) and per_image["error"].isna().all()
 
 
@@ -245,6 +243,7 @@ def test_losing_a_worker_node_mid_stage_loses_nothing(cluster, source, local_run
     while not any(p.is_file() for p in watch.rglob("*")) and proc.poll() is None:
         assert time.monotonic() < deadline, "the stage wrote nothing"
         time.sleep(0.2)
+    assert proc.poll() is None, "the stage finished before a node could be lost"
     lost = cluster.workers["w2"].node_id
     replace_node(cluster, "w2")
     finish(proc)
