@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
+import ray  # noqa: F401  # puts its bundled psutil (ray/thirdparty_files) on sys.path
+
+import psutil  # noqa: E402  # isort: skip
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
