@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import Config, RayConfig
+from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,10 @@ def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
         kwargs["logging_config"] = ray.LoggingConfig(log_level=worker_level)
         try:
             if address:
-                ray.init(address=address, **kwargs)
+                try:
+                    ray.init(address=address, **kwargs)
+                except ConnectionError as exc:
+                    raise ConfigError(refused_hint(address, exc)) from exc
             else:
                 # "local": without it Ray joins the cluster named in /tmp/ray's address
                 # file (the last `ray start` on this host), which on a shared host may be
@@ -76,6 +80,19 @@ def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
             root.setLevel(level)
         _quiet_ray_data()
     return ray.cluster_resources()
+
+
+def refused_hint(address: str, exc: Exception) -> str:
+    """What to check when a cluster refuses the driver: Ray 2.60's heads turn token
+    authentication on when ~/.ray/auth_token exists, and a driver given an explicit
+    address only uses it with RAY_AUTH_MODE=token."""
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    return (
+        f"could not join the Ray cluster at {address} ({exc}). Check that the head runs "
+        f"and is reachable; if it uses token authentication, run with RAY_AUTH_MODE=token "
+        f"and the head's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (RAY_AUTH_MODE is "
+        f"{mode} here). See README, 'Cluster and GPU use'."
+    )
 
 
 def _quiet_ray_data() -> None:
