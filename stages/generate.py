@@ -826,7 +826,7 @@ def generate_command(obj, checkpoints, ngf, out, minmax, batch_size, pairs_file,
     dtype); generate.sparse_maps true/false overrides the transport picked from that.
     A rerun skips images already ok in the manifest; a bad input becomes an error row.
     NetG runs in a Ray actor pool of generate.concurrency actors (default: one per GPU, else
-    one CPU actor), autocast generate.dtype (auto = bf16 on GPU, fp32 on CPU), channels_last.
+    one per CPU node), autocast generate.dtype (auto = bf16 on GPU, fp32 on CPU), channels_last.
     Example: run_pipeline.py generate --checkpoint out/train/checkpoints --ngf 8 --out out/generated
     """
     cfg = obj.cfg
