@@ -253,8 +253,16 @@ cli.help = cli.help.replace("{stages}", " -> ".join(STAGE_NAMES))
 @click.option(
     "--seed", type=int, default=None, help="Random seed; the same seed gives byte-identical files."
 )
+@click.option(
+    "--deepfashion-size",
+    is_flag=True,
+    help="DeepFashion's size and proportions: 52,712 images in 7,982 identities (6 or 7 "
+    "each), drawn in parallel Ray tasks (overrides --identities, --poses-per-identity).",
+)
 @click.pass_obj
-def synth(obj: PipelineContext, out, identities, poses_per_identity, seed) -> None:
+def synth(
+    obj: PipelineContext, out, identities, poses_per_identity, seed, deepfashion_size
+) -> None:
     """Build a synthetic DeepFashion-like dataset tree.
 
     \b
@@ -264,13 +272,20 @@ def synth(obj: PipelineContext, out, identities, poses_per_identity, seed) -> No
       ground_truth_keypoints.csv                                  legacy keypoints CSV
     Example: run_pipeline.py synth --out data/synthetic --identities 40
     """
-    from pipeline.synthetic import write_synthetic_tree
+    from pipeline.synthetic import DEEPFASHION_IDENTITIES, deepfashion_poses, write_synthetic_tree
 
     sc = obj.cfg.synth
     n_id = identities if identities is not None else sc.identities
     n_pose = poses_per_identity if poses_per_identity is not None else sc.poses_per_identity
     seed = sc.seed if seed is None else seed
-    table = write_synthetic_tree(out, n_id, n_pose, seed, sc.test_fraction)
+    if deepfashion_size:
+        from pipeline.runtime import init_ray
+
+        init_ray(obj.cfg.ray)  # --address: the cluster draws them
+        n_id, n_pose = DEEPFASHION_IDENTITIES, deepfashion_poses()
+    table = write_synthetic_tree(
+        out, n_id, n_pose, seed, sc.test_fraction, parallel=deepfashion_size
+    )
     counts = table["split"].value_counts().to_dict()
     click.echo(
         f"synth: {len(table)} images ({counts.get('train', 0)} train, "

@@ -31,19 +31,24 @@ class ModelPool:
         """`ds.map_batches(model_cls)` over this pool; `model_cls` takes `actors_per_node`."""
         from ray.data import ActorPoolStrategy
 
+        # Small CPU actors would otherwise be packed onto the first nodes with room: one
+        # per node is the plan, and torch's threads are sized for it.
+        spread = {} if self.num_gpus else {"scheduling_strategy": "SPREAD"}
         return ds.map_batches(
             model_cls, batch_size=batch_size, batch_format=batch_format,
             compute=ActorPoolStrategy(size=self.size), num_gpus=self.num_gpus,
             num_cpus=self.num_cpus,
             fn_constructor_kwargs={**constructor_kwargs, "actors_per_node": self.actors_per_node},
+            **spread,
         )  # fmt: skip
 
 
 def plan_pool(concurrency: int | None, use_gpus: bool = True, num_cpus: float = 1.0) -> ModelPool:
     """One actor per GPU when the cluster has GPUs (and the model uses them), else one per
-    CPU node; `concurrency` overrides the count. `num_cpus` never exceeds what the largest
-    node has, so an actor can always be placed."""
-    from pipeline.runtime import available_gpus, cpu_nodes, largest_node_cpus
+    CPU node; `concurrency` overrides the count. A CPU actor asks for at most half the
+    smallest CPU node, so with one actor on every node each node still has room for the
+    tasks that feed it (a whole 1-CPU node per actor left none: the stage hung)."""
+    from pipeline.runtime import available_gpus, cpu_nodes, smallest_node_cpus
 
     gpus = available_gpus() if use_gpus else 0
     if gpus:
@@ -51,7 +56,8 @@ def plan_pool(concurrency: int | None, use_gpus: bool = True, num_cpus: float = 
         return ModelPool(size, min(1.0, gpus / size), 1.0, 1)
     nodes = cpu_nodes()
     size = concurrency or nodes
-    return ModelPool(size, 0.0, min(num_cpus, largest_node_cpus()), max(1, -(-size // nodes)))
+    share = min(num_cpus, smallest_node_cpus() / 2)
+    return ModelPool(size, 0.0, share, max(1, -(-size // nodes)))
 
 
 def use_node_threads(actors_per_node: int) -> int:

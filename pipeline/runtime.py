@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import Config, RayConfig
+from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,35 @@ def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
         kwargs["logging_config"] = ray.LoggingConfig(log_level=worker_level)
         try:
             if address:
-                ray.init(address=address, **kwargs)
+                try:
+                    ray.init(address=address, **kwargs)
+                except ConnectionError as exc:
+                    raise ConfigError(refused_hint(address, exc)) from exc
             else:
-                ray.init(num_cpus=ray_cfg.num_cpus, num_gpus=ray_cfg.num_gpus, **kwargs)
+                # "local": without it Ray joins the cluster named in /tmp/ray's address
+                # file (the last `ray start` on this host), which on a shared host may be
+                # anyone's.
+                ray.init(
+                    address="local", num_cpus=ray_cfg.num_cpus, num_gpus=ray_cfg.num_gpus, **kwargs
+                )
         finally:  # the driver keeps the CLI's logging set-up
             root.handlers[:] = handlers
             root.setLevel(level)
         _quiet_ray_data()
     return ray.cluster_resources()
+
+
+def refused_hint(address: str, exc: Exception) -> str:
+    """What to check when a cluster refuses the driver: Ray 2.60's heads turn token
+    authentication on when ~/.ray/auth_token exists, and a driver given an explicit
+    address only uses it with RAY_AUTH_MODE=token."""
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    return (
+        f"could not join the Ray cluster at {address} ({exc}). Check that the head runs "
+        f"and is reachable; if it uses token authentication, run with RAY_AUTH_MODE=token "
+        f"and the head's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (RAY_AUTH_MODE is "
+        f"{mode} here). See README, 'Cluster and GPU use'."
+    )
 
 
 def _quiet_ray_data() -> None:
@@ -113,19 +135,36 @@ def node_cpus() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def largest_node_cpus() -> int:
-    """The most CPUs one alive node has: no single actor or worker may ask for more."""
+def current_node() -> str | None:
+    """The Ray node id this process runs on (None outside Ray): stages record it beside
+    the rows each actor or task made, to show how work spread over a cluster."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def cpu_node_sizes() -> list[int]:
+    """CPUs of each alive node that has at least one."""
     import ray
 
     cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]]
-    return max([1, *cpus])
+    return [c for c in cpus if c >= 1]
+
+
+def largest_node_cpus() -> int:
+    """The most CPUs one alive node has: no single actor or worker may ask for more."""
+    return max([1, *cpu_node_sizes()])
+
+
+def smallest_node_cpus() -> int:
+    """The fewest CPUs a node with CPUs has: a CPU actor planned for every node must fit
+    there beside the tasks that feed it."""
+    return min(cpu_node_sizes() or [1])
 
 
 def cpu_nodes() -> int:
     """Alive nodes with CPUs: CPU model actors spread one per node by default."""
-    import ray
-
-    return max(1, sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1))
+    return max(1, len(cpu_node_sizes()))
 
 
 def package_versions() -> dict[str, str]:
@@ -197,15 +236,21 @@ def run_stage(name: str, fn: StageFn, cfg: Config, **options: Any) -> StageResul
     return result
 
 
-# --- test-only fault hook ---------------------------------------------------------------
+# --- test-only fault hooks --------------------------------------------------------------
 # POSE_PIPELINE_FAULT=<stage>:<n> makes the worker that handles its n-th batch of <stage>
 # exit abruptly, once (POSE_PIPELINE_FAULT_MARKER records that it happened), so tests can
-# prove a stage survives a killed worker. Unset, it costs one dict lookup per batch.
+# prove a stage survives a killed worker. POSE_PIPELINE_BATCH_DELAY=<stage>:<seconds>
+# makes every batch of <stage> take that much longer, so a test can remove a node while
+# the stage is surely mid-way. Unset, they cost two dict lookups per batch.
 FAULT_ENV, FAULT_MARKER_ENV = "POSE_PIPELINE_FAULT", "POSE_PIPELINE_FAULT_MARKER"
+DELAY_ENV = "POSE_PIPELINE_BATCH_DELAY"
 _batches_seen: dict[str, int] = {}
 
 
 def inject_fault(stage: str) -> None:
+    delay = os.environ.get(DELAY_ENV)
+    if delay and delay.partition(":")[0] == stage:
+        time.sleep(float(delay.partition(":")[2]))
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return

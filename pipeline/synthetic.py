@@ -17,6 +17,8 @@ from pipeline.tables import file_id, write_bytes_atomic, write_image_list, write
 
 HEIGHT, WIDTH = 256, 176
 GROUND_TRUTH_CSV = "ground_truth_keypoints.csv"
+# The DeepFashion In-shop tree behind the published pairs: images in identity folders.
+DEEPFASHION_IMAGES, DEEPFASHION_IDENTITIES = 52_712, 7_982
 CATEGORIES = {
     "MEN": ("Denim", "Jackets_Vests", "Pants", "Shirts_Polos", "Tees_Tanks"),
     "WOMEN": ("Blouses_Shirts", "Dresses", "Cardigans", "Skirts", "Tees_Tanks"),
@@ -117,9 +119,7 @@ def sample_pose(rng: np.random.Generator, view: str) -> tuple[np.ndarray, np.nda
     return x, y, anchors
 
 
-def plan_tree(
-    identities: int, poses_per_identity: int, seed: int, test_fraction: float = 0.2
-) -> list[tuple[str, str, int]]:
+def plan_tree(identities: int, seed: int, test_fraction: float = 0.2) -> list[tuple[str, str, int]]:
     """(identity folder, split, identity seed) for each identity; split by identity."""
     rng = np.random.default_rng(seed)
     ids = rng.choice(np.arange(1, 10_000_000), size=identities, replace=False)
@@ -152,24 +152,69 @@ def generate_identity(
     return out
 
 
+def deepfashion_poses(
+    images: int = DEEPFASHION_IMAGES, identities: int = DEEPFASHION_IDENTITIES
+) -> list[int]:
+    """Images per identity for a tree of `images` in DeepFashion's proportions (6.6 per
+    identity on average): each identity gets the floor, the first ones one more."""
+    base, extra = divmod(images, identities)
+    return [base + (i < extra) for i in range(identities)]
+
+
+def write_identities(out: str, plan: list[tuple[str, str, int, int]]) -> list[SynthImage]:
+    """Write the images of (folder, split, identity seed, poses) identities under `out`."""
+    images = []
+    for folder, split, ident_seed, poses in plan:
+        for img, data in generate_identity(folder, split, ident_seed, poses):
+            write_bytes_atomic(Path(out) / img.path, data)
+            images.append(img)
+    return images
+
+
 def write_synthetic_tree(
     out: str | Path,
     identities: int = 40,
-    poses_per_identity: int = 6,
+    poses_per_identity: int | list[int] = 6,
     seed: int = 0,
     test_fraction: float = 0.2,
+    parallel: bool = False,
 ) -> pd.DataFrame:
     """Write the tree, the image lists and the ground-truth keypoints CSV under `out`.
-    Returns the ground-truth table (path, file_id, split, x, y). Same seed: same bytes."""
+    `poses_per_identity`: one count for all, or one per identity. `parallel` draws the
+    identities in Ray tasks (a DeepFashion-sized tree takes minutes on one core). Returns
+    the ground-truth table (path, file_id, split, x, y). Same seed: same bytes."""
     from tqdm import tqdm
 
     out = Path(out)
+    poses = (
+        [poses_per_identity] * identities
+        if isinstance(poses_per_identity, int)
+        else list(poses_per_identity)
+    )
+    plan = [
+        (folder, split, ident_seed, n)
+        for (folder, split, ident_seed), n in zip(
+            plan_tree(identities, seed, test_fraction), poses, strict=True
+        )
+    ]
     images: list[SynthImage] = []
-    plan = plan_tree(identities, poses_per_identity, seed, test_fraction)
-    for folder, split, ident_seed in tqdm(plan, desc="synth", unit="identity", leave=False):
-        for img, data in generate_identity(folder, split, ident_seed, poses_per_identity):
-            write_bytes_atomic(out / img.path, data)
-            images.append(img)
+    if parallel:
+        import ray
+
+        from pipeline.runtime import init_ray
+
+        init_ray()
+        task = ray.remote(write_identities)
+        chunks = [plan[i : i + 200] for i in range(0, len(plan), 200)]
+        pending = [task.remote(str(out), c) for c in chunks]
+        with tqdm(total=len(chunks), desc="synth", unit="chunk", leave=False) as bar:
+            while pending:
+                ready, pending = ray.wait(pending)
+                images += ray.get(ready[0])
+                bar.update()
+    else:
+        for entry in tqdm(plan, desc="synth", unit="identity", leave=False):
+            images += write_identities(str(out), [entry])
     images.sort(key=lambda im: im.path)
     table = pd.DataFrame(
         {

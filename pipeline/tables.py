@@ -33,7 +33,11 @@ KEYPOINTS_SCHEMA = pa.schema(
         ("n_valid", pa.int32()),
         ("estimator", pa.string()),
         ("error", pa.string()),  # null when fine
-    ]
+        # Ray node id of the actor that estimated the row (null when imported, or in tables
+        # written before it was recorded): shows how work spread over a cluster.
+        ("node", pa.string()),
+    ],
+    metadata={"optional": "node"},
 )
 
 PAIRS_SCHEMA = pa.schema(
@@ -61,9 +65,19 @@ MANIFEST_SCHEMA = pa.schema(
         # Digest of what made the image (checkpoint, both images, both maps, save mode): a
         # row is reused only while it matches. Null in manifests written before it existed.
         ("inputs", pa.string()),
+        # Ray node id of the NetG actor that made the image (null for a hard link of
+        # another job's file, and in manifests written before it was recorded).
+        ("node", pa.string()),
     ],
-    metadata={"optional": "inputs"},
+    metadata={"optional": "inputs,node"},
 )
+
+
+def optional_columns(schema: pa.Schema) -> list[str]:
+    """Columns added to `schema` later (its metadata "optional"): files and frames made
+    before them are read with nulls there."""
+    return [n for n in (schema.metadata or {}).get(b"optional", b"").decode().split(",") if n]
+
 
 # Legacy CSV columns of the published scripts.
 KEYPOINT_CSV_COLUMNS = ["file_id", "img_h", "img_w"] + [
@@ -105,6 +119,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 def to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     """Convert a DataFrame to `schema`, naming the column that does not fit."""
     missing = [name for name in schema.names if name not in df.columns]
+    if missing and set(missing) <= set(optional_columns(schema)):
+        df = df.assign(**{name: None for name in missing})
+        missing = []
     if missing:
         raise DataError(f"table is missing columns {missing}; expected {schema.names}")
     arrays = []
@@ -137,8 +154,7 @@ def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd.D
     if schema is not None:
         missing = [n for n in schema.names if n not in table.schema.names]
         # Columns added later (`schema` metadata "optional") read as nulls from older files.
-        optional = (schema.metadata or {}).get(b"optional", b"").decode().split(",")
-        if [n for n in missing if n not in optional]:
+        if [n for n in missing if n not in optional_columns(schema)]:
             raise DataError(f"{path}: missing columns {missing}")
         for name in missing:
             table = table.append_column(name, pa.nulls(len(table), schema.field(name).type))

@@ -43,21 +43,26 @@ class MetricActor:
 
     def __init__(self, metric: str, weights, gen_root: str, actors_per_node: int):
         from pipeline.ray_pool import use_node_threads
+        from pipeline.runtime import current_node
 
         use_node_threads(actors_per_node)
         self.kind, self.gen_root = SPECS[metric].kind, gen_root
         self.scorer = build_scorer(metric, weights)
+        self.node = current_node()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = score_network_batch(self.scorer, self.gen_root, batch.to_dict("records"), self.kind)
-        return rows_frame(rows)
+        return rows_frame(rows).assign(node=self.node)
 
 
 def pixel_scores(batch: pd.DataFrame, gen_root: str, metrics: list[str]) -> pd.DataFrame:
     """Ray Data task: SSIM and/or PSNR rows of a batch of pairs, one `metric` column."""
+    from pipeline.runtime import current_node
+
     scored = score_pixel_batch(gen_root, batch.to_dict("records"), metrics)
     return pd.concat(
-        [rows_frame(rows).assign(metric=m) for m, rows in scored.items()], ignore_index=True
+        [rows_frame(rows).assign(metric=m, node=current_node()) for m, rows in scored.items()],
+        ignore_index=True,
     )
 
 

@@ -321,6 +321,7 @@ def write_identical(links: pd.DataFrame, sources: pd.DataFrame, out_dir: Path) -
                 "ok" if error is None else "error",
                 error,
                 r.inputs,
+                None,
             )
         )
     return pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
@@ -458,7 +459,7 @@ class Generator:
     ):
         from pipeline.api import autocast_dtype
         from pipeline.ray_pool import use_node_threads
-        from pipeline.runtime import best_device
+        from pipeline.runtime import best_device, current_node
 
         self.device = best_device()
         if self.device == "cpu":
@@ -467,6 +468,7 @@ class Generator:
         self.dtype = autocast_dtype(dtype, self.device)
         self.net = None
         self.loaded: str | None = None
+        self.node = current_node()
 
     def use_checkpoint(self, path: str) -> None:
         from pipeline.api import load_generator
@@ -505,7 +507,9 @@ class Generator:
                 dtype=self.dtype,
                 channels_last=self.channels_last,
             )
-        return {**{k: batch[k] for k in JOB_COLUMNS}, "error": batch["error"], "fake": fakes}
+        node = np.full(len(images), self.node or "")
+        return {**{k: batch[k] for k in JOB_COLUMNS}, "error": batch["error"], "fake": fakes,
+                "node": node}  # fmt: skip
 
 
 def write_outputs(batch: dict[str, np.ndarray], out_dir: str, minmax: bool = False) -> pd.DataFrame:
@@ -541,6 +545,7 @@ def write_outputs(batch: dict[str, np.ndarray], out_dir: str, minmax: bool = Fal
                 "ok" if error is None else "error",
                 error,
                 batch["inputs"][i],
+                batch["node"][i] or None,
             )
         )
     return pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
@@ -821,7 +826,7 @@ def generate_command(obj, checkpoints, ngf, out, minmax, batch_size, pairs_file,
     dtype); generate.sparse_maps true/false overrides the transport picked from that.
     A rerun skips images already ok in the manifest; a bad input becomes an error row.
     NetG runs in a Ray actor pool of generate.concurrency actors (default: one per GPU, else
-    one CPU actor), autocast generate.dtype (auto = bf16 on GPU, fp32 on CPU), channels_last.
+    one per CPU node), autocast generate.dtype (auto = bf16 on GPU, fp32 on CPU), channels_last.
     Example: run_pipeline.py generate --checkpoint out/train/checkpoints --ngf 8 --out out/generated
     """
     cfg = obj.cfg

@@ -64,6 +64,7 @@ def keypoints_from_csv(csv_path, images: pd.DataFrame, estimator: str = IMPORTED
             "n_valid": [int(valid_mask(a, b).sum()) for a, b in zip(x, y, strict=True)],
             "estimator": estimator,
             "error": None,
+            "node": None,
         }
     ).sort_values("path", ignore_index=True)
 
@@ -112,8 +113,9 @@ def decode_images(batch: dict[str, np.ndarray], root: str) -> dict[str, np.ndarr
 
 
 def keypoint_rows(
-    paths, splits, images, errors, predicted: dict[int, tuple], estimator: str
-) -> pd.DataFrame:
+    paths, splits, images, errors, predicted: dict[int, tuple], estimator: str,
+    node: str | None = None,
+) -> pd.DataFrame:  # fmt: skip
     """Table rows for one batch: predictions where decoding worked, error rows elsewhere."""
     none = np.full(N_KEYPOINTS, MISSING, np.int32)
     rows = []
@@ -136,6 +138,7 @@ def keypoint_rows(
                 int(valid_mask(x, y).sum()),
                 estimator,
                 error,
+                node,
             )
         )
     return pd.DataFrame(rows, columns=KEYPOINTS_SCHEMA.names)
@@ -147,12 +150,17 @@ class KeypointsPredictor:
     def __init__(self, keypoints: KeypointsConfig, device: str | None, actors_per_node: int):
         from pipeline.estimators import build_estimator
         from pipeline.ray_pool import use_node_threads
+        from pipeline.runtime import current_node
 
         if keypoints.estimator != "mediapipe":  # mediapipe has its own threads, no torch
             use_node_threads(actors_per_node)
         self.estimator = build_estimator(keypoints, device=device)
+        self.node = current_node()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
+        from pipeline.runtime import inject_fault
+
+        inject_fault("keypoints")
         ok = [i for i, e in enumerate(batch["decode_error"]) if pd.isna(e)]
         predicted = dict(
             zip(ok, self.estimator.predict([batch["image"][i] for i in ok]), strict=True)
@@ -164,6 +172,7 @@ class KeypointsPredictor:
             batch["decode_error"],
             predicted,
             self.estimator.name,
+            self.node,
         )
 
 

@@ -59,20 +59,28 @@ MAP_COLUMNS = ["target", "x", "y", "img_h", "img_w"]
 
 
 def write_posemaps(batch: pd.DataFrame, sigma: float | None) -> pd.DataFrame:
-    """Ray Data task: write a batch of maps; returns how many were written and how many
-    present keypoints fell outside their image (they are treated as missing)."""
-    from pipeline.runtime import inject_fault
+    """Ray Data task: write a batch of maps; returns per map its target, how many present
+    keypoints fell outside the image (they are treated as missing) and the node."""
+    from pipeline.runtime import current_node, inject_fault
 
     inject_fault("posemaps")
-    outside = 0
+    outside = []
     for r in batch.itertuples(index=False):
         x, y = np.asarray(r.x), np.asarray(r.y)
         write_posemap(Path(r.target), x, y, int(r.img_h), int(r.img_w), sigma)
-        outside += out_of_image(x, y, int(r.img_h), int(r.img_w))
-    return pd.DataFrame({"written": [len(batch)], "outside": [outside]})
+        outside.append(out_of_image(x, y, int(r.img_h), int(r.img_w)))
+    return pd.DataFrame({"target": batch["target"], "outside": outside, "node": current_node()})
 
 
-POSEMAP_INDEX_SCHEMA = pa.schema([("target", pa.string()), ("digest", pa.string())])
+POSEMAP_INDEX_SCHEMA = pa.schema(
+    [
+        ("target", pa.string()),
+        ("digest", pa.string()),
+        # Ray node id of the task that wrote the map (null in older indexes).
+        ("node", pa.string()),
+    ],
+    metadata={"optional": "node"},
+)
 
 
 def row_digests(rows: pd.DataFrame, sigma: float | None) -> list[str]:
@@ -85,11 +93,11 @@ def row_digests(rows: pd.DataFrame, sigma: float | None) -> list[str]:
     return out
 
 
-def read_index(layout: DatasetLayout) -> dict[str, str]:
+def read_index(layout: DatasetLayout) -> pd.DataFrame:
+    """The index of the maps on disk (target, digest, node), by target."""
     if not layout.posemap_index.is_file():
-        return {}
-    index = read_table(layout.posemap_index, POSEMAP_INDEX_SCHEMA)
-    return dict(zip(index["target"], index["digest"], strict=True))
+        return pd.DataFrame(columns=POSEMAP_INDEX_SCHEMA.names).set_index("target")
+    return read_table(layout.posemap_index, POSEMAP_INDEX_SCHEMA).set_index("target")
 
 
 def plan_posemaps(
@@ -109,7 +117,7 @@ def plan_posemaps(
     rows["digest"] = row_digests(rows, sigma)
     todo = rows
     if not force:
-        index = read_index(layout)
+        index = read_index(layout)["digest"].to_dict()
         up_to_date = np.array(
             [
                 index.get(t) == d and os.path.exists(t)
@@ -148,7 +156,7 @@ def run_posemaps(
     wanted = posemap_kind(sigma)
     rows, mapped, excluded = plan_posemaps(table, layout, sigma, force)
     result.rows_in, result.skipped = len(table), excluded.get("up to date", 0)
-    outside = 0
+    outside, nodes = 0, read_index(layout)["node"]
     if len(rows):
         init_ray(cfg.ray)
         size = cfg.posemaps.batch_size
@@ -158,14 +166,20 @@ def run_posemaps(
             **task_options(1),
         )  # fmt: skip
         with tqdm(total=len(rows), desc="posemaps", unit="map", disable=not progress) as bar:
+            written = []
             for done in ds.iter_batches(batch_size=None, batch_format="pandas"):
                 outside += int(done["outside"].sum())
-                bar.update(int(done["written"].sum()))
-    # Maps of images no longer in the table go; the index records what each map holds.
-    gone = set(read_index(layout)) - set(mapped["target"])
+                written.append(done.set_index("target")["node"])
+                bar.update(len(done))
+            nodes = pd.concat([nodes, *written])
+            nodes = nodes[~nodes.index.duplicated(keep="last")]
+    # Maps of images no longer in the table go; the index records what each map holds and
+    # which node wrote it.
+    gone = set(nodes.index) - set(mapped["target"])
     for target in gone:
         Path(target).unlink(missing_ok=True)
-    write_table(mapped[["target", "digest"]], layout.posemap_index, POSEMAP_INDEX_SCHEMA)
+    index = mapped[["target", "digest"]].assign(node=mapped["target"].map(nodes))
+    write_table(index, layout.posemap_index, POSEMAP_INDEX_SCHEMA)
     for split in SPLITS:
         meta = layout.posemap_dir(split) / POSEMAP_META
         # Rewritten only when it changes: downstream stages digest the maps folder by mtimes.

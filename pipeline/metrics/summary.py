@@ -25,8 +25,10 @@ PER_IMAGE_SCHEMA = pa.schema(
         ("error", pa.string()),  # why the image has no score (null when scored)
         # Digest of the scored files' contents: a score is reused only while it matches.
         ("inputs", pa.string()),
+        # Ray node id of the actor or task that scored the row (null in older tables).
+        ("node", pa.string()),
     ],
-    metadata={"optional": "inputs"},
+    metadata={"optional": "inputs,node"},
 )
 
 SUMMARY_SCHEMA = pa.schema(

@@ -1,0 +1,259 @@
+"""Multi-node Ray: a real cluster on this machine (`ray.cluster_utils.Cluster`: a head and
+two worker nodes, each with its own CPU count and custom resource). The stages run as the
+CLI with --address, as users run them against a cluster, and must write the bytes a local
+run writes, spread their work over the nodes (each stage records the node of each row),
+size every actor from the node it landed on, and finish when a worker node is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.networks import build_generator
+from pipeline.synthetic import write_synthetic_tree
+from stages.generate import MANIFEST_KEY
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_CPUS = {"head": 1, "w1": 1, "w2": 2}  # logical CPUs; w2 shows sizing by node
+SETS = [
+    "keypoints.estimator=mediapipe",
+    "keypoints.batch_size=4",
+    "keypoints.compare=null",
+    "posemaps.batch_size=8",
+    "generate.ngf=4",
+    "generate.batch_size=4",
+    "evaluate.metrics=[ssim,psnr,lpips_alex]",
+    "evaluate.network_weights=random",
+    "evaluate.batch_size=8",
+    "evaluate.pixel_batch_size=8",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def start_node(cluster, name: str):
+    """A node (the first one added is the head) with its CPUs and a resource of its name."""
+    return cluster.add_node(
+        num_cpus=NODE_CPUS[name], resources={name: 1}, object_store_memory=100 << 20
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Three nodes on this machine, apart from any local Ray of this process."""
+    import ray._private.utils
+    from ray.cluster_utils import Cluster
+
+    with pytest.MonkeyPatch.context() as patch:
+        # Cluster records its address in /tmp/ray's address file, where a plain ray.init()
+        # of any process on this shared host would then find and join it.
+        patch.setattr(ray._private.utils, "write_ray_address", lambda *a, **k: None)
+        c = Cluster(initialize_head=False)
+        start_node(c, "head")
+        workers = {n: start_node(c, n) for n in ("w1", "w2")}
+        c.wait_for_nodes()
+    c.workers = workers
+    yield c
+    c.shutdown()
+
+
+def node_ids(cluster) -> dict[str, str]:
+    """Node name (head, w1, w2) -> Ray node id of the alive nodes."""
+    out = {"head": cluster.head_node.node_id}
+    out.update({n: node.node_id for n, node in cluster.workers.items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("cluster")
+    write_synthetic_tree(base / "data", identities=8, poses_per_identity=4, seed=11)
+    torch.manual_seed(0)
+    ckpt = base / "ckpt" / "netG_3.pth"
+    ckpt.parent.mkdir()
+    torch.save(build_generator(4).state_dict(), ckpt)
+    return base / "data", ckpt
+
+
+def overrides(root: Path, out: Path, ckpt: Path) -> list[str]:
+    return [
+        f"dataset.root={root}",
+        f"output.root={out}",
+        f"generate.checkpoints=[{ckpt}]",
+        *SETS,
+    ]
+
+
+def cli(args: list[str], sets: list[str], address: str | None, env: dict | None = None):
+    """The CLI as a user starts it (a subprocess per stage), against `address`."""
+    argv = [sys.executable, str(REPO / "run_pipeline.py"), *args]
+    argv += ["--config", str(REPO / "configs" / "demo.yaml")]
+    argv += sum((["--set", s] for s in sets), [])
+    if address:
+        argv += ["--address", address]
+    return subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def run_all(root: Path, out: Path, ckpt: Path, address: str | None) -> str:
+    """The `run` DAG (train left out: generate.checkpoints is set), keypoints estimated."""
+    return finish(cli(["run"], overrides(root, out, ckpt), address))
+
+
+def files(root: Path, *patterns: str) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for pattern in patterns
+        for p in sorted(root.rglob(pattern))
+    }
+
+
+LEGACY = ("*.csv", "*.npz", "*.jpg", "pose_maps.json")
+# Scores of networks with random, unseeded weights differ from run to run.
+RANDOM_SCORES = "lpips_score.csv"
+
+
+@pytest.fixture(scope="module")
+def local_run(source, tmp_path_factory) -> Path:
+    """The same stages on one local Ray node."""
+    base = tmp_path_factory.mktemp("local")
+    root = shutil.copytree(source[0], base / "data")
+    run_all(root, base / "out", source[1], None)
+    return base
+
+
+def test_stages_on_three_nodes_equal_a_local_run_and_use_every_node(
+    cluster, source, local_run, tmp_path
+):
+    root = shutil.copytree(source[0], tmp_path / "data")
+    run_all(root, tmp_path / "out", source[1], cluster.address)
+    for a, b in ((local_run / "data", root), (local_run / "out", tmp_path / "out")):
+        want, got = files(a, *LEGACY), files(b, *LEGACY)
+        assert want.keys() == got.keys()
+        assert [k for k in want if want[k] != got[k] and not k.endswith(RANDOM_SCORES)] == []
+    # Each stage's own records say which node made each row: all three took part.
+    nodes = set(node_ids(cluster).values())
+    per_image = pd.read_parquet(
+        tmp_path / "out" / "evaluation" / "per_image" / "lpips_alex.parquet"
+    )
+    out = tmp_path / "out"
+    records = {
+        "keypoints": pd.read_parquet(root / "tables" / "keypoints.parquet"),
+        "posemaps": pd.read_parquet(root / "tables" / "posemaps_index.parquet"),
+        "generate": pd.read_parquet(out / "generated" / "manifest.parquet"),
+        "evaluate": per_image,
+    }
+    for stage, table in records.items():
+        used = set(table["node"].dropna())
+        assert used <= nodes and len(used) >= 2, (stage, used)
+    # The network metric finished on 1-CPU nodes with every image scored.
+    assert len(per_image) and per_image["error"].isna().all()
+
+
+def test_actors_and_train_workers_are_sized_from_their_node(cluster):
+    probe = """
+import json, sys, ray
+from pipeline.config import RayConfig, TrainConfig
+from pipeline.runtime import init_ray, largest_node_cpus
+from pipeline.ray_pool import plan_pool
+from stages.train import cpus_per_worker
+
+class Probe:
+    def __init__(self, actors_per_node):
+        from pipeline.ray_pool import use_node_threads
+        from pipeline.runtime import current_node, node_cpus
+        self.node, self.threads = current_node(), use_node_threads(actors_per_node)
+
+    def __call__(self, batch):
+        n = len(batch["id"])
+        return {"node": [self.node] * n, "threads": [self.threads] * n}
+
+init_ray(RayConfig(address=sys.argv[1]))
+pool = plan_pool(None)
+rows = pool.map(ray.data.range(24, override_num_blocks=24), Probe, 1).take_all()
+cpus = {n["NodeID"]: n["Resources"]["CPU"] for n in ray.nodes() if n["Alive"]}
+print(json.dumps({"pool": [pool.size, pool.num_cpus], "largest": largest_node_cpus(),
+    "train": cpus_per_worker(TrainConfig(), False), "cpus": cpus,
+    "rows": sorted({(r["node"], int(r["threads"])) for r in rows})}))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, cluster.address],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    ids = {v: k for k, v in node_ids(cluster).items()}
+    assert got["largest"] == 2 and 1 <= got["train"] <= 2
+    # One actor per node, asking at most half of the smallest node (room for its feeders).
+    assert got["pool"] == [3, 0.5]
+    threads = {ids[node]: t for node, t in got["rows"]}
+    assert threads == {"head": 1, "w1": 1, "w2": 2}
+
+
+def replace_node(cluster, name: str) -> None:
+    cluster.remove_node(cluster.workers[name], allow_graceful=False)
+    cluster.workers[name] = start_node(cluster, name)
+    cluster.wait_for_nodes()
+
+
+@pytest.mark.parametrize("stage", ["keypoints", "generate"])
+def test_losing_a_worker_node_mid_stage_loses_nothing(cluster, source, local_run, tmp_path, stage):
+    """keypoints estimates a fresh tree; generate runs on the local run's annotations."""
+    root = shutil.copytree(source[0] if stage == "keypoints" else local_run / "data",
+                           tmp_path / "data")  # fmt: skip
+    out = tmp_path / "out"
+    if stage == "keypoints":
+        made, reference, key = root, local_run / "data", ["path"]
+        watch, table_path = (
+            root / "tables" / "keypoints.parts",
+            root / "tables" / "keypoints.parquet",
+        )
+    else:
+        made, reference, key = out / "generated", local_run / "out" / "generated", MANIFEST_KEY
+        watch, table_path = made / "fake_images", made / "manifest.parquet"
+    # Slow batches keep every node busy long enough to lose one mid-way.
+    proc = cli([stage], overrides(root, out, source[1]), cluster.address,
+               {"POSE_PIPELINE_BATCH_DELAY": f"{stage}:1.5"})  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not any(p.is_file() for p in watch.rglob("*")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the stage wrote nothing"
+        time.sleep(0.2)
+    assert proc.poll() is None, "the stage finished before a node could be lost"
+    lost = cluster.workers["w2"].node_id
+    replace_node(cluster, "w2")
+    finish(proc)
+    patterns = ("*_keypoints.csv",) if stage == "keypoints" else ("*.jpg",)
+    want, got = files(reference, *patterns), files(made, *patterns)
+    assert want.keys() == got.keys()
+    assert [k for k in want if want[k] != got[k]] == []
+    table = pd.read_parquet(table_path)
+    assert len(table) == len(pd.read_parquet(str(table_path).replace(str(made), str(reference))))
+    assert not table.duplicated(key).any()
+    assert table["error"].isna().all()
+    # Rows came from the nodes that were there; the lost one's unfinished work went elsewhere.
+    assert set(table["node"].dropna()) - {lost}
