@@ -52,9 +52,11 @@ def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
         )
         # Ship this checkout's code to every worker, so workers on other nodes (and
         # local workers of a second checkout) run the same code as the driver.
+        # The test hooks travel too: workers on other nodes do not inherit the driver's env.
+        hooks = {k: os.environ[k] for k in HOOK_ENVS if os.environ.get(k)}
         kwargs["runtime_env"] = {
             "py_modules": sorted(SHIPPED_PACKAGES),
-            "env_vars": WORKER_MALLOC_ENV,
+            "env_vars": {**WORKER_MALLOC_ENV, **hooks},
         }
         # Workers log errors only (all levels with --verbose): Ray Train's controller actors
         # otherwise print a line every few seconds. Stages report to the driver instead.
@@ -240,16 +242,21 @@ def run_stage(name: str, fn: StageFn, cfg: Config, **options: Any) -> StageResul
 # POSE_PIPELINE_FAULT=<stage>:<n> makes the worker that handles its n-th batch of <stage>
 # exit abruptly, once (POSE_PIPELINE_FAULT_MARKER records that it happened), so tests can
 # prove a stage survives a killed worker. POSE_PIPELINE_BATCH_DELAY=<stage>:<seconds>
-# makes every batch of <stage> take that much longer, so a test can remove a node while
-# the stage is surely mid-way. Unset, they cost two dict lookups per batch.
+# makes every batch of <stage> take that much longer and append the node it runs on to
+# POSE_PIPELINE_BATCH_LOG, so a test can remove a node while it surely holds work. Unset,
+# they cost two dict lookups per batch.
 FAULT_ENV, FAULT_MARKER_ENV = "POSE_PIPELINE_FAULT", "POSE_PIPELINE_FAULT_MARKER"
-DELAY_ENV = "POSE_PIPELINE_BATCH_DELAY"
+DELAY_ENV, DELAY_LOG_ENV = "POSE_PIPELINE_BATCH_DELAY", "POSE_PIPELINE_BATCH_LOG"
+HOOK_ENVS = (FAULT_ENV, FAULT_MARKER_ENV, DELAY_ENV, DELAY_LOG_ENV)
 _batches_seen: dict[str, int] = {}
 
 
 def inject_fault(stage: str) -> None:
     delay = os.environ.get(DELAY_ENV)
     if delay and delay.partition(":")[0] == stage:
+        if os.environ.get(DELAY_LOG_ENV):
+            with open(os.environ[DELAY_LOG_ENV], "a") as fh:
+                fh.write(f"{current_node()}\n")
         time.sleep(float(delay.partition(":")[2]))
     spec = os.environ.get(FAULT_ENV)
     if not spec:

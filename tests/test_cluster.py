@@ -227,24 +227,24 @@ def test_losing_a_worker_node_mid_stage_loses_nothing(cluster, source, local_run
     root = shutil.copytree(source[0] if stage == "keypoints" else local_run / "data",
                            tmp_path / "data")  # fmt: skip
     out = tmp_path / "out"
+    sets = overrides(root, out, source[1])
     if stage == "keypoints":
         made, reference, key = root, local_run / "data", ["path"]
-        watch, table_path = (
-            root / "tables" / "keypoints.parts",
-            root / "tables" / "keypoints.parquet",
-        )
+        table_path = root / "tables" / "keypoints.parquet"
+        sets.append("keypoints.batch_size=2")  # more batches; BlazePose runs image by image
     else:
         made, reference, key = out / "generated", local_run / "out" / "generated", MANIFEST_KEY
-        watch, table_path = made / "fake_images", made / "manifest.parquet"
-    # Slow batches keep every node busy long enough to lose one mid-way.
-    proc = cli([stage], overrides(root, out, source[1]), cluster.address,
-               {"POSE_PIPELINE_BATCH_DELAY": f"{stage}:1.5"})  # fmt: skip
+        table_path = made / "manifest.parquet"
+    # Slow batches, each logging its node: w2 is removed while it holds a batch.
+    log = tmp_path / "batches.log"
+    env = {"POSE_PIPELINE_BATCH_DELAY": f"{stage}:1.5", "POSE_PIPELINE_BATCH_LOG": str(log)}
+    proc = cli([stage], sets, cluster.address, env)
+    lost = cluster.workers["w2"].node_id
     deadline = time.monotonic() + 240
-    while not any(p.is_file() for p in watch.rglob("*")) and proc.poll() is None:
-        assert time.monotonic() < deadline, "the stage wrote nothing"
+    while not (log.is_file() and lost in log.read_text()) and proc.poll() is None:
+        assert time.monotonic() < deadline, "w2 got no batch"
         time.sleep(0.2)
     assert proc.poll() is None, "the stage finished before a node could be lost"
-    lost = cluster.workers["w2"].node_id
     replace_node(cluster, "w2")
     finish(proc)
     patterns = ("*_keypoints.csv",) if stage == "keypoints" else ("*.jpg",)
