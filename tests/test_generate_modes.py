@@ -112,6 +112,7 @@ def test_identical_jobs_run_once_from_the_first_pending_or_a_done_one():
                 "ok",
                 None,
                 None,
+                None,
             )
         ],
         columns=MANIFEST_SCHEMA.names,
@@ -208,7 +209,9 @@ def test_symmetric_pairs_generate_each_distinct_job_once_and_resume(
         generated_count(again) == 1 and again.rows_out == 4 and again.skipped == 2 * SYMMETRIC - 4
     )
     assert {p: p.read_bytes() for p in out.rglob("*.jpg")} == files
-    assert read_table(out / MANIFEST, MANIFEST_SCHEMA).equals(manifest)
+    # The same rows; `node` says where each image was made, which a rerun may change.
+    again_rows = read_table(out / MANIFEST, MANIFEST_SCHEMA)
+    assert again_rows.drop(columns="node").equals(manifest.drop(columns="node"))
 
 
 def test_gaussian_pose_maps_generate_without_any_setting(

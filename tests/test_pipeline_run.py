@@ -170,7 +170,9 @@ def test_killed_driver_resumes_to_the_clean_result(tmp_path, fault_tree):
     source, ckpt = fault_tree
     clean, killed = copy_tree(source, tmp_path / "clean"), copy_tree(source, tmp_path / "killed")
     finish(run_cli(run_args(clean, tmp_path / "out_clean", ckpt)))
-    proc = run_cli(run_args(killed, tmp_path / "out_killed", ckpt))
+    # Slow batches, so the driver surely dies with generation under way.
+    slow = {"POSE_PIPELINE_BATCH_DELAY": "generate:1.0"}
+    proc = run_cli(run_args(killed, tmp_path / "out_killed", ckpt), env_extra=slow)
     fakes = tmp_path / "out_killed" / "generated" / "fake_images"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not any(fakes.rglob("*.jpg")):
