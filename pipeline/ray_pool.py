@@ -33,7 +33,7 @@ class ModelPool:
 
         # Small CPU actors would otherwise be packed onto the first nodes with room: one
         # per node is the plan, and torch's threads are sized for it.
-        spread = {} if self.num_gpus else {"scheduling_strategy": "SPREAD"}
+        spread = {} if self.num_gpus else {"ray_remote_args_fn": _spread}
         return ds.map_batches(
             model_cls, batch_size=batch_size, batch_format=batch_format,
             compute=ActorPoolStrategy(size=self.size), num_gpus=self.num_gpus,
@@ -41,6 +41,10 @@ class ModelPool:
             fn_constructor_kwargs={**constructor_kwargs, "actors_per_node": self.actors_per_node},
             **spread,
         )  # fmt: skip
+
+
+def _spread() -> dict[str, Any]:
+    return {"scheduling_strategy": "SPREAD"}
 
 
 def plan_pool(concurrency: int | None, use_gpus: bool = True, num_cpus: float = 1.0) -> ModelPool:

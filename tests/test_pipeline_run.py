@@ -193,7 +193,8 @@ def test_killed_driver_resumes_to_the_clean_result(tmp_path, fault_tree):
     b = pd.read_parquet(tmp_path / "out_killed" / "generated" / "manifest.parquet").sort_values(
         key, ignore_index=True
     )
-    pd.testing.assert_frame_equal(a, b)
+    # `node` says where each image was made: another Ray session, another node id.
+    pd.testing.assert_frame_equal(a.drop(columns="node"), b.drop(columns="node"))
     assert tree_files(tmp_path / "out_clean" / "generated", "*.jpg") == tree_files(
         tmp_path / "out_killed" / "generated", "*.jpg"
     )
