@@ -209,9 +209,10 @@ def main() -> None:
 
     from pipeline.api import autocast_dtype
     from pipeline.config import Config
+    from pipeline.generation import read_test_pairs
     from pipeline.networks import build_generator
     from pipeline.runtime import best_device, init_ray
-    from stages.generate import read_test_pairs, run_generate
+    from stages.generate import run_generate
 
     shutil.rmtree(args.work, ignore_errors=True)
     root = args.work / "data"

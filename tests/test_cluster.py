@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.generation import MANIFEST_KEY
 from pipeline.networks import build_generator
 from pipeline.synthetic import write_synthetic_tree
-from stages.generate import MANIFEST_KEY
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_CPUS = {"head": 1, "w1": 1, "w2": 2}  # logical CPUs; w2 shows sizing by node

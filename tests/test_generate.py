@@ -13,13 +13,14 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.config import Config
+from pipeline.generation import MANIFEST, generation_jobs, read_test_pairs
 from pipeline.imaging import encode_jpeg, load_rgb, to_tensor, to_uint8
 from pipeline.layout import DatasetLayout
 from pipeline.networks import NetG, build_generator
 from pipeline.posemap import load_posemap
 from pipeline.tables import MANIFEST_SCHEMA, read_table, write_pairs_csv
 from pipeline.weights import WeightsError, load_into
-from stages.generate import MANIFEST, generation_jobs, read_test_pairs, run_generate
+from stages.generate import run_generate
 
 NGF = 4
 PAIRS = 5  # first test pairs used: enough for two batches of 4 per direction

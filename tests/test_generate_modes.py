@@ -17,12 +17,13 @@ import torch
 from PIL import Image
 from test_generate import NGF, make_cfg
 
+from pipeline.generation import MANIFEST, generation_jobs, identical_jobs, read_test_pairs
 from pipeline.layout import DatasetLayout
 from pipeline.networks import NetG, build_generator
 from pipeline.save_modes import GENERATION_META
 from pipeline.tables import MANIFEST_SCHEMA, DataError, read_table
 from pipeline.weights import load_into
-from stages.generate import MANIFEST, generation_jobs, identical_jobs, read_test_pairs, run_generate
+from stages.generate import run_generate
 from stages.posemaps import load_posemap, run_posemaps
 
 SYMMETRIC = 12  # the first 12 test pairs: every ordered pair of one identity's 4 images

@@ -1,0 +1,316 @@
+"""Planning generation over tables: the test pairs, one job per (pair, direction), the
+generation manifest, what is done (by the content of each job's inputs), stale rows, and
+identical jobs (B->A of (b, a) is A->B of (a, b)) made once and linked."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.layout import DatasetLayout, GenerationLayout
+from pipeline.resumable import ResumableTable
+from pipeline.tables import MANIFEST_SCHEMA, DataError, read_pairs_csv, read_table, safe_path
+
+DIRECTIONS = tuple(GenerationLayout.DIRECTIONS)
+MANIFEST = GenerationLayout.MANIFEST
+MANIFEST_FLUSH_S = 20  # seconds between manifest saves during a run
+TEST_SPLIT = "test"
+# Columns of a generation job (one output image of one checkpoint) besides the maps' sources.
+JOB_COLUMNS = [
+    "checkpoint",
+    "checkpoint_path",
+    "direction",
+    "index",
+    "source_path",
+    "source_id",
+    "target_path",
+    "target_id",
+    "real_path",
+    "inputs",
+]
+IDENTITY_KEY = ["checkpoint", "source_id", "target_id"]  # same network, same inputs: same image
+SOURCE_KEY = ["checkpoint", "direction", "index"]  # one job, one manifest row
+
+
+def read_test_pairs(
+    root: str | os.PathLike, pairs_file: str | os.PathLike | None = None
+) -> pd.DataFrame:
+    """The test pairs in table order: `pairs_file` (Parquet pairs table or legacy CSV), else
+    the dataset's pairs table (split test), else its legacy `test_img_pairs.csv`."""
+    layout = DatasetLayout(root)
+    if pairs_file is not None:
+        path = Path(pairs_file)
+    elif layout.pairs_table.exists():
+        path = layout.pairs_table
+    elif layout.pairs_csv(TEST_SPLIT).exists():
+        path = layout.pairs_csv(TEST_SPLIT)
+    else:
+        raise DataError(
+            f"no pairs under {root}: neither {layout.pairs_table} nor "
+            f"{layout.pairs_csv(TEST_SPLIT)} exists; run the pairs stage first"
+        )
+    if path.suffix.lower() == ".csv":
+        pairs = read_pairs_csv(path, root)
+    else:
+        pairs = read_table(path)
+        if "split" in pairs and (pairs["split"] != "").any():
+            pairs = pairs[pairs["split"] == TEST_SPLIT]
+    if pairs.empty:
+        raise DataError(f"{path}: no test pairs to generate")
+    return pairs.reset_index(drop=True)
+
+
+def generation_jobs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (direction, n): n is the pair's 0-based position in the table, as the
+    published test script counts it; B->A swaps the roles of A and B."""
+    n = np.arange(len(pairs))
+    frames = []
+    for direction in DIRECTIONS:
+        src, dst = ("A", "B") if direction == "AB" else ("B", "A")
+        frames.append(
+            pd.DataFrame(
+                {
+                    "direction": direction,
+                    "index": n,
+                    "source_path": pairs[f"img{src}"].to_numpy(),
+                    "source_id": pairs[f"fid{src}"].to_numpy(),
+                    "target_path": pairs[f"img{dst}"].to_numpy(),
+                    "target_id": pairs[f"fid{dst}"].to_numpy(),
+                }
+            )
+        )
+    jobs = pd.concat(frames, ignore_index=True)
+    jobs["real_path"] = [
+        GenerationLayout.real(d, i, t)
+        for d, i, t in zip(jobs["direction"], jobs["index"], jobs["target_id"], strict=True)
+    ]
+    return jobs
+
+
+def attach_map_sources(jobs: pd.DataFrame, root: str | os.PathLike) -> pd.DataFrame:
+    """Where each job's two pose maps come from: the legacy npz when it exists, else the
+    keypoints table's row (rendered on the fly), else nothing (the job becomes an error)."""
+    layout = DatasetLayout(root)
+    fids = pd.unique(pd.concat([jobs["source_id"], jobs["target_id"]]))
+    npz = {f: str(layout.posemap(TEST_SPLIT, f)) for f in fids}
+    lacking = [f for f in fids if not os.path.exists(npz[f])]
+    keypoints: dict[str, np.ndarray] = {}
+    if lacking and layout.keypoints_table.exists():
+        table = read_table(layout.keypoints_table)
+        table = table[table["file_id"].isin(set(lacking)) & table["error"].isna()]
+        for r in table.itertuples(index=False):
+            # height, width, 18 x, 18 y: what posemap.render_map needs, in one flat array.
+            keypoints[r.file_id] = np.concatenate([[r.img_h, r.img_w], r.x, r.y]).astype(np.int32)
+    out = jobs.copy()
+    for role in ("source", "target"):
+        out[f"{role}_map"] = out[f"{role}_id"].map(npz)
+        out[f"{role}_keypoints"] = [keypoints.get(f) for f in out[f"{role}_id"]]
+    return out
+
+
+MANIFEST_KEY = ["checkpoint", "direction", "index"]
+
+
+def manifest_output(out_dir: str | os.PathLike) -> ResumableTable:
+    """The generation manifest, one row per output file, resumable (manifest.parts)."""
+    return ResumableTable(
+        Path(out_dir) / MANIFEST,
+        MANIFEST_SCHEMA,
+        MANIFEST_KEY,
+        flush_rows=1 << 30,
+        flush_seconds=MANIFEST_FLUSH_S,
+    )
+
+
+def read_manifest(out_dir: str | os.PathLike) -> pd.DataFrame:
+    return manifest_output(out_dir).done()
+
+
+def done_rows(manifest: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Ok manifest rows whose generated and real image files both exist."""
+    done = manifest[manifest["status"] == "ok"]
+    present = [
+        (out_dir / f).is_file() and (out_dir / r).is_file()
+        for f, r in zip(done["output_path"], done["real_path"], strict=True)
+    ]
+    return done[np.array(present, dtype=bool)]
+
+
+def same_inputs(done: pd.DataFrame, jobs: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """Done rows made from what the matching job would use now (rows written before inputs
+    were recorded count as made from it: an upgrade does not redo work)."""
+    now = jobs[key + ["inputs"]].drop_duplicates(key).rename(columns={"inputs": "inputs_now"})
+    rows = done.merge(now, on=key)
+    keep = rows["inputs"].isna() | (rows["inputs"] == rows["inputs_now"])
+    return rows[keep.to_numpy()].drop(columns="inputs_now")
+
+
+def input_digests(jobs: pd.DataFrame, root: str, cache) -> list[str]:
+    """Per job, a digest of its two images and two pose maps (the npz file, else the
+    keypoints row it is rendered from), by content through the stat-keyed `cache`."""
+
+    def image(rel: str) -> str:
+        try:
+            return cache.digest(safe_path(root, rel))
+        except (OSError, DataError):
+            return "missing"
+
+    def pose(npz: str, keypoints) -> str:
+        if os.path.exists(npz):
+            return cache.digest(npz)
+        return "none" if keypoints is None else hashlib.blake2b(keypoints.tobytes()).hexdigest()
+
+    images = {p: image(p) for p in pd.unique(pd.concat([jobs["source_path"], jobs["target_path"]]))}
+    maps = {}
+    for role in ("source", "target"):
+        for fid, npz, kp in zip(jobs[f"{role}_id"], jobs[f"{role}_map"], jobs[f"{role}_keypoints"],
+                                strict=True):  # fmt: skip
+            if fid not in maps:
+                maps[fid] = pose(npz, kp)
+    return [
+        "|".join((images[s], images[t], maps[sf], maps[tf]))
+        for s, t, sf, tf in zip(
+            jobs["source_path"],
+            jobs["target_path"],
+            jobs["source_id"],
+            jobs["target_id"],
+            strict=True,
+        )  # fmt: skip
+    ]
+
+
+def with_checkpoint(jobs: pd.DataFrame, base: list[str], ckpt: str, ckpt_digest: str,
+                    mode: str) -> pd.DataFrame:  # fmt: skip
+    """The jobs of one checkpoint, each with the digest of everything that makes its image."""
+    digests = [hashlib.blake2b(f"{b}|{ckpt_digest}|{mode}".encode(), digest_size=12).hexdigest()
+               for b in base]  # fmt: skip
+    return jobs.assign(checkpoint=ckpt, inputs=digests)
+
+
+def stale_rows(manifest: pd.DataFrame, jobs: pd.DataFrame, ckpts: list[str]) -> pd.DataFrame:
+    """Rows of `ckpts` that no current job matches (a pair left the table, an index moved)
+    or whose inputs changed since: their files no longer describe the pair set."""
+    key = ["checkpoint", "direction", "index", "source_id", "target_id"]
+    mine = manifest[manifest["checkpoint"].isin(ckpts)]
+    current = same_inputs(mine, jobs, key)[key]
+    flags = mine[key].merge(current.assign(_current=True), on=key, how="left")["_current"]
+    return mine[flags.isna().to_numpy()]
+
+
+def pending_jobs(
+    jobs: pd.DataFrame, manifest: pd.DataFrame, ckpt: str, out_dir: Path
+) -> pd.DataFrame:
+    """Jobs of `ckpt` not yet done: no ok manifest row for the same pair and inputs, or its
+    generated or real image file is gone."""
+    done = done_rows(manifest[manifest["checkpoint"] == ckpt], out_dir)
+    key = ["direction", "index", "source_id", "target_id"]
+    if "inputs" in jobs:
+        done = same_inputs(done, jobs, key)
+    merged = jobs.merge(done[key].drop_duplicates(), on=key, how="left", indicator=True)
+    return jobs[(merged["_merge"] == "left_only").to_numpy()].reset_index(drop=True)
+
+
+def identical_jobs(todo: pd.DataFrame, done: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split pending jobs into those to run and `links`, whose image another job makes: a
+    symmetric pair set holds (a, b) and (b, a), and B->A of one is A->B of the other. A
+    key (IDENTITY_KEY) runs once, as its first pending job, unless `done` (ok manifest rows
+    whose files exist) already has it. Links carry their source job's manifest key and
+    files as `from_direction`, `from_index`, `from_output`, `from_real`."""
+    source_columns = {
+        "direction": "from_direction",
+        "index": "from_index",
+        "output_path": "from_output",
+        "real_path": "from_real",
+    }
+    made = done.drop_duplicates(IDENTITY_KEY).rename(columns=source_columns)
+    made = todo.merge(made[IDENTITY_KEY + list(source_columns.values())], on=IDENTITY_KEY)
+    pending = (
+        todo.merge(
+            made[IDENTITY_KEY].drop_duplicates(), on=IDENTITY_KEY, how="left", indicator=True
+        )
+        .query("_merge == 'left_only'")
+        .drop(columns="_merge")
+    )
+    first = ~pending.duplicated(IDENTITY_KEY)
+    run = pending[first].reset_index(drop=True)
+    outputs = [
+        GenerationLayout.fake(c, d, i, t)
+        for c, d, i, t in run[["checkpoint", "direction", "index", "target_id"]].itertuples(
+            index=False
+        )
+    ]
+    sources = run[IDENTITY_KEY + ["direction", "index", "real_path"]].assign(output_path=outputs)
+    sources = sources.rename(columns=source_columns)
+    waiting = pending[~first].merge(sources, on=IDENTITY_KEY)
+    return run, pd.concat([made, waiting], ignore_index=True)
+
+
+def remove_outputs(manifest: pd.DataFrame, stale: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Delete the files of `stale` rows and of real images no remaining row uses; return the
+    manifest without those rows."""
+    key = ["checkpoint", "direction", "index"]
+    flags = manifest[key].merge(stale[key].assign(_stale=True), on=key, how="left")["_stale"]
+    kept = manifest[flags.isna().to_numpy()].reset_index(drop=True)
+    for rel in stale["output_path"]:
+        (out_dir / rel).unlink(missing_ok=True)
+    for rel in set(stale["real_path"]) - set(kept["real_path"]):
+        (out_dir / rel).unlink(missing_ok=True)
+    return kept
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """`dst` gets `src`'s bytes, atomically: a hard link where the filesystem allows one
+    (no second copy on disk), else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # another filesystem, or one without hard links (FAT, some network mounts)
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    # Renaming a link onto another link of the same file is a no-op that leaves `tmp`.
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+
+
+def write_identical(links: pd.DataFrame, sources: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Manifest rows of the links whose source job is in `sources` (manifest rows): the
+    source's files when it is ok, its error otherwise."""
+    status = sources[SOURCE_KEY + ["source_id", "target_id", "status", "error"]].rename(
+        columns={"direction": "from_direction", "index": "from_index"}
+    )
+    ready = links.merge(status, on=IDENTITY_KEY + ["from_direction", "from_index"])
+    rows = []
+    for r in ready.itertuples(index=False):
+        rel = GenerationLayout.fake(r.checkpoint, r.direction, int(r.index), r.target_id)
+        error = None if r.status == "ok" else f"{r.error} (same inputs as {r.from_output})"
+        if error is None:
+            try:
+                link_or_copy(out_dir / r.from_output, out_dir / rel)
+                if not (out_dir / r.real_path).is_file():
+                    link_or_copy(out_dir / r.from_real, out_dir / r.real_path)
+            except OSError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        rows.append(
+            (
+                r.checkpoint,
+                r.direction,
+                int(r.index),
+                r.source_id,
+                r.target_id,
+                r.real_path,
+                rel,
+                "ok" if error is None else "error",
+                error,
+                r.inputs,
+                None,
+            )
+        )
+    return pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)

@@ -1,0 +1,257 @@
+"""Generation per batch, run in Ray Data tasks and actors: decode the condition images and
+pose maps (and write the real images), NetG forward in an actor that holds the network,
+encode and write the generated JPEGs. Failures of a job's data become its error."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.generation import JOB_COLUMNS
+from pipeline.layout import GenerationLayout
+from pipeline.posemap import one_hot_coords as posemap_coords
+from pipeline.tables import MANIFEST_SCHEMA, DataError, safe_path
+
+
+def _read_map(npz_path: str, keypoints, fid: str) -> np.ndarray:
+    from pipeline.posemap import load_posemap, render_map
+
+    if os.path.exists(npz_path):
+        return load_posemap(Path(npz_path))
+    if keypoints is not None:
+        h, w = int(keypoints[0]), int(keypoints[1])
+        return render_map(keypoints[2:20], keypoints[20:38], h, w)
+    raise DataError(
+        f"pose map {npz_path} not found and no keypoints row for {fid}; "
+        "run the posemaps (or keypoints) stage"
+    )
+
+
+def one_hot_coords(pair: np.ndarray) -> np.ndarray:
+    """(36, 2) int16 (y, x) of a one-hot map pair (`posemap.one_hot_coords`): twelve bytes
+    instead of 1.6 MB per job between the load tasks and the model actors;
+    `maps_from_coords` rebuilds the identical array."""
+    coords = posemap_coords(pair)
+    if coords is None:
+        raise DataError(
+            "pose map is not one-hot (a gaussian map?) but generate.sparse_maps is "
+            "true: unset it (null: picked from the maps' kind) or set it to false"
+        )
+    return coords
+
+
+def maps_from_coords(coords: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N, 36, 2) coordinates -> (N, H, W, 36) uint8 one-hot map pairs."""
+    maps = np.zeros((len(coords), height, width, coords.shape[1]), np.uint8)
+    n, k = np.nonzero(coords[..., 0] >= 0)
+    maps[n, coords[n, k, 0], coords[n, k, 1], k] = 1
+    return maps
+
+
+def map_transport(sparse_maps: bool | None, kind: dict | None) -> bool:
+    """Whether map pairs travel as one-hot coordinates: the override when set, else by the
+    kind the posemaps stage recorded (None: no maps, they are rendered one-hot)."""
+    if sparse_maps is not None:
+        return sparse_maps
+    return kind is None or kind["kind"] == "one-hot"
+
+
+def jpeg_quality(minmax: bool) -> int | None:
+    """The published mode saves at PIL's defaults (None), the default mode at quality 95."""
+    from pipeline.imaging import JPEG_QUALITY
+
+    return None if minmax else JPEG_QUALITY
+
+
+def load_inputs(
+    batch: dict[str, np.ndarray],
+    root: str,
+    out_dir: str,
+    frame: tuple[int, int],
+    minmax: bool,
+    sparse: bool = True,
+) -> dict[str, np.ndarray]:
+    """CPU task: decode the condition images and both pose maps of each job, and write the
+    real (target) image when it is not there yet. A job that fails keeps an error and
+    zero arrays, so the batch keeps its shape. With `sparse`, one-hot map pairs travel as
+    coordinates (`coords`) and the model actor rebuilds them; else dense float32 maps
+    (gaussian maps, and one-hot ones rendered for missing files, side by side)."""
+    from pipeline.imaging import encode_jpeg, load_rgb, published_input_tensor, published_uint8
+    from pipeline.tables import write_bytes_atomic
+
+    n = len(batch["index"])
+    h, w = frame
+    images = np.zeros((n, h, w, 3), np.uint8)
+    maps = None
+    coords = np.full((n, 36, 2), -1, np.int16)
+    errors = [""] * n  # "" = fine: an all-null column would not survive Ray's Arrow blocks
+    for i in range(n):
+        try:
+            cond = np.asarray(load_rgb(safe_path(root, batch["source_path"][i])))
+            if cond.shape[:2] != frame:
+                raise DataError(
+                    f"image is {cond.shape[0]}x{cond.shape[1]}, expected {h}x{w} "
+                    "like the rest of the test set"
+                )
+            pair = np.concatenate(
+                [
+                    _read_map(
+                        batch[f"{role}_map"][i],
+                        batch[f"{role}_keypoints"][i],
+                        batch[f"{role}_id"][i],
+                    )
+                    for role in ("source", "target")
+                ],
+                axis=2,
+            )
+            if pair.shape[:2] != frame:
+                raise DataError(f"pose map is {pair.shape[0]}x{pair.shape[1]}, image is {h}x{w}")
+            if sparse:
+                coords[i] = one_hot_coords(pair)
+            real = Path(out_dir) / batch["real_path"][i]
+            if not real.is_file():
+                target = load_rgb(safe_path(root, batch["target_path"][i]))
+                # The published script stretched real images too; keep them comparable.
+                arr = (
+                    published_uint8(published_input_tensor(target))
+                    if minmax
+                    else np.asarray(target)
+                )
+                write_bytes_atomic(real, encode_jpeg(arr, jpeg_quality(minmax)))
+        except (DataError, OSError, ValueError, zipfile.BadZipFile) as exc:  # this job's data
+            errors[i] = f"{type(exc).__name__}: {exc}"
+            continue
+        images[i] = cond
+        if not sparse:
+            if maps is None:
+                maps = np.zeros((n, h, w, pair.shape[2]), np.float32)
+            maps[i] = pair
+    meta = {k: batch[k] for k in JOB_COLUMNS}
+    if sparse:
+        return {**meta, "image": images, "coords": coords, "error": np.array(errors)}
+    if maps is None:
+        maps = np.zeros((n, h, w, 36), np.float32)
+    return {**meta, "image": images, "maps": maps, "error": np.array(errors)}
+
+
+class Generator:
+    """Ray Data actor: NetG is built once per actor; a batch's checkpoint is loaded into it
+    when it differs from the previous batch's, so all checkpoints stream through one pool."""
+
+    def __init__(
+        self, ngf: int, dtype: str, channels_last: bool, minmax: bool, actors_per_node: int
+    ):
+        from pipeline.api import autocast_dtype
+        from pipeline.ray_pool import use_node_threads
+        from pipeline.runtime import best_device, current_node
+
+        self.device = best_device()
+        if self.device == "cpu":
+            use_node_threads(actors_per_node)
+        self.ngf, self.channels_last, self.minmax = ngf, channels_last, minmax
+        self.dtype = autocast_dtype(dtype, self.device)
+        self.net = None
+        self.loaded: str | None = None
+        self.node = current_node()
+
+    def use_checkpoint(self, path: str) -> None:
+        from pipeline.api import load_generator
+        from pipeline.weights import load_into
+
+        if path == self.loaded:
+            return
+        if self.net is None:
+            self.net = load_generator(path, self.ngf, self.device, self.channels_last)
+        else:
+            load_into(self.net, path)
+        self.loaded = path
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.api import generate_uint8
+        from pipeline.runtime import inject_fault
+
+        inject_fault("generate")
+
+        images = batch["image"]
+        maps = (
+            maps_from_coords(batch["coords"], *images.shape[1:3])
+            if "coords" in batch
+            else batch["maps"]
+        )
+        fakes = np.zeros_like(images)
+        ok = batch["error"] == ""
+        for path in pd.unique(batch["checkpoint_path"][ok]):
+            rows = ok & (batch["checkpoint_path"] == path)
+            self.use_checkpoint(path)
+            fakes[rows] = generate_uint8(
+                self.net,
+                images[rows],
+                maps[rows],
+                minmax=self.minmax,
+                dtype=self.dtype,
+                channels_last=self.channels_last,
+            )
+        node = np.full(len(images), self.node or "")
+        return {**{k: batch[k] for k in JOB_COLUMNS}, "error": batch["error"], "fake": fakes,
+                "node": node}  # fmt: skip
+
+
+def write_outputs(batch: dict[str, np.ndarray], out_dir: str, minmax: bool = False) -> pd.DataFrame:
+    """CPU task: encode and write the generated JPEGs; return their manifest rows."""
+    from pipeline.imaging import encode_jpeg
+    from pipeline.tables import write_bytes_atomic
+
+    rows = []
+    for i in range(len(batch["index"])):
+        ckpt, direction, index = (
+            batch["checkpoint"][i],
+            batch["direction"][i],
+            int(batch["index"][i]),
+        )
+        target = batch["target_id"][i]
+        rel = GenerationLayout.fake(ckpt, direction, index, target)
+        error = batch["error"][i] or None
+        if error is None:
+            try:
+                jpeg = encode_jpeg(batch["fake"][i], jpeg_quality(minmax))
+                write_bytes_atomic(Path(out_dir) / rel, jpeg)
+            except OSError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        rows.append(
+            (
+                ckpt,
+                direction,
+                index,
+                batch["source_id"][i],
+                target,
+                batch["real_path"][i],
+                rel,
+                "ok" if error is None else "error",
+                error,
+                batch["inputs"][i],
+                batch["node"][i] or None,
+            )
+        )
+    return pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
+
+
+def frame_size(root: str | os.PathLike, paths: list[str]) -> tuple[int, int]:
+    """(H, W) of the test images: that of the first readable one. NetG needs multiples of 16."""
+    from pipeline.imaging import ImageError, load_rgb
+
+    for rel in paths:
+        try:
+            w, h = load_rgb(safe_path(root, rel)).size
+        except (ImageError, DataError):
+            continue
+        if h % 16 or w % 16:
+            raise DataError(
+                f"test images are {h}x{w} ({rel}); NetG needs height and width "
+                "divisible by 16 (DeepFashion frames are 256x176)"
+            )
+        return h, w
+    raise DataError(f"none of the {len(paths)} test images under {root} could be read")
