@@ -5,6 +5,7 @@ node; each actor sizes torch's threads from the node it landed on."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +35,17 @@ class ModelPool:
         # Small CPU actors would otherwise be packed onto the first nodes with room: one
         # per node is the plan, and torch's threads are sized for it.
         spread = {} if self.num_gpus else {"ray_remote_args_fn": _spread}
-        return ds.map_batches(
-            model_cls, batch_size=batch_size, batch_format=batch_format,
-            compute=ActorPoolStrategy(size=self.size), num_gpus=self.num_gpus,
-            num_cpus=self.num_cpus,
-            fn_constructor_kwargs={**constructor_kwargs, "actors_per_node": self.actors_per_node},
-            **spread,
-        )  # fmt: skip
+        # Ray 2.60 flags every per-call remote option as deprecated, and offers no named
+        # parameter for a scheduling strategy yet: keep the warning out of users' output.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            return ds.map_batches(
+                model_cls, batch_size=batch_size, batch_format=batch_format,
+                compute=ActorPoolStrategy(size=self.size), num_gpus=self.num_gpus,
+                num_cpus=self.num_cpus, fn_constructor_kwargs={
+                    **constructor_kwargs, "actors_per_node": self.actors_per_node},
+                **spread,
+            )  # fmt: skip
 
 
 def _spread() -> dict[str, Any]:

@@ -175,7 +175,9 @@ def annotations_section(cfg: Config) -> Section | None:
         worst = worst.head(WORST_IMAGES)
         rows = ok.set_index("path").loc[worst["path"]].reset_index()
         caption = "Worst agreement with the reference (lowest PCKh): " + ", ".join(
-            f"{Path(p).name} {v:.2f}" for p, v in zip(worst["path"], worst["pckh"], strict=True)
+            # Identity folder and file: synthetic and DeepFashion names repeat across identities.
+            f"{'/'.join(Path(p).parts[-2:])} {v:.2f}"
+            for p, v in zip(worst["path"], worst["pckh"], strict=True)
         )
         figures.append(("annotations_worst.png", caption, overlay_grid(root, rows, reference)))
     figures = [f for f in figures if f[2]]
