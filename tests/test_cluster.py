@@ -235,9 +235,12 @@ def test_losing_a_worker_node_mid_stage_loses_nothing(cluster, source, local_run
     else:
         made, reference, key = out / "generated", local_run / "out" / "generated", MANIFEST_KEY
         table_path = made / "manifest.parquet"
+        # Identical jobs run once, so half the files need a forward: more, smaller batches
+        # keep work in flight when w2 is removed.
+        sets.append("generate.batch_size=2")
     # Slow batches, each logging its node: w2 is removed while it holds a batch.
     log = tmp_path / "batches.log"
-    env = {"POSE_PIPELINE_BATCH_DELAY": f"{stage}:1.5", "POSE_PIPELINE_BATCH_LOG": str(log)}
+    env = {"POSE_PIPELINE_BATCH_DELAY": f"{stage}:2.5", "POSE_PIPELINE_BATCH_LOG": str(log)}
     proc = cli([stage], sets, cluster.address, env)
     lost = cluster.workers["w2"].node_id
     deadline = time.monotonic() + 240
