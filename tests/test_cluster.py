@@ -167,7 +167,9 @@ def test_stages_on_three_nodes_equal_a_local_run_and_use_every_node(
     }
     for stage, table in records.items():
         used = set(table["node"].dropna())
-        assert used <= nodes and len(used) >= 2, (stage, used)
+        # A metric's few batches may all reach one actor of its spread pool: evaluate has to
+        # record real nodes, the stages with many batches have to use several.
+        assert used <= nodes and len(used) >= (1 if stage == "evaluate" else 2), (stage, used)
     # The network metric finished on 1-CPU nodes with every image scored.
     assert len(per_image) and per_image["error"].isna().all()
 
