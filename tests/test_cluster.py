@@ -7,7 +7,6 @@ size every actor from the node it landed on, and finish when a worker node is lo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from test_pipeline_run import finish, run_cli
 
 from pipeline.generation import MANIFEST_KEY
 from pipeline.networks import build_generator
@@ -95,31 +95,14 @@ def overrides(root: Path, out: Path, ckpt: Path) -> list[str]:
 
 def cli(args: list[str], sets: list[str], address: str | None, env: dict | None = None):
     """The CLI as a user starts it (a subprocess per stage), against `address`."""
-    argv = [sys.executable, str(REPO / "run_pipeline.py"), *args]
-    argv += ["--config", str(REPO / "configs" / "demo.yaml")]
+    argv = [*args, "--config", str(REPO / "configs" / "demo.yaml")]
     argv += sum((["--set", s] for s in sets), [])
-    if address:
-        argv += ["--address", address]
-    return subprocess.Popen(
-        argv,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-4000:]
-    return out
+    return run_cli(argv + (["--address", address] if address else []), env_extra=env)
 
 
 def run_all(root: Path, out: Path, ckpt: Path, address: str | None) -> str:
     """The `run` DAG (train left out: generate.checkpoints is set), keypoints estimated."""
-    return finish(cli(["run"], overrides(root, out, ckpt), address))
+    return finish(cli(["run"], overrides(root, out, ckpt), address), timeout=400)
 
 
 def files(root: Path, *patterns: str) -> dict[str, bytes]:
@@ -251,7 +234,7 @@ def test_losing_a_worker_node_mid_stage_loses_nothing(cluster, source, local_run
         time.sleep(0.2)
     assert proc.poll() is None, "the stage finished before a node could be lost"
     replace_node(cluster, "w2")
-    finish(proc)
+    finish(proc, timeout=400)
     patterns = ("*_keypoints.csv",) if stage == "keypoints" else ("*.jpg",)
     want, got = files(reference, *patterns), files(made, *patterns)
     assert want.keys() == got.keys()
