@@ -1,11 +1,14 @@
 """Benchmark: the generate stage vs the published test loop vs model-only NetG forward,
-on the same pairs, checkpoint size and batch size (bench/README.md, "Generation"), and the
-stage with and without deduplication of identical jobs on the same symmetric pair set.
+on the same pairs, checkpoint size and batch size (bench/README.md, "Generation"), at each
+run size of `--images`; with `--dedup`, the stage with and without deduplication of
+identical jobs on a symmetric pair set.
 
-    .venv/bin/python bench/generate.py --ngf 8 --batch-size 16 --pairs 48
+    .venv/bin/python bench/generate.py --ngf 8 --batch-size 16 --images 320 1200
 
-Prints one JSON object (images/s of each, the ratios the issues set goals for) and, when a
-GPU is present, the model-only GPU sweep (fp32/bf16, channels_last, batch 8..128).
+The speed pairs hold every unordered pair of an identity once ((a, b) without (b, a)), so
+every job is distinct and the stage does the same forwards as the loop. Prints one JSON
+object (images/s of each, the ratios the issues set goals for) and, when a GPU is present,
+the model-only GPU sweep (fp32/bf16, channels_last, batch 8..128).
 """
 
 from __future__ import annotations
@@ -31,14 +34,25 @@ from pipeline.tables import write_pairs_csv  # noqa: E402
 NETG_GFLOP_256x176 = 144.0  # per image at ngf 64 (DESIGN 4: about 209 GFLOP at 256x256)
 
 
-def build_annotated_tree(root: Path, identities: int, poses: int) -> None:
+def build_annotated_tree(root: Path, identities: int, poses: int, test_fraction: float) -> None:
     """A synthetic tree with its keypoints table, npz pose maps and pairs table (the same
     cores the annotation stages run)."""
     from pipeline.synthetic import write_synthetic_tree
     from stages.ground_truth import annotate_from_ground_truth
 
-    write_synthetic_tree(root, identities=identities, poses_per_identity=poses, seed=0)
+    write_synthetic_tree(
+        root, identities=identities, poses_per_identity=poses, seed=0, test_fraction=test_fraction
+    )
     annotate_from_ground_truth(root)
+
+
+def distinct_pairs(pairs: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The first `n` pairs (a, b) with a < b: no pair comes with its reverse, so every
+    generation job (pair, direction) is distinct."""
+    one_way = pairs[pairs["fidA"] < pairs["fidB"]].reset_index(drop=True)
+    if len(one_way) < n:
+        raise SystemExit(f"only {len(one_way)} distinct test pairs; raise --identities")
+    return one_way.head(n)
 
 
 def symmetric_pairs(pairs: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -184,6 +198,17 @@ def gpu_sweep(images: int) -> list[dict]:
 # --- the run -----------------------------------------------------------------------------
 
 
+def stage_speed(cfg, ckpt: Path, pairs_csv: Path, out: Path, images: int, **kwargs) -> float:
+    """Images/s of `run_generate` (Ray already up, so only the stage's own start-up counts)."""
+    from stages.generate import run_generate
+
+    start = time.perf_counter()
+    result = run_generate(cfg, checkpoints=[str(ckpt)], out=str(out), pairs_file=str(pairs_csv),
+                          **kwargs)  # fmt: skip
+    assert result.rows_out == images and result.errors == 0, result.summary()
+    return images / (time.perf_counter() - start)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -194,17 +219,26 @@ def main() -> None:
         default=Path("/tmp/bench_generate"),
         help="scratch directory (recreated)",
     )
-    ap.add_argument("--identities", type=int, default=24)
-    ap.add_argument("--poses", type=int, default=6)
     ap.add_argument(
-        "--pairs",
+        "--images",
         type=int,
-        default=48,
-        help="test pairs used (x2 directions), rounded up to whole identities",
+        nargs="+",
+        default=[320, 1200],
+        help="run sizes in generated images (pairs x 2 directions)",
     )
+    ap.add_argument("--identities", type=int, default=None, help="default: enough for --images")
+    ap.add_argument("--poses", type=int, default=6)
     ap.add_argument("--ngf", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each; the median is reported")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each; the median is reported")
+    ap.add_argument(
+        "--dedup",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="also time the stage with vs without deduplication on a symmetric set of about "
+        "this many pairs (whole identities)",
+    )
     args = ap.parse_args()
 
     from pipeline.api import autocast_dtype
@@ -212,14 +246,15 @@ def main() -> None:
     from pipeline.generation import read_test_pairs
     from pipeline.networks import build_generator
     from pipeline.runtime import best_device, init_ray
-    from stages.generate import run_generate
 
+    # Half the identities are test identities; each gives poses * (poses - 1) / 2 pairs.
+    per_identity = args.poses * (args.poses - 1) // 2
+    wanted = max(max(args.images) // 2, args.dedup)
+    identities = args.identities or 2 * (-(-wanted // per_identity)) + 2
     shutil.rmtree(args.work, ignore_errors=True)
     root = args.work / "data"
-    build_annotated_tree(root, args.identities, args.poses)
-    pairs = symmetric_pairs(read_test_pairs(root), args.pairs)
-    pairs_csv = args.work / "bench_pairs.csv"
-    write_pairs_csv(pairs, pairs_csv)
+    build_annotated_tree(root, identities, args.poses, test_fraction=0.5)
+    all_pairs = read_test_pairs(root)
     ckpt = args.work / "ckpt" / "netG_1.pth"
     ckpt.parent.mkdir()
     torch.manual_seed(0)
@@ -227,76 +262,72 @@ def main() -> None:
 
     cfg = Config()
     cfg.dataset.root = str(root)
+    cfg.output.root = str(args.work / "out")
     cfg.generate.ngf = args.ngf
     cfg.generate.batch_size = args.batch_size
     init_ray(cfg.ray)  # cluster start-up is not part of the stage's time
-    images = 2 * len(pairs)
-    distinct = len(
-        pd.concat(
-            [pairs[["fidA", "fidB"]], pairs[["fidB", "fidA"]].set_axis(["fidA", "fidB"], axis=1)]
-        ).drop_duplicates()
-    )
     device = best_device()
-    timings: dict[str, list[float]] = {
-        "published": [],
-        "stage": [],
-        "stage_no_dedup": [],
-        "model_only": [],
-    }
-    for rep in range(args.repeats):
-        out = args.work / f"published_{rep}"
-        start = time.perf_counter()
-        assert published_loop(root, pairs, ckpt, args.ngf, args.batch_size, out, device) == images
-        timings["published"].append(images / (time.perf_counter() - start))
-
-        start = time.perf_counter()
-        result = run_generate(
-            cfg,
-            checkpoints=[str(ckpt)],
-            out=str(args.work / f"stage_{rep}"),
-            pairs_file=str(pairs_csv),
-        )
-        assert result.rows_out == images and result.errors == 0, result.summary()
-        timings["stage"].append(images / (time.perf_counter() - start))
-
-        start = time.perf_counter()
-        result = run_generate(
-            cfg,
-            checkpoints=[str(ckpt)],
-            out=str(args.work / f"no_dedup_{rep}"),
-            pairs_file=str(pairs_csv),
-            dedup=False,
-        )
-        assert result.rows_out == images and result.errors == 0, result.summary()
-        timings["stage_no_dedup"].append(images / (time.perf_counter() - start))
-
-        timings["model_only"].append(
-            model_only(
-                args.ngf,
-                args.batch_size,
-                images,
-                device,
-                autocast_dtype(cfg.generate.dtype, device),
-                cfg.generate.channels_last,
-            )
-        )
-    med = {k: statistics.median(v) for k, v in timings.items()}
-    report = {
+    dtype = autocast_dtype(cfg.generate.dtype, device)
+    report: dict = {
         "device": device,
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "ngf": args.ngf,
         "batch_size": args.batch_size,
-        "images": images,
-        "distinct_images": int(distinct),
-        "symmetric_pairs": len(pairs),
-        "images_per_s": {k: round(v, 2) for k, v in med.items()},
-        "runs": {k: [round(x, 2) for x in v] for k, v in timings.items()},
-        "stage_vs_published": round(med["stage"] / med["published"], 2),
-        "stage_vs_model_only": round(med["stage"] / med["model_only"], 2),
-        # Both runs write every file; per second of the same distinct work (goal >= 1.8x).
-        "dedup_speedup": round(med["stage"] / med["stage_no_dedup"], 2),
+        "sizes": [],
     }
+    for images in args.images:
+        pairs = distinct_pairs(all_pairs, images // 2)
+        pairs_csv = args.work / f"pairs_{images}.csv"
+        write_pairs_csv(pairs, pairs_csv)
+        runs: dict[str, list[float]] = {
+            "published": [], "stage": [], "stage_ray": [], "model_only": []
+        }  # fmt: skip
+        for rep in range(args.repeats):
+            out = args.work / f"published_{images}_{rep}"
+            start = time.perf_counter()
+            assert (
+                published_loop(root, pairs, ckpt, args.ngf, args.batch_size, out, device) == images
+            )
+            runs["published"].append(images / (time.perf_counter() - start))
+            for name, executor in (("stage", "auto"), ("stage_ray", "ray")):
+                cfg.generate.executor = executor
+                out = args.work / f"{name}_{images}_{rep}"
+                runs[name].append(stage_speed(cfg, ckpt, pairs_csv, out, images))
+            runs["model_only"].append(
+                model_only(args.ngf, args.batch_size, images, device, dtype,
+                           cfg.generate.channels_last)
+            )  # fmt: skip
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        report["sizes"].append(
+            {
+                "images": images,
+                "images_per_s": {k: round(v, 2) for k, v in med.items()},
+                "runs": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+                "stage_vs_published": round(med["stage"] / med["published"], 2),
+                "stage_vs_model_only": round(med["stage"] / med["model_only"], 2),
+                "stage_ray_vs_published": round(med["stage_ray"] / med["published"], 2),
+                "stage_ray_vs_model_only": round(med["stage_ray"] / med["model_only"], 2),
+            }
+        )
+        print(json.dumps(report["sizes"][-1]), flush=True)
+    if args.dedup:
+        cfg.generate.executor = "auto"
+        pairs = symmetric_pairs(all_pairs, args.dedup)
+        pairs_csv = args.work / "pairs_symmetric.csv"
+        write_pairs_csv(pairs, pairs_csv)
+        images = 2 * len(pairs)
+        speeds = {
+            name: stage_speed(cfg, ckpt, pairs_csv, args.work / name, images, dedup=dedup)
+            for name, dedup in (("stage_dedup", True), ("stage_no_dedup", False))
+        }
+        # Both runs write every file; per second of the same distinct work (goal >= 1.8x).
+        report["dedup"] = {
+            "symmetric_pairs": len(pairs),
+            "images": images,
+            "images_per_s": {k: round(v, 2) for k, v in speeds.items()},
+            "speedup": round(speeds["stage_dedup"] / speeds["stage_no_dedup"], 2),
+        }
     if torch.cuda.is_available():
         report["gpu"] = torch.cuda.get_device_name()
         report["gpu_model_only_ngf64"] = gpu_sweep(256)

@@ -125,6 +125,10 @@ class GenerateConfig(Section):
     # ones as dense maps; None picks by the maps' kind, true/false overrides.
     sparse_maps: bool | None = None
     pairs: str | None = None  # pairs table or legacy CSV; default: the dataset's
+    # auto: in this process when the run stays on one machine and device and has at most
+    # in_process_max_jobs images (no Ray start-up); else Ray Data. Outputs are identical.
+    executor: Literal["auto", "ray", "in_process"] = "auto"
+    in_process_max_jobs: int = Field(5000, ge=0)
 
 
 class EvaluateConfig(Section):

@@ -31,17 +31,35 @@ def _read_map(npz_path: str, keypoints, fid: str) -> np.ndarray:
     )
 
 
-def one_hot_coords(pair: np.ndarray) -> np.ndarray:
-    """(36, 2) int16 (y, x) of a one-hot map pair (`posemap.one_hot_coords`): twelve bytes
-    instead of 1.6 MB per job between the load tasks and the model actors;
-    `maps_from_coords` rebuilds the identical array."""
-    coords = posemap_coords(pair)
+# Per process: (file identity or keypoints) -> ((H, W), coordinates or None if not one-hot).
+# A test set uses each image in many pairs; its map is read and scanned once per worker.
+_COORDS: dict[tuple, tuple[tuple[int, int], np.ndarray | None]] = {}
+_COORDS_MAX = 200_000  # entries (~100 bytes each) before the cache starts over
+
+
+def map_coords(npz_path: str, keypoints, fid: str) -> tuple[tuple[int, int], np.ndarray]:
+    """(H, W) and (18, 2) int16 (y, x) coordinates of one one-hot pose map
+    (`posemap.one_hot_coords`): twelve bytes per keypoint travel from the load tasks to
+    the model actors instead of 810 KB per map; `maps_from_coords` rebuilds the array.
+    Cached by the npz file's identity (inode, size, mtime: posemaps replaces files
+    atomically) or by the keypoints it is rendered from."""
+    try:
+        st = os.stat(npz_path)
+        key: tuple = (npz_path, st.st_ino, st.st_size, st.st_mtime_ns)
+    except FileNotFoundError:
+        key = (fid, None if keypoints is None else keypoints.tobytes())
+    if key not in _COORDS:
+        pose = _read_map(npz_path, keypoints, fid)
+        if len(_COORDS) >= _COORDS_MAX:
+            _COORDS.clear()
+        _COORDS[key] = (pose.shape[:2], posemap_coords(pose))
+    shape, coords = _COORDS[key]
     if coords is None:
         raise DataError(
-            "pose map is not one-hot (a gaussian map?) but generate.sparse_maps is "
+            f"pose map of {fid} is not one-hot (a gaussian map?) but generate.sparse_maps is "
             "true: unset it (null: picked from the maps' kind) or set it to false"
         )
-    return coords
+    return shape, coords
 
 
 def maps_from_coords(coords: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -97,21 +115,21 @@ def load_inputs(
                     f"image is {cond.shape[0]}x{cond.shape[1]}, expected {h}x{w} "
                     "like the rest of the test set"
                 )
-            pair = np.concatenate(
-                [
-                    _read_map(
-                        batch[f"{role}_map"][i],
-                        batch[f"{role}_keypoints"][i],
-                        batch[f"{role}_id"][i],
-                    )
-                    for role in ("source", "target")
-                ],
-                axis=2,
-            )
-            if pair.shape[:2] != frame:
-                raise DataError(f"pose map is {pair.shape[0]}x{pair.shape[1]}, image is {h}x{w}")
+            roles = [
+                (batch[f"{role}_map"][i], batch[f"{role}_keypoints"][i], batch[f"{role}_id"][i])
+                for role in ("source", "target")
+            ]
             if sparse:
-                coords[i] = one_hot_coords(pair)
+                parts = [map_coords(*role) for role in roles]
+                sizes = [shape for shape, _ in parts]
+            else:
+                pair = np.concatenate([_read_map(*role) for role in roles], axis=2)
+                sizes = [pair.shape[:2]]
+            for size in sizes:
+                if size != frame:
+                    raise DataError(f"pose map is {size[0]}x{size[1]}, image is {h}x{w}")
+            if sparse:
+                coords[i] = np.concatenate([c for _, c in parts])
             real = Path(out_dir) / batch["real_path"][i]
             if not real.is_file():
                 target = load_rgb(safe_path(root, batch["target_path"][i]))

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from pipeline.batch_stream import EXECUTORS
 from pipeline.config import Config
 from pipeline.content_state import ContentCache
 from pipeline.generation import (
@@ -69,11 +70,11 @@ def run_generate(
 ) -> StageResult:
     """Generate every pending (checkpoint, direction, pair) image; see the module doc.
     `dedup` False runs identical jobs again (for benchmarks of the deduplication)."""
-    import ray
     from tqdm import tqdm
 
     from pipeline.api import check_checkpoint
-    from pipeline.ray_pool import plan_pool, task_options
+    from pipeline.batch_stream import BatchSteps, choose_executor, stream_in_process, stream_ray
+    from pipeline.ray_pool import plan_pool
     from pipeline.runtime import init_ray
     from pipeline.weights import checkpoint_id, expand_checkpoints
     from stages.posemaps import describe_posemap_kind, recorded_posemap_kind
@@ -135,38 +136,31 @@ def run_generate(
             result.rows_out = int((linked["status"] == "ok").sum())
             result.errors = int((linked["status"] == "error").sum())
     if not todo.empty:
-        init_ray(cfg.ray)
-        pool = plan_pool(gc.concurrency)
-        # One block per batch: each block is one load task, one forward, one write task.
-        blocks = [todo.iloc[i : i + gc.batch_size] for i in range(0, len(todo), gc.batch_size)]
+        executor = choose_executor(gc.executor, len(todo), gc.in_process_max_jobs,
+                                   gc.concurrency, cfg.ray.address)  # fmt: skip
+        result.notes.append(f"ran {executor.reason}")
         # The published script ran NetG in the default memory format; channels_last changes
         # the last bits, which the published save's truncation turns into grey levels.
-        channels_last = gc.channels_last and not gc.minmax
-        ds = ray.data.from_pandas(blocks).map_batches(
-            load_inputs,
+        steps = BatchSteps(
+            load=load_inputs, model_cls=Generator, write=write_outputs,
             batch_size=gc.batch_size,
-            batch_format="numpy",
-            fn_kwargs=dict(
-                root=root, out_dir=str(out_dir), frame=frame, minmax=gc.minmax, sparse=sparse
-            ),
-            **task_options(),
-        )
-        ds = pool.map(
-            ds, Generator, gc.batch_size, ngf=gc.ngf, dtype=gc.dtype, minmax=gc.minmax,
-            channels_last=channels_last,
+            load_kwargs=dict(root=root, out_dir=str(out_dir), frame=frame, minmax=gc.minmax,
+                             sparse=sparse),
+            model_kwargs=dict(ngf=gc.ngf, dtype=gc.dtype, minmax=gc.minmax,
+                              channels_last=gc.channels_last and not gc.minmax),
+            write_kwargs=dict(out_dir=str(out_dir), minmax=gc.minmax),
         )  # fmt: skip
-        ds = ds.map_batches(
-            write_outputs,
-            batch_size=gc.batch_size,
-            batch_format="numpy",
-            fn_kwargs=dict(out_dir=str(out_dir), minmax=gc.minmax),
-            **task_options(),
-        )
+        blocks = [todo.iloc[i : i + gc.batch_size] for i in range(0, len(todo), gc.batch_size)]
+        if executor.name == "ray":
+            init_ray(cfg.ray)
+            parts = stream_ray(blocks, steps, plan_pool(gc.concurrency))
+        else:
+            parts = stream_in_process(blocks, steps)
         try:
             with tqdm(
                 total=len(todo), desc=f"generate ({len(paths)} checkpoint(s))", unit="img"
             ) as bar:
-                for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                for part in parts:
                     generated += int((part["status"] == "ok").sum())
                     new = [part, write_identical(links, part, out_dir)] if len(links) else [part]
                     for rows in new:
@@ -276,8 +270,17 @@ STAGE = StageSpec(
     "else test_img_pairs.csv).",
 )
 @click.option("--limit", type=int, default=None, help="Only the first N test pairs (quick runs).")
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    default=None,
+    help="ray, in_process, or auto: this process for a run on one machine and device of at "
+    "most generate.in_process_max_jobs images (default generate.executor).",
+)
 @click.pass_obj
-def generate_command(obj, checkpoints, ngf, out, minmax, batch_size, pairs_file, limit) -> None:
+def generate_command(
+    obj, checkpoints, ngf, out, minmax, batch_size, pairs_file, limit, executor
+) -> None:
     """Generate every test pair with one or more checkpoints, both directions.
 
     \b
@@ -300,8 +303,13 @@ def generate_command(obj, checkpoints, ngf, out, minmax, batch_size, pairs_file,
     One-hot or gaussian pose maps are told apart by posemaps' pose_maps.json (or the maps'
     dtype); generate.sparse_maps true/false overrides the transport picked from that.
     A rerun skips images already ok in the manifest; a bad input becomes an error row.
-    NetG runs in a Ray actor pool of generate.concurrency actors (default: one per GPU, else
-    one per CPU node), autocast generate.dtype (auto = bf16 on GPU, fp32 on CPU), channels_last.
+    Where it runs (--executor, generate.executor): "ray" streams the batches through Ray
+    Data, NetG in an actor pool of generate.concurrency actors (default: one per GPU, else
+    one per CPU node); "in_process" runs NetG in this process with threads loading ahead
+    and writing behind, no Ray start-up; "auto" (default) takes this process when the run
+    stays on one machine and device with at most generate.in_process_max_jobs images, else
+    Ray. The files are the same either way. Autocast generate.dtype (auto = bf16 on GPU,
+    fp32 on CPU), channels_last.
     Example: run_pipeline.py generate --checkpoint out/train/checkpoints --ngf 8 --out out/generated
     """
     cfg = obj.cfg
@@ -311,5 +319,7 @@ def generate_command(obj, checkpoints, ngf, out, minmax, batch_size, pairs_file,
         cfg.generate.minmax = minmax
     if batch_size is not None:
         cfg.generate.batch_size = batch_size
+    if executor is not None:
+        cfg.generate.executor = executor
     result = run_generate(cfg, list(checkpoints) or None, out, pairs_file, limit)
     click.echo(result.summary())

@@ -94,6 +94,37 @@ def test_published_layout_and_complete_manifest(two_checkpoint_run, annotated_ro
     assert a != b
 
 
+def test_the_ray_executor_writes_what_the_in_process_one_writes(
+    two_checkpoint_run, tmp_path, ray_session
+):
+    cfg, out, result = two_checkpoint_run
+    assert any(n.startswith("ran in this process") for n in result.notes), result.notes
+    ray_cfg = make_cfg(Path(cfg.dataset.root), tmp_path)
+    ray_cfg.generate.checkpoints = cfg.generate.checkpoints
+    ray_cfg.generate.executor = "ray"
+    ray_result = run_generate(ray_cfg, limit=PAIRS)
+    assert "ran ray as configured" in ray_result.notes
+    assert files_under(tmp_path / "generated") == files_under(out)
+    manifests = [read_table(d / MANIFEST, MANIFEST_SCHEMA) for d in (out, tmp_path / "generated")]
+    assert manifests[0].drop(columns="node").equals(manifests[1].drop(columns="node"))
+    # Images made in Ray workers name their node (links to an identical job's image do not).
+    assert manifests[1]["node"].notna().any()
+
+
+def test_auto_executor_takes_this_process_only_for_one_machine_and_a_small_run(ray_session):
+    from pipeline.batch_stream import choose_executor
+
+    assert choose_executor("auto", 100, 100, None, None).name == "in_process"
+    assert choose_executor("in_process", 10**6, 0, 4, "auto").name == "in_process"
+    for args, why in (
+        ((101, 100, None, None), "101 jobs > 100"),
+        ((10, 100, 2, None), "2 model actors"),
+        ((10, 100, None, "10.0.0.1:6379"), "cluster address (10.0.0.1:6379)"),
+    ):
+        chosen = choose_executor("auto", *args)
+        assert chosen.name == "ray" and why in chosen.reason
+
+
 def test_rerun_skips_everything_done(two_checkpoint_run):
     cfg, out, _ = two_checkpoint_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}

@@ -143,7 +143,11 @@ def test_killed_workers_are_retried_and_outputs_equal_a_clean_run(tmp_path, faul
     finish(run_cli([*args, "--only", "keypoints"]))
     # posemaps runs Ray tasks (retried when their worker dies); generate runs NetG in Ray
     # Data actors (restarted, their batches resubmitted). The plain `run` does the rest.
-    for stage, nth, extra in (("posemaps", 1, ["--only", "posemaps"]), ("generate", 2, [])):
+    ray_generate = ["--set", "generate.executor=ray"]  # a small run would stay in the driver
+    for stage, nth, extra in (
+        ("posemaps", 1, ["--only", "posemaps"]),
+        ("generate", 2, ray_generate),
+    ):
         marker = tmp_path / f"{stage}.killed"
         out = finish(
             run_cli(
