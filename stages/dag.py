@@ -314,6 +314,8 @@ def run_dag(
                 if decision.action in ACTIONS_THAT_RUN or upstream:
                     would_change.append((spec.name, spec.outputs(cfg)))
                 echo(decision.describe(dry_run=True))
+                if decision.action in ACTIONS_THAT_RUN and spec.does(cfg):
+                    echo(f"    would: {spec.does(cfg)}")
                 continue
             row = {
                 "run_id": run_id,
@@ -330,6 +332,8 @@ def run_dag(
                 "fingerprint": decision.fingerprint.digest() if decision.fingerprint else None,
             }
             echo(decision.describe())
+            if decision.action in ACTIONS_THAT_RUN and spec.does(cfg):
+                echo(f"    does: {spec.does(cfg)}")
             if decision.action == "stop":
                 row.update(status="stopped", end=pd.Timestamp.now().floor("s"), seconds=0.0)
                 rows.append(row)

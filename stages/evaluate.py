@@ -304,6 +304,11 @@ STAGE = StageSpec(
     name="evaluate",
     version=1,
     run=lambda cfg, fresh: run_evaluate(cfg),
+    does=lambda cfg: (
+        f"score the generated images with {', '.join(cfg.evaluate.metrics)} "
+        "(metrics whose weights are missing are skipped and say so); scores of unchanged "
+        "images are kept"
+    ),
     config_keys=("evaluate.metrics", "evaluate.network_weights", "keypoints.checkpoint"),
     inputs=lambda cfg: [OutputLayout(cfg.output.root).generated],
     outputs=lambda cfg: [EvaluationLayout(OutputLayout(cfg.output.root).evaluation).summary],

@@ -214,6 +214,12 @@ STAGE = StageSpec(
     name="generate",
     version=1,
     run=lambda cfg, fresh: run_generate(cfg),
+    does=lambda cfg: (
+        "generate every test pair in both directions with "
+        + (", ".join(cfg.generate.checkpoints) or "every checkpoint of the training run")
+        + f" (ngf {cfg.generate.ngf}, batches of {cfg.generate.batch_size}); images already "
+        "made from the same inputs are kept"
+    ),
     config_keys=(
         "generate.checkpoints",
         "generate.ngf",

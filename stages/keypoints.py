@@ -371,6 +371,15 @@ STAGE = StageSpec(
     name="keypoints",
     version=1,
     run=lambda cfg, fresh: run_keypoints(cfg, force=fresh, progress=True),
+    does=lambda cfg: (
+        (
+            f"import keypoints from {cfg.keypoints.annotations}"
+            if cfg.keypoints.annotations
+            else f"estimate keypoints with {cfg.keypoints.estimator} on the images of the "
+            "train and test lists (new or changed images only)"
+        )
+        + (f", then score them against {cfg.keypoints.compare}" if cfg.keypoints.compare else "")
+    ),
     config_keys=(
         "dataset.train_list",
         "dataset.test_list",

@@ -164,6 +164,10 @@ STAGE = StageSpec(
     name="pairs",
     version=1,
     run=lambda cfg, fresh: run_pairs(cfg),
+    does=lambda cfg: (
+        "pair the images of each identity, train and test, leaving out those "
+        f"with fewer than {cfg.pairs.min_valid_keypoints} valid keypoints"
+    ),
     config_keys=(
         "dataset.train_list",
         "dataset.test_list",

@@ -208,6 +208,15 @@ STAGE = StageSpec(
     name="posemaps",
     version=1,
     run=lambda cfg, fresh: run_posemaps(cfg, force=fresh),
+    does=lambda cfg: (
+        "write a pose map ("
+        + (
+            "one-hot"
+            if cfg.posemaps.gaussian_sigma is None
+            else f"gaussian, sigma {cfg.posemaps.gaussian_sigma}"
+        )
+        + ") per keypoints row that has none or whose keypoints changed"
+    ),
     config_keys=("posemaps.gaussian_sigma",),
     inputs=lambda cfg: [DatasetLayout(cfg.dataset.root).keypoints_table],
     outputs=lambda cfg: [DatasetLayout(cfg.dataset.root).posemap_dir(s) for s in SPLITS],

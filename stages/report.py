@@ -399,6 +399,7 @@ STAGE = StageSpec(
     name="report",
     version=1,
     run=lambda cfg, fresh: run_report(cfg),
+    does=lambda cfg: f"write the report '{cfg.report.name}' (HTML and Markdown)",
     config_keys=("report.name", "report.grid_pairs"),
     inputs=lambda cfg: [
         OutputLayout(cfg.output.root).evaluation,

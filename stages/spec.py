@@ -45,6 +45,8 @@ class StageSpec:
     progress: Callable[[Config, dict[str, Any]], str | None] = _no_progress
     # Extra facts stored with the fingerprint, read back by `progress`.
     record: Callable[[Config], dict[str, Any]] = field(default=lambda cfg: {})
+    # What a run of the stage does, in one line from the config (printed before it runs).
+    does: Callable[[Config], str] = field(default=lambda cfg: "")
 
 
 def config_value(cfg: Config, dotted: str) -> Any:

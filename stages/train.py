@@ -346,6 +346,12 @@ STAGE = StageSpec(
     name="train",
     version=1,
     run=lambda cfg, fresh: run_train(cfg, resume=not fresh),
+    does=lambda cfg: (
+        f"train NetG (ngf {cfg.train.ngf}) against NetD (ndf {cfg.train.ndf}) "
+        f"up to iteration {cfg.train.iterations} in batches of {cfg.train.batch_size} on "
+        f"{cfg.train.num_workers} worker(s), a checkpoint every {cfg.train.ckpt_every}; "
+        "time left is printed after the first iterations"
+    ),
     config_keys=tuple(
         f"train.{k}"
         for k in (

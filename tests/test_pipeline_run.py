@@ -86,8 +86,17 @@ def test_run_twice_does_no_work_the_second_time(tmp_path, ray_session):
     root = tmp_path / "data"
     write_synthetic_tree(root, identities=6, poses_per_identity=3, seed=5)
     cfg = load_config(REPO / "configs" / "demo.yaml", tiny_overrides(root, tmp_path / "out"))
-    first = run_dag(cfg, plan_run(), echo=lambda s: None)
+    said: list[str] = []
+    first = run_dag(cfg, plan_run(), echo=said.append)
     assert first["status"].tolist() == ["ran"] * 7, first[["stage", "status", "reason"]]
+    # Before each stage: what it does, in a line made from the config.
+    said = "\n".join(said)
+    for stage, does in (
+        ("keypoints", "import keypoints from"),
+        ("train", "train NetG (ngf 4) against NetD (ndf 4) up to iteration 2"),
+        ("generate", "generate every test pair in both directions"),
+    ):
+        assert f"[{stage}] running\n    - never ran\n    does: {does}" in said, said
     second = run_dag(cfg, plan_run(), echo=lambda s: None)
     assert second["status"].tolist() == ["skipped"] * 7
     assert (tmp_path / "out" / "reports" / "demo" / "report.html").exists()
