@@ -31,10 +31,24 @@ def _read_map(npz_path: str, keypoints, fid: str) -> np.ndarray:
     )
 
 
-# Per process: (file identity or keypoints) -> ((H, W), coordinates or None if not one-hot).
-# A test set uses each image in many pairs; its map is read and scanned once per worker.
+# Per process, since a test set uses each image in many pairs: (map file identity or
+# keypoints) -> ((H, W), coordinates or None if not one-hot), read and scanned once; and
+# (target image identity, save mode, output dir) -> a real image file written from it.
 _COORDS: dict[tuple, tuple[tuple[int, int], np.ndarray | None]] = {}
-_COORDS_MAX = 200_000  # entries (~100 bytes each) before the cache starts over
+_REALS: dict[tuple, Path] = {}
+_CACHE_MAX = 200_000  # entries (~100 bytes each) before a cache starts over
+
+
+def _file_identity(path: str | os.PathLike) -> tuple:
+    """Changes whenever the file's bytes may have: the stages replace files atomically."""
+    st = os.stat(path)
+    return (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _remember(cache: dict, key: tuple, value) -> None:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
 
 
 def map_coords(npz_path: str, keypoints, fid: str) -> tuple[tuple[int, int], np.ndarray]:
@@ -44,15 +58,12 @@ def map_coords(npz_path: str, keypoints, fid: str) -> tuple[tuple[int, int], np.
     Cached by the npz file's identity (inode, size, mtime: posemaps replaces files
     atomically) or by the keypoints it is rendered from."""
     try:
-        st = os.stat(npz_path)
-        key: tuple = (npz_path, st.st_ino, st.st_size, st.st_mtime_ns)
+        key = _file_identity(npz_path)
     except FileNotFoundError:
         key = (fid, None if keypoints is None else keypoints.tobytes())
     if key not in _COORDS:
         pose = _read_map(npz_path, keypoints, fid)
-        if len(_COORDS) >= _COORDS_MAX:
-            _COORDS.clear()
-        _COORDS[key] = (pose.shape[:2], posemap_coords(pose))
+        _remember(_COORDS, key, (pose.shape[:2], posemap_coords(pose)))
     shape, coords = _COORDS[key]
     if coords is None:
         raise DataError(
@@ -85,6 +96,30 @@ def jpeg_quality(minmax: bool) -> int | None:
     return None if minmax else JPEG_QUALITY
 
 
+def write_real(real: Path, target: Path, out_dir: str, minmax: bool) -> None:
+    """The target image at `real` as the save mode writes real images. The published layout
+    has one real file per pair and direction, so the same target recurs; a file this
+    process already wrote from the same target bytes is linked instead of made again."""
+    from pipeline.generation import link_or_copy
+    from pipeline.imaging import encode_jpeg, load_rgb, published_input_tensor, published_uint8
+    from pipeline.tables import write_bytes_atomic
+
+    try:
+        key = (*_file_identity(target), minmax, out_dir)
+    except OSError:  # load_rgb says what is wrong with the file
+        key = None
+    made = _REALS.get(key)
+    if made is not None and made.is_file():
+        link_or_copy(made, real)
+        return
+    image = load_rgb(target)
+    # The published script stretched real images too; keep them comparable.
+    arr = published_uint8(published_input_tensor(image)) if minmax else np.asarray(image)
+    write_bytes_atomic(real, encode_jpeg(arr, jpeg_quality(minmax)))
+    if key is not None:
+        _remember(_REALS, key, real)
+
+
 def load_inputs(
     batch: dict[str, np.ndarray],
     root: str,
@@ -98,8 +133,7 @@ def load_inputs(
     zero arrays, so the batch keeps its shape. With `sparse`, one-hot map pairs travel as
     coordinates (`coords`) and the model actor rebuilds them; else dense float32 maps
     (gaussian maps, and one-hot ones rendered for missing files, side by side)."""
-    from pipeline.imaging import encode_jpeg, load_rgb, published_input_tensor, published_uint8
-    from pipeline.tables import write_bytes_atomic
+    from pipeline.imaging import load_rgb
 
     n = len(batch["index"])
     h, w = frame
@@ -132,14 +166,7 @@ def load_inputs(
                 coords[i] = np.concatenate([c for _, c in parts])
             real = Path(out_dir) / batch["real_path"][i]
             if not real.is_file():
-                target = load_rgb(safe_path(root, batch["target_path"][i]))
-                # The published script stretched real images too; keep them comparable.
-                arr = (
-                    published_uint8(published_input_tensor(target))
-                    if minmax
-                    else np.asarray(target)
-                )
-                write_bytes_atomic(real, encode_jpeg(arr, jpeg_quality(minmax)))
+                write_real(real, safe_path(root, batch["target_path"][i]), out_dir, minmax)
         except (DataError, OSError, ValueError, zipfile.BadZipFile) as exc:  # this job's data
             errors[i] = f"{type(exc).__name__}: {exc}"
             continue

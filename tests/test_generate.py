@@ -125,6 +125,22 @@ def test_auto_executor_takes_this_process_only_for_one_machine_and_a_small_run(r
         assert chosen.name == "ray" and why in chosen.reason
 
 
+def test_real_images_of_the_same_target_are_one_file(two_checkpoint_run, annotated_root):
+    _, out, _ = two_checkpoint_run
+    manifest = read_table(out / MANIFEST, MANIFEST_SCHEMA)
+    reals = manifest.drop_duplicates("real_path").groupby(["direction", "target_id"])["real_path"]
+    shared = [paths.tolist() for _, paths in reals if len(paths) > 1]
+    assert shared, "the first pairs should repeat a target"
+    for paths in shared:
+        assert len({(out / p).stat().st_ino for p in paths}) == 1, paths
+    pairs = read_test_pairs(annotated_root)
+    images = dict(zip(pairs["fidA"], pairs["imgA"], strict=True))
+    images |= dict(zip(pairs["fidB"], pairs["imgB"], strict=True))
+    target = annotated_root / images[manifest["target_id"].iloc[-1]]
+    expected = encode_jpeg(np.asarray(load_rgb(target)))
+    assert (out / manifest["real_path"].iloc[-1]).read_bytes() == expected
+
+
 def test_rerun_skips_everything_done(two_checkpoint_run):
     cfg, out, _ = two_checkpoint_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
