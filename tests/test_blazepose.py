@@ -178,3 +178,33 @@ def test_transfer_cli_estimates_both_poses_with_mediapipe(reference, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert Image.open(tmp_path / "c.jpg").size == (176, 256)
+
+
+class Counting:
+    """The real estimator, counting the images it is asked to estimate."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, 0
+
+    def predict(self, images):
+        self.seen += len(images)
+        return self.inner.predict(images)
+
+
+def test_pckh_estimates_each_distinct_image_once(estimator, reference):
+    from pipeline.estimators import predict_once_per_image
+
+    a, b = photo(reference, "condition.jpg"), photo(reference, "target_pose_reference.jpg")
+    counting = Counting(estimator)
+    predict = predict_once_per_image(counting)
+    first = predict([a, b, a.copy()])
+    again = predict([b, a])
+    assert counting.seen == 2  # a twice and b in the first call, both again: two estimates
+    direct = estimator.predict([a, b])
+    got = [first[0], first[1], first[2], again[1], again[0]]
+    want = [direct[0], direct[1], direct[0], direct[0], direct[1]]
+    for g, w in zip(got, want, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(g, w, strict=True))
+    flipped = np.ascontiguousarray(a[:, ::-1])
+    predict([flipped])
+    assert counting.seen == 3  # other pixels, another estimate

@@ -102,10 +102,10 @@ def build_scorer(
         model = build_lpips(metric.split("_", 1)[1], weights).to(device)
         return lambda real, fake: [{"value": v} for v in lpips_distances(model, real, fake)]
     if metric == "pckh":  # `weights`: the keypoints config resolve_estimator checked
-        from pipeline.estimators import build_estimator
+        from pipeline.estimators import build_estimator, predict_once_per_image
 
-        estimator = build_estimator(weights, device=device)
-        return lambda real, fake: pckh_rows(estimator.predict(real), estimator.predict(fake))
+        predict = predict_once_per_image(build_estimator(weights, device=device))
+        return lambda real, fake: pckh_rows(predict(real), predict(fake))
     raise ValueError(f"no network scorer for metric {metric!r}")
 
 
