@@ -106,7 +106,8 @@ def predict_once_per_image(estimator: PoseEstimator, limit: int = 100_000):
         if len(seen) + len(keys) > limit:
             seen.clear()
         new = {k: im for k, im in zip(keys, images, strict=True) if k not in seen}
-        seen.update(zip(new, estimator.predict(list(new.values())), strict=True))
+        if new:
+            seen.update(zip(new, estimator.predict(list(new.values())), strict=True))
         return [seen[k] for k in keys]
 
     return predict
