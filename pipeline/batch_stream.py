@@ -12,11 +12,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import pandas as pd
 
-EXECUTORS = ("auto", "ray", "in_process")
+from pipeline.config import ExecutorName
+
+EXECUTORS = get_args(ExecutorName)
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,9 @@ class TrainConfig(Section):
     seed: int = 0
 
 
+ExecutorName = Literal["auto", "ray", "in_process"]  # generate.executor
+
+
 class GenerateConfig(Section):
     checkpoints: list[str] = Field(default_factory=list)
 
@@ -127,7 +130,7 @@ class GenerateConfig(Section):
     pairs: str | None = None  # pairs table or legacy CSV; default: the dataset's
     # auto: in this process when the run stays on one machine and device and has at most
     # in_process_max_jobs images (no Ray start-up); else Ray Data. Outputs are identical.
-    executor: Literal["auto", "ray", "in_process"] = "auto"
+    executor: ExecutorName = "auto"
     in_process_max_jobs: int = Field(5000, ge=0)
 
 

@@ -20,6 +20,13 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def file_stat(path: str | os.PathLike) -> tuple[int, int, int]:
+    """(size, mtime_ns, inode): changes whenever the file's bytes may have (the stages
+    replace files atomically, so a rewrite is a new inode)."""
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 class ContentCache:
     """(path, size, mtime_ns, inode) -> content digest. Use as a context manager: new digests
     are saved on exit. `readonly` never writes (a dry run changes nothing on disk)."""
@@ -68,8 +75,7 @@ class ContentCache:
     def digest(self, path: str | os.PathLike) -> str:
         """The content digest of a file; read only when its stat differs from the cached one."""
         key = os.path.abspath(path)
-        st = os.stat(key)
-        stat = (st.st_size, st.st_mtime_ns, st.st_ino)
+        stat = file_stat(key)
         known = self._known.get(key)
         if known is not None and tuple(known[:3]) == stat:
             return known[3]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.content_state import file_stat
 from pipeline.generation import JOB_COLUMNS
 from pipeline.layout import GenerationLayout
 from pipeline.posemap import one_hot_coords as posemap_coords
@@ -39,12 +40,6 @@ _REALS: dict[tuple, Path] = {}
 _CACHE_MAX = 200_000  # entries (~100 bytes each) before a cache starts over
 
 
-def _file_identity(path: str | os.PathLike) -> tuple:
-    """Changes whenever the file's bytes may have: the stages replace files atomically."""
-    st = os.stat(path)
-    return (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 def _remember(cache: dict, key: tuple, value) -> None:
     if len(cache) >= _CACHE_MAX:
         cache.clear()
@@ -55,10 +50,10 @@ def map_coords(npz_path: str, keypoints, fid: str) -> tuple[tuple[int, int], np.
     """(H, W) and (18, 2) int16 (y, x) coordinates of one one-hot pose map
     (`posemap.one_hot_coords`): twelve bytes per keypoint travel from the load tasks to
     the model actors instead of 810 KB per map; `maps_from_coords` rebuilds the array.
-    Cached by the npz file's identity (inode, size, mtime: posemaps replaces files
-    atomically) or by the keypoints it is rendered from."""
+    Cached by the npz file's stat (`content_state.file_stat`) or by the keypoints it is
+    rendered from."""
     try:
-        key = _file_identity(npz_path)
+        key = (npz_path, *file_stat(npz_path))
     except FileNotFoundError:
         key = (fid, None if keypoints is None else keypoints.tobytes())
     if key not in _COORDS:
@@ -105,7 +100,7 @@ def write_real(real: Path, target: Path, out_dir: str, minmax: bool) -> None:
     from pipeline.tables import write_bytes_atomic
 
     try:
-        key = (*_file_identity(target), minmax, out_dir)
+        key = (str(target), *file_stat(target), minmax, out_dir)
     except OSError:  # load_rgb says what is wrong with the file
         key = None
     made = _REALS.get(key)

@@ -10,7 +10,13 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from pipeline.batch_stream import EXECUTORS
+from pipeline.batch_stream import (
+    EXECUTORS,
+    BatchSteps,
+    choose_executor,
+    stream_in_process,
+    stream_ray,
+)
 from pipeline.config import Config
 from pipeline.content_state import ContentCache
 from pipeline.generation import (
@@ -73,7 +79,6 @@ def run_generate(
     from tqdm import tqdm
 
     from pipeline.api import check_checkpoint
-    from pipeline.batch_stream import BatchSteps, choose_executor, stream_in_process, stream_ray
     from pipeline.ray_pool import plan_pool
     from pipeline.runtime import init_ray
     from pipeline.weights import checkpoint_id, expand_checkpoints
