@@ -10,17 +10,20 @@ traceback only with --verbose.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from pipeline.config import Config, load_config
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from stages import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parent
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 class PipelineContext:
@@ -42,6 +45,24 @@ class PipelineContext:
         """Add `section.key=value` overrides; they apply to the config loaded next."""
         self.overrides.extend(items)
         self._cfg = None
+
+    def override_flags(self, flags: dict[str, tuple[str, Any]]) -> Config:
+        """Apply a command's flags that stand for config fields, `{"--flag": ("section.key",
+        value)}` (value None: not given), as overrides, so they are validated like --set
+        and an error names the field and the flag. Returns the config."""
+        cfg = self.cfg  # an error of --config or --set is theirs, not the flags'
+        given = {flag: (key, value) for flag, (key, value) in flags.items() if value is not None}
+        if not given:
+            return cfg
+        # JSON is YAML: each value parses back as what the flag gave (a path stays a string).
+        self.override(*(f"{key}={json.dumps(value)}" for key, value in given.values()))
+        try:
+            return self.cfg
+        except ConfigError as exc:
+            named = [f"{f} {json.dumps(v)}" for f, (k, v) in given.items() if f"'{k}'" in str(exc)]
+            if not named:
+                raise
+            raise ConfigError(f"{exc} (given as {', '.join(named)})") from None
 
 
 def _set_config(ctx: click.Context, _param, value):
@@ -196,6 +217,15 @@ class PipelineGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo(
+                "\nInterrupted. Finished work is kept: stages save finished batches as they go "
+                "(part files beside their tables, generated images with their manifest rows, "
+                "training checkpoints and Ray Train states), and outputs are only ever "
+                "replaced whole. Run the same command again to resume from there.",
+                err=True,
+            )
+            ctx.exit(INTERRUPTED)
         except PipelineError as exc:
             if ctx.ensure_object(PipelineContext).verbose:
                 raise
@@ -316,5 +346,10 @@ def check_networks(reference) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `posetransfer` console command."""
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -52,7 +52,7 @@ def quality(args) -> dict:
     tc = cfg.train
     t0 = time.time()
     if args.score_only is None:
-        run_stage("train", run_train, cfg, out=Path(args.work) / "train")
+        run_stage(run_train, cfg, out=Path(args.work) / "train")
     minutes = (time.time() - t0) / 60
     at = args.score_only or tc.iterations
     ckpt = Path(args.work) / "train" / "checkpoints" / f"netG_{at}.pth"
@@ -125,7 +125,7 @@ def stage_seconds(root: Path, out: Path, overrides: list[str], warmup: int) -> d
 
     cfg = load_config(REPO / "configs" / "demo.yaml", [f"dataset.root={root}", *overrides])
     t0 = time.perf_counter()
-    run_stage("train", run_train, cfg, out=out)
+    run_stage(run_train, cfg, out=out)
     wall = time.perf_counter() - t0
     secs = pq.read_table(out / "log.parquet").to_pandas()["seconds"].to_numpy()
     meta = json.loads((out / "run_meta.json").read_text())

@@ -183,7 +183,7 @@ class PoseTransfer:
 
     def __init__(
         self,
-        checkpoint: str | os.PathLike,
+        checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
         device: str | None = None,
         ngf: int = 64,
         estimator_checkpoint: str = "shufflenetv2k16",
@@ -241,3 +241,86 @@ class PoseTransfer:
         _, box = resize_pad_256(Image.new("RGB", pose.size or condition_size))
         cx, cy = keypoints_to_canvas(pose.x, pose.y, box)
         return render_map(cx, cy, CANVAS, CANVAS)
+
+
+# The published API's checkpoint, looked up (never downloaded) by Pose2Pose(pretrained=True).
+PUBLISHED_CHECKPOINT = "pose_transfer_coco_keypoints_deepfashion_netG_iter_260500.pth"
+
+
+class Pose2Pose(PoseTransfer):
+    """The published inference API's names over PoseTransfer, so code written against it
+    runs unchanged:
+
+    >>> p2p = Pose2Pose(checkpoint="netG_260500.pth")   # or Pose2Pose(pretrained=True)
+    >>> generated = p2p.transfer_as(condition, reference)
+
+    `pretrained=True` looks for the published file name in `weights_dir` (weights.dir) and
+    the torch hub cache; nothing is downloaded, so `ignore_cache` changes nothing.
+    `pretrained=False` without a checkpoint builds an untrained NetG, as the published API
+    does (its output is noise). The generator's width comes from the weights; poses are
+    estimated with openpifpaf when its weights are found, else with BlazePose.
+    """
+
+    def __init__(
+        self,
+        pretrained: bool = False,
+        ignore_cache: bool = False,
+        checkpoint: str | os.PathLike | None = None,
+        device: str | None = None,
+        ngf: int | None = None,
+        weights_dir: str | os.PathLike | None = None,
+        estimator: str = "auto",
+    ):
+        from pipeline.weights import load_state_dict
+
+        if estimator == "auto":
+            estimator = self._available_estimator(weights_dir)
+
+        if checkpoint is None and pretrained:
+            checkpoint = self._published_checkpoint(weights_dir)
+        if checkpoint is None:
+            with torch.random.fork_rng():  # the caller's random stream stays as it was
+                torch.manual_seed(0)
+                state = NetG(ngf=ngf or 64).state_dict()
+        else:
+            state = load_state_dict(checkpoint)
+        # The published API has no ngf argument: the width is read off the weights.
+        ngf = ngf or int(state["in1_conv1.0.weight"].shape[0])
+        self.ignore_cache = ignore_cache
+        super().__init__(
+            state, device=device, ngf=ngf, estimator=estimator, weights_dir=weights_dir
+        )
+
+    @staticmethod
+    def _available_estimator(weights_dir: str | os.PathLike | None) -> str:
+        """openpifpaf, as the published API, when its weights are here; else BlazePose,
+        whose weights ship inside the mediapipe wheel."""
+        from pipeline.config import KeypointsConfig
+        from pipeline.estimators import resolve_estimator
+        from pipeline.weights import WeightsError
+
+        try:
+            resolve_estimator(KeypointsConfig(estimator="openpifpaf"), weights_dir)
+        except WeightsError:
+            return "mediapipe"
+        return "openpifpaf"
+
+    @staticmethod
+    def _published_checkpoint(weights_dir: str | os.PathLike | None) -> Path:
+        from pipeline.weights import WeightsError, find_weight, weight_search_dirs
+
+        found = find_weight(PUBLISHED_CHECKPOINT, weights_dir)
+        if found is None:
+            where = ", ".join(str(d) for d in weight_search_dirs(weights_dir))
+            raise WeightsError(
+                f"Pose2Pose(pretrained=True): {PUBLISHED_CHECKPOINT} not found in {where}. "
+                "Nothing is downloaded: put the published file in one of these folders "
+                "(or pass weights_dir=), or pass checkpoint=PATH."
+            )
+        return found
+
+    def transfer_as(
+        self, condition: ImageLike | np.ndarray, reference: ImageLike | np.ndarray
+    ) -> Image.Image:
+        """The condition person in the reference image's pose (the published method name)."""
+        return self.transfer(condition, reference)

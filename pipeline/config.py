@@ -42,8 +42,6 @@ class RayConfig(Section):
     address: str | None = None  # None: start a local Ray; "auto" or host:port: join
     num_cpus: int | None = Field(None, ge=1)
     num_gpus: int | None = Field(None, ge=0)
-    batch_size: int = Field(16, ge=1)
-    concurrency: int | None = Field(None, ge=1)
 
 
 class SynthConfig(Section):
@@ -56,6 +54,7 @@ class SynthConfig(Section):
 class KeypointsConfig(Section):
     estimator: Literal["openpifpaf", "mediapipe"] = "openpifpaf"
     checkpoint: str = "shufflenetv2k16"  # openpifpaf checkpoint name or path
+    # Files of the dataset: a relative path is relative to dataset.root (see dataset_path).
     annotations: str | None = None  # import this legacy CSV instead of estimating
     compare: str | None = None  # score the keypoints against this legacy CSV (QA)
     # mediapipe: landmarks less visible than this are missing (-1).
@@ -127,7 +126,8 @@ class GenerateConfig(Section):
     # One-hot pose maps travel from the load tasks to the model actors as coordinates, gaussian
     # ones as dense maps; None picks by the maps' kind, true/false overrides.
     sparse_maps: bool | None = None
-    pairs: str | None = None  # pairs table or legacy CSV; default: the dataset's
+    # Pairs table or legacy CSV (relative: to dataset.root); default: the dataset's.
+    pairs: str | None = None
     # auto: in this process when the run stays on one machine and device and has at most
     # in_process_max_jobs images (no Ray start-up); else Ray Data. Outputs are identical.
     executor: ExecutorName = "auto"
@@ -140,6 +140,19 @@ class EvaluateConfig(Section):
     )
 
     _split = field_validator("metrics", mode="before")(lambda v: _comma_list(v))
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, names: list[str]) -> list[str]:
+        from pipeline.metrics.registry import METRICS, SPECS
+
+        unknown = [n for n in names if n not in METRICS and n not in SPECS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
+        if not names:
+            raise ValueError(f"no metric named; known: {', '.join(METRICS)}")
+        return names
+
     batch_size: int = Field(32, ge=1)  # images per network call
     pixel_batch_size: int = Field(64, ge=1)  # pairs per SSIM/PSNR task
     concurrency: int | None = Field(None, ge=1)  # actors per metric (CPU)
@@ -186,6 +199,13 @@ class Config(Section):
 
     def hash(self) -> str:
         return _digest(self)
+
+
+def dataset_path(cfg: Config, path: str | Path) -> Path:
+    """A config path that belongs to the dataset (keypoints.annotations, keypoints.compare,
+    generate.pairs): relative paths resolve against dataset.root, not the working
+    directory, so one config serves every copy of a dataset."""
+    return Path(cfg.dataset.root) / path
 
 
 def _digest(obj: BaseModel) -> str:

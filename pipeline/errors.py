@@ -23,3 +23,12 @@ class ImageError(DataError):
 
 class WeightsError(PipelineError, RuntimeError):
     """A weight file is missing, unsafe or does not fit the network."""
+
+
+class UnreadableTableError(DataError):
+    """A table on disk is damaged (truncated, not Parquet); the message names the file."""
+
+
+class DiskFullError(DataError):
+    """A write ran out of space (or quota); the message names the file, the space needed
+    and the space free, and says nothing partial was kept."""

@@ -4,7 +4,6 @@ pickled openpifpaf network through an explicit allow-list, and a batch predictor
 from __future__ import annotations
 
 import os
-import pickle
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +17,7 @@ from pipeline.weights import (
     WeightsError,
     find_weight,
     require_weight,
+    safe_torch_load,
     weight_search_dirs,
 )
 
@@ -34,6 +34,17 @@ def checkpoint_filename(name: str) -> str | None:
     """The file name openpifpaf's torch-cache download gives a named checkpoint."""
     url = _openpifpaf().CHECKPOINT_URLS.get(name)
     return os.path.basename(url) if isinstance(url, str) else None
+
+
+def checkpoint_file_name(ref: str | os.PathLike) -> str | None:
+    """The name of the file `resolve_checkpoint(ref)` finds, known without looking for it
+    (None for a name openpifpaf does not know)."""
+    if Path(ref).is_file():
+        return Path(ref).name
+    name = str(ref)
+    if name in KNOWN_WEIGHTS:
+        return KNOWN_WEIGHTS[name].filename
+    return checkpoint_filename(name)
 
 
 def resolve_checkpoint(
@@ -123,16 +134,12 @@ def load_network(path: str | os.PathLike, device: str = "cpu"):
     allowing only the classes openpifpaf's own network of that base is made of."""
     op = _openpifpaf()
     path = Path(path)
-    allowed = list(checkpoint_allowlist(_base_name(path)))
-    try:
-        with torch.serialization.safe_globals(allowed):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(
-            f"{path} is not a loadable openpifpaf checkpoint (refused by the "
-            f"weights-only loader with the openpifpaf allow-list: {first})"
-        ) from exc
+    ckpt = safe_torch_load(
+        path,
+        allowed=checkpoint_allowlist(_base_name(path)),
+        what="a loadable openpifpaf checkpoint",
+        fix="only tensors and the classes openpifpaf's own network is made of load safely",
+    )
     net = ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(net, op.network.nets.Shell):
         raise WeightsError(

@@ -61,6 +61,22 @@ def resolve_estimator(
     return kc.model_copy(update={"checkpoint": str(path.resolve())})
 
 
+def estimator_name(keypoints: KeypointsConfig | str) -> str | None:
+    """The `estimator` value the rows of this config's estimator carry (what a rerun
+    compares), known without loading the model or finding its weights: "openpifpaf:<file
+    name of the checkpoint>" or "mediapipe-<version>:<model>". None when no installed model
+    answers to it (then no row was made by it)."""
+    kc = _as_config(keypoints)
+    if kc.estimator == "mediapipe":
+        from pipeline.pose_blazepose import blazepose_name
+
+        return blazepose_name()
+    from pipeline.estimator import checkpoint_file_name
+
+    name = checkpoint_file_name(kc.checkpoint)
+    return f"openpifpaf:{name}" if name else None
+
+
 def build_estimator(
     keypoints: KeypointsConfig | str,
     weights_dir: str | os.PathLike | None = None,

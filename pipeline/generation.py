@@ -35,7 +35,6 @@ JOB_COLUMNS = [
     "inputs",
 ]
 IDENTITY_KEY = ["checkpoint", "source_id", "target_id"]  # same network, same inputs: same image
-SOURCE_KEY = ["checkpoint", "direction", "index"]  # one job, one manifest row
 
 
 def read_test_pairs(
@@ -126,10 +125,6 @@ def manifest_output(out_dir: str | os.PathLike) -> ResumableTable:
         flush_rows=1 << 30,
         flush_seconds=MANIFEST_FLUSH_S,
     )
-
-
-def read_manifest(out_dir: str | os.PathLike) -> pd.DataFrame:
-    return manifest_output(out_dir).done()
 
 
 def done_rows(manifest: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
@@ -257,10 +252,11 @@ def remove_outputs(manifest: pd.DataFrame, stale: pd.DataFrame, out_dir: Path) -
     key = ["checkpoint", "direction", "index"]
     flags = manifest[key].merge(stale[key].assign(_stale=True), on=key, how="left")["_stale"]
     kept = manifest[flags.isna().to_numpy()].reset_index(drop=True)
+    # Through safe_path: a manifest row never deletes outside the generation folder.
     for rel in stale["output_path"]:
-        (out_dir / rel).unlink(missing_ok=True)
+        safe_path(out_dir, rel, "generation manifest").unlink(missing_ok=True)
     for rel in set(stale["real_path"]) - set(kept["real_path"]):
-        (out_dir / rel).unlink(missing_ok=True)
+        safe_path(out_dir, rel, "generation manifest").unlink(missing_ok=True)
     return kept
 
 
@@ -283,7 +279,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
 def write_identical(links: pd.DataFrame, sources: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
     """Manifest rows of the links whose source job is in `sources` (manifest rows): the
     source's files when it is ok, its error otherwise."""
-    status = sources[SOURCE_KEY + ["source_id", "target_id", "status", "error"]].rename(
+    status = sources[MANIFEST_KEY + ["source_id", "target_id", "status", "error"]].rename(
         columns={"direction": "from_direction", "index": "from_index"}
     )
     ready = links.merge(status, on=IDENTITY_KEY + ["from_direction", "from_index"])
@@ -314,3 +310,16 @@ def write_identical(links: pd.DataFrame, sources: pd.DataFrame, out_dir: Path) -
             )
         )
     return pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
+
+
+def error_reasons(manifest: pd.DataFrame, limit: int = 3) -> str:
+    """The `limit` most frequent errors of the manifest's error rows, each with its count
+    and one output it cost."""
+    errors = manifest[manifest["status"] == "error"]
+    counts = errors.groupby("error", sort=False).agg(
+        n=("error", "size"), example=("output_path", "first")
+    )
+    counts = counts.sort_values("n", ascending=False, kind="stable")
+    shown = [f"{r.n} x {r.Index} (e.g. {r.example})" for r in counts.head(limit).itertuples()]
+    more = len(counts) - limit
+    return "; ".join(shown) + (f"; and {more} other reason(s)" if more > 0 else "")

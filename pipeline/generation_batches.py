@@ -91,16 +91,26 @@ def jpeg_quality(minmax: bool) -> int | None:
     return None if minmax else JPEG_QUALITY
 
 
-def write_real(real: Path, target: Path, out_dir: str, minmax: bool) -> None:
-    """The target image at `real` as the save mode writes real images. The published layout
-    has one real file per pair and direction, so the same target recurs; a file this
-    process already wrote from the same target bytes is linked instead of made again."""
+def write_real(
+    real: Path, target: Path, out_dir: str, minmax: bool, frame: tuple[int, int] | None = None
+) -> None:
+    """The target image at `real` as the save mode writes real images, brought to `frame`
+    like the condition images (`imaging.fit_frame`) when it has another size. The
+    published layout has one real file per pair and direction, so the same target recurs;
+    a file this process already wrote from the same target bytes is linked instead of made
+    again."""
     from pipeline.generation import link_or_copy
-    from pipeline.imaging import encode_jpeg, load_rgb, published_input_tensor, published_uint8
+    from pipeline.imaging import (
+        encode_jpeg,
+        fit_frame,
+        load_rgb,
+        published_input_tensor,
+        published_uint8,
+    )
     from pipeline.tables import write_bytes_atomic
 
     try:
-        key = (str(target), *file_stat(target), minmax, out_dir)
+        key = (str(target), *file_stat(target), minmax, out_dir, frame)
     except OSError:  # load_rgb says what is wrong with the file
         key = None
     made = _REALS.get(key)
@@ -108,6 +118,8 @@ def write_real(real: Path, target: Path, out_dir: str, minmax: bool) -> None:
         link_or_copy(made, real)
         return
     image = load_rgb(target)
+    if frame is not None and image.size != (frame[1], frame[0]):
+        image = fit_frame(image, frame)
     # The published script stretched real images too; keep them comparable.
     arr = published_uint8(published_input_tensor(image)) if minmax else np.asarray(image)
     write_bytes_atomic(real, encode_jpeg(arr, jpeg_quality(minmax)))
@@ -124,11 +136,14 @@ def load_inputs(
     sparse: bool = True,
 ) -> dict[str, np.ndarray]:
     """CPU task: decode the condition images and both pose maps of each job, and write the
-    real (target) image when it is not there yet. A job that fails keeps an error and
-    zero arrays, so the batch keeps its shape. With `sparse`, one-hot map pairs travel as
-    coordinates (`coords`) and the model actor rebuilds them; else dense float32 maps
-    (gaussian maps, and one-hot ones rendered for missing files, side by side)."""
-    from pipeline.imaging import load_rgb
+    real (target) image when it is not there yet. Images and maps of another size than
+    `frame` (h, w) are brought to it as the published API does (`imaging.fit_frame`). A
+    job that fails keeps an error and zero arrays, so the batch keeps its shape. With
+    `sparse`, one-hot map pairs travel as coordinates (`coords`) and the model actor
+    rebuilds them; else dense float32 maps (gaussian maps, and one-hot ones rendered for
+    missing files, side by side)."""
+    from pipeline.imaging import fit_frame, load_rgb
+    from pipeline.posemap import fit_coords, fit_map
 
     n = len(batch["index"])
     h, w = frame
@@ -138,12 +153,7 @@ def load_inputs(
     errors = [""] * n  # "" = fine: an all-null column would not survive Ray's Arrow blocks
     for i in range(n):
         try:
-            cond = np.asarray(load_rgb(safe_path(root, batch["source_path"][i])))
-            if cond.shape[:2] != frame:
-                raise DataError(
-                    f"image is {cond.shape[0]}x{cond.shape[1]}, expected {h}x{w} "
-                    "like the rest of the test set"
-                )
+            image = load_rgb(safe_path(root, batch["source_path"][i]))
             roles = [
                 (batch[f"{role}_map"][i], batch[f"{role}_keypoints"][i], batch[f"{role}_id"][i])
                 for role in ("source", "target")
@@ -152,16 +162,27 @@ def load_inputs(
                 parts = [map_coords(*role) for role in roles]
                 sizes = [shape for shape, _ in parts]
             else:
-                pair = np.concatenate([_read_map(*role) for role in roles], axis=2)
-                sizes = [pair.shape[:2]]
-            for size in sizes:
-                if size != frame:
-                    raise DataError(f"pose map is {size[0]}x{size[1]}, image is {h}x{w}")
+                dense = [_read_map(*role) for role in roles]
+                sizes = [m.shape[:2] for m in dense]
+            # The map marks pixels of this image: of another size, it would misplace them.
+            if sizes[0] != (image.height, image.width):
+                raise DataError(
+                    f"pose map is {sizes[0][0]}x{sizes[0][1]}, image is "
+                    f"{image.height}x{image.width}"
+                )
+            fits = (image.height, image.width) == frame
+            cond = np.asarray(image if fits else fit_frame(image, frame))
             if sparse:
-                coords[i] = np.concatenate([c for _, c in parts])
+                coords[i] = np.concatenate(
+                    [c if size == frame else fit_coords(c, size, frame) for size, c in parts]
+                )
+            else:
+                pair = np.concatenate(
+                    [m if m.shape[:2] == frame else fit_map(m, frame) for m in dense], axis=2
+                )
             real = Path(out_dir) / batch["real_path"][i]
             if not real.is_file():
-                write_real(real, safe_path(root, batch["target_path"][i]), out_dir, minmax)
+                write_real(real, safe_path(root, batch["target_path"][i]), out_dir, minmax, frame)
         except (DataError, OSError, ValueError, zipfile.BadZipFile) as exc:  # this job's data
             errors[i] = f"{type(exc).__name__}: {exc}"
             continue
@@ -241,7 +262,12 @@ class Generator:
 
 
 def write_outputs(batch: dict[str, np.ndarray], out_dir: str, minmax: bool = False) -> pd.DataFrame:
-    """CPU task: encode and write the generated JPEGs; return their manifest rows."""
+    """CPU task: encode and write the generated JPEGs, record their manifest rows in a part
+    file of the manifest (`generation.manifest_output`) and return them. Recorded here, a
+    batch whose images are on disk is done for a rerun even when the run is stopped before
+    its rows reach the driver: Ray finishes batches well ahead of what the driver has
+    taken from it."""
+    from pipeline.generation import manifest_output
     from pipeline.imaging import encode_jpeg
     from pipeline.tables import write_bytes_atomic
 
@@ -276,22 +302,8 @@ def write_outputs(batch: dict[str, np.ndarray], out_dir: str, minmax: bool = Fal
                 batch["node"][i] or None,
             )
         )
-    return pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
-
-
-def frame_size(root: str | os.PathLike, paths: list[str]) -> tuple[int, int]:
-    """(H, W) of the test images: that of the first readable one. NetG needs multiples of 16."""
-    from pipeline.imaging import ImageError, load_rgb
-
-    for rel in paths:
-        try:
-            w, h = load_rgb(safe_path(root, rel)).size
-        except (ImageError, DataError):
-            continue
-        if h % 16 or w % 16:
-            raise DataError(
-                f"test images are {h}x{w} ({rel}); NetG needs height and width "
-                "divisible by 16 (DeepFashion frames are 256x176)"
-            )
-        return h, w
-    raise DataError(f"none of the {len(paths)} test images under {root} could be read")
+    table = pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
+    recorded = manifest_output(out_dir)
+    recorded.add(table)
+    recorded.flush()
+    return table

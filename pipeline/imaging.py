@@ -1,5 +1,5 @@
 """Image I/O and conversions: robust RGB loading, [-1, 1] tensors, output mappings, and
-the published API's resize-pad to 256 x 256 and its inverse."""
+the published API's resize-pad to 256 x 256 (or to the generator's frame) and its inverse."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ JPEG_QUALITY = 95
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image as RGB: grey, palette, alpha (composited on white) and CMYK are
-    converted; empty, truncated and non-image files raise ImageError with the reason."""
+    """Open an image as RGB: grey (16-bit grey scaled to 8 bits), palette, alpha
+    (composited on white) and CMYK are converted; empty, truncated and non-image files, and
+    32-bit integer or float pixels, raise ImageError with the reason."""
     try:
         size = os.path.getsize(path)
     except OSError as exc:
@@ -48,12 +49,25 @@ def decode_rgb(data: bytes) -> Image.Image:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             return to_rgb(im)
+    except ImageError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"not a readable image: {exc}") from exc
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
     im = ImageOps.exif_transpose(im) if im.format == "JPEG" else im
+    if im.mode.startswith("I;16"):
+        # PIL's convert clips 16-bit values at 255, which turns a 16-bit grey PNG white.
+        wide = np.asarray(im).astype(np.uint32)
+        return Image.fromarray(((wide + 128) // 257).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("I", "F"):
+        # 32-bit pixels have no fixed range that says which value is white.
+        kind = "integer" if im.mode == "I" else "float"
+        raise ImageError(
+            f"32-bit {kind} pixels (PIL mode {im.mode}) have no fixed range to map to 8 bits; "
+            "save the image with 8 or 16 bits per channel"
+        )
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -127,36 +141,69 @@ def encode_jpeg(arr: np.ndarray, quality: int | None = JPEG_QUALITY) -> bytes:
 
 @dataclass(frozen=True)
 class PadBox:
-    """Where an image's content sits on the 256 x 256 canvas, to undo the padding."""
+    """Where an image's content sits on the canvas, to undo the padding."""
 
     orig_w: int
     orig_h: int
-    scaled_w: int  # width after scaling the height to 256
+    scaled_w: int  # width after scaling the height to the canvas height
     crop_x0: int  # columns cropped from the scaled image on the left
     left: int  # canvas column where the content starts
     width: int  # content width on the canvas
+    height: int = CANVAS  # canvas (and content) height
+    canvas_w: int = CANVAS
+
+
+# The generator's input: DeepFashion's frame, the published API's content area.
+FRAME = (CANVAS, CONTENT_W)  # (h, w)
+
+
+def pad_box(
+    w: int, h: int, height: int = CANVAS, content_w: int = CONTENT_W, canvas_w: int = CANVAS
+) -> PadBox:
+    """Where `resize_pad` puts the content of a w x h image."""
+    scaled_w = max(1, int(w * height / h))
+    crop_x0 = max(0, (scaled_w - content_w) // 2)
+    width = min(scaled_w, content_w)
+    left = (canvas_w - width) // 2
+    return PadBox(w, h, scaled_w, crop_x0, left, width, height, canvas_w)
+
+
+def resize_pad(
+    im: Image.Image, height: int = CANVAS, content_w: int = CONTENT_W, canvas_w: int = CANVAS
+) -> tuple[Image.Image, PadBox]:
+    """The published API's preprocessing on a `height` x `canvas_w` canvas: scale to
+    `height` (bicubic, width floored), centre-crop the width to at most `content_w`, then
+    pad with white to the canvas."""
+    box = pad_box(*im.size, height, content_w, canvas_w)
+    scaled = im.convert("RGB").resize((box.scaled_w, height), Image.BICUBIC)
+    content = scaled.crop((box.crop_x0, 0, box.crop_x0 + box.width, height))
+    canvas = Image.new("RGB", (canvas_w, height), (255, 255, 255))
+    canvas.paste(content, (box.left, 0))
+    return canvas, box
 
 
 def resize_pad_256(im: Image.Image) -> tuple[Image.Image, PadBox]:
-    """The published API's preprocessing: scale to height 256 (bicubic, width floored),
-    centre-crop the width to at most 176, then pad with white to 256 x 256."""
-    w, h = im.size
-    scaled_w = max(1, int(w * CANVAS / h))
-    scaled = im.convert("RGB").resize((scaled_w, CANVAS), Image.BICUBIC)
-    crop_x0 = max(0, (scaled_w - CONTENT_W) // 2)
-    width = min(scaled_w, CONTENT_W)
-    content = scaled.crop((crop_x0, 0, crop_x0 + width, CANVAS))
-    left = (CANVAS - width) // 2
-    canvas = Image.new("RGB", (CANVAS, CANVAS), (255, 255, 255))
-    canvas.paste(content, (left, 0))
-    return canvas, PadBox(w, h, scaled_w, crop_x0, left, width)
+    """The published API's preprocessing: scale to height 256, centre-crop the width to at
+    most 176, then pad with white to 256 x 256."""
+    return resize_pad(im, CANVAS, CONTENT_W, CANVAS)
+
+
+def frame_box(w: int, h: int, frame: tuple[int, int] = FRAME) -> PadBox:
+    """Where `fit_frame` puts the content of a w x h image."""
+    return pad_box(w, h, frame[0], frame[1], frame[1])
+
+
+def fit_frame(im: Image.Image, frame: tuple[int, int] = FRAME) -> Image.Image:
+    """An image brought to `frame` (h, w) the way the published API brings it to its
+    canvas: scaled to the frame's height, centre-cropped or padded with white to its width."""
+    return resize_pad(im, frame[0], frame[1], frame[1])[0]
 
 
 def unpad_256(canvas: Image.Image, box: PadBox) -> Image.Image:
     """Inverse of `resize_pad_256`: an image of the original size whose visible region
     is the canvas content scaled back; columns the crop removed stay white."""
-    content = canvas.crop((box.left, 0, box.left + box.width, CANVAS))
-    scale = box.orig_h / CANVAS
+    content = canvas.crop((box.left, 0, box.left + box.width, box.height))
+    scale = box.orig_h / box.height
     x0 = int(round(box.crop_x0 * scale))
     x1 = min(box.orig_w, int(round((box.crop_x0 + box.width) * scale)))
     out = Image.new("RGB", (box.orig_w, box.orig_h), (255, 255, 255))
@@ -165,13 +212,13 @@ def unpad_256(canvas: Image.Image, box: PadBox) -> Image.Image:
 
 
 def keypoints_to_canvas(x: np.ndarray, y: np.ndarray, box: PadBox) -> tuple[np.ndarray, np.ndarray]:
-    """Map original-image keypoints onto the 256 canvas (missing and cropped-out: -1)."""
+    """Map original-image keypoints onto the canvas (missing and cropped-out: -1)."""
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
-    s = CANVAS / box.orig_h
+    s = box.height / box.orig_h
     cx = np.round(x * s - box.crop_x0 + box.left).astype(np.int32)
     cy = np.round(y * s).astype(np.int32)
-    bad = (x < 0) | (y < 0) | (cx < box.left) | (cx >= box.left + box.width) | (cy >= CANVAS)
+    bad = (x < 0) | (y < 0) | (cx < box.left) | (cx >= box.left + box.width) | (cy >= box.height)
     cx[bad] = -1
     cy[bad] = -1
     return cx, cy

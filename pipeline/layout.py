@@ -7,12 +7,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 
 from pipeline.errors import DataError
 from pipeline.tables import checkpoint_sort_key
+
+if TYPE_CHECKING:
+    from pipeline.config import DatasetConfig
 
 SPLITS = ("train", "test")
 
@@ -21,9 +25,22 @@ class DatasetLayout:
     """Paths of the annotation files under a dataset root. The legacy files sit where the
     published layout has them; our Parquet tables sit together in `tables/`."""
 
-    def __init__(self, root: str | os.PathLike, tables_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        tables_dir: str | os.PathLike | None = None,
+        train_list: str = "train_img_list.csv",
+        test_list: str = "test_img_list.csv",
+    ):
         self.root = Path(root)
         self.tables = Path(tables_dir) if tables_dir else self.root / "tables"
+        self.lists = {"train": train_list, "test": test_list}
+
+    @classmethod
+    def of(cls, dataset: DatasetConfig) -> DatasetLayout:
+        """The layout of a config's dataset, with the image lists it names: what the stages
+        read and the DAG digests must be the same files."""
+        return cls(dataset.root, train_list=dataset.train_list, test_list=dataset.test_list)
 
     @property
     def images(self) -> Path:
@@ -58,7 +75,8 @@ class DatasetLayout:
         return self.tables / "pairs.parquet"
 
     def image_list(self, split: str) -> Path:
-        return self.root / f"{split}_img_list.csv"
+        """The split's image list (relative names under the root; an absolute one as is)."""
+        return self.root / self.lists[split]
 
     def keypoints_csv(self, split: str) -> Path:
         return self.root / f"{split}_img_keypoints.csv"
@@ -67,7 +85,12 @@ class DatasetLayout:
         return self.root / f"{split}_pose_maps"
 
     def posemap(self, split: str, fid: str) -> Path:
-        return self.posemap_dir(split) / f"{fid}.npz"
+        return self.root / self.posemap_name(split, fid)
+
+    @staticmethod
+    def posemap_name(split: str, fid: str) -> str:
+        """A pose map's path relative to the dataset root (what the map index stores)."""
+        return f"{split}_pose_maps/{fid}.npz"
 
     def pairs_csv(self, split: str) -> Path:
         return self.root / f"{split}_img_pairs.csv"
@@ -106,6 +129,11 @@ class OutputLayout:
     def state(self) -> Path:
         """The DAG's fingerprints and the content-hash cache."""
         return self.root / "_state"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the one run that may write under this root (pipeline/run_lock.py)."""
+        return self.state / "run.lock"
 
     def previous(self, stage: str, run_id: str) -> Path:
         """Where a rerun moves a stage's earlier outputs instead of deleting them."""

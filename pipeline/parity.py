@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from pipeline.networks import NetD, NetG
-from pipeline.weights import load_into
+from pipeline.weights import load_into, safe_torch_load
 
 TOLERANCE = 1e-5
 
@@ -22,7 +22,7 @@ class ParityReport:
 
 def check_reference(reference: Path) -> ParityReport:
     report = ParityReport()
-    io = torch.load(reference / "net_ngf8_io.pt", map_location="cpu", weights_only=True)
+    io = safe_torch_load(reference / "net_ngf8_io.pt", what="the reference tensors")
     netg = load_into(NetG(ngf=8), reference / "netG_ngf8.pth").eval()
     netd = load_into(NetD(ndf=8), reference / "netD_ndf8.pth").eval()
     with torch.no_grad():

@@ -62,6 +62,14 @@ def mediapipe_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def blazepose_name() -> str | None:
+    """What BlazePose rows record as their estimator: the mediapipe version and the model
+    (None when mediapipe is not installed)."""
+    from importlib.metadata import version
+
+    return f"mediapipe-{version('mediapipe')}:{MODEL_NAME}" if mediapipe_dir() else None
+
+
 def model_files() -> dict[str, Path]:
     """Name -> path inside the installed package of each BlazePose model file (which may
     not exist when the wheel is broken; callers check)."""
@@ -153,12 +161,11 @@ class BlazePoseEstimator:
                 f"the mediapipe wheel lacks its BlazePose model file(s) {absent}: "
                 "reinstall mediapipe==0.10.21"
             )
-        import mediapipe
         from mediapipe.python.solutions.pose import Pose
 
         self.min_visibility = min_visibility
         self.indices = landmark_indices()
-        self.name = f"mediapipe-{mediapipe.__version__}:{MODEL_NAME}"
+        self.name = blazepose_name()
         with quiet_native_stderr():
             self.pose = Pose(
                 static_image_mode=True,

@@ -95,3 +95,36 @@ def one_hot_coords(pose_map: np.ndarray) -> np.ndarray | None:
     coords = np.full((k, 2), -1, np.int16)
     coords[ks, 0], coords[ks, 1] = ys, xs
     return coords
+
+
+def fit_coords(coords: np.ndarray, size: tuple[int, int], frame: tuple[int, int]) -> np.ndarray:
+    """(K, 2) (y, x) marks of a map of `size` (h, w), moved to where `imaging.fit_frame`
+    puts their pixels in `frame` (h, w); missing and cropped-out ones are -1."""
+    from pipeline.imaging import frame_box, keypoints_to_canvas
+
+    box = frame_box(size[1], size[0], frame)
+    x, y = keypoints_to_canvas(coords[:, 1], coords[:, 0], box)
+    return np.stack([y, x], axis=1).astype(np.int16)
+
+
+def fit_map(pose_map: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
+    """A pose map brought to `frame` (h, w) as its image is by `imaging.fit_frame`: one-hot
+    marks moved to where their pixels land (still one-hot), other maps resampled
+    bilinearly per channel, zero where the image is padded."""
+    from PIL import Image
+
+    from pipeline.imaging import frame_box
+
+    height, width = pose_map.shape[:2]
+    coords = one_hot_coords(pose_map)
+    if coords is not None:
+        y, x = fit_coords(coords, (height, width), frame).T
+        return one_hot_map(x, y, *frame)
+    box = frame_box(width, height, frame)
+    out = np.zeros((*frame, pose_map.shape[2]), np.float32)
+    for k in range(pose_map.shape[2]):
+        channel = Image.fromarray(pose_map[..., k].astype(np.float32))
+        scaled = np.asarray(channel.resize((box.scaled_w, box.height), Image.BILINEAR))
+        kept = scaled[:, box.crop_x0 : box.crop_x0 + box.width]
+        out[:, box.left : box.left + box.width, k] = kept
+    return out

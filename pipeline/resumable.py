@@ -14,6 +14,23 @@ import pyarrow as pa
 
 from pipeline.tables import read_table, write_table
 
+_last_counter = 0
+
+
+def part_counter() -> int:
+    """Nanoseconds since the epoch, strictly increasing within this process (a clock set
+    back must not put a later part before an earlier one)."""
+    global _last_counter
+    _last_counter = max(time.time_ns(), _last_counter + 1)
+    return _last_counter
+
+
+def part_order(path: Path) -> tuple[int, str]:
+    """A part's place among the parts: its counter prefix (zero-padded, so names list in the
+    same order; unpadded ones of older runs compare by value too), then its name."""
+    head = path.name.partition("-")[0]
+    return (int(head) if head.isdigit() else -1, path.name)
+
 
 class ResumableTable:
     """A Parquet table under construction. `key` names the columns that identify a row: a
@@ -34,13 +51,16 @@ class ResumableTable:
         self._buffer: list[pd.DataFrame] = []
         self._last = time.monotonic()
 
-    def done(self) -> pd.DataFrame:
-        """The table plus the parts an interrupted run left, later rows winning."""
-        frames = [read_table(self.path, self.schema)] if self.path.is_file() else []
-        frames += [
-            read_table(p, self.schema)
-            for p in sorted(self.parts.glob("*.parquet"), key=os.path.getmtime)
-        ]
+    def done(self, with_table: bool = True) -> pd.DataFrame:
+        """The table plus the parts an interrupted run left, later rows winning. Without
+        `with_table` only the parts (a fresh run: the table, perhaps damaged, is replaced
+        unread)."""
+        table = with_table and self.path.is_file()
+        frames = [read_table(self.path, self.schema)] if table else []
+        # In the order they were written, which their names say; mtimes do not (a copy or a
+        # restore resets them).
+        parts = sorted(self.parts.glob("*.parquet"), key=part_order)
+        frames += [read_table(p, self.schema) for p in parts]
         frames = [f for f in frames if len(f)]
         if not frames:
             return self.schema.empty_table().to_pandas()
@@ -64,7 +84,7 @@ class ResumableTable:
         if rows:
             write_table(
                 pd.concat(rows, ignore_index=True),
-                self.parts / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet",
+                self.parts / f"{part_counter():020d}-{uuid.uuid4().hex[:8]}.parquet",
                 self.schema,
             )
         self._buffer, self._last = [], time.monotonic()

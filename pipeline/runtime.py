@@ -57,6 +57,7 @@ def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
         kwargs["runtime_env"] = {
             "py_modules": sorted(SHIPPED_PACKAGES),
             "env_vars": {**WORKER_MALLOC_ENV, **hooks},
+            "worker_process_setup_hook": "pipeline.worker_setup.join_own_cluster",
         }
         # Workers log errors only (all levels with --verbose): Ray Train's controller actors
         # otherwise print a line every few seconds. Stages report to the driver instead.
@@ -230,7 +231,7 @@ class StageResult:
 StageFn = Callable[..., StageResult]
 
 
-def run_stage(name: str, fn: StageFn, cfg: Config, **options: Any) -> StageResult:
+def run_stage(fn: StageFn, cfg: Config, **options: Any) -> StageResult:
     init_ray(cfg.ray)
     result = fn(cfg, **options)
     result.finish()

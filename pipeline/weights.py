@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import struct
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,19 +25,61 @@ def torch_cache_dir() -> Path:
     return Path(torch.hub.get_dir()).parent
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a plain state dict on CPU with `weights_only=True`."""
+# What torch.load raises on a file it cannot read safely: the weights-only unpickler's
+# refusal, a damaged zip or legacy stream (its parser fails in many ways), an empty file.
+LOAD_FAILURES = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    struct.error,
+)
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """What torch says is wrong with a file, without its advice: torch suggests loading
+    with weights_only=False ("will likely succeed") or allow-listing the offending class,
+    and either would run whatever code the file carries."""
+    text = str(exc).strip()
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    reason = found.group(1) if found else (text.splitlines()[0] if text else "")
+    reason = re.split(r"\.?\s+Please\b", reason)[0].strip().rstrip(".")
+    if not reason or re.search(r"weights_only|likely succeed|safe_globals", reason):
+        reason = "it is damaged, cut short or not a torch file"
+    return f"{type(exc).__name__}: {reason}"
+
+
+def safe_torch_load(
+    path: str | os.PathLike,
+    map_location: Any = "cpu",
+    allowed: Iterable[Any] = (),
+    what: str = "a plain state dict",
+    fix: str = "only tensors load safely; re-save it with torch.save(model.state_dict(), path)",
+) -> Any:
+    """torch.load with weights_only=True (and only the `allowed` classes besides tensors),
+    the one place files are unpickled. A file it refuses raises WeightsError naming the
+    file, saying it is not `what`, and `fix`."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except LOAD_FAILURES as exc:
+        # Not chained: torch's message advises loading the file unsafely.
         raise WeightsError(
-            f"{path} is not a plain state dict (refused by the weights-only loader: {first}). "
-            "Only tensors may be stored; re-save it with torch.save(model.state_dict(), path)."
-        ) from exc
+            f"{path} is not {what} (refused by the weights-only loader: "
+            f"{refusal_reason(exc)}); {fix}."
+        ) from None
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a plain state dict on CPU with `weights_only=True`."""
+    path = Path(path)
+    obj = safe_torch_load(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(

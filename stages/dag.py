@@ -9,6 +9,7 @@ DAG with the reason and the two ways on. Every run appends to the run manifest."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import uuid
@@ -24,9 +25,11 @@ from pipeline.config import Config
 from pipeline.content_state import ContentCache, listing_digest
 from pipeline.errors import PipelineError
 from pipeline.layout import OutputLayout
+from pipeline.run_lock import output_lock
 from pipeline.runtime import package_versions
-from pipeline.tables import atomic_path, write_table
+from pipeline.tables import atomic_path, relative_under, write_table
 from stages import STAGE_NAMES, evaluate, generate, keypoints, pairs, posemaps, report, train
+from stages.preflight import preflight
 from stages.spec import StageSpec, config_value
 
 STAGES: list[StageSpec] = [
@@ -39,7 +42,7 @@ RUN_MANIFEST_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
         ("stage", pa.string()),
-        ("status", pa.string()),  # ran / skipped / failed / not needed / stopped
+        ("status", pa.string()),  # ran / skipped / failed / interrupted / not needed / stopped
         ("reason", pa.string()),
         ("start", pa.timestamp("s")),
         ("end", pa.timestamp("s")),
@@ -51,7 +54,7 @@ RUN_MANIFEST_SCHEMA = pa.schema(
         ("fingerprint", pa.string()),
         ("config_hash", pa.string()),
         ("packages", pa.string()),  # JSON {package: version}
-        ("moved_aside", pa.string()),  # JSON [paths] of earlier outputs moved aside
+        ("moved_aside", pa.string()),  # JSON [paths relative to the output root] moved aside
     ]
 )
 
@@ -114,10 +117,29 @@ class Fingerprint:
         }
 
 
+def input_key(cfg: Config, path: str | Path) -> str:
+    """How state files name an input: `dataset:<path>` or `output:<path>` relative to its
+    root (the innermost one), else the absolute path. A copied dataset and output root
+    (cp -a, rsync -a) therefore keep their records. Keys of older state files (paths as the
+    config gave them) are read through here too."""
+    if str(path).startswith(ROOT_PREFIXES):
+        return str(path)
+    roots = [("dataset", cfg.dataset.root), ("output", cfg.output.root)]
+    found = [(name, rel) for name, root in roots if (rel := relative_under(path, root))]
+    if not found:
+        return os.path.abspath(path)
+    # The dataset may sit inside the output root (the demo's): the longer match is inner.
+    name, rel = min(found, key=lambda f: len(f[1]))
+    return f"{name}:{rel}"
+
+
+ROOT_PREFIXES = ("dataset:", "output:")
+
+
 def take_fingerprint(spec: StageSpec, cfg: Config, cache: ContentCache) -> Fingerprint:
     inputs, listings = {}, {}
     for path in spec.inputs(cfg):
-        key = str(path)
+        key = input_key(cfg, path)
         if path.is_dir():
             listings[key] = cache.tree(path)
             inputs[key] = listing_digest(listings[key])
@@ -143,7 +165,17 @@ def _listing_file(cfg: Config, name: str) -> Path:
 
 def stored_state(cfg: Config, name: str) -> dict[str, Any] | None:
     path = _state_file(cfg, name)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    state["inputs"] = {input_key(cfg, k): v for k, v in state.get("inputs", {}).items()}
+    return state
+
+
+def stored_listings(cfg: Config, name: str) -> dict[str, dict[str, str]]:
+    path = _listing_file(cfg, name)
+    listings = json.loads(path.read_text()) if path.exists() else {}
+    return {input_key(cfg, k): v for k, v in listings.items()}
 
 
 def save_state(cfg: Config, name: str, fp: Fingerprint, run_id: str) -> None:
@@ -161,11 +193,11 @@ def changes(
     if stored.get("version") != fp.version:
         defining.append(f"stage version {stored.get('version')} -> {fp.version}")
     old_config = stored.get("config", {})
-    for key in sorted(set(old_config) | set(fp.config)):
-        if old_config.get(key, "<unset>") != fp.config.get(key, "<unset>"):
-            defining.append(
-                f"{key}: {old_config.get(key, '<unset>')!r} -> {fp.config.get(key, '<unset>')!r}"
-            )
+    # A key the record predates (a newer version declares it) is adopted at its current
+    # value: an upgrade alone never redoes work. A key no longer declared is dropped.
+    for key in sorted(set(old_config) & set(fp.config)):
+        if old_config[key] != fp.config[key]:
+            defining.append(f"{key}: {old_config[key]!r} -> {fp.config[key]!r}")
     inputs = []
     old_inputs = stored.get("inputs", {})
     for path in sorted(set(old_inputs) | set(fp.inputs)):
@@ -187,6 +219,27 @@ def changes(
     return defining, inputs
 
 
+def unreadable_tables(paths: list[Path]) -> dict[Path, str]:
+    """The Parquet tables among `paths` (files, and folders two levels deep) whose footer
+    cannot be read, with why: a truncated table makes its stage stale instead of crashing
+    the next reader."""
+    import pyarrow.parquet as pq
+
+    tables = set()
+    for path in paths:
+        if path.is_file() and path.suffix == ".parquet":
+            tables.add(path)
+        elif path.is_dir():
+            tables.update([*path.glob("*.parquet"), *path.glob("*/*.parquet")])
+    damaged = {}
+    for table in sorted(tables):
+        try:
+            pq.read_metadata(table)
+        except (pa.ArrowInvalid, OSError) as exc:
+            damaged[table] = str(exc).splitlines()[0]
+    return damaged
+
+
 # --- decisions -----------------------------------------------------------------------------
 
 
@@ -197,6 +250,7 @@ class Decision:
     reasons: list[str]
     fresh: bool = False  # earlier outputs are moved aside first
     fingerprint: Fingerprint | None = None
+    set_aside: list[Path] = field(default_factory=list)  # damaged files moved aside first
 
     def describe(self, dry_run: bool = False) -> str:
         verb = {
@@ -221,6 +275,20 @@ def decide(spec: StageSpec, cfg: Config, cache: ContentCache, plan: RunPlan) -> 
     stored = stored_state(cfg, spec.name)
     if spec.name in plan.forced:
         return Decision(spec.name, "run", ["asked for (--force, --from or --only)"], True, fp)
+    damaged = unreadable_tables([*spec.outputs(cfg), *spec.previous(cfg)])
+    if damaged:
+        reasons = [f"{path} is unreadable ({why})" for path, why in damaged.items()]
+        if spec.guarded:
+            return Decision(
+                spec.name,
+                "stop",
+                [*reasons, f"to start a new {spec.name} run (the current one is moved aside): "
+                 f"--force {spec.name}"],
+                False,
+                fp,
+            )  # fmt: skip
+        reasons.append("the damaged file(s) are moved aside and their rows made again")
+        return Decision(spec.name, "resume", reasons, False, fp, set_aside=list(damaged))
     present = [p for p in (*spec.outputs(cfg), *spec.previous(cfg)) if p.exists()]
     if stored is None:
         if present:
@@ -238,9 +306,7 @@ def decide(spec: StageSpec, cfg: Config, cache: ContentCache, plan: RunPlan) -> 
         return Decision(
             spec.name, "up to date", ["record of an earlier pipeline version adopted"], False, fp
         )
-    old_listings_path = _listing_file(cfg, spec.name)
-    old_listings = json.loads(old_listings_path.read_text()) if old_listings_path.exists() else {}
-    defining, inputs = changes(stored, fp, old_listings)
+    defining, inputs = changes(stored, fp, stored_listings(cfg, spec.name))
     if spec.guarded and (defining or inputs) and spec.name not in plan.resumed:
         return Decision(
             spec.name,
@@ -271,25 +337,42 @@ def decide(spec: StageSpec, cfg: Config, cache: ContentCache, plan: RunPlan) -> 
 # --- running -------------------------------------------------------------------------------
 
 
-def move_aside(spec: StageSpec, cfg: Config, run_id: str) -> list[str]:
-    """Move the stage's earlier outputs to OUT/<stage>.prev/<run id>/ (never delete them)."""
-    dest = OutputLayout(cfg.output.root).previous(spec.name, run_id)
+def move_aside(paths: list[Path], cfg: Config, stage: str, run_id: str) -> list[str]:
+    """Move `paths` to OUT/<stage>.prev/<run id>/ (never delete them); returns where they
+    went, relative to the output root."""
+    out = OutputLayout(cfg.output.root)
+    dest = out.previous(stage, run_id)
     moved = []
-    for path in spec.previous(cfg):
+    for path in paths:
         if path.exists():
             dest.mkdir(parents=True, exist_ok=True)
             target = dest / path.name
             shutil.move(str(path), str(target))
-            moved.append(str(target))
+            moved.append(relative_under(target, out.root))
     return moved
 
 
 def run_dag(
-    cfg: Config, plan: RunPlan, echo: Callable[[str], None] = print, dry_run: bool = False
+    cfg: Config,
+    plan: RunPlan,
+    echo: Callable[[str], None] = print,
+    dry_run: bool = False,
+    wait: bool = False,
 ) -> pd.DataFrame:
-    """Run (or with `dry_run` only assess) the planned stages in order; returns this run's
-    manifest rows. Stages start Ray themselves when they have work, so an up-to-date run
-    never starts it."""
+    """Check the inputs, take the output root's lock (`wait`: until it is free), then run
+    (or with `dry_run` only assess, without the lock) the planned stages in order; returns
+    this run's manifest rows. Stages start Ray themselves when they have work, so an
+    up-to-date run never starts it."""
+    preflight(cfg, plan.selected)
+    if dry_run:
+        return _run_stages(cfg, plan, echo, dry_run=True)
+    with output_lock(cfg.output.root, f"run {' '.join(plan.selected)}", wait, echo):
+        return _run_stages(cfg, plan, echo, dry_run=False)
+
+
+def _run_stages(
+    cfg: Config, plan: RunPlan, echo: Callable[[str], None], dry_run: bool
+) -> pd.DataFrame:
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     cfg_hash, packages = cfg.hash(), json.dumps(package_versions(), sort_keys=True)
     rows: list[dict[str, Any]] = []
@@ -343,6 +426,12 @@ def run_dag(
                 )
             if decision.action not in ACTIONS_THAT_RUN:
                 status = "not needed" if decision.action == "not needed" else "skipped"
+                if decision.action == "up to date" and decision.fingerprint:
+                    # Keys a newer version declares are recorded at the values adopted, so
+                    # that a later change of one is seen.
+                    stored = stored_state(cfg, spec.name) or {}
+                    if set(decision.fingerprint.config) - set(stored.get("config", {})):
+                        save_state(cfg, spec.name, decision.fingerprint, stored.get("run_id"))
                 row.update(
                     status=status, end=pd.Timestamp.now().floor("s"), seconds=time.time() - t0
                 )
@@ -350,16 +439,24 @@ def run_dag(
                 continue
             cache.save()  # the digests survive a failing stage
             try:
+                moved = move_aside(decision.set_aside, cfg, spec.name, run_id)
                 if decision.fresh:
                     _state_file(cfg, spec.name).unlink(missing_ok=True)
-                    moved = move_aside(spec, cfg, run_id)
-                    row["moved_aside"] = json.dumps(moved) if moved else None
+                    moved += move_aside(spec.previous(cfg), cfg, spec.name, run_id)
+                if moved:
+                    row["moved_aside"] = json.dumps(moved)
                     for path in moved:
-                        echo(f"    moved aside: {path}")
+                        echo(f"    moved aside: {Path(cfg.output.root) / path}")
                 result = spec.run(cfg, decision.fresh)
             except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    done = [r["stage"] for r in rows if r["status"] == "ran"]
+                    echo(
+                        f"[{spec.name}] interrupted: its finished batches are kept"
+                        + (f"; finished this run: {', '.join(done)}" if done else "")
+                    )
                 row.update(
-                    status="failed",
+                    status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                     reason=f"{type(exc).__name__}: {exc}",
                     end=pd.Timestamp.now().floor("s"),
                     seconds=time.time() - t0,

@@ -12,6 +12,11 @@ from stages import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 STAGE = click.Choice(STAGE_NAMES)
+WAIT_OPTION = click.option(
+    "--wait",
+    is_flag=True,
+    help="When another run holds the output root, wait for it instead of stopping.",
+)
 
 
 @click.command("run")
@@ -46,8 +51,9 @@ STAGE = click.Choice(STAGE_NAMES)
 @click.option(
     "--dry-run", "-n", is_flag=True, help="Say what would run and why; change nothing on disk."
 )
+@WAIT_OPTION
 @click.pass_obj
-def run_command(obj, out, start, only, force, resume, dry_run) -> None:
+def run_command(obj, out, start, only, force, resume, dry_run, wait) -> None:
     """Run the whole pipeline DAG, doing only what changed.
 
     \b
@@ -58,7 +64,10 @@ def run_command(obj, out, start, only, force, resume, dry_run) -> None:
     output is missing, or it has more to do (train.iterations raised: training continues).
     Earlier outputs are never deleted: a redo moves them to OUT/<stage>.prev/<run id>/
     (`clean` removes them). A stale `train` stops the run and says how to go on.
-    Each run appends to OUT/run_manifest.parquet and .json.
+    Each run appends to OUT/run_manifest.parquet and .json. One run at a time holds an
+    output root (OUT/_state/run.lock): a second one stops naming the holder, or waits with
+    --wait. Before anything is written the inputs and the config are checked.
+    Ctrl-C stops it with exit code 130, keeping every finished batch; rerun to resume.
     Example: run_pipeline.py run --config configs/deepfashion.yaml --dry-run
     """
     from stages.dag import plan_run, run_dag
@@ -66,7 +75,7 @@ def run_command(obj, out, start, only, force, resume, dry_run) -> None:
     if out:
         obj.override(f"output.root={out}")
     plan = plan_run(only=only, start=start, force=tuple(force), resume=tuple(resume))
-    run_dag(obj.cfg, plan, echo=click.echo, dry_run=dry_run)
+    run_dag(obj.cfg, plan, echo=click.echo, dry_run=dry_run, wait=wait)
 
 
 @click.command("status")
@@ -126,8 +135,9 @@ def clean_command(obj, yes) -> None:
     default=None,
     help="Synthetic identities (default: synth.identities of the demo config).",
 )
+@WAIT_OPTION
 @click.pass_obj
-def demo_command(obj, out, identities) -> None:
+def demo_command(obj, out, identities, wait) -> None:
     """The whole pipeline on embedded synthetic data, end to end.
 
     \b
@@ -145,7 +155,7 @@ def demo_command(obj, out, identities) -> None:
     data = Path(out) / "data"
     # The estimated keypoints are scored against the tree's ground truth (annotation QA).
     obj.override(
-        f"dataset.root={data}", f"output.root={out}", f"keypoints.compare={data / GROUND_TRUTH_CSV}"
+        f"dataset.root={data}", f"output.root={out}", f"keypoints.compare={GROUND_TRUTH_CSV}"
     )
     if identities is not None:
         obj.override(f"synth.identities={identities}")
@@ -159,7 +169,7 @@ def demo_command(obj, out, identities) -> None:
         click.echo(f"[synth] {data} already holds this synthetic tree, kept")
     cfg = obj.cfg
     t0 = time.perf_counter()
-    rows = run_dag(cfg, plan_run(), echo=click.echo)
+    rows = run_dag(cfg, plan_run(), echo=click.echo, wait=wait)
     report = OutputLayout(cfg.output.root).report(cfg.report.name) / "report.html"
     click.echo(f"demo finished in {time_summary(time.perf_counter() - t0, rows)}")
     click.echo(f"report at {report.resolve()}")

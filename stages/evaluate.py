@@ -30,8 +30,14 @@ from pipeline.metrics.summary import (
 )
 from pipeline.resumable import ResumableTable
 from pipeline.runtime import StageResult, init_ray, package_versions
-from pipeline.tables import checkpoint_sort_key, write_bytes_atomic, write_csv, write_table
-from stages.spec import StageSpec
+from pipeline.tables import (
+    checkpoint_sort_key,
+    relative_under,
+    write_bytes_atomic,
+    write_csv,
+    write_table,
+)
+from stages.spec import OUTPUT_ROOT, RAY_KEYS, StageSpec
 
 UNIT_KEY = ["checkpoint", "direction", "name"]
 UNIT_COLUMNS = [*UNIT_KEY, "real_path", "fake_path", "inputs"]
@@ -180,7 +186,11 @@ def checkpoint_files(ckpts: list[str], cfg: Config) -> dict[str, dict]:
         for d in dirs:
             path = Path(d) / f"netG_{c}.pth"
             if path.is_file():
-                out[c] = {"path": str(path.resolve()), "sha256": file_sha256(path)}
+                where = relative_under(path, cfg.output.root)
+                out[c] = {
+                    "path": f"output:{where}" if where else str(path.resolve()),
+                    "sha256": file_sha256(path),
+                }
                 break
     return out
 
@@ -270,7 +280,13 @@ def run_evaluate(
         elif (paths.root / fname).exists():
             (paths.root / fname).unlink()  # a stale CSV would contradict the skip
     meta = {
-        "generated": str(gen_root),
+        # Relative to this folder when both sit in the output root: a copied root's report
+        # then shows its own images.
+        "generated": (
+            os.path.relpath(gen_root, paths.root.resolve())
+            if relative_under(gen_root, outputs.root) and relative_under(paths.root, outputs.root)
+            else str(gen_root)
+        ),
         "metrics": names,
         "network_weights": mode,
         "skipped": skipped,
@@ -309,7 +325,25 @@ STAGE = StageSpec(
         "(metrics whose weights are missing are skipped and say so); scores of unchanged "
         "images are kept"
     ),
-    config_keys=("evaluate.metrics", "evaluate.network_weights", "keypoints.checkpoint"),
+    config_keys=(
+        "evaluate.metrics",
+        "evaluate.network_weights",
+        # PCKh estimates the keypoints of real and generated images with these.
+        "keypoints.estimator",
+        "keypoints.checkpoint",
+        "keypoints.min_score",
+        "keypoints.min_visibility",
+    ),
+    ignored_keys={
+        **RAY_KEYS,
+        **OUTPUT_ROOT,
+        "evaluate.batch_size": "images per network call: batching only",
+        "evaluate.pixel_batch_size": "pairs per SSIM/PSNR task: batching only",
+        "evaluate.concurrency": "actors per metric: scheduling only",
+        "weights.dir": "where metric weights are looked up by name",
+        "weights.checkpoint_dir": "where evaluation.json finds each checkpoint's file to "
+        "record its path and digest; the generated images are the inputs",
+    },
     inputs=lambda cfg: [OutputLayout(cfg.output.root).generated],
     outputs=lambda cfg: [EvaluationLayout(OutputLayout(cfg.output.root).evaluation).summary],
     previous=lambda cfg: [OutputLayout(cfg.output.root).evaluation],
@@ -390,14 +424,16 @@ def evaluate_command(obj, generated, out, metrics, network_weights, allow_mixed_
     Example: run_pipeline.py evaluate --generated out/demo/generated \\
              --out out/demo/evaluation --metrics ssim,psnr
     """
-    cfg = obj.cfg
-    if network_weights:
-        cfg.evaluate.network_weights = network_weights
+    cfg = obj.override_flags(
+        {
+            "--metrics": ("evaluate.metrics", metrics),
+            "--weights": ("evaluate.network_weights", network_weights),
+        }
+    )
     result = run_evaluate(
         cfg,
         generated=generated,
         out=out,
-        metrics=metrics,
         allow_mixed_save_modes=allow_mixed_save_modes,
     )
     click.echo(result.summary())

@@ -17,7 +17,7 @@ from pipeline.batch_stream import (
     stream_in_process,
     stream_ray,
 )
-from pipeline.config import Config
+from pipeline.config import Config, dataset_path
 from pipeline.content_state import ContentCache
 from pipeline.generation import (
     IDENTITY_KEY,
@@ -26,6 +26,7 @@ from pipeline.generation import (
     TEST_SPLIT,
     attach_map_sources,
     done_rows,
+    error_reasons,
     generation_jobs,
     identical_jobs,
     input_digests,
@@ -38,18 +39,13 @@ from pipeline.generation import (
     with_checkpoint,
     write_identical,
 )
-from pipeline.generation_batches import (
-    Generator,
-    frame_size,
-    load_inputs,
-    map_transport,
-    write_outputs,
-)
+from pipeline.generation_batches import Generator, load_inputs, map_transport, write_outputs
+from pipeline.imaging import FRAME
 from pipeline.layout import DatasetLayout, OutputLayout
 from pipeline.runtime import StageResult
 from pipeline.save_modes import SAVE_MODES, record_generation, save_mode
 from pipeline.tables import DataError
-from stages.spec import StageSpec
+from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, StageSpec
 
 # --- the Ray wrapper -------------------------------------------------------------------
 
@@ -100,11 +96,10 @@ def run_generate(
             "output folder fake_images/iter_<id>; pass each checkpoint once"
         )
 
-    pairs = read_test_pairs(root, pairs_file or gc.pairs)
+    pairs = read_test_pairs(root, pairs_file or (gc.pairs and dataset_path(cfg, gc.pairs)))
     if limit is not None:
         pairs = pairs.head(limit)
     jobs = attach_map_sources(generation_jobs(pairs), root)
-    frame = frame_size(root, pairs["imgA"].tolist())
     output = manifest_output(out_dir)
     manifest = output.done()
     mode = save_mode(gc.minmax)
@@ -149,7 +144,7 @@ def run_generate(
         steps = BatchSteps(
             load=load_inputs, model_cls=Generator, write=write_outputs,
             batch_size=gc.batch_size,
-            load_kwargs=dict(root=root, out_dir=str(out_dir), frame=frame, minmax=gc.minmax,
+            load_kwargs=dict(root=root, out_dir=str(out_dir), frame=FRAME, minmax=gc.minmax,
                              sparse=sparse),
             model_kwargs=dict(ngf=gc.ngf, dtype=gc.dtype, minmax=gc.minmax,
                               channels_last=gc.channels_last and not gc.minmax),
@@ -166,10 +161,12 @@ def run_generate(
                 total=len(todo), desc=f"generate ({len(paths)} checkpoint(s))", unit="img"
             ) as bar:
                 for part in parts:
+                    # write_outputs recorded the part's rows; the links made from it are
+                    # recorded here.
                     generated += int((part["status"] == "ok").sum())
-                    new = [part, write_identical(links, part, out_dir)] if len(links) else [part]
-                    for rows in new:
-                        output.add(rows)
+                    linked = write_identical(links, part, out_dir) if len(links) else part[:0]
+                    output.add(linked)
+                    for rows in (part, linked):
                         result.rows_out += int((rows["status"] == "ok").sum())
                         result.errors += int((rows["status"] == "error").sum())
                     bar.update(len(part))
@@ -190,11 +187,14 @@ def run_generate(
     transport = "coordinates" if sparse else "dense maps"
     result.notes.append(f"pose maps: {maps_text}, sent to the model as {transport}")
     if result.errors:
-        first = manifest[manifest["status"] == "error"].iloc[0]
-        result.notes.append(
-            f"{result.errors} error row(s) in the manifest, e.g. {first['real_path']}: "
-            f"{first['error']}"
-        )
+        reasons = error_reasons(manifest[manifest["checkpoint"].isin(ids)])
+        if not result.rows_out and not result.skipped:
+            # After the manifest is written: its error rows say which inputs to fix.
+            raise DataError(
+                f"all {result.errors} generation job(s) failed, nothing was generated (error "
+                f"rows in {output.path}); the reasons: {reasons}"
+            )
+        result.notes.append(f"{result.errors} error row(s) in the manifest: {reasons}")
     return result.finish()
 
 
@@ -212,6 +212,7 @@ def _generate_inputs(cfg: Config) -> list[Path]:
         layout.posemap_dir(TEST_SPLIT),
         layout.images,
         *ckpts,
+        *([dataset_path(cfg, cfg.generate.pairs)] if cfg.generate.pairs else []),
     ]
 
 
@@ -229,9 +230,22 @@ STAGE = StageSpec(
         "generate.checkpoints",
         "generate.ngf",
         "generate.dtype",
+        "generate.channels_last",
         "generate.minmax",
         "generate.pairs",
     ),
+    ignored_keys={
+        **RAY_KEYS,
+        **DATASET_ROOT,
+        **OUTPUT_ROOT,
+        "weights.checkpoint_dir": "where checkpoint ids are looked up; the files found are "
+        "inputs, digested by content",
+        "generate.batch_size": "jobs per batch: batching only",
+        "generate.concurrency": "model actors: scheduling only",
+        "generate.sparse_maps": "how the pose maps travel to the actors, not their values",
+        "generate.executor": "in this process or on Ray: the outputs are identical",
+        "generate.in_process_max_jobs": "when the in-process executor is picked: identical",
+    },
     inputs=_generate_inputs,
     outputs=lambda cfg: [OutputLayout(cfg.output.root).manifest],
     previous=lambda cfg: [OutputLayout(cfg.output.root).generated],
@@ -280,7 +294,12 @@ STAGE = StageSpec(
     help="Pairs table (.parquet) or legacy pairs CSV (default: the dataset's pairs table, "
     "else test_img_pairs.csv).",
 )
-@click.option("--limit", type=int, default=None, help="Only the first N test pairs (quick runs).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1),
+    default=None,
+    help="Only the first N test pairs (quick runs).",
+)
 @click.option(
     "--executor",
     type=click.Choice(EXECUTORS),
@@ -313,7 +332,11 @@ def generate_command(
     runs once; its file is a hard link (or copy) of the other's, with its own manifest row.
     One-hot or gaussian pose maps are told apart by posemaps' pose_maps.json (or the maps'
     dtype); generate.sparse_maps true/false overrides the transport picked from that.
-    A rerun skips images already ok in the manifest; a bad input becomes an error row.
+    A rerun skips images already ok in the manifest; a bad input becomes an error row, and
+    a run whose every job fails writes the manifest, then exits with code 2.
+    NetG's input is 256 x 176: an image of another size is scaled to height 256, then
+    centre-cropped or padded with white to width 176, as the published API does; its pose
+    map goes with it, and its real image is written at that size.
     Where it runs (--executor, generate.executor): "ray" streams the batches through Ray
     Data, NetG in an actor pool of generate.concurrency actors (default: one per GPU, else
     one per CPU node); "in_process" runs NetG in this process with threads loading ahead
@@ -323,14 +346,13 @@ def generate_command(
     fp32 on CPU), channels_last.
     Example: run_pipeline.py generate --checkpoint out/train/checkpoints --ngf 8 --out out/generated
     """
-    cfg = obj.cfg
-    if ngf is not None:
-        cfg.generate.ngf = ngf
-    if minmax is not None:
-        cfg.generate.minmax = minmax
-    if batch_size is not None:
-        cfg.generate.batch_size = batch_size
-    if executor is not None:
-        cfg.generate.executor = executor
+    cfg = obj.override_flags(
+        {
+            "--ngf": ("generate.ngf", ngf),
+            "--minmax/--no-minmax": ("generate.minmax", minmax),
+            "--batch-size": ("generate.batch_size", batch_size),
+            "--executor": ("generate.executor", executor),
+        }
+    )
     result = run_generate(cfg, list(checkpoints) or None, out, pairs_file, limit)
     click.echo(result.summary())

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.config import Config, KeypointsConfig
+from pipeline.config import Config, KeypointsConfig, dataset_path
 from pipeline.layout import SPLITS, DatasetLayout, OutputLayout
 from pipeline.resumable import ResumableTable
 from pipeline.runtime import StageResult
@@ -27,7 +27,7 @@ from pipeline.tables import (
     write_keypoints_csv,
     write_table,
 )
-from stages.spec import StageSpec
+from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, StageSpec
 
 IMPORTED = "imported"
 DEFAULT_GLOB = "img/**/*.jpg"
@@ -73,7 +73,7 @@ def list_images(cfg: Config, pattern: str | None = None) -> pd.DataFrame:
     """The images to annotate (path, split): the legacy image lists of the config, or with
     `pattern` (or without lists) a glob under the dataset root (split left empty)."""
     root = Path(cfg.dataset.root)
-    lists = {"train": root / cfg.dataset.train_list, "test": root / cfg.dataset.test_list}
+    lists = {s: DatasetLayout.of(cfg.dataset).image_list(s) for s in SPLITS}
     if pattern is None and any(p.is_file() for p in lists.values()):
         rows = [(p, s) for s, f in lists.items() if f.is_file() for p in read_image_list(f, root)]
     else:
@@ -277,6 +277,7 @@ def run_keypoints(
 ) -> StageResult:
     """Estimate (or import) keypoints for the dataset's images; resume unless `force`.
     `compare`: score them against this reference legacy CSV (tables/keypoints_qa.parquet)."""
+    from pipeline.estimators import estimator_name
     from pipeline.runtime import init_ray
 
     kc = cfg.keypoints.model_copy(
@@ -289,7 +290,7 @@ def run_keypoints(
     layout = DatasetLayout(out or cfg.dataset.root)
     images = list_images(cfg, pattern)
     result.rows_in = len(images)
-    annotations = annotations or cfg.keypoints.annotations
+    annotations = annotations or _dataset_file(cfg, cfg.keypoints.annotations)
     if annotations:
         table = keypoints_from_csv(
             annotations, images, estimator=f"{IMPORTED}:{Path(annotations).name}"
@@ -301,13 +302,14 @@ def run_keypoints(
             output.discard()
         finished = pd.DataFrame(columns=KEYPOINTS_SCHEMA.names) if force else output.done()
         # Rows with an error are retried: the file may have been fixed since. Rows another
-        # estimator made (or imported ones) are redone.
+        # model made (another checkpoint, estimator or version; imported ones) are redone.
         finished = finished[
             finished["path"].isin(set(images["path"]))
             & finished["error"].isna()
-            & finished["estimator"].str.startswith((f"{kc.estimator}:", f"{kc.estimator}-"))
+            & (finished["estimator"] == estimator_name(kc))
         ]
-        digests = image_digests(cfg, layout.root, images["path"])
+        # The images are the dataset's, wherever --out puts the tables.
+        digests = image_digests(cfg, Path(cfg.dataset.root), images["path"])
         recorded = read_sources(layout)
         changed = {p for p in finished["path"] if p in recorded and recorded[p] != digests[p]}
         finished = finished[~finished["path"].isin(changed)]
@@ -322,7 +324,7 @@ def run_keypoints(
             resolved = resolve_estimator(kc, cfg.weights.dir)
             init_ray(cfg.ray)
             estimate_keypoints(cfg, todo, output, resolved, progress)
-        new = output.done()
+        new = output.done(with_table=not force)
         new = new[new["path"].isin(set(todo["path"]))]
         table = pd.concat([finished, new], ignore_index=True)
         table = table[table["path"].isin(set(images["path"]))].drop_duplicates("path", keep="last")
@@ -343,7 +345,7 @@ def run_keypoints(
     )
     for reason, n in table["error"].dropna().str.split(":").str[0].value_counts().items():
         result.notes.append(f"  error {reason}: {n}")
-    compare = compare or kc.compare
+    compare = compare or _dataset_file(cfg, kc.compare)
     if compare:
         result.outputs["keypoints_qa"], lines = write_keypoint_qa(table, compare, layout)
         result.notes += lines
@@ -363,8 +365,12 @@ def write_keypoint_qa(
     return str(path), qa_summary(qa, Path(reference_csv).name)
 
 
+def _dataset_file(cfg: Config, path: str | None) -> str | None:
+    return str(dataset_path(cfg, path)) if path else None
+
+
 def _layout(cfg: Config) -> DatasetLayout:
-    return DatasetLayout(cfg.dataset.root)
+    return DatasetLayout.of(cfg.dataset)
 
 
 STAGE = StageSpec(
@@ -390,11 +396,20 @@ STAGE = StageSpec(
         "keypoints.min_visibility",
         "keypoints.compare",
     ),
+    ignored_keys={
+        **RAY_KEYS,
+        **DATASET_ROOT,
+        **OUTPUT_ROOT,
+        "keypoints.batch_size": "images per estimator call: batching only",
+        "keypoints.concurrency": "estimator actors: scheduling only",
+        "weights.dir": "where the checkpoint keypoints.checkpoint names is looked up; each row "
+        "records the file it came from, and rows of another one are redone",
+    },
     inputs=lambda cfg: [
         _layout(cfg).image_list("train"),
         _layout(cfg).image_list("test"),
         _layout(cfg).images,
-        *(Path(p) for p in (cfg.keypoints.annotations, cfg.keypoints.compare) if p),
+        *(dataset_path(cfg, p) for p in (cfg.keypoints.annotations, cfg.keypoints.compare) if p),
     ],
     outputs=lambda cfg: [_layout(cfg).keypoints_table],
     previous=lambda cfg: [
@@ -485,14 +500,15 @@ def keypoints_command(
     """
     if old_checkpoint:
         click.echo("keypoints --checkpoint is now --model", err=True)
+    cfg = obj.override_flags(
+        {
+            "--estimator": ("keypoints.estimator", estimator),
+            "--model": ("keypoints.checkpoint", checkpoint or old_checkpoint),
+        }
+    )
+    # Paths given on the command line are relative to the working directory, not to
+    # dataset.root as the config's are, so they stay arguments.
     result = run_keypoints(
-        obj.cfg,
-        checkpoint=checkpoint or old_checkpoint,
-        annotations=annotations,
-        force=force,
-        out=out,
-        pattern=pattern,
-        estimator=estimator,
-        compare=compare,
+        cfg, annotations=annotations, force=force, out=out, pattern=pattern, compare=compare
     )
     click.echo(result.summary())

@@ -24,7 +24,7 @@ from pipeline.tables import (
     write_pairs_csv,
     write_table,
 )
-from stages.spec import StageSpec
+from stages.spec import DATASET_ROOT, StageSpec
 
 
 @dataclass
@@ -137,7 +137,7 @@ def run_pairs(
             f"no keypoints table at {source.keypoints_table}: run the keypoints stage first"
         )
     keypoints = read_table(source.keypoints_table, KEYPOINTS_SCHEMA)
-    lists = {"train": root / cfg.dataset.train_list, "test": root / cfg.dataset.test_list}
+    lists = {s: DatasetLayout.of(cfg.dataset).image_list(s) for s in SPLITS}
     splits = {s: read_image_list(f, root) for s, f in lists.items() if f.is_file()}
     if not splits:
         raise DataError(
@@ -175,9 +175,10 @@ STAGE = StageSpec(
         "pairs.max_pairs_per_identity",
         "pairs.seed",
     ),
+    ignored_keys=DATASET_ROOT,
     inputs=lambda cfg: [
         DatasetLayout(cfg.dataset.root).keypoints_table,
-        *(DatasetLayout(cfg.dataset.root).image_list(s) for s in SPLITS),
+        *(DatasetLayout.of(cfg.dataset).image_list(s) for s in SPLITS),
     ],
     outputs=lambda cfg: [DatasetLayout(cfg.dataset.root).pairs_table],
     previous=lambda cfg: [
@@ -219,7 +220,11 @@ def pairs_command(obj, min_valid, max_pairs_per_identity, out) -> None:
     Prints images, excluded images by reason and pairs per split.
     Example: run_pipeline.py --set dataset.root=data/synthetic pairs --min-valid 8
     """
-    result = run_pairs(
-        obj.cfg, min_valid=min_valid, max_per_identity=max_pairs_per_identity, out=out
+    cfg = obj.override_flags(
+        {
+            "--min-valid": ("pairs.min_valid_keypoints", min_valid),
+            "--max-pairs-per-identity": ("pairs.max_pairs_per_identity", max_pairs_per_identity),
+        }
     )
+    result = run_pairs(cfg, out=out)
     click.echo(result.summary())

@@ -17,8 +17,16 @@ from pipeline.config import Config
 from pipeline.layout import SPLITS, DatasetLayout
 from pipeline.posemap import load_posemap, out_of_image, write_posemap
 from pipeline.runtime import StageResult
-from pipeline.tables import KEYPOINTS_SCHEMA, DataError, read_table, write_bytes_atomic, write_table
-from stages.spec import StageSpec
+from pipeline.tables import (
+    KEYPOINTS_SCHEMA,
+    DataError,
+    read_table,
+    relative_under,
+    safe_path,
+    write_bytes_atomic,
+    write_table,
+)
+from stages.spec import DATASET_ROOT, RAY_KEYS, StageSpec
 
 POSEMAP_META = "pose_maps.json"  # beside the maps: which kind the stage wrote there
 
@@ -58,23 +66,24 @@ def same_kind(recorded: dict, wanted: dict) -> bool:
 MAP_COLUMNS = ["target", "x", "y", "img_h", "img_w"]
 
 
-def write_posemaps(batch: pd.DataFrame, sigma: float | None) -> pd.DataFrame:
-    """Ray Data task: write a batch of maps; returns per map its target, how many present
-    keypoints fell outside the image (they are treated as missing) and the node."""
+def write_posemaps(batch: pd.DataFrame, sigma: float | None, root: str) -> pd.DataFrame:
+    """Ray Data task: write a batch of maps (targets relative to `root`); returns per map its
+    target, how many present keypoints fell outside the image (they are treated as missing)
+    and the node."""
     from pipeline.runtime import current_node, inject_fault
 
     inject_fault("posemaps")
     outside = []
     for r in batch.itertuples(index=False):
         x, y = np.asarray(r.x), np.asarray(r.y)
-        write_posemap(Path(r.target), x, y, int(r.img_h), int(r.img_w), sigma)
+        write_posemap(Path(root) / r.target, x, y, int(r.img_h), int(r.img_w), sigma)
         outside.append(out_of_image(x, y, int(r.img_h), int(r.img_w)))
     return pd.DataFrame({"target": batch["target"], "outside": outside, "node": current_node()})
 
 
 POSEMAP_INDEX_SCHEMA = pa.schema(
     [
-        ("target", pa.string()),
+        ("target", pa.string()),  # relative to the folder that holds the map folders
         ("digest", pa.string()),
         # Ray node id of the task that wrote the map (null in older indexes).
         ("node", pa.string()),
@@ -96,10 +105,22 @@ def row_digests(rows: pd.DataFrame, sigma: float | None) -> list[str]:
 
 
 def read_index(layout: DatasetLayout) -> pd.DataFrame:
-    """The index of the maps on disk (target, digest, node), by target."""
+    """The index of the maps on disk (target, digest, node), by target relative to the
+    layout's root. Indexes written before targets were relative held absolute paths: those
+    under this root are translated, others (a copied tree's original) are not ours and are
+    dropped, so nothing outside this root is ever deleted."""
     if not layout.posemap_index.is_file():
         return pd.DataFrame(columns=POSEMAP_INDEX_SCHEMA.names).set_index("target")
-    return read_table(layout.posemap_index, POSEMAP_INDEX_SCHEMA).set_index("target")
+    index = read_table(layout.posemap_index, POSEMAP_INDEX_SCHEMA)
+    absolute = index["target"].map(os.path.isabs)
+    if absolute.any():
+        root = layout.root.resolve()
+        rel = [
+            relative_under(t, root) if a else t
+            for t, a in zip(index["target"], absolute, strict=True)
+        ]
+        index = index.assign(target=rel).dropna(subset=["target"])
+    return index.set_index("target")
 
 
 def plan_posemaps(
@@ -114,7 +135,7 @@ def plan_posemaps(
     excluded["no train/test split"] = int(no_split.sum())
     rows = table[~has_error & ~no_split].copy()
     rows["target"] = [
-        str(layout.posemap(s, f)) for s, f in zip(rows["split"], rows["file_id"], strict=True)
+        layout.posemap_name(s, f) for s, f in zip(rows["split"], rows["file_id"], strict=True)
     ]
     rows["digest"] = row_digests(rows, sigma)
     todo = rows
@@ -122,7 +143,7 @@ def plan_posemaps(
         index = read_index(layout)["digest"].to_dict()
         up_to_date = np.array(
             [
-                index.get(t) == d and os.path.exists(t)
+                index.get(t) == d and (layout.root / t).exists()
                 for t, d in zip(rows["target"], rows["digest"], strict=True)
             ],
             bool,
@@ -164,8 +185,8 @@ def run_posemaps(
         size = cfg.posemaps.batch_size
         chunks = [rows.iloc[i : i + size][MAP_COLUMNS] for i in range(0, len(rows), size)]
         ds = ray.data.from_pandas(chunks).map_batches(
-            write_posemaps, batch_size=None, batch_format="pandas", fn_kwargs={"sigma": sigma},
-            **task_options(1),
+            write_posemaps, batch_size=None, batch_format="pandas",
+            fn_kwargs={"sigma": sigma, "root": str(layout.root.resolve())}, **task_options(1),
         )  # fmt: skip
         with tqdm(total=len(rows), desc="posemaps", unit="map", disable=not progress) as bar:
             written = []
@@ -179,7 +200,7 @@ def run_posemaps(
     # which node wrote it.
     gone = set(nodes.index) - set(mapped["target"])
     for target in gone:
-        Path(target).unlink(missing_ok=True)
+        safe_path(layout.root, target, "pose-map index").unlink(missing_ok=True)
     index = mapped[["target", "digest"]].assign(node=mapped["target"].map(nodes))
     write_table(index, layout.posemap_index, POSEMAP_INDEX_SCHEMA)
     for split in SPLITS:
@@ -218,6 +239,11 @@ STAGE = StageSpec(
         + ") per keypoints row that has none or whose keypoints changed"
     ),
     config_keys=("posemaps.gaussian_sigma",),
+    ignored_keys={
+        **RAY_KEYS,
+        **DATASET_ROOT,
+        "posemaps.batch_size": "maps per Ray task: scheduling only",
+    },
     inputs=lambda cfg: [DatasetLayout(cfg.dataset.root).keypoints_table],
     outputs=lambda cfg: [DatasetLayout(cfg.dataset.root).posemap_dir(s) for s in SPLITS],
     previous=lambda cfg: [DatasetLayout(cfg.dataset.root).posemap_dir(s) for s in SPLITS],
@@ -259,5 +285,6 @@ def posemaps_command(obj, sigma, force, out) -> None:
     left out and counted; keypoints outside the image are treated as missing and counted.
     Example: run_pipeline.py --set dataset.root=data/synthetic posemaps
     """
-    result = run_posemaps(obj.cfg, sigma=sigma, force=force, out=out)
+    cfg = obj.override_flags({"--gaussian": ("posemaps.gaussian_sigma", sigma)})
+    result = run_posemaps(cfg, force=force, out=out)
     click.echo(result.summary())

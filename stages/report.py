@@ -24,7 +24,7 @@ from pipeline.runtime import StageResult
 from pipeline.save_modes import MIXED, SAVE_MODES, UNKNOWN
 from pipeline.tables import checkpoint_sort_key, read_table, write_bytes_atomic
 from stages.report_pipeline import stage_overview, training_check_section, training_figures
-from stages.spec import StageSpec
+from stages.spec import OUTPUT_ROOT, StageSpec
 
 METRIC_NOTES = {
     "ssim": "higher is better; skimage structural_similarity, 7x7 uniform window",
@@ -139,7 +139,8 @@ def build_report(
         raise DataError(f"{paths.summary} not found: run `evaluate --out {eval_dir}` first")
     summary = read_table(paths.summary, SUMMARY_SCHEMA)
     meta = json.loads(paths.meta.read_text()) if paths.meta.exists() else {}
-    gen_root = Path(generated or meta.get("generated", ""))
+    # evaluation.json keeps the generation folder relative to itself (or absolute).
+    gen_root = Path(generated) if generated else Path(eval_dir) / meta.get("generated", "")
     report = Report(title=f"Pose-transfer evaluation: {name}")
     if meta.get("network_weights") == "random" or (summary["weights"] == "random").any():
         report.warnings.append(
@@ -194,7 +195,7 @@ def build_report(
         )
     files = meta.get("checkpoint_files", {})
     report.provenance = {
-        "generated images": str(gen_root),
+        "generated images": str(gen_root.resolve()),
         "evaluation": str(Path(eval_dir).resolve()),
         "evaluated": meta.get("date", "unknown"),
         "config hash": meta.get("config_hash", "unknown"),
@@ -400,7 +401,13 @@ STAGE = StageSpec(
     version=1,
     run=lambda cfg, fresh: run_report(cfg),
     does=lambda cfg: f"write the report '{cfg.report.name}' (HTML and Markdown)",
-    config_keys=("report.name", "report.grid_pairs"),
+    # keypoints.compare: the annotation section names the reference and compares with it.
+    config_keys=("report.name", "report.grid_pairs", "keypoints.compare"),
+    ignored_keys={
+        **OUTPUT_ROOT,
+        "dataset.root": "which dataset's annotation tables are summarised; they are not among "
+        "the inputs, so a changed table alone does not rerun the report",
+    },
     inputs=lambda cfg: [
         OutputLayout(cfg.output.root).evaluation,
         OutputLayout(cfg.output.root).manifest,

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from pipeline.config import Config
+from pipeline.config import Config, dataset_path
 from pipeline.layout import DatasetLayout
 from pipeline.skeleton import N_KEYPOINTS, OP18_NAMES
 from pipeline.tables import KEYPOINTS_SCHEMA, read_keypoints_csv, read_table
@@ -132,10 +132,9 @@ def annotations_section(cfg: Config) -> Section | None:
         else None
     )
     reference = None
-    if qa is not None and cfg.keypoints.compare and Path(cfg.keypoints.compare).is_file():
-        reference = read_keypoints_csv(cfg.keypoints.compare).drop_duplicates(
-            "file_id", keep="last"
-        )
+    compare = dataset_path(cfg, cfg.keypoints.compare) if cfg.keypoints.compare else None
+    if qa is not None and compare and compare.is_file():
+        reference = read_keypoints_csv(compare).drop_duplicates("file_id", keep="last")
         reference = reference.set_index("file_id")
     estimators = ", ".join(sorted(ok["estimator"].dropna().unique())) or "none"
     nobody = ok[ok["n_valid"] == 0]

@@ -13,6 +13,18 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.runtime import StageResult
 
+# Reasons shared by several stages' ignored_keys.
+RAY_KEYS = {
+    "ray.address": "which Ray cluster runs the work: scheduling only",
+    "ray.num_cpus": "the CPUs of a local Ray: scheduling only",
+    "ray.num_gpus": "the GPUs of a local Ray: scheduling only",
+}
+DATASET_ROOT = {
+    "dataset.root": "where the dataset is: the files the stage reads there are its inputs, "
+    "digested by content"
+}
+OUTPUT_ROOT = {"output.root": "where the outputs (and the content-digest cache) go"}
+
 
 def _nothing(cfg: Config) -> list[Path]:
     return []
@@ -47,6 +59,9 @@ class StageSpec:
     record: Callable[[Config], dict[str, Any]] = field(default=lambda cfg: {})
     # What a run of the stage does, in one line from the config (printed before it runs).
     does: Callable[[Config], str] = field(default=lambda cfg: "")
+    # Dotted keys `run` reads that do not change the outputs, each with the reason: with
+    # config_keys they account for every read (tests/test_fingerprint_audit.py checks).
+    ignored_keys: dict[str, str] = field(default_factory=dict)
 
 
 def config_value(cfg: Config, dotted: str) -> Any:

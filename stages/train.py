@@ -17,9 +17,11 @@ import click
 import numpy as np
 
 from pipeline.config import Config, TrainConfig
+from pipeline.errors import ConfigError
 from pipeline.layout import DatasetLayout, OutputLayout, TrainLayout
 from pipeline.runtime import StageResult, init_ray
 from pipeline.tables import DataError, write_bytes_atomic
+from pipeline.training.board import TrainBoard
 from pipeline.training.checkpoints import (
     check_init_checkpoints,
     load_init_checkpoints,
@@ -41,8 +43,10 @@ from pipeline.training.driver import (
     progress_board,
     show_progress,
     use_gpu_for,
+    worker_input_error,
 )
 from pipeline.training.quality import quality_line
+from pipeline.training.resources import ClusterResources, check_train_resources
 from pipeline.training.step import (
     LOSS_NAMES,
     autocast_for,
@@ -52,7 +56,7 @@ from pipeline.training.step import (
     to_device,
     train_step,
 )
-from stages.spec import StageSpec
+from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, StageSpec
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,7 @@ def train_loop_per_worker(config: dict) -> None:
         ]
         samples = to_device(dataset.collate(picked), device, tc) if picked else None
     board = config.get("progress")
+    events = TrainBoard(layout.root) if rank == 0 else None
 
     rows: list[dict] = []
     for it in range(start + 1, tc.iterations + 1):
@@ -126,17 +131,19 @@ def train_loop_per_worker(config: dict) -> None:
         dist.all_reduce(values)
         values = (values / world).tolist()
         if rank == 0:
+            seconds = time.perf_counter() - t0
             rows.append(
-                {
-                    "iteration": it,
-                    **dict(zip(LOSS_NAMES, values, strict=True)),
-                    "seconds": time.perf_counter() - t0,
-                }
+                {"iteration": it, **dict(zip(LOSS_NAMES, values, strict=True)), "seconds": seconds}
             )
+            events.step(
+                it, dict(zip(LOSS_NAMES, values, strict=True)), nets.optG.param_groups[0]["lr"],
+                seconds,
+            )  # fmt: skip
             if board is not None:
                 board.update.remote(it)
             if samples is not None and (it % tc.sample_every == 0 or it == tc.iterations):
                 save_sample_grid(nets, samples, layout.sample_grid(it))
+                events.samples(it, layout.sample_grid(it))
         if it % tc.ckpt_every == 0 or it == tc.iterations:
             all_cursors = [None] * world
             dist.all_gather_object(all_cursors, stream.cursor)
@@ -150,6 +157,7 @@ def train_loop_per_worker(config: dict) -> None:
                 **{k: v for k, v in zip(LOSS_NAMES, values, strict=True) if not math.isnan(v)},
             }
             if rank == 0:
+                events.flush()
                 save_checkpoints(
                     nets,
                     layout,
@@ -167,6 +175,8 @@ def train_loop_per_worker(config: dict) -> None:
                 )
             else:
                 ray.train.report(metrics, checkpoint=None)
+    if events is not None:
+        events.close()
     for reason in stream.reasons[:5]:
         log.warning("skipped %s", reason)
 
@@ -188,7 +198,7 @@ def run_train(
     """Train on the train pairs of `cfg.dataset.root`; outputs under `out` (O/train/).
     `init_from`: start from a netG/netD pair (resolve_init_checkpoints) and continue its
     numbering, unless `resume` finds a saved state (which continues that run)."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     tc = cfg.train
@@ -234,6 +244,10 @@ def run_train(
 
     vgg_path, perceptual_note = resolve_vgg_weights(cfg)
     init_ray(cfg.ray)
+    # Ray Train would wait and retry for minutes for workers that cannot be placed.
+    problem = check_train_resources(cfg, ClusterResources.from_ray())
+    if problem:
+        raise ConfigError(problem)
     gpu = use_gpu_for(tc)
     meta = {
         "config": cfg.to_dict(),
@@ -288,6 +302,11 @@ def run_train(
     progress.start()
     try:
         fit = trainer.fit()
+    except TrainingFailedError as exc:
+        error = worker_input_error(exc)
+        if error is None:
+            raise
+        raise error from exc
     finally:
         done.set()
         progress.join()
@@ -370,6 +389,22 @@ STAGE = StageSpec(
             "seed",
         )
     ),
+    ignored_keys={
+        **RAY_KEYS,
+        **DATASET_ROOT,
+        **OUTPUT_ROOT,
+        "weights.dir": "where the VGG weights train.vgg_weights names are looked up",
+        "train.iterations": "where training stops: raising it continues the run (progress)",
+        "train.ckpt_every": "which iterations are saved, not what training computes",
+        "train.sample_every": "how often sample grids are drawn",
+        "train.quality_pairs": "test pairs of the check after training: a note on the run",
+        "train.num_workers": "Ray Train workers: how the work is spread",
+        "train.cpus_per_worker": "CPUs and torch threads per worker: scheduling only",
+        "train.loader_workers": "processes decoding pairs: scheduling only",
+        "train.memory_mb": "whether pairs are decoded once into memory or on every use",
+        "train.use_gpu": "the device: scheduling only",
+        "train.channels_last": "the memory format of nets and batches: same arithmetic",
+    },
     inputs=lambda cfg: [
         DatasetLayout(cfg.dataset.root).pairs_table,
         DatasetLayout(cfg.dataset.root).posemap_dir("train"),
@@ -413,7 +448,7 @@ STAGE = StageSpec(
 )
 @click.option(
     "--init-iter",
-    type=int,
+    type=click.IntRange(0),
     default=None,
     help="The iteration --init-from's weights count as (default: from the file name).",
 )
@@ -435,23 +470,21 @@ def train_command(
       ray/                                           Ray Train runs: resumable states
     Example: run_pipeline.py --config configs/demo.yaml train --iterations 600 --num-workers 2
     """
-    from pipeline.config import config_from_dict
     from pipeline.runtime import run_stage
 
     if init_iter is not None and init_from is None:
         raise click.UsageError("--init-iter needs --init-from")
-    overrides = {
-        "ngf": ngf,
-        "iterations": iterations,
-        "ckpt_every": ckpt_every,
-        "num_workers": num_workers,
-    }
-    data = obj.cfg.to_dict()
-    data["train"].update({k: v for k, v in overrides.items() if v is not None})
+    cfg = obj.override_flags(
+        {
+            "--ngf": ("train.ngf", ngf),
+            "--iterations": ("train.iterations", iterations),
+            "--ckpt-every": ("train.ckpt_every", ckpt_every),
+            "--num-workers": ("train.num_workers", num_workers),
+        }
+    )
     result = run_stage(
-        "train",
         run_train,
-        config_from_dict(data),
+        cfg,
         out=out,
         resume=resume,
         init_from=init_from,

@@ -119,8 +119,37 @@ def test_transfer_cli_with_keypoint_files(checkpoint, condition, tmp_path):
 def test_reference_image_without_openpifpaf_weights_is_a_clear_error(
     checkpoint, condition, tmp_path, monkeypatch
 ):
-    pytest.importorskip("pipeline.estimator")  # the annotations branch provides it
+    import pipeline.estimator  # noqa: F401  (a broken module must fail this test, not skip it)
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_cache"))
     pt = PoseTransfer(checkpoint, device="cpu", ngf=NGF)
     with pytest.raises(WeightsError, match="openpifpaf"):
         pt.transfer(condition, condition, condition_pose=pose(1))
+
+
+def test_published_api_call_sequence_on_the_reference_photos(reference, tmp_path):
+    """Code written against the published API runs unchanged: Pose2Pose(checkpoint=...),
+    transfer_as(condition, reference), with the reference photos of people."""
+    from pipeline.api import Pose2Pose
+
+    ckpt = tmp_path / "netG_8.pth"
+    torch.manual_seed(1)
+    torch.save(build_generator(8).state_dict(), ckpt)
+    photos = reference / "api-test"
+    condition = Image.open(photos / "condition.jpg")
+    p2p = Pose2Pose(checkpoint=ckpt)
+    generated = p2p.transfer_as(condition, Image.open(photos / "target_pose_reference.jpg"))
+    assert isinstance(generated, Image.Image) and generated.size == condition.size
+    # The same generator through our own API gives the same image.
+    ours = PoseTransfer(ckpt, ngf=8, estimator=p2p.estimator_name).transfer(
+        condition, photos / "target_pose_reference.jpg"
+    )
+    assert np.array_equal(np.asarray(generated), np.asarray(ours))
+
+
+def test_pose2pose_pretrained_says_where_the_published_file_goes(tmp_path):
+    from pipeline.api import PUBLISHED_CHECKPOINT, Pose2Pose
+
+    with pytest.raises(WeightsError, match=PUBLISHED_CHECKPOINT) as err:
+        Pose2Pose(pretrained=True, weights_dir=tmp_path)
+    assert str(tmp_path) in str(err.value) and "Nothing is downloaded" in str(err.value)

@@ -48,11 +48,15 @@ def landmarks(h: int = 256, w: int = 176) -> tuple[np.ndarray, np.ndarray]:
 def test_every_openpose18_index_gets_its_landmark_and_the_neck_is_synthesised():
     xy, vis = landmarks()
     enum = landmark_indices()
-    x, y, score = blazepose_to_op18(xy, vis, 256, 176)
-    for name, op_idx in OP18_FROM_BLAZEPOSE.items():
-        i = enum[name]
-        assert (x[op_idx], y[op_idx]) == (round(xy[i, 0]), round(xy[i, 1])), name
-        assert score[op_idx] == pytest.approx(0.9)
+    # Shoulders of unlike visibility: the neck takes the smaller one, on either side.
+    for right, left in ((0.95, 0.7), (0.6, 0.8)):
+        vis[enum["RIGHT_SHOULDER"]], vis[enum["LEFT_SHOULDER"]] = right, left
+        x, y, score = blazepose_to_op18(xy, vis, 256, 176)
+        for name, op_idx in OP18_FROM_BLAZEPOSE.items():
+            i = enum[name]
+            assert (x[op_idx], y[op_idx]) == (round(xy[i, 0]), round(xy[i, 1])), name
+            assert score[op_idx] == pytest.approx(vis[i]), name
+        assert score[NECK] == pytest.approx(min(right, left))
     rs, ls = xy[enum["RIGHT_SHOULDER"]], xy[enum["LEFT_SHOULDER"]]
     assert (x[NECK], y[NECK]) == (round((rs[0] + ls[0]) / 2), round((rs[1] + ls[1]) / 2))
     assert x.dtype == y.dtype == np.int32 and score.dtype == np.float32

@@ -67,11 +67,8 @@ def test_data_errors_are_one_paragraph_and_exit_2_with_traceback_only_when_verbo
     args = ["pairs", "--set", f"dataset.root={tmp_path}"]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 2 and "no keypoints table" in res.output
-    assert (
-        "Traceback" not in res.output
-        and res.exception is None
-        or isinstance(res.exception, SystemExit)
-    )
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
     res = CliRunner().invoke(cli, [*args, "--verbose"])
     assert res.exit_code != 0 and "no keypoints table" in str(res.exception)
 

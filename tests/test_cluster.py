@@ -228,11 +228,15 @@ def test_losing_a_worker_node_mid_stage_loses_nothing(cluster, source, local_run
     env = {"POSE_PIPELINE_BATCH_DELAY": f"{stage}:2.5", "POSE_PIPELINE_BATCH_LOG": str(log)}
     proc = cli([stage], sets, cluster.address, env)
     lost = cluster.workers["w2"].node_id
+    before_loss = set(node_ids(cluster).values())
     deadline = time.monotonic() + 240
     while not (log.is_file() and lost in log.read_text()) and proc.poll() is None:
         assert time.monotonic() < deadline, "w2 got no batch"
         time.sleep(0.2)
     assert proc.poll() is None, "the stage finished before a node could be lost"
+    # w2 sleeps in the batch it just logged (2.5 s; one actor per node), so every later
+    # line of the log is a batch started once it is gone.
+    at_loss = len(log.read_text().splitlines())
     replace_node(cluster, "w2")
     finish(proc, timeout=400)
     patterns = ("*_keypoints.csv",) if stage == "keypoints" else ("*.jpg",)
@@ -240,8 +244,20 @@ def test_losing_a_worker_node_mid_stage_loses_nothing(cluster, source, local_run
     assert want.keys() == got.keys()
     assert [k for k in want if want[k] != got[k]] == []
     table = pd.read_parquet(table_path)
-    assert len(table) == len(pd.read_parquet(str(table_path).replace(str(made), str(reference))))
+    reference_table = pd.read_parquet(str(table_path).replace(str(made), str(reference)))
+    # Every row is there, once.
+    assert sorted(map(tuple, table[key].to_numpy().tolist())) == sorted(
+        map(tuple, reference_table[key].to_numpy().tolist())
+    )
     assert not table.duplicated(key).any()
     assert table["error"].isna().all()
-    # Rows came from the nodes that were there; the lost one's unfinished work went elsewhere.
-    assert set(table["node"].dropna()) - {lost}
+    # Rows came from nodes that were there; work after the loss (the batch w2 held among
+    # it) ran on the surviving nodes only.
+    alive = set(node_ids(cluster).values())
+    assert set(table["node"].dropna()) <= before_loss | alive
+    after_loss = log.read_text().splitlines()[at_loss:]
+    assert after_loss, "nothing ran after the loss: the batch w2 held was not redone"
+    assert set(after_loss) <= alive - {lost}, after_loss
+    if stage == "keypoints":  # one row per image: w2's rows are those of batches it finished
+        started_on_lost = log.read_text().splitlines().count(lost)
+        assert (table["node"] == lost).sum() <= 2 * (started_on_lost - 1)

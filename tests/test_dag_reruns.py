@@ -129,3 +129,38 @@ def test_reruns_explain_themselves_and_keep_earlier_work(tmp_path, ray_session):
     assert len(aside) == 1, "the earlier training run is kept, moved aside"
     assert (outputs.checkpoints / "netG_4.pth").exists()
     assert forced.loc["train", "moved_aside"] and "train.prev" in forced.loc["train", "moved_aside"]
+
+
+def test_fingerprints_digest_the_configured_image_lists_and_what_pckh_uses(tmp_path):
+    from pipeline.content_state import ContentCache
+    from stages.dag import BY_NAME, take_fingerprint
+
+    root = tmp_path / "data"
+    root.mkdir()
+    write_image_list(["img/a/1.jpg", "img/a/2.jpg"], root / "mine_train.csv")
+    write_image_list(["img/b/1.jpg"], root / "mine_test.csv")
+    sets = [
+        f"dataset.root={root}",
+        f"output.root={tmp_path / 'out'}",
+        "dataset.train_list=mine_train.csv",
+        "dataset.test_list=mine_test.csv",
+    ]
+
+    with ContentCache(tmp_path / "content.sqlite") as cache:
+
+        def fingerprint(stage: str, *extra: str) -> str:
+            return take_fingerprint(BY_NAME[stage], load_config(None, [*sets, *extra]), cache)
+
+        before = {s: fingerprint(s).digest() for s in ("keypoints", "pairs")}
+        for split in ("train", "test"):
+            assert any(p.endswith(f"mine_{split}.csv") for p in fingerprint("keypoints").inputs)
+        write_image_list(["img/a/1.jpg"], root / "mine_train.csv")
+        for stage, digest in before.items():
+            assert fingerprint(stage).digest() != digest, f"{stage} missed the edited list"
+        evaluate = fingerprint("evaluate").digest()
+        for key, value in (
+            ("keypoints.estimator", "mediapipe"),
+            ("keypoints.min_visibility", 0.7),
+            ("keypoints.min_score", 0.2),
+        ):
+            assert fingerprint("evaluate", f"{key}={value}").digest() != evaluate, key

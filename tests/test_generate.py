@@ -244,13 +244,19 @@ def test_cli_legacy_pairs_csv_and_maps_rendered_from_keypoints(
     assert all(got[k] == clean[k] for k in got)
 
 
-def test_changed_image_regenerates_only_its_pairs(annotated_root, ckpt_dir, tmp_path, ray_session):
+def generated_copy(annotated_root: Path, ckpt_dir: Path, tmp_path: Path):
+    """A copy of the annotated tree with its first PAIRS test pairs generated: (root, cfg,
+    generation folder)."""
     root = tmp_path / "data"
     shutil.copytree(annotated_root, root)
     cfg = make_cfg(root, tmp_path)
     cfg.generate.checkpoints = [str(ckpt_dir / "netG_100.pth")]
     run_generate(cfg, limit=PAIRS)
-    out = tmp_path / "generated"
+    return root, cfg, tmp_path / "generated"
+
+
+def test_changed_image_regenerates_only_its_pairs(annotated_root, ckpt_dir, tmp_path, ray_session):
+    root, cfg, out = generated_copy(annotated_root, ckpt_dir, tmp_path)
     before = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
     pairs = read_test_pairs(root).head(PAIRS)
     changed = pairs["imgA"].iloc[0]
@@ -269,3 +275,29 @@ def test_changed_image_regenerates_only_its_pairs(annotated_root, ckpt_dir, tmp_
     untouched = manifest[(manifest["source_id"] != fid) & (manifest["target_id"] != fid)]
     assert len(untouched) == 2 * PAIRS - 2 * involved
     assert all(before[p] == after[p] for p in untouched["output_path"])
+
+
+def test_removed_pairs_take_their_images_and_only_those(
+    annotated_root, ckpt_dir, tmp_path, ray_session
+):
+    root, cfg, out = generated_copy(annotated_root, ckpt_dir, tmp_path)
+    manifest = read_table(out / MANIFEST, MANIFEST_SCHEMA)
+
+    def files() -> dict[str, tuple[bytes, int]]:
+        return {
+            str(p.relative_to(out)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in out.rglob("*.jpg")
+        }
+
+    before = files()
+    again = run_generate(cfg, limit=PAIRS - 2)  # the last two pairs left the pair set
+    removed = manifest["index"] >= PAIRS - 2
+    kept = manifest[~removed]
+    gone = set(manifest.loc[removed, "output_path"])
+    gone |= set(manifest.loc[removed, "real_path"]) - set(kept["real_path"])
+    after = files()
+    assert set(before) - set(after) == gone and set(after) <= set(before)
+    assert all(after[k] == before[k] for k in after), "a kept image was rewritten"
+    assert again.rows_out == 0 and again.skipped == 2 * (PAIRS - 2)
+    left = read_table(out / MANIFEST, MANIFEST_SCHEMA)
+    pd.testing.assert_frame_equal(left, kept.reset_index(drop=True))

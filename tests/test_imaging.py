@@ -55,3 +55,33 @@ def test_tensor_mappings():
     x = torch.tensor([[[[-0.5, 0.5]]]]).repeat(1, 3, 1, 1)
     assert to_uint8(x, minmax=True)[0, 0].tolist() == [[0, 0, 0], [255, 255, 255]]
     assert to_uint8(x)[0, 0, 0].tolist() == [64, 64, 64]
+
+
+def test_sixteen_bit_grey_png_is_scaled_to_eight_bits(tmp_path):
+    levels = np.array([0, 257, 0x7F7F, 0x8080, 0xC0C0, 0xFFFF], np.uint16)
+    wide = np.tile(levels, (4, 1))
+    Image.fromarray(wide).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as im:
+        assert im.mode.startswith("I;16")  # really 16 bits on disk
+    rgb = np.asarray(load_rgb(tmp_path / "grey16.png"))
+    assert rgb.shape == (4, 6, 3) and rgb.dtype == np.uint8
+    assert rgb[0, :, 0].tolist() == [0, 1, 127, 128, 192, 255]
+    assert (rgb == rgb[..., :1]).all()
+
+
+def test_thirty_two_bit_pixels_are_refused_with_the_reason(tmp_path):
+    Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ImageError, match="32-bit float pixels"):
+        load_rgb(tmp_path / "float.tif")
+
+
+def test_fit_frame_scales_to_the_height_then_crops_or_pads_the_width():
+    from pipeline.imaging import fit_frame
+
+    wide = Image.new("RGB", (600, 300), (10, 20, 30))
+    fitted = np.asarray(fit_frame(wide, (256, 176)))
+    assert fitted.shape == (256, 176, 3) and (fitted == [10, 20, 30]).all()  # cropped
+    narrow = np.asarray(fit_frame(Image.new("RGB", (50, 512), (10, 20, 30)), (256, 176)))
+    assert narrow.shape == (256, 176, 3)
+    assert (narrow[:, :70] == 255).all() and (narrow[:, 106:] == 255).all()  # padded white
+    assert (narrow[:, 76:100] == [10, 20, 30]).all()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.content_state import file_digest
 from pipeline.estimator import (
     KeypointEstimator,
     best_person,
@@ -32,7 +33,7 @@ from pipeline.tables import (
     write_table,
 )
 from pipeline.weights import KNOWN_WEIGHTS, WeightsError
-from stages.keypoints import run_keypoints
+from stages.keypoints import keypoints_from_csv, list_images, run_keypoints
 
 
 def coco_annotation(xy: np.ndarray, conf: np.ndarray):
@@ -183,6 +184,40 @@ def test_keypoints_stage_on_ray_with_errors_and_resume(small_tree, random_checkp
     )
     for col in ("x", "y"):
         assert [list(v) for v in again[col]] == [list(v) for v in clean[col]]
+
+
+@pytest.mark.slow
+def test_rows_another_model_made_are_redone_and_out_digests_the_dataset_images(
+    random_checkpoint, ray_session, tmp_path
+):
+    root, out = tmp_path / "data", tmp_path / "elsewhere"
+    write_synthetic_tree(root, identities=2, poses_per_identity=3, seed=5, test_fraction=0.5)
+    cfg = load_config(
+        overrides=[
+            f"dataset.root={root}",
+            f"output.root={tmp_path / 'o'}",
+            "keypoints.batch_size=4",
+        ]
+    )
+    # An earlier run left rows of this checkpoint and of another one of the same network.
+    mine = f"openpifpaf:{random_checkpoint.name}"
+    earlier = keypoints_from_csv(root / GROUND_TRUTH_CSV, list_images(cfg))
+    earlier["estimator"] = [
+        mine if i % 2 else "openpifpaf:shufflenetv2k16-other.pkl" for i in range(len(earlier))
+    ]
+    layout = DatasetLayout(out)
+    write_table(earlier, layout.keypoints_table, KEYPOINTS_SCHEMA)
+    result = run_keypoints(cfg, checkpoint=str(random_checkpoint), out=str(out), progress=False)
+    assert result.skipped == len(earlier) // 2
+    table = read_table(layout.keypoints_table, KEYPOINTS_SCHEMA).set_index("path")
+    assert table["estimator"].eq(mine).all()
+    for r in earlier[earlier["estimator"] == mine].itertuples():  # kept as they were
+        assert list(table.loc[r.path, "x"]) == list(r.x)
+    # Each row's source digest is that of the dataset's image, wherever the table goes.
+    sources = read_table(layout.keypoints_sources)
+    assert dict(zip(sources["path"], sources["digest"], strict=True)) == {
+        p: file_digest(root / p) for p in table.index
+    }
 
 
 def test_annotations_import_gives_ground_truth(synth_root, tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 
 from pipeline.config import load_config
 from pipeline.layout import DatasetLayout
-from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, read_table
+from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, identity_group, read_table
 from stages.pairs import make_pairs, ordered_pairs, run_pairs
 
 
@@ -88,3 +88,25 @@ def test_unknown_keypoints_table_is_a_clear_error(tmp_path):
 
     with pytest.raises(DataError, match="run the keypoints stage first"):
         run_pairs(load_config(overrides=[f"dataset.root={tmp_path}"]))
+
+
+def keep_valid(kp: pd.DataFrame, row, n: int) -> None:
+    """Keep the first n present keypoints of one row, the others missing."""
+    x, y = np.array(kp.at[row, "x"]), np.array(kp.at[row, "y"])
+    assert (x >= 0).sum() >= n
+    drop = np.flatnonzero(x >= 0)[n:]
+    x[drop], y[drop] = -1, -1
+    kp["x"] = [x if i == row else v for i, v in zip(kp.index, kp["x"], strict=True)]
+    kp["y"] = [y if i == row else v for i, v in zip(kp.index, kp["y"], strict=True)]
+    kp.loc[row, "n_valid"] = n
+
+
+def test_exactly_min_valid_keypoints_is_enough_and_one_fewer_is_not(annotated_root):
+    kp = read_table(DatasetLayout(annotated_root).keypoints_table, KEYPOINTS_SCHEMA)
+    at, below = kp.index[kp["path"].map(identity_group) == identity_group(kp["path"].iloc[0])][:2]
+    keep_valid(kp, at, 8)
+    keep_valid(kp, below, 7)
+    table, counts = make_pairs(kp, splits_of(annotated_root), min_valid=8)
+    paired = set(table["imgA"]) | set(table["imgB"])
+    assert kp.loc[at, "path"] in paired and kp.loc[below, "path"] not in paired
+    assert counts.excluded == {"fewer than 8 valid keypoints": 1}

@@ -18,10 +18,11 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.config import load_config
+from pipeline.layout import OutputLayout
 from pipeline.networks import build_generator
 from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
 from run_pipeline import cli
-from stages.dag import plan_run, run_dag
+from stages.dag import BY_NAME, plan_run, run_dag
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
@@ -81,6 +82,28 @@ def tree_files(root: Path, pattern: str) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob(pattern))}
 
 
+def earlier_outputs(stage: str, cfg) -> dict[str, bytes]:
+    """The bytes of what a fresh run of `stage` moves aside, by path under the folder they
+    go to."""
+    out = {}
+    for path in BY_NAME[stage].previous(cfg):
+        if path.is_file():
+            out[path.name] = path.read_bytes()
+        elif path.is_dir():
+            out |= {str(Path(path.name, rel)): data for rel, data in file_bytes(path).items()}
+    assert out, f"{stage} has nothing to move aside"
+    return out
+
+
+def moved_aside(stage: str, cfg, rows: pd.DataFrame) -> dict[str, bytes]:
+    """The bytes under OUT/<stage>.prev/<run id>/ of the run whose manifest rows are `rows`."""
+    return file_bytes(OutputLayout(cfg.output.root).previous(stage, rows.loc[stage, "run_id"]))
+
+
+def file_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
 @pytest.mark.slow
 def test_run_twice_does_no_work_the_second_time(tmp_path, ray_session):
     root = tmp_path / "data"
@@ -100,10 +123,15 @@ def test_run_twice_does_no_work_the_second_time(tmp_path, ray_session):
     second = run_dag(cfg, plan_run(), echo=lambda s: None)
     assert second["status"].tolist() == ["skipped"] * 7
     assert (tmp_path / "out" / "reports" / "demo" / "report.html").exists()
-    forced = run_dag(cfg, plan_run(force=("evaluate",)), echo=lambda s: None).set_index("stage")[
-        "status"
-    ]
-    assert forced["evaluate"] == "ran" and forced["generate"] == "skipped"
+    # Forced stages start from scratch with their earlier outputs moved aside, bytes and
+    # all; their rewritten outputs are the same, so generate and train stay up to date.
+    redo = ("keypoints", "posemaps", "pairs", "evaluate", "report")
+    earlier = {name: earlier_outputs(name, cfg) for name in redo}
+    forced = run_dag(cfg, plan_run(force=redo), echo=lambda s: None).set_index("stage")
+    assert (forced.loc[list(redo), "status"] == "ran").all(), forced[["status", "reason"]]
+    assert (forced.loc[["train", "generate"], "status"] == "skipped").all()
+    for name in redo:
+        assert moved_aside(name, cfg, forced) == earlier[name], name
     only = run_dag(cfg, plan_run(only="pairs"), echo=lambda s: None)
     assert only["stage"].tolist() == ["pairs"] and only["status"].tolist() == ["ran"]
     manifest = pd.read_parquet(tmp_path / "out" / "run_manifest.parquet")
@@ -111,13 +139,33 @@ def test_run_twice_does_no_work_the_second_time(tmp_path, ray_session):
     assert {"fingerprint", "config_hash", "packages", "rows_in", "rows_out", "errors"} <= set(
         manifest.columns
     )
-    # A changed config section reruns that stage and what depends on it, from scratch.
+    # A changed output-defining key reruns that stage from scratch, and what depends on it.
     cfg2 = load_config(
         REPO / "configs" / "demo.yaml",
-        tiny_overrides(root, tmp_path / "out", ["evaluate.metrics=[ssim]"]),
+        tiny_overrides(root, tmp_path / "out", ["evaluate.metrics=[ssim]", "generate.dtype=fp32"]),
     )
-    third = run_dag(cfg2, plan_run(), echo=lambda s: None).set_index("stage")["status"]
-    assert third["train"] == "skipped" and third["evaluate"] == "ran" and third["report"] == "ran"
+    earlier = {name: earlier_outputs(name, cfg2) for name in ("generate", "evaluate")}
+    third = run_dag(cfg2, plan_run(), echo=lambda s: None).set_index("stage")
+    assert third.loc["train", "status"] == "skipped"
+    assert (third.loc[["generate", "evaluate", "report"], "status"] == "ran").all()
+    for name, files in earlier.items():
+        assert moved_aside(name, cfg2, third) == files, name
+
+    # `clean` lists what reruns moved aside and deletes it only with --yes, nothing else.
+    out = tmp_path / "out"
+    aside = sorted(out.glob("*.prev/*"))
+    assert {p.parent.name for p in aside} == {f"{n}.prev" for n in (*redo, "generate")}
+    kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and ".prev" not in str(p)}
+    clean = ["--set", f"output.root={out}", "clean"]
+    listed = CliRunner().invoke(cli, clean)
+    assert listed.exit_code == 0, listed.output
+    assert all(f"kept  {p}" in listed.output for p in aside) and "deleting" not in listed.output
+    assert sorted(out.glob("*.prev/*")) == aside
+    deleted = CliRunner().invoke(cli, [*clean, "--yes"])
+    assert deleted.exit_code == 0, deleted.output
+    assert all(f"deleting  {p}" in deleted.output for p in aside)
+    assert not any(out.glob("*.prev/*"))
+    assert {p: p.read_bytes() for p in kept} == kept
 
 
 @pytest.fixture(scope="module")

@@ -112,6 +112,29 @@ def test_two_workers_write_official_checkpoints_skip_bad_pairs_and_resume(
     logged = pd.read_parquet(out / "log.parquet")
     assert logged["iteration"].tolist() == [1, 2, 3, 4] and logged["g_l1"].notna().all()
     assert TrainLayout(out).latest_state()[0] == 4
+    check_tensorboard_events(out, logged)
+
+
+def check_tensorboard_events(out, logged: pd.DataFrame) -> None:
+    """`tensorboard --logdir OUT/train` sees every loss the log holds, the learning rate,
+    the seconds per iteration and the samples, for both the first run and its resume."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pipeline.training.step import LOSS_NAMES
+
+    steps = logged["iteration"].tolist()
+    for events in sorted(out.glob("events.out.tfevents.*")):
+        assert events.stat().st_size > 0
+    board = EventAccumulator(str(out), size_guidance={"scalars": 0, "images": 0}).Reload()
+    scalars = set(board.Tags()["scalars"])
+    logged_losses = [n for n in LOSS_NAMES if logged[n].notna().any()]
+    assert {f"loss/{n}" for n in logged_losses} <= scalars, scalars
+    assert {"train/learning_rate", "train/seconds_per_iteration"} <= scalars
+    for name in logged_losses:
+        got = {e.step: e.value for e in board.Scalars(f"loss/{name}")}
+        assert sorted(got) == steps
+        assert np.allclose([got[s] for s in steps], logged[name], rtol=1e-5)
+    assert [e.step for e in board.Images("samples")] == [2, 4]
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
+import datetime
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,3 +49,28 @@ def test_checkpoint_resolution(tmp_path):
         expand_checkpoints(["7"], tmp_path)
     with pytest.raises(WeightsError, match="not found"):
         load_state_dict(tmp_path / "nope.pth")
+
+
+def random_bytes_file(path):
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+def disallowed_object_file(path):
+    torch.save({"w": torch.zeros(1), "when": datetime.date(2020, 1, 1)}, path)
+
+
+@pytest.mark.parametrize("make", [random_bytes_file, disallowed_object_file])
+def test_a_refused_file_is_named_without_advice_to_load_it_unsafely(tmp_path, make):
+    from pipeline.estimator import load_network
+
+    path = tmp_path / "netG_3.pth"
+    make(path)
+    for load, what in ((load_state_dict, "a plain state dict"), (load_network, "a loadable")):
+        with pytest.raises(WeightsError) as info:
+            load(path)
+        text = str(info.value)
+        assert text.startswith(f"{path} is not {what}"), text
+        # torch's own message suggests loading unsafely or allow-listing the class.
+        for advice in ("weights_only=False", "likely succeed", "can still be loaded", "trust"):
+            assert advice not in text, text
+        assert info.value.__cause__ is None and info.value.__suppress_context__

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-HEAD_KEYPOINTS = (0, 1, 14, 15, 16, 17)  # nose, neck, eyes, ears (OpenPose-18)
+from pipeline.skeleton import HEAD_IDS as HEAD_KEYPOINTS  # nose, neck, eyes, ears
+
 MIN_HEAD_KEYPOINTS = 2
 THRESHOLD = 0.5
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pyarrow as pa
 
 from pipeline.config import TrainConfig
 from pipeline.layout import TrainLayout
-from pipeline.tables import atomic_path, read_table, write_table
+from pipeline.tables import atomic_path, disk_full_error, read_table, write_table
 from pipeline.training.step import LOSS_NAMES, Nets
 
 TRAIN_LOG_SCHEMA = pa.schema(
@@ -23,11 +24,28 @@ TRAIN_LOG_SCHEMA = pa.schema(
 )
 
 
+def state_bytes(state) -> int:
+    """The tensor bytes in a (nested) state: about what torch.save writes."""
+    import torch
+
+    if isinstance(state, torch.Tensor):
+        return state.nelement() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
 def save_state_dict(state: dict, path: Path) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # torch reports a full disk without an errno; the size lets atomic_path tell. Given a
+    # path, torch's writer keeps the failed file open (its space held) until garbage
+    # collected; a file object of ours is closed on the way out. It also names the
+    # archive inside "archive/" rather than after the random temporary name.
+    with atomic_path(path, needed=state_bytes(state)) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
 
 
 def save_sample_grid(nets: Nets, samples, path: Path) -> None:
@@ -74,7 +92,6 @@ def save_checkpoints(
     import tempfile
 
     import ray.train
-    import torch
 
     # Contiguous copies: the files stay what the published code writes whatever memory
     # format trained them.
@@ -85,23 +102,34 @@ def save_checkpoints(
     save_state_dict(netG, layout.net_checkpoint("netG", it))
     save_state_dict(netD, layout.net_checkpoint("netD", it))
     write_log(rows, layout, start)
+    state = {
+        **progress,
+        "netG": netG,
+        "netD": netD,
+        "optG": nets.optG.state_dict(),
+        "optD": nets.optD.state_dict(),
+        "scaler": nets.scaler.state_dict(),
+    }
+    needed = state_bytes(state)
+    name = f"{TrainLayout.STATE_DIR_PREFIX}{it:09d}"
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(
-            {
-                **progress,
-                "netG": netG,
-                "netD": netD,
-                "optG": nets.optG.state_dict(),
-                "optD": nets.optD.state_dict(),
-                "scaler": nets.scaler.state_dict(),
-            },
-            Path(tmp) / TrainLayout.STATE_FILE,
-        )
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name=f"{TrainLayout.STATE_DIR_PREFIX}{it:09d}",
-        )
+        save_state_dict(state, Path(tmp) / TrainLayout.STATE_FILE)
+        try:
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=name,
+            )
+        except Exception as exc:
+            # Ray Train copies the state into the run's storage and leaves a partial copy
+            # when that fails; a later --resume must not pick it up.
+            full = disk_full_error(exc, layout.ray_storage, needed)
+            if full is None:
+                raise
+            partial = layout.ray_storage / ray.train.get_context().get_experiment_name() / name
+            shutil.rmtree(partial, ignore_errors=True)
+            # Asked again once the copy is gone: the free space a retry would have.
+            raise (disk_full_error(exc, partial / TrainLayout.STATE_FILE, needed) or full) from exc
 
 
 def load_train_state(nets: Nets, state_dir: Path, world: int, device) -> tuple[int, list, int]:
@@ -109,7 +137,15 @@ def load_train_state(nets: Nets, state_dir: Path, world: int, device) -> tuple[i
     pairs skipped so far). The cursors are per rank, so the worker count must match."""
     import torch
 
-    state = torch.load(state_dir / TrainLayout.STATE_FILE, map_location=device, weights_only=True)
+    from pipeline.weights import safe_torch_load
+
+    state = safe_torch_load(
+        state_dir / TrainLayout.STATE_FILE,
+        device,
+        what="a training state",
+        fix=f"it is damaged; delete {state_dir} to resume from the state before it, or "
+        "train afresh without --resume",
+    )
     if state["world"] != world:
         raise RuntimeError(
             f"{state_dir} was saved by {state['world']} workers; resume with "

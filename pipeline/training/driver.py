@@ -8,7 +8,9 @@ import threading
 import time
 
 from pipeline.config import ConfigError, TrainConfig
+from pipeline.errors import PipelineError
 from pipeline.runtime import available_gpus
+from pipeline.training.resources import ClusterResources, use_gpu, worker_cpus
 
 
 def progress_board():
@@ -58,27 +60,14 @@ def show_progress(board, start: int, total: int, done: threading.Event) -> None:
 
 
 def use_gpu_for(tc: TrainConfig) -> bool:
-    if tc.use_gpu == "auto":
-        return available_gpus() > 0
     if tc.use_gpu == "yes" and available_gpus() == 0:
         raise ConfigError("train.use_gpu: yes, but the Ray cluster has no GPU; use auto or no")
-    return tc.use_gpu == "yes"
+    return use_gpu(tc, available_gpus())
 
 
 def cpus_per_worker(tc: TrainConfig, gpu: bool) -> int:
-    """CPU workers share the cluster's CPUs evenly (Ray sets each worker's torch threads
-    to its CPU count); GPU workers keep one CPU each for feeding the GPU."""
-    import ray
-
-    if tc.cpus_per_worker is not None:
-        return tc.cpus_per_worker
-    if gpu:
-        return 1
-    from pipeline.runtime import largest_node_cpus
-
-    # A worker fits on one node: never more CPUs than the largest node has.
-    share = int(ray.cluster_resources().get("CPU", 1)) // tc.num_workers
-    return max(1, min(share, largest_node_cpus()))
+    """CPUs of each Ray Train worker on the cluster this process is connected to."""
+    return worker_cpus(tc, gpu, ClusterResources.from_ray())
 
 
 def loader_workers_for(tc: TrainConfig, cpus: int) -> int:
@@ -91,3 +80,17 @@ def loader_workers_for(tc: TrainConfig, cpus: int) -> int:
         return tc.loader_workers
     spare = int(ray.cluster_resources().get("CPU", 1)) - tc.num_workers * cpus
     return 1 if spare >= tc.num_workers else 0
+
+
+def worker_input_error(exc: BaseException) -> PipelineError | None:
+    """The input error (a full disk, an unusable file) a Ray Train worker failed with, lowest
+    rank first: Ray Train reports it inside a WorkerGroupError whose message is the
+    worker's traceback, and the user should read the plain message."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for rank in sorted(failures):
+        error = failures[rank]
+        # A RayTaskError keeps what the code raised as its cause.
+        for candidate in (error, getattr(error, "cause", None)):
+            if isinstance(candidate, PipelineError):
+                return candidate
+    return None
