@@ -227,6 +227,8 @@ def _message(error: dict[str, Any], model: type[BaseModel]) -> str:
         )
     if error["type"] in ("greater_than_equal", "greater_than"):
         return f"config field '{name}': {value!r} is below the minimum {error['ctx'].get('ge')}"
+    if error["type"] == "value_error":  # our validators' own sentences
+        return f"config field '{name}': {error['msg'].removeprefix('Value error, ')}"
     if error["type"] == "literal_error":
         return f"config field '{name}': {value!r} is not one of {error['ctx']['expected']}"
     return f"config field '{name}': {value!r} ({type(value).__name__}): {error['msg']}"
