@@ -229,6 +229,19 @@ def write_table(df: pd.DataFrame | pa.Table, path: str | os.PathLike, schema: pa
         pq.write_table(table, tmp)
 
 
+# What pyarrow raises for a file that is not (or no longer) a whole Parquet table.
+UNREADABLE_PARQUET = (pa.ArrowInvalid, OSError)
+
+
+def table_damage(path: str | os.PathLike) -> str | None:
+    """Why the Parquet file at `path` cannot be read (its footer only is read), or None."""
+    try:
+        pq.read_metadata(path)
+    except UNREADABLE_PARQUET as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
 def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd.DataFrame:
     """Read a Parquet table; with `schema`, check the columns it must have."""
     path = Path(path)
@@ -236,7 +249,7 @@ def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd.D
         raise FileNotFoundError(f"table not found: {path}")
     try:
         table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except UNREADABLE_PARQUET as exc:
         raise UnreadableTableError(
             f"{path} is not a readable Parquet table ({exc}); it was damaged or cut short. "
             "Rerun the stage that writes it with --force (the damaged file is moved aside)."

@@ -27,7 +27,7 @@ from pipeline.errors import PipelineError
 from pipeline.layout import OutputLayout
 from pipeline.run_lock import output_lock
 from pipeline.runtime import package_versions
-from pipeline.tables import atomic_path, relative_under, write_table
+from pipeline.tables import atomic_path, relative_under, table_damage, write_table
 from stages import STAGE_NAMES, evaluate, generate, keypoints, pairs, posemaps, report, train
 from stages.preflight import preflight
 from stages.spec import StageSpec, config_value
@@ -223,21 +223,13 @@ def unreadable_tables(paths: list[Path]) -> dict[Path, str]:
     """The Parquet tables among `paths` (files, and folders two levels deep) whose footer
     cannot be read, with why: a truncated table makes its stage stale instead of crashing
     the next reader."""
-    import pyarrow.parquet as pq
-
     tables = set()
     for path in paths:
         if path.is_file() and path.suffix == ".parquet":
             tables.add(path)
         elif path.is_dir():
             tables.update([*path.glob("*.parquet"), *path.glob("*/*.parquet")])
-    damaged = {}
-    for table in sorted(tables):
-        try:
-            pq.read_metadata(table)
-        except (pa.ArrowInvalid, OSError) as exc:
-            damaged[table] = str(exc).splitlines()[0]
-    return damaged
+    return {t: why for t in sorted(tables) if (why := table_damage(t))}
 
 
 # --- decisions -----------------------------------------------------------------------------
