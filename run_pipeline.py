@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
-from pipeline.config import Config, load_config
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.core.config import Config, load_config
+from pipeline.core.errors import ConfigError, PipelineError
 from stages import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parent
@@ -302,14 +302,18 @@ def synth(
       ground_truth_keypoints.csv                                  legacy keypoints CSV
     Example: run_pipeline.py synth --out data/synthetic --identities 40
     """
-    from pipeline.synthetic import DEEPFASHION_IDENTITIES, deepfashion_poses, write_synthetic_tree
+    from pipeline.synthetic.tree import (
+        DEEPFASHION_IDENTITIES,
+        deepfashion_poses,
+        write_synthetic_tree,
+    )
 
     sc = obj.cfg.synth
     n_id = identities if identities is not None else sc.identities
     n_pose = poses_per_identity if poses_per_identity is not None else sc.poses_per_identity
     seed = sc.seed if seed is None else seed
     if deepfashion_size:
-        from pipeline.runtime import init_ray
+        from pipeline.cluster.runtime import init_ray
 
         init_ray(obj.cfg.ray)  # --address: the cluster draws them
         n_id, n_pose = DEEPFASHION_IDENTITIES, deepfashion_poses()
@@ -337,7 +341,7 @@ def check_networks(reference) -> None:
     Loads the reference state dicts with weights_only=True, runs the stored inputs in eval
     mode and prints the largest absolute difference. Exit code 1 on a mismatch.
     """
-    from pipeline.parity import check_reference
+    from pipeline.generator.parity import check_reference
 
     report = check_reference(Path(reference))
     for line in report.lines:

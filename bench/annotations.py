@@ -24,10 +24,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.layout import DatasetLayout
-from pipeline.runtime import init_ray  # noqa: E402
-from pipeline.tables import KEYPOINTS_SCHEMA, file_id, write_table  # noqa: E402
+from pipeline.cluster.runtime import init_ray  # noqa: E402
+from pipeline.core.atomic_io import write_table  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.paths import file_id  # noqa: E402
+from pipeline.core.schemas import KEYPOINTS_SCHEMA  # noqa: E402
 
 DEEPFASHION_IMAGES = 52_712
 
@@ -44,9 +46,9 @@ def random_checkpoint(path: Path) -> Path:
 
 
 def bench_keypoints(tmp: Path, n_images: int, checkpoint: Path | None) -> dict:
-    from pipeline.estimator import KeypointEstimator
-    from pipeline.imaging import load_rgb
-    from pipeline.synthetic import write_synthetic_tree
+    from pipeline.core.imaging import load_rgb
+    from pipeline.pose.openpifpaf_estimator import KeypointEstimator
+    from pipeline.synthetic.tree import write_synthetic_tree
     from stages.keypoints import list_images, run_keypoints
 
     root = tmp / "kp"
@@ -90,10 +92,10 @@ def bench_keypoints(tmp: Path, n_images: int, checkpoint: Path | None) -> dict:
 def bench_mediapipe(tmp: Path, identities: int = 40, poses: int = 6) -> dict:
     """The mediapipe stage on 1 worker vs a bare loop over the same images, and the
     stage's keypoints scored against the tree's ground truth (annotation QA)."""
-    from pipeline.estimators import build_estimator
-    from pipeline.imaging import load_rgb
-    from pipeline.keypoint_qa import overall_pckh
-    from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
+    from pipeline.core.imaging import load_rgb
+    from pipeline.pose.estimator_factory import build_estimator
+    from pipeline.pose.keypoint_qa import overall_pckh
+    from pipeline.synthetic.tree import GROUND_TRUTH_CSV, write_synthetic_tree
     from stages.keypoints import list_images, run_keypoints
 
     root = tmp / "mp"
@@ -115,8 +117,8 @@ def bench_mediapipe(tmp: Path, identities: int = 40, poses: int = 6) -> dict:
     t = time.perf_counter()
     result = run_keypoints(cfg, force=True, progress=False, compare=str(root / GROUND_TRUTH_CSV))
     stage = time.perf_counter() - t
-    from pipeline.keypoint_qa import KEYPOINT_QA_SCHEMA
-    from pipeline.tables import read_table
+    from pipeline.core.atomic_io import read_table
+    from pipeline.pose.keypoint_qa import KEYPOINT_QA_SCHEMA
 
     qa = read_table(result.outputs["keypoints_qa"], KEYPOINT_QA_SCHEMA)
     table = read_table(DatasetLayout(root).keypoints_table, KEYPOINTS_SCHEMA)

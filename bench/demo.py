@@ -24,7 +24,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.train import annotated_synthetic_tree, bare_step_seconds  # noqa: E402
-from pipeline.config import TrainConfig  # noqa: E402
+from pipeline.core.config import TrainConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,7 @@ def make_layout(tmp: Path, pairs: int) -> Path:
     """A published-layout directory with `pairs` pairs per direction (one checkpoint)."""
     from published_layout import write_published_layout
 
-    from pipeline.synthetic import write_synthetic_tree
+    from pipeline.synthetic.tree import write_synthetic_tree
 
     poses = 6
     write_synthetic_tree(
@@ -69,7 +69,7 @@ def published_loop(gen: Path) -> tuple[float, np.ndarray]:
 
 
 def stage(gen: Path, out: Path, metrics: list[str], weights: str = "pretrained") -> float:
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from stages.evaluate import run_evaluate
 
     cfg = load_config(None, [f"output.root={out}", f"evaluate.network_weights={weights}"])
@@ -90,10 +90,10 @@ def main() -> None:
 
     import pandas as pd
 
-    from pipeline.config import RayConfig
+    from pipeline.cluster.runtime import available_gpus, init_ray
+    from pipeline.core.atomic_io import read_table
+    from pipeline.core.config import RayConfig
     from pipeline.metrics.summary import PER_IMAGE_SCHEMA
-    from pipeline.runtime import available_gpus, init_ray
-    from pipeline.tables import read_table
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_evaluate_"))
     try:

@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.layout import DatasetLayout
-from pipeline.tables import write_pairs_csv  # noqa: E402
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.legacy_csv import write_pairs_csv  # noqa: E402
 
 NETG_GFLOP_256x176 = 144.0  # per image at ngf 64 (DESIGN 4: about 209 GFLOP at 256x256)
 
@@ -37,7 +37,7 @@ NETG_GFLOP_256x176 = 144.0  # per image at ngf 64 (DESIGN 4: about 209 GFLOP at 
 def build_annotated_tree(root: Path, identities: int, poses: int, test_fraction: float) -> None:
     """A synthetic tree with its keypoints table, npz pose maps and pairs table (the same
     cores the annotation stages run)."""
-    from pipeline.synthetic import write_synthetic_tree
+    from pipeline.synthetic.tree import write_synthetic_tree
     from stages.ground_truth import annotate_from_ground_truth
 
     write_synthetic_tree(
@@ -104,8 +104,8 @@ def published_loop(
     normalize, ToPILImage, JPEG), both directions; returns the generated image count."""
     import torchvision
 
-    from pipeline.networks import NetG
-    from pipeline.weights import load_into
+    from pipeline.core.weights import load_into
+    from pipeline.generator.networks import NetG
 
     net = load_into(NetG(ngf=ngf), ckpt).eval().to(device)
     to_pil = torchvision.transforms.ToPILImage()
@@ -151,8 +151,8 @@ def model_only(
     w: int = 176,
 ) -> float:
     """Images/s of NetG forward alone on in-memory uint8 batches (same path as the actors)."""
-    from pipeline.api import generate_uint8
-    from pipeline.networks import build_generator
+    from pipeline.generator.inference_api import generate_uint8
+    from pipeline.generator.networks import build_generator
 
     net = build_generator(ngf, init=False).eval().to(device)
     if channels_last:
@@ -241,11 +241,11 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from pipeline.api import autocast_dtype
-    from pipeline.config import Config
-    from pipeline.generation import read_test_pairs
-    from pipeline.networks import build_generator
-    from pipeline.runtime import best_device, init_ray
+    from pipeline.cluster.runtime import best_device, init_ray
+    from pipeline.core.config import Config
+    from pipeline.generator.generation_plan import read_test_pairs
+    from pipeline.generator.inference_api import autocast_dtype
+    from pipeline.generator.networks import build_generator
 
     # Half the identities are test identities; each gives poses * (poses - 1) / 2 pairs.
     per_identity = args.poses * (args.poses - 1) // 2

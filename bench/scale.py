@@ -32,7 +32,7 @@ import psutil  # noqa: E402  # isort: skip
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.synthetic import (  # noqa: E402
+from pipeline.synthetic.tree import (  # noqa: E402
     DEEPFASHION_IDENTITIES,
     DEEPFASHION_IMAGES,
     GROUND_TRUTH_CSV,
@@ -113,7 +113,7 @@ def build_tree(root: Path, images: int) -> dict:
 
 def add_images(root: Path, n: int) -> None:
     """`n` new train images in new identity folders, listed and with ground truth rows."""
-    from pipeline.tables import file_id
+    from pipeline.core.paths import file_id
 
     plan = [(f"MEN/Added/id_9{i:07d}", "train", 77_000_000 + i, 5) for i in range(n // 5)]
     images = write_identities(str(root), plan)
@@ -168,7 +168,7 @@ def main() -> None:
 
     import torch
 
-    from pipeline.networks import build_generator
+    from pipeline.generator.networks import build_generator
 
     torch.manual_seed(0)
     ckpt = work / "ckpt" / "netG_1.pth"

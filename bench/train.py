@@ -19,15 +19,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.layout import DatasetLayout  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.core.layout import DatasetLayout  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def annotated_synthetic_tree(root: Path, identities: int = 40, poses: int = 6) -> Path:
     """A synthetic tree annotated from its ground truth, as the test fixture does."""
-    from pipeline.synthetic import write_synthetic_tree
+    from pipeline.synthetic.tree import write_synthetic_tree
     from stages.ground_truth import annotate_from_ground_truth
 
     if DatasetLayout(root).pairs_table.exists():
@@ -40,7 +40,7 @@ def annotated_synthetic_tree(root: Path, identities: int = 40, poses: int = 6) -
 def quality(args) -> dict:
     """Train with configs/demo.yaml (plus --set), then the stage's own test-pair check
     (`pipeline.training.quality`): trained vs untrained NetG vs copying the condition."""
-    from pipeline.runtime import run_stage
+    from pipeline.cluster.stage_result import run_stage
     from pipeline.training.quality import training_quality
     from stages.train import run_train
 
@@ -120,7 +120,7 @@ def stage_seconds(root: Path, out: Path, overrides: list[str], warmup: int) -> d
     (Ray Train start-up, decoding and checkpoints included)."""
     import pyarrow.parquet as pq
 
-    from pipeline.runtime import run_stage
+    from pipeline.cluster.stage_result import run_stage
     from stages.train import run_train
 
     cfg = load_config(REPO / "configs" / "demo.yaml", [f"dataset.root={root}", *overrides])
@@ -141,7 +141,7 @@ def speed(args) -> dict:
     machine drifts, so the bare time is the faster of the runs before and after."""
     import torch
 
-    from pipeline.config import TrainConfig
+    from pipeline.core.config import TrainConfig
 
     root = annotated_synthetic_tree(Path(args.work) / "data")
     torch.set_num_threads(args.threads)

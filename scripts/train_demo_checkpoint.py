@@ -21,10 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.layout import OutputLayout  # noqa: E402
-from pipeline.synthetic import ensure_synthetic_tree  # noqa: E402
-from pipeline.weights import file_sha256  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.core.layout import OutputLayout  # noqa: E402
+from pipeline.core.weights import file_sha256  # noqa: E402
+from pipeline.synthetic.tree import ensure_synthetic_tree  # noqa: E402
 from stages.dag import RunPlan, run_dag  # noqa: E402
 
 IDENTITIES, POSES, SEED = 300, 6, 1

@@ -2,7 +2,7 @@
 
 import os as _os
 
-from pipeline.runtime import ship_package as _ship_package
+from pipeline.cluster.runtime import ship_package as _ship_package
 
 # DAG order; stages/dag.py checks that its stage declarations follow it.
 STAGE_NAMES = ("keypoints", "posemaps", "pairs", "train", "generate", "evaluate", "report")

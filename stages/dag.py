@@ -21,13 +21,14 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.config import Config
-from pipeline.content_state import ContentCache, listing_digest
-from pipeline.errors import PipelineError
-from pipeline.layout import OutputLayout
-from pipeline.run_lock import output_lock
-from pipeline.runtime import package_versions
-from pipeline.tables import atomic_path, relative_under, table_damage, write_table
+from pipeline.cluster.runtime import package_versions
+from pipeline.core.atomic_io import atomic_path, table_damage, write_table
+from pipeline.core.config import Config
+from pipeline.core.content_state import ContentCache, listing_digest
+from pipeline.core.errors import PipelineError
+from pipeline.core.layout import OutputLayout
+from pipeline.core.paths import relative_under
+from pipeline.core.run_lock import output_lock
 from stages import STAGE_NAMES, evaluate, generate, keypoints, pairs, posemaps, report, train
 from stages.preflight import preflight
 from stages.spec import StageSpec, config_value

@@ -146,8 +146,8 @@ def demo_command(obj, out, identities, wait) -> None:
        of a small NetG, generation, evaluation and the report.
     A rerun does only what changed. Prints where the report is.
     """
-    from pipeline.layout import OutputLayout
-    from pipeline.synthetic import GROUND_TRUTH_CSV, ensure_synthetic_tree
+    from pipeline.core.layout import OutputLayout
+    from pipeline.synthetic.tree import GROUND_TRUTH_CSV, ensure_synthetic_tree
     from stages.dag import plan_run, run_dag
 
     if obj.config_path is None:

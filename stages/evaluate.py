@@ -14,10 +14,16 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from pipeline.config import Config
-from pipeline.content_state import ContentCache
-from pipeline.errors import DataError, WeightsError
-from pipeline.layout import PAIRS_INDEX_SCHEMA, EvaluationLayout, OutputLayout, scan_generation
+from pipeline.cluster.runtime import init_ray, package_versions
+from pipeline.cluster.stage_result import StageResult
+from pipeline.core.atomic_io import write_bytes_atomic, write_table
+from pipeline.core.config import Config
+from pipeline.core.content_state import ContentCache
+from pipeline.core.errors import DataError, WeightsError
+from pipeline.core.layout import PAIRS_INDEX_SCHEMA, EvaluationLayout, OutputLayout, scan_generation
+from pipeline.core.legacy_csv import write_csv
+from pipeline.core.paths import checkpoint_sort_key, relative_under
+from pipeline.core.resumable import ResumableTable
 from pipeline.metrics.registry import METRICS, SPECS, build_scorer, expand_metrics, weights_for
 from pipeline.metrics.scoring import real_images, score_network_batch, score_pixel_batch
 from pipeline.metrics.summary import (
@@ -27,15 +33,6 @@ from pipeline.metrics.summary import (
     legacy_tables,
     sort_key,
     summarise,
-)
-from pipeline.resumable import ResumableTable
-from pipeline.runtime import StageResult, init_ray, package_versions
-from pipeline.tables import (
-    checkpoint_sort_key,
-    relative_under,
-    write_bytes_atomic,
-    write_csv,
-    write_table,
 )
 from stages.spec import OUTPUT_ROOT, RAY_KEYS, StageSpec
 
@@ -48,8 +45,8 @@ class MetricActor:
     per-image rows out."""
 
     def __init__(self, metric: str, weights, gen_root: str, actors_per_node: int):
-        from pipeline.ray_pool import use_node_threads
-        from pipeline.runtime import current_node
+        from pipeline.cluster.ray_pool import use_node_threads
+        from pipeline.cluster.runtime import current_node
 
         use_node_threads(actors_per_node)
         self.kind, self.gen_root = SPECS[metric].kind, gen_root
@@ -63,7 +60,7 @@ class MetricActor:
 
 def pixel_scores(batch: pd.DataFrame, gen_root: str, metrics: list[str]) -> pd.DataFrame:
     """Ray Data task: SSIM and/or PSNR rows of a batch of pairs, one `metric` column."""
-    from pipeline.runtime import current_node
+    from pipeline.cluster.runtime import current_node
 
     scored = score_pixel_batch(gen_root, batch.to_dict("records"), metrics)
     return pd.concat(
@@ -127,7 +124,7 @@ def run_pixel_metrics(metrics, gen_root, pairs, paths, batch_size) -> dict[str, 
     import ray
     from tqdm import tqdm
 
-    from pipeline.ray_pool import task_options
+    from pipeline.cluster.ray_pool import task_options
 
     ok = pairs[pairs["error"].isna()]
     outputs = {m: metric_output(paths, m) for m in metrics}
@@ -157,7 +154,7 @@ def run_network_metric(metric, weights, gen_root, units, paths, cfg) -> pd.DataF
     import ray
     from tqdm import tqdm
 
-    from pipeline.ray_pool import plan_pool
+    from pipeline.cluster.ray_pool import plan_pool
 
     output = metric_output(paths, metric)
     todo = pending_units(units, output.done())
@@ -178,7 +175,7 @@ def run_network_metric(metric, weights, gen_root, units, paths, cfg) -> pd.DataF
 
 def checkpoint_files(ckpts: list[str], cfg: Config) -> dict[str, dict]:
     """netG_<ckpt>.pth of each scored checkpoint where it can be found, with its sha256."""
-    from pipeline.weights import file_sha256
+    from pipeline.core.weights import file_sha256
 
     dirs = [d for d in (cfg.weights.checkpoint_dir, OutputLayout(cfg.output.root).checkpoints) if d]
     out = {}
@@ -198,7 +195,7 @@ def checkpoint_files(ckpts: list[str], cfg: Config) -> dict[str, dict]:
 def check_save_modes(modes: dict[str, str], paths: EvaluationLayout, allow_mixed: bool) -> None:
     """Refuse one table over images saved in different modes (unless `allow_mixed`: then the
     outputs say so), and a resumed evaluation whose kept scores came from another mode."""
-    from pipeline.save_modes import mixed_modes_message
+    from pipeline.generator.save_modes import mixed_modes_message
 
     mixed = mixed_modes_message(modes)
     if mixed and not allow_mixed:
@@ -228,7 +225,11 @@ def run_evaluate(
     allow_mixed_save_modes: bool = False,
 ) -> StageResult:
     """Score a published-layout generation directory into `out` (default O/evaluation)."""
-    from pipeline.save_modes import checkpoint_save_modes, overall_save_mode, save_mode_text
+    from pipeline.generator.save_modes import (
+        checkpoint_save_modes,
+        overall_save_mode,
+        save_mode_text,
+    )
 
     outputs = OutputLayout(cfg.output.root)
     gen_root = Path(generated or outputs.generated).resolve()

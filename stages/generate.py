@@ -10,16 +10,26 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from pipeline.batch_stream import (
+from pipeline.cluster.batch_stream import (
     EXECUTORS,
     BatchSteps,
     choose_executor,
     stream_in_process,
     stream_ray,
 )
-from pipeline.config import Config, dataset_path
-from pipeline.content_state import ContentCache
-from pipeline.generation import (
+from pipeline.cluster.stage_result import StageResult
+from pipeline.core.config import Config, dataset_path
+from pipeline.core.content_state import ContentCache
+from pipeline.core.errors import DataError
+from pipeline.core.imaging import FRAME
+from pipeline.core.layout import DatasetLayout, OutputLayout
+from pipeline.generator.generation_batches import (
+    Generator,
+    load_inputs,
+    map_transport,
+    write_outputs,
+)
+from pipeline.generator.generation_plan import (
     IDENTITY_KEY,
     MANIFEST,
     MANIFEST_KEY,
@@ -39,12 +49,7 @@ from pipeline.generation import (
     with_checkpoint,
     write_identical,
 )
-from pipeline.generation_batches import Generator, load_inputs, map_transport, write_outputs
-from pipeline.imaging import FRAME
-from pipeline.layout import DatasetLayout, OutputLayout
-from pipeline.runtime import StageResult
-from pipeline.save_modes import SAVE_MODES, record_generation, save_mode
-from pipeline.tables import DataError
+from pipeline.generator.save_modes import SAVE_MODES, record_generation, save_mode
 from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, StageSpec
 
 # --- the Ray wrapper -------------------------------------------------------------------
@@ -74,10 +79,10 @@ def run_generate(
     `dedup` False runs identical jobs again (for benchmarks of the deduplication)."""
     from tqdm import tqdm
 
-    from pipeline.api import check_checkpoint
-    from pipeline.ray_pool import plan_pool
-    from pipeline.runtime import init_ray
-    from pipeline.weights import checkpoint_id, expand_checkpoints
+    from pipeline.cluster.ray_pool import plan_pool
+    from pipeline.cluster.runtime import init_ray
+    from pipeline.core.weights import checkpoint_id, expand_checkpoints
+    from pipeline.generator.inference_api import check_checkpoint
     from stages.posemaps import describe_posemap_kind, recorded_posemap_kind
 
     gc = cfg.generate

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.layout import SPLITS, DatasetLayout
-from pipeline.posemap import write_posemap
-from pipeline.synthetic import GROUND_TRUTH_CSV
-from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, read_image_list, write_table
+from pipeline.core.atomic_io import write_table
+from pipeline.core.layout import SPLITS, DatasetLayout
+from pipeline.core.legacy_csv import read_image_list
+from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
+from pipeline.pose.posemap import write_posemap
+from pipeline.synthetic.tree import GROUND_TRUTH_CSV
 from stages.keypoints import keypoints_from_csv
 from stages.pairs import make_pairs
 

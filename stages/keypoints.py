@@ -11,22 +11,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.config import Config, KeypointsConfig, dataset_path
-from pipeline.layout import SPLITS, DatasetLayout, OutputLayout
-from pipeline.resumable import ResumableTable
-from pipeline.runtime import StageResult
-from pipeline.skeleton import MISSING, N_KEYPOINTS, valid_mask
-from pipeline.tables import (
-    KEYPOINTS_SCHEMA,
-    DataError,
-    check_paths,
-    file_id,
-    read_image_list,
-    read_keypoints_csv,
-    read_table,
-    write_keypoints_csv,
-    write_table,
-)
+from pipeline.cluster.stage_result import StageResult
+from pipeline.core.atomic_io import read_table, write_table
+from pipeline.core.config import Config, KeypointsConfig, dataset_path
+from pipeline.core.errors import DataError
+from pipeline.core.layout import SPLITS, DatasetLayout, OutputLayout
+from pipeline.core.legacy_csv import read_image_list, read_keypoints_csv, write_keypoints_csv
+from pipeline.core.paths import check_paths, file_id
+from pipeline.core.resumable import ResumableTable
+from pipeline.core.schemas import KEYPOINTS_SCHEMA
+from pipeline.pose.skeleton import MISSING, N_KEYPOINTS, valid_mask
 from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, StageSpec
 
 IMPORTED = "imported"
@@ -98,8 +92,8 @@ def list_images(cfg: Config, pattern: str | None = None) -> pd.DataFrame:
 
 def decode_images(batch: dict[str, np.ndarray], root: str) -> dict[str, np.ndarray]:
     """Ray task: read and decode each image as RGB; unreadable ones get an error reason."""
-    from pipeline.imaging import ImageError, load_rgb
-    from pipeline.tables import safe_path
+    from pipeline.core.imaging import ImageError, load_rgb
+    from pipeline.core.paths import safe_path
 
     images, errors = [], []
     for rel in batch["path"]:
@@ -148,9 +142,9 @@ class KeypointsPredictor:
     """Ray Data actor: one estimator per actor, decoded images in, table rows out."""
 
     def __init__(self, keypoints: KeypointsConfig, device: str | None, actors_per_node: int):
-        from pipeline.estimators import build_estimator
-        from pipeline.ray_pool import use_node_threads
-        from pipeline.runtime import current_node
+        from pipeline.cluster.ray_pool import use_node_threads
+        from pipeline.cluster.runtime import current_node
+        from pipeline.pose.estimator_factory import build_estimator
 
         if keypoints.estimator != "mediapipe":  # mediapipe has its own threads, no torch
             use_node_threads(actors_per_node)
@@ -158,7 +152,7 @@ class KeypointsPredictor:
         self.node = current_node()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
-        from pipeline.runtime import inject_fault
+        from pipeline.cluster.runtime import inject_fault
 
         inject_fault("keypoints")
         ok = [i for i, e in enumerate(batch["decode_error"]) if pd.isna(e)]
@@ -188,8 +182,8 @@ def estimate_keypoints(
     import ray
     from tqdm import tqdm
 
-    from pipeline.ray_pool import IO_CPUS, plan_pool, task_options
-    from pipeline.runtime import largest_node_cpus
+    from pipeline.cluster.ray_pool import IO_CPUS, plan_pool, task_options
+    from pipeline.cluster.runtime import largest_node_cpus
 
     kc = cfg.keypoints
     # A share below half a node leaves room for the decode tasks under Ray Data's
@@ -243,7 +237,7 @@ SOURCES_SCHEMA = pa.schema([("path", pa.string()), ("digest", pa.string())])
 def image_digests(cfg: Config, root: Path, paths: pd.Series) -> dict[str, str]:
     """Content digest of each image ("missing" when unreadable), through the output root's
     stat-keyed cache: unchanged files are not read again."""
-    from pipeline.content_state import ContentCache
+    from pipeline.core.content_state import ContentCache
 
     out = {}
     with ContentCache(OutputLayout(cfg.output.root).state / "content.sqlite") as cache:
@@ -277,8 +271,8 @@ def run_keypoints(
 ) -> StageResult:
     """Estimate (or import) keypoints for the dataset's images; resume unless `force`.
     `compare`: score them against this reference legacy CSV (tables/keypoints_qa.parquet)."""
-    from pipeline.estimators import estimator_name
-    from pipeline.runtime import init_ray
+    from pipeline.cluster.runtime import init_ray
+    from pipeline.pose.estimator_factory import estimator_name
 
     kc = cfg.keypoints.model_copy(
         update={
@@ -318,7 +312,7 @@ def run_keypoints(
         if changed:
             result.notes.append(f"{len(changed)} image(s) changed since their keypoints were made")
         if len(todo):
-            from pipeline.estimators import resolve_estimator
+            from pipeline.pose.estimator_factory import resolve_estimator
 
             # Missing weights fail here, before Ray starts.
             resolved = resolve_estimator(kc, cfg.weights.dir)
@@ -357,7 +351,7 @@ def write_keypoint_qa(
 ) -> tuple[str, list[str]]:
     """Score the keypoints table against a reference legacy CSV into tables/keypoints_qa.parquet;
     returns its path and the summary lines."""
-    from pipeline.keypoint_qa import KEYPOINT_QA_SCHEMA, compare_keypoints, qa_summary
+    from pipeline.pose.keypoint_qa import KEYPOINT_QA_SCHEMA, compare_keypoints, qa_summary
 
     qa = compare_keypoints(table, read_keypoints_csv(reference_csv))
     path = layout.keypoints_qa

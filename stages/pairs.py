@@ -11,19 +11,14 @@ import click
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Config
-from pipeline.layout import SPLITS, DatasetLayout
-from pipeline.runtime import StageResult
-from pipeline.tables import (
-    KEYPOINTS_SCHEMA,
-    PAIRS_SCHEMA,
-    DataError,
-    identity_group,
-    read_image_list,
-    read_table,
-    write_pairs_csv,
-    write_table,
-)
+from pipeline.cluster.stage_result import StageResult
+from pipeline.core.atomic_io import read_table, write_table
+from pipeline.core.config import Config
+from pipeline.core.errors import DataError
+from pipeline.core.layout import SPLITS, DatasetLayout
+from pipeline.core.legacy_csv import read_image_list, write_pairs_csv
+from pipeline.core.paths import identity_group
+from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
 from stages.spec import DATASET_ROOT, StageSpec
 
 

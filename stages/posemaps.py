@@ -13,19 +13,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.config import Config
-from pipeline.layout import SPLITS, DatasetLayout
-from pipeline.posemap import load_posemap, out_of_image, write_posemap
-from pipeline.runtime import StageResult
-from pipeline.tables import (
-    KEYPOINTS_SCHEMA,
-    DataError,
-    read_table,
-    relative_under,
-    safe_path,
-    write_bytes_atomic,
-    write_table,
-)
+from pipeline.cluster.stage_result import StageResult
+from pipeline.core.atomic_io import read_table, write_bytes_atomic, write_table
+from pipeline.core.config import Config
+from pipeline.core.errors import DataError
+from pipeline.core.layout import SPLITS, DatasetLayout
+from pipeline.core.paths import relative_under, safe_path
+from pipeline.core.schemas import KEYPOINTS_SCHEMA
+from pipeline.pose.posemap import load_posemap, out_of_image, write_posemap
 from stages.spec import DATASET_ROOT, RAY_KEYS, StageSpec
 
 POSEMAP_META = "pose_maps.json"  # beside the maps: which kind the stage wrote there
@@ -70,7 +65,7 @@ def write_posemaps(batch: pd.DataFrame, sigma: float | None, root: str) -> pd.Da
     """Ray Data task: write a batch of maps (targets relative to `root`); returns per map its
     target, how many present keypoints fell outside the image (they are treated as missing)
     and the node."""
-    from pipeline.runtime import current_node, inject_fault
+    from pipeline.cluster.runtime import current_node, inject_fault
 
     inject_fault("posemaps")
     outside = []
@@ -164,8 +159,8 @@ def run_posemaps(
     import ray
     from tqdm import tqdm
 
-    from pipeline.ray_pool import task_options
-    from pipeline.runtime import init_ray
+    from pipeline.cluster.ray_pool import task_options
+    from pipeline.cluster.runtime import init_ray
 
     result = StageResult("posemaps")
     source = DatasetLayout(cfg.dataset.root)

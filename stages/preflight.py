@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import Config, dataset_path
-from pipeline.errors import ConfigError, DataError
-from pipeline.tables import read_image_list
+from pipeline.core.config import Config, dataset_path
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.legacy_csv import read_image_list
 
 
 def preflight_problems(cfg: Config, selected: list[str]) -> list[str]:

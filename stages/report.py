@@ -15,14 +15,15 @@ import click
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Config
-from pipeline.errors import DataError
-from pipeline.layout import PAIRS_INDEX_SCHEMA, EvaluationLayout, OutputLayout
+from pipeline.cluster.stage_result import StageResult
+from pipeline.core.atomic_io import read_table, write_bytes_atomic
+from pipeline.core.config import Config
+from pipeline.core.errors import DataError
+from pipeline.core.layout import PAIRS_INDEX_SCHEMA, EvaluationLayout, OutputLayout
+from pipeline.core.paths import checkpoint_sort_key
+from pipeline.generator.save_modes import MIXED, SAVE_MODES, UNKNOWN
 from pipeline.metrics.registry import REAL, SPECS
 from pipeline.metrics.summary import PER_IMAGE_SCHEMA, SUMMARY_SCHEMA
-from pipeline.runtime import StageResult
-from pipeline.save_modes import MIXED, SAVE_MODES, UNKNOWN
-from pipeline.tables import checkpoint_sort_key, read_table, write_bytes_atomic
 from stages.report_pipeline import stage_overview, training_check_section, training_figures
 from stages.spec import OUTPUT_ROOT, StageSpec
 

@@ -14,10 +14,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from pipeline.config import Config, dataset_path
-from pipeline.layout import DatasetLayout
-from pipeline.skeleton import N_KEYPOINTS, OP18_NAMES
-from pipeline.tables import KEYPOINTS_SCHEMA, read_keypoints_csv, read_table
+from pipeline.core.atomic_io import read_table
+from pipeline.core.config import Config, dataset_path
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.legacy_csv import read_keypoints_csv
+from pipeline.core.schemas import KEYPOINTS_SCHEMA
+from pipeline.pose.skeleton import N_KEYPOINTS, OP18_NAMES
 
 ESTIMATED_COLOUR = (230, 30, 30)
 REFERENCE_COLOUR = (20, 160, 60)
@@ -44,7 +46,7 @@ def _png(im: Image.Image) -> bytes:
 
 def overlay_panel(image: Image.Image, x, y, colour, label: str) -> Image.Image:
     """The image with one skeleton drawn over it and a label in the top-left corner."""
-    from pipeline.drawing import draw_skeleton
+    from pipeline.pose.drawing import draw_skeleton
 
     out = draw_skeleton(image, np.asarray(x), np.asarray(y), colour)
     ImageDraw.Draw(out).text((3, 2), label, fill=colour)
@@ -56,8 +58,8 @@ def overlay_grid(
 ) -> bytes:
     """Estimated (red) and, where there is a reference, reference (green) overlays side by
     side for each image of `rows` (keypoints table rows)."""
-    from pipeline.drawing import grid
-    from pipeline.imaging import ImageError, load_rgb
+    from pipeline.core.imaging import ImageError, load_rgb
+    from pipeline.pose.drawing import grid
 
     cells: list[Image.Image] = []
     for r in rows.itertuples(index=False):
@@ -86,7 +88,7 @@ def keypoint_rates(keypoints: pd.DataFrame, qa: pd.DataFrame | None) -> pd.DataF
         {"keypoint": list(OP18_NAMES), "detection_rate": found.mean(0) if len(ok) else np.nan}
     )
     if qa is not None:
-        from pipeline.keypoint_qa import per_keypoint
+        from pipeline.pose.keypoint_qa import per_keypoint
 
         scored = per_keypoint(qa)[["reference", "pckh", "median_error_px"]]
         rates = pd.concat([rates, scored], axis=1)
@@ -118,7 +120,7 @@ def _fmt(value) -> str:
 
 def annotations_section(cfg: Config) -> Section | None:
     """The section for the keypoints table of `cfg`'s dataset (None when there is none)."""
-    from pipeline.keypoint_qa import KEYPOINT_QA_SCHEMA, overall_pckh
+    from pipeline.pose.keypoint_qa import KEYPOINT_QA_SCHEMA, overall_pckh
 
     root = Path(cfg.dataset.root)
     layout = DatasetLayout(root)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from pipeline.imaging import ImageError, load_rgb
+from pipeline.core.imaging import ImageError, load_rgb
 
 DIRECTION_STYLE = {
     "AB": ("tab:blue", "o-", "A→B (fake_B)"),

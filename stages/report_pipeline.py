@@ -7,8 +7,8 @@ import json
 
 import pandas as pd
 
-from pipeline.config import Config
-from pipeline.layout import SPLITS, DatasetLayout, OutputLayout, TrainLayout
+from pipeline.core.config import Config
+from pipeline.core.layout import SPLITS, DatasetLayout, OutputLayout, TrainLayout
 
 
 def _reasons(errors: pd.Series, limit: int = 5) -> str:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config
-from pipeline.runtime import StageResult
+from pipeline.cluster.stage_result import StageResult
+from pipeline.core.config import Config
 
 # Reasons shared by several stages' ignored_keys.
 RAY_KEYS = {

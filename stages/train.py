@@ -16,11 +16,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from pipeline.config import Config, TrainConfig
-from pipeline.errors import ConfigError
-from pipeline.layout import DatasetLayout, OutputLayout, TrainLayout
-from pipeline.runtime import StageResult, init_ray
-from pipeline.tables import DataError, write_bytes_atomic
+from pipeline.cluster.runtime import init_ray
+from pipeline.cluster.stage_result import StageResult
+from pipeline.core.atomic_io import write_bytes_atomic
+from pipeline.core.config import Config, TrainConfig
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.layout import DatasetLayout, OutputLayout, TrainLayout
 from pipeline.training.board import TrainBoard
 from pipeline.training.checkpoints import (
     check_init_checkpoints,
@@ -73,7 +74,7 @@ def train_loop_per_worker(config: dict) -> None:
     from ray.train.torch import get_device
     from torch.nn.parallel import DistributedDataParallel
 
-    from pipeline.losses import PerceptualLoss, vgg19_features
+    from pipeline.training.losses import PerceptualLoss, vgg19_features
 
     tc = TrainConfig(**config["train"])
     layout = TrainLayout(config["out"])
@@ -470,7 +471,7 @@ def train_command(
       ray/                                           Ray Train runs: resumable states
     Example: run_pipeline.py --config configs/demo.yaml train --iterations 600 --num-workers 2
     """
-    from pipeline.runtime import run_stage
+    from pipeline.cluster.stage_result import run_stage
 
     if init_iter is not None and init_from is None:
         raise click.UsageError("--init-iter needs --init-from")

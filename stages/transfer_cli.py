@@ -1,4 +1,4 @@
-"""`transfer`: the command-line face of the inference API (pipeline/api.py's PoseTransfer)."""
+"""`transfer`: the command-line face of the inference API (pipeline/generator/inference_api.py's PoseTransfer)."""
 
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ def transfer_command(
     """
     from PIL import Image
 
-    from pipeline.api import PoseTransfer, read_pose_file
-    from pipeline.tables import atomic_path
+    from pipeline.core.atomic_io import atomic_path
+    from pipeline.generator.inference_api import PoseTransfer, read_pose_file
 
     if (reference is None) == (keypoints_file is None):
         raise click.UsageError("give exactly one of --reference IMAGE or --keypoints FILE")

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from pipeline.layout import OutputLayout
+from pipeline.core.layout import OutputLayout
 
 
 def weight_rows(weights_dir: str | None, checkpoint_dirs: list[Path]) -> list[dict]:
     """One row per known weight file and per NetG checkpoint found: name, use, file,
     where looked for, present, size, sha256."""
-    from pipeline.weights import KNOWN_WEIGHTS, file_sha256, find_weight, weight_search_dirs
+    from pipeline.core.weights import KNOWN_WEIGHTS, file_sha256, find_weight, weight_search_dirs
 
     rows = []
     where = ", ".join(str(d) for d in weight_search_dirs(weights_dir))
@@ -49,8 +49,8 @@ def weight_rows(weights_dir: str | None, checkpoint_dirs: list[Path]) -> list[di
 
 def blazepose_rows() -> list[dict]:
     """BlazePose's model files, which ship inside the mediapipe wheel (never fetched)."""
-    from pipeline.pose_blazepose import MediapipeUnavailable, model_files
-    from pipeline.weights import file_sha256
+    from pipeline.core.weights import file_sha256
+    from pipeline.pose.blazepose import MediapipeUnavailable, model_files
 
     try:
         files = model_files()
@@ -139,7 +139,7 @@ def fetch(obj, name) -> None:
 
     import torch
 
-    from pipeline.weights import KNOWN_WEIGHTS, torch_cache_dir
+    from pipeline.core.weights import KNOWN_WEIGHTS, torch_cache_dir
 
     if name not in KNOWN_WEIGHTS:
         raise click.BadParameter(

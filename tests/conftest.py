@@ -24,7 +24,7 @@ def reference() -> Path:
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A small synthetic dataset shared read-only by the whole session."""
-    from pipeline.synthetic import write_synthetic_tree
+    from pipeline.synthetic.tree import write_synthetic_tree
 
     root = tmp_path_factory.mktemp("synth")
     write_synthetic_tree(root, identities=8, poses_per_identity=4, seed=3)
@@ -36,8 +36,8 @@ def ray_session():
     """One local Ray for the suite (starting Ray takes seconds; share it)."""
     import ray
 
-    from pipeline.config import RayConfig
-    from pipeline.runtime import init_ray
+    from pipeline.cluster.runtime import init_ray
+    from pipeline.core.config import RayConfig
 
     init_ray(RayConfig(num_cpus=2))
     yield ray

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.imaging import encode_jpeg, load_rgb
-from pipeline.tables import file_id, write_bytes_atomic
+from pipeline.core.atomic_io import write_bytes_atomic
+from pipeline.core.imaging import encode_jpeg, load_rgb
+from pipeline.core.paths import file_id
 
 
 def perturbed(image: np.ndarray, noise: float, shift: int, seed: int) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 import numpy as np
 
-from pipeline.layout import DatasetLayout
-from pipeline.posemap import load_posemap
-from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, read_table
+from pipeline.core.atomic_io import read_table
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
+from pipeline.pose.posemap import load_posemap
 
 
 def test_annotated_tree_contracts(annotated_root):

@@ -10,13 +10,20 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.api import Pose, PoseTransfer, read_pose_file
-from pipeline.imaging import keypoints_to_canvas, resize_pad_256, to_tensor, to_uint8, unpad_256
-from pipeline.networks import build_generator
-from pipeline.posemap import render_map
-from pipeline.synthetic import GROUND_TRUTH_CSV
-from pipeline.tables import DataError, read_keypoints_csv
-from pipeline.weights import WeightsError
+from pipeline.core.errors import DataError
+from pipeline.core.imaging import (
+    keypoints_to_canvas,
+    resize_pad_256,
+    to_tensor,
+    to_uint8,
+    unpad_256,
+)
+from pipeline.core.legacy_csv import read_keypoints_csv
+from pipeline.core.weights import WeightsError
+from pipeline.generator.inference_api import Pose, PoseTransfer, read_pose_file
+from pipeline.generator.networks import build_generator
+from pipeline.pose.posemap import render_map
+from pipeline.synthetic.tree import GROUND_TRUTH_CSV
 
 NGF = 4
 W, H = 300, 500
@@ -119,7 +126,7 @@ def test_transfer_cli_with_keypoint_files(checkpoint, condition, tmp_path):
 def test_reference_image_without_openpifpaf_weights_is_a_clear_error(
     checkpoint, condition, tmp_path, monkeypatch
 ):
-    import pipeline.estimator  # noqa: F401  (a broken module must fail this test, not skip it)
+    import pipeline.pose.openpifpaf_estimator  # noqa: F401  (a broken module must fail this test, not skip it)
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_cache"))
     pt = PoseTransfer(checkpoint, device="cpu", ngf=NGF)
@@ -130,7 +137,7 @@ def test_reference_image_without_openpifpaf_weights_is_a_clear_error(
 def test_published_api_call_sequence_on_the_reference_photos(reference, tmp_path):
     """Code written against the published API runs unchanged: Pose2Pose(checkpoint=...),
     transfer_as(condition, reference), with the reference photos of people."""
-    from pipeline.api import Pose2Pose
+    from pipeline.generator.inference_api import Pose2Pose
 
     ckpt = tmp_path / "netG_8.pth"
     torch.manual_seed(1)
@@ -148,7 +155,7 @@ def test_published_api_call_sequence_on_the_reference_photos(reference, tmp_path
 
 
 def test_pose2pose_pretrained_says_where_the_published_file_goes(tmp_path):
-    from pipeline.api import PUBLISHED_CHECKPOINT, Pose2Pose
+    from pipeline.generator.inference_api import PUBLISHED_CHECKPOINT, Pose2Pose
 
     with pytest.raises(WeightsError, match=PUBLISHED_CHECKPOINT) as err:
         Pose2Pose(pretrained=True, weights_dir=tmp_path)

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.estimators import build_estimator, resolve_estimator
-from pipeline.pose_blazepose import (
+from pipeline.pose.blazepose import (
     N_LANDMARKS,
     OP18_FROM_BLAZEPOSE,
     blazepose_to_op18,
     landmark_indices,
     model_files,
 )
-from pipeline.skeleton import NECK, OP18_NAMES
+from pipeline.pose.estimator_factory import build_estimator, resolve_estimator
+from pipeline.pose.skeleton import NECK, OP18_NAMES
 
 OP = {name: i for i, name in enumerate(OP18_NAMES)}
 
@@ -139,7 +139,7 @@ def test_frontal_photos_keep_left_and_right_and_an_empty_image_has_nobody(estima
 
 
 def test_weights_status_lists_blazepose_files_as_present():
-    from pipeline.weights import file_sha256
+    from pipeline.core.weights import file_sha256
     from stages.weights_cli import blazepose_rows
 
     rows = {r["name"]: r for r in blazepose_rows()}
@@ -153,7 +153,7 @@ def test_transfer_cli_estimates_both_poses_with_mediapipe(reference, tmp_path):
     import torch
     from click.testing import CliRunner
 
-    from pipeline.networks import build_generator
+    from pipeline.generator.networks import build_generator
     from run_pipeline import cli
 
     ckpt = tmp_path / "netG_1.pth"
@@ -196,7 +196,7 @@ class Counting:
 
 
 def test_pckh_estimates_each_distinct_image_once(estimator, reference):
-    from pipeline.estimators import predict_once_per_image
+    from pipeline.pose.estimator_factory import predict_once_per_image
 
     a, b = photo(reference, "condition.jpg"), photo(reference, "target_pose_reference.jpg")
     counting = Counting(estimator)

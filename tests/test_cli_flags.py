@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from run_pipeline import PipelineContext, cli
 
 CONFIG_FIELDS = [

@@ -18,9 +18,9 @@ import pytest
 import torch
 from test_pipeline_run import finish, run_cli
 
-from pipeline.generation import MANIFEST_KEY
-from pipeline.networks import build_generator
-from pipeline.synthetic import write_synthetic_tree
+from pipeline.generator.generation_plan import MANIFEST_KEY
+from pipeline.generator.networks import build_generator
+from pipeline.synthetic.tree import write_synthetic_tree
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_CPUS = {"head": 1, "w1": 1, "w2": 2}  # logical CPUs; w2 shows sizing by node
@@ -160,15 +160,15 @@ def test_stages_on_three_nodes_equal_a_local_run_and_use_every_node(
 def test_actors_and_train_workers_are_sized_from_their_node(cluster):
     probe = """
 import json, sys, ray
-from pipeline.config import RayConfig, TrainConfig
-from pipeline.runtime import init_ray, largest_node_cpus
-from pipeline.ray_pool import plan_pool
+from pipeline.core.config import RayConfig, TrainConfig
+from pipeline.cluster.runtime import init_ray, largest_node_cpus
+from pipeline.cluster.ray_pool import plan_pool
 from stages.train import cpus_per_worker
 
 class Probe:
     def __init__(self, actors_per_node):
-        from pipeline.ray_pool import use_node_threads
-        from pipeline.runtime import current_node, node_cpus
+        from pipeline.cluster.ray_pool import use_node_threads
+        from pipeline.cluster.runtime import current_node, node_cpus
         self.node, self.threads = current_node(), use_node_threads(actors_per_node)
 
     def __call__(self, batch):

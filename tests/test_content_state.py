@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.content_state import ContentCache, file_digest
+from pipeline.core.content_state import ContentCache, file_digest
 
 
 def touch(path, seconds: int) -> None:

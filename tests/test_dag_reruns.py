@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from test_pipeline_run import TINY
 
-from pipeline.config import load_config
-from pipeline.layout import DatasetLayout, OutputLayout
-from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
-from pipeline.tables import read_image_list, write_image_list
+from pipeline.core.config import load_config
+from pipeline.core.layout import DatasetLayout, OutputLayout
+from pipeline.core.legacy_csv import read_image_list, write_image_list
+from pipeline.synthetic.tree import GROUND_TRUTH_CSV, write_synthetic_tree
 from stages.dag import StaleStageError, plan_run, run_dag
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,7 +132,7 @@ def test_reruns_explain_themselves_and_keep_earlier_work(tmp_path, ray_session):
 
 
 def test_fingerprints_digest_the_configured_image_lists_and_what_pckh_uses(tmp_path):
-    from pipeline.content_state import ContentCache
+    from pipeline.core.content_state import ContentCache
     from stages.dag import BY_NAME, take_fingerprint
 
     root = tmp_path / "data"

@@ -16,8 +16,9 @@ import pytest
 import torch
 from test_train import tiny_config
 
-from pipeline.errors import DiskFullError
-from pipeline.tables import PAIRS_SCHEMA, disk_full_error, write_bytes_atomic, write_table
+from pipeline.core.atomic_io import disk_full_error, write_bytes_atomic, write_table
+from pipeline.core.errors import DiskFullError
+from pipeline.core.schemas import PAIRS_SCHEMA
 from pipeline.training.checkpoints import save_state_dict
 from stages.train import run_train
 

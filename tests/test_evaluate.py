@@ -9,11 +9,11 @@ from click.testing import CliRunner
 from published_layout import corrupt, write_published_layout
 from skimage.metrics import structural_similarity
 
-from pipeline.config import load_config
-from pipeline.imaging import load_rgb
-from pipeline.layout import scan_generation
+from pipeline.core.atomic_io import read_table, write_table
+from pipeline.core.config import load_config
+from pipeline.core.imaging import load_rgb
+from pipeline.core.layout import scan_generation
 from pipeline.metrics.summary import LEGACY_COLUMNS, LPIPS_LEGACY_COLUMNS, PER_IMAGE_SCHEMA
-from pipeline.tables import read_table, write_table
 from stages.evaluate import run_evaluate
 
 

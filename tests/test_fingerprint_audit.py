@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config
+from pipeline.core.config import Config
 from stages.dag import STAGES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -359,7 +359,7 @@ def test_every_config_read_of_a_stage_is_in_its_fingerprint_or_declared_harmless
 
 
 LIBRARY = """
-from pipeline.config import GenerateConfig, KeypointsConfig
+from pipeline.core.config import GenerateConfig, KeypointsConfig
 
 
 def forward(net, gc: GenerateConfig):

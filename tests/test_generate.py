@@ -12,14 +12,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.config import Config
-from pipeline.generation import MANIFEST, generation_jobs, read_test_pairs
-from pipeline.imaging import encode_jpeg, load_rgb, to_tensor, to_uint8
-from pipeline.layout import DatasetLayout
-from pipeline.networks import NetG, build_generator
-from pipeline.posemap import load_posemap
-from pipeline.tables import MANIFEST_SCHEMA, read_table, write_pairs_csv
-from pipeline.weights import WeightsError, load_into
+from pipeline.core.atomic_io import read_table
+from pipeline.core.config import Config
+from pipeline.core.imaging import encode_jpeg, load_rgb, to_tensor, to_uint8
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.legacy_csv import write_pairs_csv
+from pipeline.core.schemas import MANIFEST_SCHEMA
+from pipeline.core.weights import WeightsError, load_into
+from pipeline.generator.generation_plan import MANIFEST, generation_jobs, read_test_pairs
+from pipeline.generator.networks import NetG, build_generator
+from pipeline.pose.posemap import load_posemap
 from stages.generate import run_generate
 
 NGF = 4
@@ -112,7 +114,7 @@ def test_the_ray_executor_writes_what_the_in_process_one_writes(
 
 
 def test_auto_executor_takes_this_process_only_for_one_machine_and_a_small_run(ray_session):
-    from pipeline.batch_stream import choose_executor
+    from pipeline.cluster.batch_stream import choose_executor
 
     assert choose_executor("auto", 100, 100, None, None).name == "in_process"
     assert choose_executor("in_process", 10**6, 0, 4, "auto").name == "in_process"

@@ -19,15 +19,16 @@ from test_generate import NGF, make_cfg
 from test_generate_modes import generated_count
 from test_pipeline_run import random_checkpoint
 
-from pipeline.content_state import ContentCache
-from pipeline.errors import DataError
-from pipeline.generation import MANIFEST, manifest_output, read_test_pairs
-from pipeline.imaging import load_rgb
-from pipeline.layout import DatasetLayout
-from pipeline.networks import NetG, build_generator
-from pipeline.posemap import load_posemap, write_posemap
-from pipeline.tables import MANIFEST_SCHEMA, read_table
-from pipeline.weights import load_into
+from pipeline.core.atomic_io import read_table
+from pipeline.core.content_state import ContentCache
+from pipeline.core.errors import DataError
+from pipeline.core.imaging import load_rgb
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.schemas import MANIFEST_SCHEMA
+from pipeline.core.weights import load_into
+from pipeline.generator.generation_plan import MANIFEST, manifest_output, read_test_pairs
+from pipeline.generator.networks import NetG, build_generator
+from pipeline.pose.posemap import load_posemap, write_posemap
 from stages.generate import run_generate
 
 PAIRS = 4
@@ -144,7 +145,7 @@ def test_an_interrupted_ray_run_keeps_every_batch_it_finished(
     annotated_root, ckpt, tmp_path, ray_session, monkeypatch
 ):
     import stages.generate as generate_stage
-    from pipeline.batch_stream import stream_ray
+    from pipeline.cluster.batch_stream import stream_ray
 
     cfg = make_cfg(annotated_root, tmp_path)
     cfg.generate.executor, cfg.generate.batch_size = "ray", 2
@@ -249,7 +250,7 @@ def test_channels_last_is_part_of_the_generate_fingerprint(tmp_path):
 
 
 def test_pose_maps_of_another_size_move_with_their_image():
-    from pipeline.posemap import fit_map, gaussian_map, one_hot_map
+    from pipeline.pose.posemap import fit_map, gaussian_map, one_hot_map
 
     rng = np.random.default_rng(3)
     x, y = rng.integers(0, 176, 18), rng.integers(0, 256, 18)

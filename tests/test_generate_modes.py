@@ -17,12 +17,19 @@ import torch
 from PIL import Image
 from test_generate import NGF, make_cfg
 
-from pipeline.generation import MANIFEST, generation_jobs, identical_jobs, read_test_pairs
-from pipeline.layout import DatasetLayout
-from pipeline.networks import NetG, build_generator
-from pipeline.save_modes import GENERATION_META
-from pipeline.tables import MANIFEST_SCHEMA, DataError, read_table
-from pipeline.weights import load_into
+from pipeline.core.atomic_io import read_table
+from pipeline.core.errors import DataError
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.schemas import MANIFEST_SCHEMA
+from pipeline.core.weights import load_into
+from pipeline.generator.generation_plan import (
+    MANIFEST,
+    generation_jobs,
+    identical_jobs,
+    read_test_pairs,
+)
+from pipeline.generator.networks import NetG, build_generator
+from pipeline.generator.save_modes import GENERATION_META
 from stages.generate import run_generate
 from stages.posemaps import load_posemap, run_posemaps
 

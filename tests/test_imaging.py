@@ -3,7 +3,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.imaging import ImageError, load_rgb, resize_pad_256, to_tensor, to_uint8, unpad_256
+from pipeline.core.imaging import (
+    ImageError,
+    load_rgb,
+    resize_pad_256,
+    to_tensor,
+    to_uint8,
+    unpad_256,
+)
 
 
 @pytest.mark.parametrize("name", ["condition", "wide_input"])
@@ -76,7 +83,7 @@ def test_thirty_two_bit_pixels_are_refused_with_the_reason(tmp_path):
 
 
 def test_fit_frame_scales_to_the_height_then_crops_or_pads_the_width():
-    from pipeline.imaging import fit_frame
+    from pipeline.core.imaging import fit_frame
 
     wide = Image.new("RGB", (600, 300), (10, 20, 30))
     fitted = np.asarray(fit_frame(wide, (256, 176)))

@@ -6,10 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.keypoint_qa import KEYPOINT_QA_SCHEMA, compare_keypoints, overall_pckh, per_keypoint
+from pipeline.core.atomic_io import read_table, write_table
+from pipeline.core.legacy_csv import read_keypoints_csv, write_keypoints_csv
 from pipeline.metrics.pckh import pckh_counts
-from pipeline.skeleton import OP18_NAMES
-from pipeline.tables import read_keypoints_csv, read_table, write_keypoints_csv, write_table
+from pipeline.pose.keypoint_qa import (
+    KEYPOINT_QA_SCHEMA,
+    compare_keypoints,
+    overall_pckh,
+    per_keypoint,
+)
+from pipeline.pose.skeleton import OP18_NAMES
 
 OP = {name: i for i, name in enumerate(OP18_NAMES)}
 

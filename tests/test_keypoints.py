@@ -11,9 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import load_config
-from pipeline.content_state import file_digest
-from pipeline.estimator import (
+from pipeline.core.atomic_io import read_table, write_table
+from pipeline.core.config import load_config
+from pipeline.core.content_state import file_digest
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.legacy_csv import read_image_list, read_keypoints_csv, write_image_list
+from pipeline.core.schemas import KEYPOINTS_SCHEMA
+from pipeline.core.weights import KNOWN_WEIGHTS, WeightsError
+from pipeline.pose.openpifpaf_estimator import (
     KeypointEstimator,
     best_person,
     checkpoint_filename,
@@ -21,18 +26,8 @@ from pipeline.estimator import (
     load_network,
     resolve_checkpoint,
 )
-from pipeline.layout import DatasetLayout
-from pipeline.skeleton import COCO17_NAMES, NECK, OP18_NAMES
-from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
-from pipeline.tables import (
-    KEYPOINTS_SCHEMA,
-    read_image_list,
-    read_keypoints_csv,
-    read_table,
-    write_image_list,
-    write_table,
-)
-from pipeline.weights import KNOWN_WEIGHTS, WeightsError
+from pipeline.pose.skeleton import COCO17_NAMES, NECK, OP18_NAMES
+from pipeline.synthetic.tree import GROUND_TRUTH_CSV, write_synthetic_tree
 from stages.keypoints import keypoints_from_csv, list_images, run_keypoints
 
 

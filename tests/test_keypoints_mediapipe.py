@@ -11,22 +11,20 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.config import load_config
-from pipeline.estimators import build_estimator
-from pipeline.imaging import encode_jpeg, load_rgb
-from pipeline.keypoint_qa import KEYPOINT_QA_SCHEMA
-from pipeline.layout import DatasetLayout
-from pipeline.tables import (
-    KEYPOINTS_SCHEMA,
-    file_id,
+from pipeline.core.atomic_io import read_table, write_bytes_atomic, write_table
+from pipeline.core.config import load_config
+from pipeline.core.imaging import encode_jpeg, load_rgb
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.legacy_csv import (
     read_image_list,
     read_keypoints_csv,
-    read_table,
-    write_bytes_atomic,
     write_image_list,
     write_keypoints_csv,
-    write_table,
 )
+from pipeline.core.paths import file_id
+from pipeline.core.schemas import KEYPOINTS_SCHEMA
+from pipeline.pose.estimator_factory import build_estimator
+from pipeline.pose.keypoint_qa import KEYPOINT_QA_SCHEMA
 from stages.keypoints import run_keypoints
 
 EMPTY = "img/MEN/Suits/id_00000002/03_7_additional.jpg"  # a white image: nobody

@@ -3,8 +3,9 @@ import logging
 import pytest
 import torch
 
-from pipeline.config import Config
-from pipeline.losses import (
+from pipeline.core.config import Config
+from pipeline.core.weights import WeightsError
+from pipeline.training.losses import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     LossWeights,
@@ -17,7 +18,6 @@ from pipeline.losses import (
     vgg19_features,
 )
 from pipeline.training.step import resolve_vgg_weights
-from pipeline.weights import WeightsError
 
 
 def test_lsgan_and_l1_equal_hand_computation():

@@ -5,7 +5,7 @@ import pytest
 from scipy import linalg
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipeline.imaging import load_rgb
+from pipeline.core.imaging import load_rgb
 from pipeline.metrics.fid import fid_from_features
 from pipeline.metrics.inception_score import inception_score
 from pipeline.metrics.pckh import head_size, pckh_counts, pckh_score

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from pipeline.networks import NetD, NetG, build_generator
-from pipeline.parity import check_reference
-from pipeline.weights import load_into
+from pipeline.core.weights import load_into
+from pipeline.generator.networks import NetD, NetG, build_generator
+from pipeline.generator.parity import check_reference
 
 
 def test_parity_with_published_outputs(reference):

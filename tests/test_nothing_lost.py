@@ -18,10 +18,10 @@ import pytest
 from click.testing import CliRunner
 from test_pipeline_run import TINY, random_checkpoint, run_cli
 
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
-from pipeline.layout import DatasetLayout, EvaluationLayout, OutputLayout
-from pipeline.synthetic import write_synthetic_tree
+from pipeline.core.config import load_config
+from pipeline.core.errors import ConfigError
+from pipeline.core.layout import DatasetLayout, EvaluationLayout, OutputLayout
+from pipeline.synthetic.tree import write_synthetic_tree
 from run_pipeline import cli
 from stages.dag import plan_run, run_dag
 
@@ -265,7 +265,7 @@ def test_a_second_run_on_a_held_output_root_stops_naming_the_holder_and_ctrl_c_e
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
-    from pipeline.run_lock import OutputLockedError, output_lock
+    from pipeline.core.run_lock import OutputLockedError, output_lock
 
     out = tmp_path / "out"
     lock = OutputLayout(out).lock
@@ -279,7 +279,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
             [
                 os.sys.executable,
                 "-c",
-                "from pipeline.run_lock import output_lock; "
+                "from pipeline.core.run_lock import output_lock; "
                 f"output_lock({str(out)!r}, 'second').__enter__()",
             ],
             cwd=REPO,

@@ -8,9 +8,11 @@ from itertools import permutations
 import numpy as np
 import pandas as pd
 
-from pipeline.config import load_config
-from pipeline.layout import DatasetLayout
-from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, identity_group, read_table
+from pipeline.core.atomic_io import read_table
+from pipeline.core.config import load_config
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.paths import identity_group
+from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
 from stages.pairs import make_pairs, ordered_pairs, run_pairs
 
 
@@ -21,7 +23,7 @@ def test_ordered_pairs_lists_every_pair_within_groups():
 
 
 def splits_of(root):
-    from pipeline.tables import read_image_list
+    from pipeline.core.legacy_csv import read_image_list
 
     return {s: read_image_list(DatasetLayout(root).image_list(s), root) for s in ("train", "test")}
 
@@ -84,7 +86,7 @@ def test_stage_writes_table_and_legacy_csvs(annotated_root, tmp_path):
 def test_unknown_keypoints_table_is_a_clear_error(tmp_path):
     import pytest
 
-    from pipeline.tables import DataError
+    from pipeline.core.errors import DataError
 
     with pytest.raises(DataError, match="run the keypoints stage first"):
         run_pairs(load_config(overrides=[f"dataset.root={tmp_path}"]))

@@ -9,10 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.config import load_config
-from pipeline.layout import DatasetLayout
-from pipeline.posemap import load_posemap, write_posemap
-from pipeline.tables import KEYPOINTS_SCHEMA, read_table, write_table
+from pipeline.core.atomic_io import read_table, write_table
+from pipeline.core.config import load_config
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.schemas import KEYPOINTS_SCHEMA
+from pipeline.pose.posemap import load_posemap, write_posemap
 from stages.posemaps import run_posemaps
 
 

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from published_layout import write_published_layout
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from stages.evaluate import run_evaluate
 from stages.report import run_report
 

@@ -8,14 +8,11 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from pipeline.config import load_config
-from pipeline.layout import DatasetLayout
-from pipeline.synthetic import GROUND_TRUTH_CSV
-from pipeline.tables import (
-    KEYPOINTS_SCHEMA,
-    read_table,
-    write_table,
-)
+from pipeline.core.atomic_io import read_table, write_table
+from pipeline.core.config import load_config
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.schemas import KEYPOINTS_SCHEMA
+from pipeline.synthetic.tree import GROUND_TRUTH_CSV
 from stages.keypoints import write_keypoint_qa
 from stages.report import Report, render_html, render_markdown, write_report
 from stages.report_annotations import annotations_section

@@ -7,7 +7,7 @@ import os
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.resumable import ResumableTable
+from pipeline.core.resumable import ResumableTable
 
 SCHEMA = pa.schema([("key", pa.string()), ("value", pa.int64())])
 

@@ -9,9 +9,9 @@ import json
 import pytest
 from published_layout import write_published_layout
 
-from pipeline.config import load_config
-from pipeline.errors import DataError
-from pipeline.save_modes import (
+from pipeline.core.config import load_config
+from pipeline.core.errors import DataError
+from pipeline.generator.save_modes import (
     DEFAULT,
     GENERATION_META,
     PUBLISHED,

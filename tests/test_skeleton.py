@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline.skeleton import COCO17_NAMES, OP18_NAMES, coco17_to_op18
+from pipeline.pose.skeleton import COCO17_NAMES, OP18_NAMES, coco17_to_op18
 
 
 def test_coco_to_op18_maps_by_name_and_synthesises_neck():

@@ -3,8 +3,8 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from pipeline.synthetic import GROUND_TRUTH_CSV, write_synthetic_tree
-from pipeline.tables import read_image_list, read_keypoints_csv
+from pipeline.core.legacy_csv import read_image_list, read_keypoints_csv
+from pipeline.synthetic.tree import GROUND_TRUTH_CSV, write_synthetic_tree
 
 
 def digest_tree(root):

@@ -4,23 +4,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.tables import (
-    KEYPOINTS_SCHEMA,
-    PAIRS_SCHEMA,
-    DataError,
-    atomic_path,
-    file_id,
-    identity_group,
+from pipeline.core.atomic_io import atomic_path, read_table, write_table
+from pipeline.core.errors import DataError
+from pipeline.core.legacy_csv import (
     read_image_list,
     read_keypoints_csv,
     read_pairs_csv,
-    read_table,
-    safe_path,
     write_image_list,
     write_keypoints_csv,
     write_pairs_csv,
-    write_table,
 )
+from pipeline.core.paths import file_id, identity_group, safe_path
+from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
 
 
 def keypoint_rows(n=3):

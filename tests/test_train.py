@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import Config
-from pipeline.layout import DatasetLayout, TrainLayout
-from pipeline.networks import NetD, NetG
-from pipeline.tables import PAIRS_SCHEMA, read_table
+from pipeline.core.atomic_io import read_table
+from pipeline.core.config import Config
+from pipeline.core.layout import DatasetLayout, TrainLayout
+from pipeline.core.schemas import PAIRS_SCHEMA
+from pipeline.generator.networks import NetD, NetG
 from pipeline.training.data import BatchStream, PairImages, load_train_pairs, rank_order
 from pipeline.training.step import autocast_for, build_nets, loss_weights, train_step
 from stages.train import run_train

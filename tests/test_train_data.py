@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import Config, TrainConfig
-from pipeline.layout import OutputLayout, TrainLayout
-from pipeline.posemap import gaussian_map, one_hot_coords, one_hot_map
+from pipeline.core.config import Config, TrainConfig
+from pipeline.core.layout import OutputLayout, TrainLayout
+from pipeline.pose.posemap import gaussian_map, one_hot_coords, one_hot_map
 from pipeline.training.data import BatchStream, PairImages, decode_in_memory, load_train_pairs
 from pipeline.training.quality import training_quality
 from pipeline.training.step import build_nets

@@ -11,9 +11,9 @@ import torch
 from click.testing import CliRunner
 from test_train import tiny_config
 
+from pipeline.core.weights import WeightsError, file_sha256
 from pipeline.training.checkpoints import resolve_init_checkpoints
 from pipeline.training.step import build_nets
-from pipeline.weights import WeightsError, file_sha256
 from stages.train import run_train
 
 

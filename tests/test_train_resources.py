@@ -8,8 +8,8 @@ import time
 import pytest
 from test_train import tiny_config
 
-from pipeline.config import TrainConfig
-from pipeline.errors import ConfigError
+from pipeline.core.config import TrainConfig
+from pipeline.core.errors import ConfigError
 from pipeline.training.resources import ClusterResources, check_train_resources
 from stages.train import run_train
 

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.networks import NetG
-from pipeline.weights import (
+from pipeline.core.weights import (
     WeightsError,
     checkpoint_id,
     expand_checkpoints,
     load_into,
     load_state_dict,
 )
+from pipeline.generator.networks import NetG
 
 
 class Evil:
@@ -61,7 +61,7 @@ def disallowed_object_file(path):
 
 @pytest.mark.parametrize("make", [random_bytes_file, disallowed_object_file])
 def test_a_refused_file_is_named_without_advice_to_load_it_unsafely(tmp_path, make):
-    from pipeline.estimator import load_network
+    from pipeline.pose.openpifpaf_estimator import load_network
 
     path = tmp_path / "netG_3.pth"
     make(path)

@@ -4,7 +4,7 @@ import hashlib
 
 from click.testing import CliRunner
 
-from pipeline.weights import KNOWN_WEIGHTS
+from pipeline.core.weights import KNOWN_WEIGHTS
 from run_pipeline import cli
 
 

@@ -16,7 +16,7 @@ def build_ssd(weights: str | os.PathLike | None) -> torch.nn.Module:
     """SSD300-VGG16 with 91 COCO classes in eval mode; None gives a random network."""
     from torchvision.models.detection import ssd300_vgg16
 
-    from pipeline.weights import load_into
+    from pipeline.core.weights import load_into
 
     net = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=91)
     if weights is not None:

@@ -22,7 +22,7 @@ FEATURES = 2048
 def _local_weights(weights: str | os.PathLike | None) -> Iterator[None]:
     """pytorch-fid builds its network, then fetches the weights by URL; hand it the local
     file (weights_only) instead, or for None the random initial weights of what it built."""
-    from pipeline.weights import load_state_dict
+    from pipeline.core.weights import load_state_dict
 
     built: list[torch.nn.Module] = []
     build = pf._inception_v3

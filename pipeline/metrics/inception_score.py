@@ -8,7 +8,7 @@ import os
 import numpy as np
 import torch
 
-from pipeline.imaging import to_tensor
+from pipeline.core.imaging import to_tensor
 
 SIZE = 299
 
@@ -17,7 +17,7 @@ def build_inception(weights: str | os.PathLike | None) -> torch.nn.Module:
     """torchvision inception_v3 in eval mode; `weights` None gives a random network."""
     from torchvision.models import inception_v3
 
-    from pipeline.weights import load_into
+    from pipeline.core.weights import load_into
 
     net = inception_v3(
         weights=None, aux_logits=True, transform_input=False, init_weights=weights is None

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import torch
 
-from pipeline.imaging import to_tensor
+from pipeline.core.imaging import to_tensor
 
 # lpips net name -> (our weights registry name, short name in the legacy CSV)
 LPIPS_NETS = {
@@ -33,7 +33,7 @@ def build_lpips(net: str, backbone_weights: str | os.PathLike | None) -> torch.n
     """lpips.LPIPS in eval mode; `backbone_weights` None leaves the backbone random."""
     import lpips
 
-    from pipeline.weights import WeightsError, load_state_dict
+    from pipeline.core.weights import WeightsError, load_state_dict
 
     model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
     if backbone_weights is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.skeleton import HEAD_IDS as HEAD_KEYPOINTS  # nose, neck, eyes, ears
+from pipeline.pose.skeleton import HEAD_IDS as HEAD_KEYPOINTS  # nose, neck, eyes, ears
 
 MIN_HEAD_KEYPOINTS = 2
 THRESHOLD = 0.5

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 METRICS = ("ssim", "psnr", "is", "ds", "pckh", "lpips", "fid")
 LPIPS_METRICS = ("lpips_alex", "lpips_vgg", "lpips_squeeze")
@@ -58,12 +58,12 @@ def weights_for(metric: str, mode: str, weights_dir: str | None, keypoints=None)
     """The weight file path of a metric's network (None: random or no weights needed); for
     PCKh the configured keypoint estimator (`keypoints`), resolved, pretrained in either
     mode. Raises WeightsError naming the missing file."""
-    from pipeline.weights import load_state_dict, require_weight
+    from pipeline.core.weights import load_state_dict, require_weight
 
     spec = SPECS[metric]
     if metric == "pckh":
-        from pipeline.config import KeypointsConfig
-        from pipeline.estimators import resolve_estimator
+        from pipeline.core.config import KeypointsConfig
+        from pipeline.pose.estimator_factory import resolve_estimator
 
         return resolve_estimator(keypoints or KeypointsConfig(), weights_dir)
     if spec.weight is None or mode == "random":
@@ -78,7 +78,7 @@ def build_scorer(
 ) -> Callable[[list[np.ndarray], list[np.ndarray] | None], list[dict]]:
     """The network scorer of `metric`: (real images, fake images) -> one dict per image.
     Image metrics score the first list only; `weights` None builds a random network."""
-    from pipeline.runtime import best_device
+    from pipeline.cluster.runtime import best_device
 
     device = best_device()
     if metric == "is":
@@ -102,7 +102,7 @@ def build_scorer(
         model = build_lpips(metric.split("_", 1)[1], weights).to(device)
         return lambda real, fake: [{"value": v} for v in lpips_distances(model, real, fake)]
     if metric == "pckh":  # `weights`: the keypoints config resolve_estimator checked
-        from pipeline.estimators import build_estimator, predict_once_per_image
+        from pipeline.pose.estimator_factory import build_estimator, predict_once_per_image
 
         predict = predict_once_per_image(build_estimator(weights, device=device))
         return lambda real, fake: pckh_rows(predict(real), predict(fake))

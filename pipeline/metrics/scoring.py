@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.imaging import ImageError, load_rgb
+from pipeline.core.imaging import ImageError, load_rgb
 from pipeline.metrics.registry import REAL
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.layout import GenerationLayout
+from pipeline.core.layout import GenerationLayout
+from pipeline.core.paths import checkpoint_sort_key
 from pipeline.metrics.registry import LPIPS_METRICS, REAL, SPECS
-from pipeline.tables import checkpoint_sort_key
 
 PER_IMAGE_SCHEMA = pa.schema(
     [

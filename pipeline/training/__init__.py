@@ -1,2 +1,3 @@
-"""Training as a library: the pair data, the published step on NetG/NetD, checkpoint I/O and
-the test-pair quality check; stages/train.py runs them on Ray Train."""
+"""Training as a library: the pair data, the published objective (losses) and step on
+NetG/NetD, checkpoint I/O and the test-pair quality check; stages/train.py runs them on Ray
+Train."""

@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.config import TrainConfig
-from pipeline.layout import TrainLayout
-from pipeline.tables import atomic_path, disk_full_error, read_table, write_table
+from pipeline.core.atomic_io import atomic_path, disk_full_error, read_table, write_table
+from pipeline.core.config import TrainConfig
+from pipeline.core.layout import TrainLayout
 from pipeline.training.step import LOSS_NAMES, Nets
 
 TRAIN_LOG_SCHEMA = pa.schema(
@@ -53,8 +53,8 @@ def save_sample_grid(nets: Nets, samples, path: Path) -> None:
     import torch
     from PIL import Image
 
-    from pipeline.drawing import grid
-    from pipeline.imaging import to_uint8
+    from pipeline.core.imaging import to_uint8
+    from pipeline.pose.drawing import grid
 
     netG = nets.plain(nets.netG)
     a, b, maps = samples
@@ -137,7 +137,7 @@ def load_train_state(nets: Nets, state_dir: Path, world: int, device) -> tuple[i
     pairs skipped so far). The cursors are per rank, so the worker count must match."""
     import torch
 
-    from pipeline.weights import safe_torch_load
+    from pipeline.core.weights import safe_torch_load
 
     state = safe_torch_load(
         state_dir / TrainLayout.STATE_FILE,
@@ -173,7 +173,7 @@ class InitCheckpoints:
 
     def record(self) -> dict:
         """What run_meta.json keeps of the start: the files, their sha256, the iteration."""
-        from pipeline.weights import file_sha256
+        from pipeline.core.weights import file_sha256
 
         return {
             "iteration": self.iteration,
@@ -192,7 +192,7 @@ def resolve_init_checkpoints(
     """`ref` a directory: its highest netG_<iter>.pth that has a netD_<iter>.pth beside it;
     a file: netG_<N>.pth or netD_<N>.pth and its sibling of the same N. `iteration`
     overrides N. Raises WeightsError naming what is missing."""
-    from pipeline.weights import WeightsError
+    from pipeline.core.weights import WeightsError
 
     path = Path(ref)
     if path.is_dir():
@@ -236,9 +236,9 @@ def resolve_init_checkpoints(
 
 def check_init_checkpoints(init: InitCheckpoints, tc: TrainConfig) -> None:
     """Fail before any worker starts when a file is not a NetG(ngf) / NetD(ndf) state dict."""
-    from pipeline.api import check_checkpoint
-    from pipeline.networks import build_discriminator
-    from pipeline.weights import load_into
+    from pipeline.core.weights import load_into
+    from pipeline.generator.inference_api import check_checkpoint
+    from pipeline.generator.networks import build_discriminator
 
     check_checkpoint(init.netG, tc.ngf)
     load_into(build_discriminator(tc.ndf), init.netD)
@@ -247,7 +247,7 @@ def check_init_checkpoints(init: InitCheckpoints, tc: TrainConfig) -> None:
 def load_init_checkpoints(nets: Nets, init: dict) -> int:
     """Both nets from the pair (weights_only); the iteration the run continues from. Adam
     state stays fresh: published checkpoint files hold none."""
-    from pipeline.weights import load_into
+    from pipeline.core.weights import load_into
 
     load_into(nets.netG, init["netG"])
     load_into(nets.netD, init["netD"])

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.layout import DatasetLayout
-from pipeline.tables import DataError, read_table, safe_path
+from pipeline.core.atomic_io import read_table
+from pipeline.core.errors import DataError
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.paths import safe_path
 
 # Failures of one pair's files: the pair is skipped and counted, training goes on.
 PAIR_ERRORS = (OSError, ValueError, KeyError, zipfile.BadZipFile)
@@ -21,7 +23,7 @@ PAIR_ERRORS = (OSError, ValueError, KeyError, zipfile.BadZipFile)
 def load_train_pairs(root: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The train rows of the pairs table and the keypoints table (None when absent, then
     every pose map must exist as npz)."""
-    from pipeline.tables import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
+    from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
 
     layout = DatasetLayout(root)
     if not layout.pairs_table.exists():
@@ -41,7 +43,7 @@ def load_train_pairs(root: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFram
 
 def training_size(root: str | os.PathLike, pairs: pd.DataFrame) -> tuple[int, int]:
     """(H, W) of the first readable condition image; both must be divisible by 16."""
-    from pipeline.imaging import ImageError, load_rgb
+    from pipeline.core.imaging import ImageError, load_rgb
 
     for rel in pairs["imgA"].head(50):
         try:
@@ -100,7 +102,7 @@ class PairImages:
 
     def image_array(self, rel: str) -> np.ndarray:
         """(H, W, 3) uint8 of one image at the training size."""
-        from pipeline.imaging import load_rgb
+        from pipeline.core.imaging import load_rgb
 
         im = load_rgb(safe_path(self.root, rel))
         if (im.height, im.width) != self.size:
@@ -110,7 +112,7 @@ class PairImages:
         return np.asarray(im)
 
     def pose_map(self, split: str, fid: str) -> np.ndarray:
-        from pipeline.posemap import load_posemap, render_map
+        from pipeline.pose.posemap import load_posemap, render_map
 
         path = self.layout.posemap(split, fid)
         if path.is_file():
@@ -128,7 +130,7 @@ class PairImages:
     def _load(self, row):
         import torch
 
-        from pipeline.imaging import to_tensor
+        from pipeline.core.imaging import to_tensor
 
         split = row["split"]
         maps = np.concatenate(
@@ -197,7 +199,7 @@ def images_to_tensor(batch: np.ndarray):
 def decode_in_memory(source: PairImages, max_bytes: int) -> InMemoryPairs | None:
     """Decode every image and pose map of `source` once; None when they would take more
     than `max_bytes` (the caller then streams)."""
-    from pipeline.posemap import one_hot_coords
+    from pipeline.pose.posemap import one_hot_coords
 
     h, w = source.size
     names = pd.unique(source.pairs[["imgA", "imgB"]].to_numpy().ravel())

@@ -7,9 +7,9 @@ import sys
 import threading
 import time
 
-from pipeline.config import ConfigError, TrainConfig
-from pipeline.errors import PipelineError
-from pipeline.runtime import available_gpus
+from pipeline.cluster.runtime import available_gpus
+from pipeline.core.config import ConfigError, TrainConfig
+from pipeline.core.errors import PipelineError
 from pipeline.training.resources import ClusterResources, use_gpu, worker_cpus
 
 

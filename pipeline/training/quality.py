@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import TrainConfig
-from pipeline.layout import DatasetLayout
-from pipeline.tables import PAIRS_SCHEMA, read_table
+from pipeline.core.atomic_io import read_table
+from pipeline.core.config import TrainConfig
+from pipeline.core.layout import DatasetLayout
+from pipeline.core.schemas import PAIRS_SCHEMA
 from pipeline.training.data import PairImages
 
 CANDIDATES = ("trained", "untrained", "copy_condition")
@@ -22,7 +23,7 @@ def pair_scores(netG, data: PairImages, batch_size: int = 8) -> dict[str, np.nda
     cannot be loaded are left out."""
     import torch
 
-    from pipeline.imaging import to_uint8
+    from pipeline.core.imaging import to_uint8
     from pipeline.metrics.ssim import ssim_image
 
     items = [item for item in (data[i] for i in range(len(data))) if not isinstance(item, str)]
@@ -51,8 +52,8 @@ def training_quality(
     up to `max_pairs` test pairs (a seeded sample); None when the dataset has no test pair."""
     import torch
 
-    from pipeline.networks import build_generator
-    from pipeline.weights import load_into
+    from pipeline.core.weights import load_into
+    from pipeline.generator.networks import build_generator
 
     pairs = read_table(DatasetLayout(root).pairs_table, PAIRS_SCHEMA)
     pairs = pairs[pairs["split"] == "test"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import Config, TrainConfig
+from pipeline.core.config import Config, TrainConfig
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, TrainConfig
+from pipeline.core.config import Config, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def build_nets(tc: TrainConfig, device: str = "cpu") -> Nets:
     """Published init (seeded, so every rank starts identical) and Adam(lr, betas)."""
     import torch
 
-    from pipeline.networks import build_discriminator, build_generator
+    from pipeline.generator.networks import build_discriminator, build_generator
 
     torch.manual_seed(tc.seed)
     layout = memory_format(tc)
@@ -65,7 +65,7 @@ def to_device(batch, device, tc: TrainConfig) -> tuple:
 def autocast_for(tc: TrainConfig, device: str):
     import torch
 
-    from pipeline.api import AUTOCAST_DTYPES
+    from pipeline.generator.inference_api import AUTOCAST_DTYPES
 
     dtype = AUTOCAST_DTYPES[tc.autocast]
     return torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype is not None)
@@ -76,7 +76,7 @@ def train_step(nets: Nets, batch, weights, perceptual, amp) -> dict[str, Any]:
     Returns the loss tensors (detached)."""
     import torch
 
-    from pipeline.losses import discriminator_loss, generator_loss
+    from pipeline.training.losses import discriminator_loss, generator_loss
 
     a, b, maps = batch
     with amp:
@@ -99,7 +99,7 @@ def train_step(nets: Nets, batch, weights, perceptual, amp) -> dict[str, Any]:
 
 
 def loss_weights(tc: TrainConfig):
-    from pipeline.losses import LossWeights
+    from pipeline.training.losses import LossWeights
 
     return LossWeights(l1=tc.lambda_l1, gan=tc.lambda_gan, perceptual=tc.lambda_perceptual)
 
@@ -107,7 +107,7 @@ def loss_weights(tc: TrainConfig):
 def resolve_vgg_weights(cfg: Config) -> tuple[Path | None, str]:
     """The VGG19 file for the perceptual term, or None with the reason it is off.
     `auto` without weights warns once and trains without it; `required` raises."""
-    from pipeline.weights import WeightsError, require_weight
+    from pipeline.core.weights import WeightsError, require_weight
 
     tc = cfg.train
     if tc.perceptual == "off" or tc.lambda_perceptual == 0:

@@ -57,7 +57,7 @@ def plan_pool(concurrency: int | None, use_gpus: bool = True, num_cpus: float = 
     CPU node; `concurrency` overrides the count. A CPU actor asks for at most half the
     smallest CPU node, so with one actor on every node each node still has room for the
     tasks that feed it (a whole 1-CPU node per actor left none: the stage hung)."""
-    from pipeline.runtime import available_gpus, cpu_nodes, smallest_node_cpus
+    from pipeline.cluster.runtime import available_gpus, cpu_nodes, smallest_node_cpus
 
     gpus = available_gpus() if use_gpus else 0
     if gpus:
@@ -73,7 +73,7 @@ def use_node_threads(actors_per_node: int) -> int:
     """Give torch this actor's share of its node's cores (Ray pins workers to one thread)."""
     import torch
 
-    from pipeline.runtime import node_cpus
+    from pipeline.cluster.runtime import node_cpus
 
     threads = max(1, node_cpus() // max(1, actors_per_node))
     torch.set_num_threads(threads)

@@ -13,9 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.layout import DatasetLayout, GenerationLayout
-from pipeline.resumable import ResumableTable
-from pipeline.tables import MANIFEST_SCHEMA, DataError, read_pairs_csv, read_table, safe_path
+from pipeline.core.atomic_io import read_table
+from pipeline.core.errors import DataError
+from pipeline.core.layout import DatasetLayout, GenerationLayout
+from pipeline.core.legacy_csv import read_pairs_csv
+from pipeline.core.paths import safe_path
+from pipeline.core.resumable import ResumableTable
+from pipeline.core.schemas import MANIFEST_SCHEMA
 
 DIRECTIONS = tuple(GenerationLayout.DIRECTIONS)
 MANIFEST = GenerationLayout.MANIFEST

@@ -1,5 +1,5 @@
-"""Ray runtime: one place that starts or joins Ray, sets resources and detects GPUs,
-and the stage interface every stage implements (a pure core plus a thin Ray wrapper)."""
+"""Ray runtime: one place that starts or joins Ray, sets resources and detects GPUs, and
+the test-only fault hooks that Ray workers honour."""
 
 from __future__ import annotations
 
@@ -7,15 +7,10 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import Config, RayConfig
-from pipeline.errors import ConfigError
-
-log = logging.getLogger(__name__)
-
+from pipeline.core.config import RayConfig
+from pipeline.core.errors import ConfigError
 
 # glibc returns freed memory to the OS eagerly and serves MB-sized arrays with mmap, so
 # per-image numpy work (SSIM windows, map decoding) page-faults its buffers in again and
@@ -27,9 +22,10 @@ WORKER_MALLOC_ENV = {
 }
 
 
-# Package folders shipped to Ray workers: this one, and those that register themselves
-# (stages/ does), so the library never imports what builds on it.
-SHIPPED_PACKAGES: set[str] = {os.path.dirname(os.path.abspath(__file__))}
+# Package folders shipped to Ray workers: the whole pipeline/ (this module's grandparent),
+# and those that register themselves (stages/ does), so the library never imports what
+# builds on it.
+SHIPPED_PACKAGES: set[str] = {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
 
 
 def ship_package(package_dir: str) -> None:
@@ -57,7 +53,7 @@ def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
         kwargs["runtime_env"] = {
             "py_modules": sorted(SHIPPED_PACKAGES),
             "env_vars": {**WORKER_MALLOC_ENV, **hooks},
-            "worker_process_setup_hook": "pipeline.worker_setup.join_own_cluster",
+            "worker_process_setup_hook": "pipeline.cluster.worker_setup.join_own_cluster",
         }
         # Workers log errors only (all levels with --verbose): Ray Train's controller actors
         # otherwise print a line every few seconds. Stages report to the driver instead.
@@ -197,46 +193,6 @@ def best_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@dataclass
-class StageResult:
-    """What a stage reports to the DAG runner and the run manifest."""
-
-    stage: str
-    rows_in: int = 0
-    rows_out: int = 0
-    errors: int = 0
-    skipped: int = 0
-    outputs: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    started: float = field(default_factory=time.time)
-    ended: float | None = None
-
-    def finish(self) -> StageResult:
-        self.ended = time.time()
-        return self
-
-    def summary(self) -> str:
-        secs = (self.ended or time.time()) - self.started
-        text = (
-            f"{self.stage}: {self.rows_in} in, {self.rows_out} out, {self.errors} errors, "
-            f"{self.skipped} skipped ({secs:.1f}s)"
-        )
-        return "\n".join([text, *(f"  {n}" for n in self.notes)])
-
-
-# A stage's entry point: the config plus stage options in, a StageResult out. The pure
-# core lives beside it in the stage module as functions over tables and arrays.
-StageFn = Callable[..., StageResult]
-
-
-def run_stage(fn: StageFn, cfg: Config, **options: Any) -> StageResult:
-    init_ray(cfg.ray)
-    result = fn(cfg, **options)
-    result.finish()
-    log.info(result.summary())
-    return result
 
 
 # --- test-only fault hooks --------------------------------------------------------------

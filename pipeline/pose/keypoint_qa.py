@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.metrics.pckh import MIN_HEAD_KEYPOINTS, THRESHOLD, head_size
-from pipeline.skeleton import N_KEYPOINTS, OP18_NAMES, valid_mask
+from pipeline.pose.skeleton import N_KEYPOINTS, OP18_NAMES, valid_mask
 
 KEYPOINT_QA_SCHEMA = pa.schema(
     [

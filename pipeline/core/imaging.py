@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.errors import ImageError
+from pipeline.core.errors import ImageError
 
 if TYPE_CHECKING:  # torch loads only where tensors are made: decode workers stay light
     import torch

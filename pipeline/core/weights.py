@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.errors import WeightsError
-from pipeline.tables import checkpoint_sort_key
+from pipeline.core.errors import WeightsError
+from pipeline.core.paths import checkpoint_sort_key
 
 CHECKPOINT_RE = re.compile(r"^netG_(\d+)\.pth$")
 

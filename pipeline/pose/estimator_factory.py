@@ -8,9 +8,9 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.config import KeypointsConfig
-from pipeline.errors import WeightsError
-from pipeline.skeleton import Keypoints
+from pipeline.core.config import KeypointsConfig
+from pipeline.core.errors import WeightsError
+from pipeline.pose.skeleton import Keypoints
 
 ESTIMATORS = ("openpifpaf", "mediapipe")
 
@@ -43,7 +43,7 @@ def resolve_estimator(
     fails before Ray starts."""
     kc = _as_config(keypoints)
     if kc.estimator == "mediapipe":
-        from pipeline.pose_blazepose import MediapipeUnavailable, model_files
+        from pipeline.pose.blazepose import MediapipeUnavailable, model_files
 
         try:
             absent = [str(p) for p in model_files().values() if not p.is_file()]
@@ -55,7 +55,7 @@ def resolve_estimator(
                 "reinstall mediapipe==0.10.21"
             )
         return kc
-    from pipeline.estimator import resolve_checkpoint
+    from pipeline.pose.openpifpaf_estimator import resolve_checkpoint
 
     path = resolve_checkpoint(kc.checkpoint, weights_dir)
     return kc.model_copy(update={"checkpoint": str(path.resolve())})
@@ -68,10 +68,10 @@ def estimator_name(keypoints: KeypointsConfig | str) -> str | None:
     answers to it (then no row was made by it)."""
     kc = _as_config(keypoints)
     if kc.estimator == "mediapipe":
-        from pipeline.pose_blazepose import blazepose_name
+        from pipeline.pose.blazepose import blazepose_name
 
         return blazepose_name()
-    from pipeline.estimator import checkpoint_file_name
+    from pipeline.pose.openpifpaf_estimator import checkpoint_file_name
 
     name = checkpoint_file_name(kc.checkpoint)
     return f"openpifpaf:{name}" if name else None
@@ -88,7 +88,7 @@ def build_estimator(
     mediapipe always runs on CPU with its own thread pool."""
     kc = _as_config(keypoints)
     if kc.estimator == "mediapipe":
-        from pipeline.pose_blazepose import BlazePoseEstimator, MediapipeUnavailable
+        from pipeline.pose.blazepose import BlazePoseEstimator, MediapipeUnavailable
 
         try:
             return BlazePoseEstimator(min_visibility=kc.min_visibility)
@@ -96,7 +96,7 @@ def build_estimator(
             raise WeightsError(str(exc)) from None
     import torch
 
-    from pipeline.estimator import KeypointEstimator
+    from pipeline.pose.openpifpaf_estimator import KeypointEstimator
 
     if threads:
         torch.set_num_threads(threads)

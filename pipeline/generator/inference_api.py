@@ -15,7 +15,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from pipeline.imaging import (
+from pipeline.cluster.runtime import best_device
+from pipeline.core.errors import DataError
+from pipeline.core.imaging import (
     CANVAS,
     keypoints_to_canvas,
     load_rgb,
@@ -23,12 +25,11 @@ from pipeline.imaging import (
     to_uint8,
     unpad_256,
 )
-from pipeline.networks import NetG
-from pipeline.posemap import render_map
-from pipeline.runtime import best_device
-from pipeline.skeleton import N_KEYPOINTS
-from pipeline.tables import DataError, read_keypoints_csv
-from pipeline.weights import load_into
+from pipeline.core.legacy_csv import read_keypoints_csv
+from pipeline.core.weights import load_into
+from pipeline.generator.networks import NetG
+from pipeline.pose.posemap import render_map
+from pipeline.pose.skeleton import N_KEYPOINTS
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -199,8 +200,8 @@ class PoseTransfer:
 
     def estimate_pose(self, image: ImageLike | np.ndarray) -> Pose:
         """Keypoints of the person the estimator finds (all -1 when none)."""
-        from pipeline.config import KeypointsConfig
-        from pipeline.estimators import build_estimator
+        from pipeline.core.config import KeypointsConfig
+        from pipeline.pose.estimator_factory import build_estimator
 
         if self._estimator is None:
             kc = KeypointsConfig(
@@ -271,7 +272,7 @@ class Pose2Pose(PoseTransfer):
         weights_dir: str | os.PathLike | None = None,
         estimator: str = "auto",
     ):
-        from pipeline.weights import load_state_dict
+        from pipeline.core.weights import load_state_dict
 
         if estimator == "auto":
             estimator = self._available_estimator(weights_dir)
@@ -295,9 +296,9 @@ class Pose2Pose(PoseTransfer):
     def _available_estimator(weights_dir: str | os.PathLike | None) -> str:
         """openpifpaf, as the published API, when its weights are here; else BlazePose,
         whose weights ship inside the mediapipe wheel."""
-        from pipeline.config import KeypointsConfig
-        from pipeline.estimators import resolve_estimator
-        from pipeline.weights import WeightsError
+        from pipeline.core.config import KeypointsConfig
+        from pipeline.core.weights import WeightsError
+        from pipeline.pose.estimator_factory import resolve_estimator
 
         try:
             resolve_estimator(KeypointsConfig(estimator="openpifpaf"), weights_dir)
@@ -307,7 +308,7 @@ class Pose2Pose(PoseTransfer):
 
     @staticmethod
     def _published_checkpoint(weights_dir: str | os.PathLike | None) -> Path:
-        from pipeline.weights import WeightsError, find_weight, weight_search_dirs
+        from pipeline.core.weights import WeightsError, find_weight, weight_search_dirs
 
         found = find_weight(PUBLISHED_CHECKPOINT, weights_dir)
         if found is None:

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.skeleton import MISSING, N_KEYPOINTS, Keypoints, coco17_to_op18
-from pipeline.weights import (
+from pipeline.core.weights import (
     KNOWN_WEIGHTS,
     WeightsError,
     find_weight,
@@ -20,6 +19,7 @@ from pipeline.weights import (
     safe_torch_load,
     weight_search_dirs,
 )
+from pipeline.pose.skeleton import MISSING, N_KEYPOINTS, Keypoints, coco17_to_op18
 
 DEFAULT_CHECKPOINT = "shufflenetv2k16"
 
@@ -181,7 +181,7 @@ class KeypointEstimator:
         min_score: float = 0.0,
         weights_dir: str | os.PathLike | None = None,
     ):
-        from pipeline.runtime import best_device
+        from pipeline.cluster.runtime import best_device
 
         op = _openpifpaf()
         self.device = torch.device(device or best_device())

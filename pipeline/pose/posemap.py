@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.skeleton import N_KEYPOINTS, valid_mask
-from pipeline.tables import write_bytes_atomic
+from pipeline.core.atomic_io import write_bytes_atomic
+from pipeline.pose.skeleton import N_KEYPOINTS, valid_mask
 
 
 def one_hot_map(x: np.ndarray, y: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -100,7 +100,7 @@ def one_hot_coords(pose_map: np.ndarray) -> np.ndarray | None:
 def fit_coords(coords: np.ndarray, size: tuple[int, int], frame: tuple[int, int]) -> np.ndarray:
     """(K, 2) (y, x) marks of a map of `size` (h, w), moved to where `imaging.fit_frame`
     puts their pixels in `frame` (h, w); missing and cropped-out ones are -1."""
-    from pipeline.imaging import frame_box, keypoints_to_canvas
+    from pipeline.core.imaging import frame_box, keypoints_to_canvas
 
     box = frame_box(size[1], size[0], frame)
     x, y = keypoints_to_canvas(coords[:, 1], coords[:, 0], box)
@@ -113,7 +113,7 @@ def fit_map(pose_map: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
     bilinearly per channel, zero where the image is padded."""
     from PIL import Image
 
-    from pipeline.imaging import frame_box
+    from pipeline.core.imaging import frame_box
 
     height, width = pose_map.shape[:2]
     coords = one_hot_coords(pose_map)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.tables import read_table, write_table
+from pipeline.core.atomic_io import read_table, write_table
 
 _last_counter = 0
 

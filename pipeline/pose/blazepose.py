@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.skeleton import L_SHOULDER, MISSING, N_KEYPOINTS, NECK, R_SHOULDER
+from pipeline.pose.skeleton import L_SHOULDER, MISSING, N_KEYPOINTS, NECK, R_SHOULDER
 
 if TYPE_CHECKING:
-    from pipeline.skeleton import Keypoints
+    from pipeline.pose.skeleton import Keypoints
 
 # BlazePose-33 landmark (mediapipe's PoseLandmark enum name) -> OpenPose-18 index. Both
 # name sides from the person's point of view. The neck has no landmark: it is synthesised.

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pipeline.errors import PipelineError
-from pipeline.layout import OutputLayout
+from pipeline.core.errors import PipelineError
+from pipeline.core.layout import OutputLayout
 
 
 class OutputLockedError(PipelineError):

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.errors import DataError
-from pipeline.tables import checkpoint_sort_key
+from pipeline.core.errors import DataError
+from pipeline.core.paths import checkpoint_sort_key
 
 if TYPE_CHECKING:
-    from pipeline.config import DatasetConfig
+    from pipeline.core.config import DatasetConfig
 
 SPLITS = ("train", "test")
 
@@ -132,7 +132,7 @@ class OutputLayout:
 
     @property
     def lock(self) -> Path:
-        """Held by the one run that may write under this root (pipeline/run_lock.py)."""
+        """Held by the one run that may write under this root (pipeline/core/run_lock.py)."""
         return self.state / "run.lock"
 
     def previous(self, stage: str, run_id: str) -> Path:

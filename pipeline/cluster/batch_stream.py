@@ -16,7 +16,7 @@ from typing import Any, get_args
 
 import pandas as pd
 
-from pipeline.config import ExecutorName
+from pipeline.core.config import ExecutorName
 
 EXECUTORS = get_args(ExecutorName)
 
@@ -46,7 +46,7 @@ def choose_executor(setting: str, jobs: int, max_in_process: int, concurrency: i
     """`auto`: this process when the work stays on this machine (no cluster address, one
     Ray node if Ray is up, at most one GPU, no actor count asked for) and there are at most
     `max_in_process` jobs; else Ray."""
-    from pipeline.runtime import available_gpus, cpu_nodes
+    from pipeline.cluster.runtime import available_gpus, cpu_nodes
 
     if setting != "auto":
         return Executor(setting, f"{setting} as configured")
@@ -108,7 +108,7 @@ def stream_ray(blocks: list[pd.DataFrame], steps: BatchSteps, pool) -> Iterator[
     one forward and one write task."""
     import ray
 
-    from pipeline.ray_pool import task_options
+    from pipeline.cluster.ray_pool import task_options
 
     ds = ray.data.from_pandas(blocks).map_batches(
         steps.load, batch_size=steps.batch_size, batch_format="numpy",

@@ -8,7 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from pipeline.tables import DataError, write_bytes_atomic
+from pipeline.core.atomic_io import write_bytes_atomic
+from pipeline.core.errors import DataError
 
 GENERATION_META = "generation.json"
 PUBLISHED, DEFAULT, UNKNOWN = "published", "default", "unknown"

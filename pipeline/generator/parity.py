@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.networks import NetD, NetG
-from pipeline.weights import load_into, safe_torch_load
+from pipeline.core.weights import load_into, safe_torch_load
+from pipeline.generator.networks import NetD, NetG
 
 TOLERANCE = 1e-5
 

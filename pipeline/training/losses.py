@@ -66,7 +66,7 @@ def vgg19_features(weights_path: str | os.PathLike | None) -> nn.Sequential:
     `weights_path` (loaded weights-only), random-initialised when it is None."""
     from torchvision.models import vgg19
 
-    from pipeline.weights import load_into
+    from pipeline.core.weights import load_into
 
     net = vgg19(weights=None)
     if weights_path is not None:

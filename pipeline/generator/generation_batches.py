@@ -11,15 +11,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.content_state import file_stat
-from pipeline.generation import JOB_COLUMNS
-from pipeline.layout import GenerationLayout
-from pipeline.posemap import one_hot_coords as posemap_coords
-from pipeline.tables import MANIFEST_SCHEMA, DataError, safe_path
+from pipeline.core.content_state import file_stat
+from pipeline.core.errors import DataError
+from pipeline.core.layout import GenerationLayout
+from pipeline.core.paths import safe_path
+from pipeline.core.schemas import MANIFEST_SCHEMA
+from pipeline.generator.generation_plan import JOB_COLUMNS
+from pipeline.pose.posemap import one_hot_coords as posemap_coords
 
 
 def _read_map(npz_path: str, keypoints, fid: str) -> np.ndarray:
-    from pipeline.posemap import load_posemap, render_map
+    from pipeline.pose.posemap import load_posemap, render_map
 
     if os.path.exists(npz_path):
         return load_posemap(Path(npz_path))
@@ -86,7 +88,7 @@ def map_transport(sparse_maps: bool | None, kind: dict | None) -> bool:
 
 def jpeg_quality(minmax: bool) -> int | None:
     """The published mode saves at PIL's defaults (None), the default mode at quality 95."""
-    from pipeline.imaging import JPEG_QUALITY
+    from pipeline.core.imaging import JPEG_QUALITY
 
     return None if minmax else JPEG_QUALITY
 
@@ -99,15 +101,15 @@ def write_real(
     published layout has one real file per pair and direction, so the same target recurs;
     a file this process already wrote from the same target bytes is linked instead of made
     again."""
-    from pipeline.generation import link_or_copy
-    from pipeline.imaging import (
+    from pipeline.core.atomic_io import write_bytes_atomic
+    from pipeline.core.imaging import (
         encode_jpeg,
         fit_frame,
         load_rgb,
         published_input_tensor,
         published_uint8,
     )
-    from pipeline.tables import write_bytes_atomic
+    from pipeline.generator.generation_plan import link_or_copy
 
     try:
         key = (str(target), *file_stat(target), minmax, out_dir, frame)
@@ -142,8 +144,8 @@ def load_inputs(
     `sparse`, one-hot map pairs travel as coordinates (`coords`) and the model actor
     rebuilds them; else dense float32 maps (gaussian maps, and one-hot ones rendered for
     missing files, side by side)."""
-    from pipeline.imaging import fit_frame, load_rgb
-    from pipeline.posemap import fit_coords, fit_map
+    from pipeline.core.imaging import fit_frame, load_rgb
+    from pipeline.pose.posemap import fit_coords, fit_map
 
     n = len(batch["index"])
     h, w = frame
@@ -206,9 +208,9 @@ class Generator:
     def __init__(
         self, ngf: int, dtype: str, channels_last: bool, minmax: bool, actors_per_node: int
     ):
-        from pipeline.api import autocast_dtype
-        from pipeline.ray_pool import use_node_threads
-        from pipeline.runtime import best_device, current_node
+        from pipeline.cluster.ray_pool import use_node_threads
+        from pipeline.cluster.runtime import best_device, current_node
+        from pipeline.generator.inference_api import autocast_dtype
 
         self.device = best_device()
         if self.device == "cpu":
@@ -220,8 +222,8 @@ class Generator:
         self.node = current_node()
 
     def use_checkpoint(self, path: str) -> None:
-        from pipeline.api import load_generator
-        from pipeline.weights import load_into
+        from pipeline.core.weights import load_into
+        from pipeline.generator.inference_api import load_generator
 
         if path == self.loaded:
             return
@@ -232,8 +234,8 @@ class Generator:
         self.loaded = path
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline.api import generate_uint8
-        from pipeline.runtime import inject_fault
+        from pipeline.cluster.runtime import inject_fault
+        from pipeline.generator.inference_api import generate_uint8
 
         inject_fault("generate")
 
@@ -263,13 +265,13 @@ class Generator:
 
 def write_outputs(batch: dict[str, np.ndarray], out_dir: str, minmax: bool = False) -> pd.DataFrame:
     """CPU task: encode and write the generated JPEGs, record their manifest rows in a part
-    file of the manifest (`generation.manifest_output`) and return them. Recorded here, a
+    file of the manifest (`generation_plan.manifest_output`) and return them. Recorded here, a
     batch whose images are on disk is done for a rerun even when the run is stopped before
     its rows reach the driver: Ray finishes batches well ahead of what the driver has
     taken from it."""
-    from pipeline.generation import manifest_output
-    from pipeline.imaging import encode_jpeg
-    from pipeline.tables import write_bytes_atomic
+    from pipeline.core.atomic_io import write_bytes_atomic
+    from pipeline.core.imaging import encode_jpeg
+    from pipeline.generator.generation_plan import manifest_output
 
     rows = []
     for i in range(len(batch["index"])):

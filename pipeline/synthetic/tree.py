@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.drawing import Appearance, draw_figure
-from pipeline.tables import file_id, write_bytes_atomic, write_image_list, write_keypoints_csv
+from pipeline.core.atomic_io import write_bytes_atomic
+from pipeline.core.legacy_csv import write_image_list, write_keypoints_csv
+from pipeline.core.paths import file_id
+from pipeline.synthetic.figures import Appearance, draw_figure
 
 HEIGHT, WIDTH = 256, 176
 GROUND_TRUTH_CSV = "ground_truth_keypoints.csv"
@@ -201,7 +203,7 @@ def write_synthetic_tree(
     if parallel:
         import ray
 
-        from pipeline.runtime import init_ray
+        from pipeline.cluster.runtime import init_ray
 
         init_ray()
         task = ray.remote(write_identities)

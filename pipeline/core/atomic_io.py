@@ -1,0 +1,171 @@
+"""Atomic file writes (temp file, then rename) with a message naming the path and the free
+space when the disk is full, and Parquet tables read and written whole."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.core.errors import DataError, DiskFullError, UnreadableTableError
+from pipeline.core.schemas import optional_columns, to_arrow
+
+# Errors that mean the filesystem is out of space (or the user out of quota).
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f}" if n < 10e6 else f"{n / 1e6:.0f}"
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the filesystem `path` is (or would be) on: its nearest existing folder."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                return None
+    return None
+
+
+def disk_full_error(
+    exc: BaseException,
+    path: str | os.PathLike,
+    needed: int | None = None,
+    written: int | None = None,
+) -> DiskFullError | None:
+    """`exc` as a DiskFullError naming `path` when the write failed for want of space, else
+    None. An OSError says so with its errno; torch's writer raises a RuntimeError without
+    one ("unexpected pos", "basic_ios::clear: iostream error"), so that counts only while
+    the filesystem has less free than the `needed` bytes. `written`: what got written
+    before the failure, a lower bound when `needed` is unknown. Call it after removing the
+    partial file, so the free space reported is what a retry would have."""
+    path = Path(path)
+    free = _free_bytes(path)
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    if code in _NO_SPACE:
+        reason = os.strerror(code).lower()
+    elif (
+        isinstance(exc, (RuntimeError, OSError))
+        and code is None
+        and needed is not None
+        and free is not None
+        and free < needed
+    ):
+        reason = "no space left on device"
+    else:
+        return None
+    if needed is not None:
+        size = f"about {_mb(needed)} MB needed"
+    elif written:
+        size = f"more than {_mb(written)} MB needed"
+    else:
+        size = "size unknown"
+    where = f"{_mb(free)} MB free" if free is not None else "free space unknown"
+    return DiskFullError(
+        f"{reason} writing {path} ({size}, {where} on the filesystem of {path}); free "
+        "space or point output.root elsewhere. Nothing partial was kept."
+    )
+
+
+@contextlib.contextmanager
+def disk_full_as_data_error(path: str | os.PathLike, needed: int | None = None) -> Iterator[None]:
+    """Turn a failed write to `path` for want of space into a DiskFullError. For writes
+    that clean up after themselves (a temporary directory); atomic_path does both."""
+    try:
+        yield
+    except Exception as exc:
+        full = disk_full_error(exc, path, needed)
+        if full is None:
+            raise
+        raise full from exc
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only on success, so a
+    reader never sees a partial file and a failed write leaves nothing behind. A write
+    that runs out of space raises DiskFullError; `needed` (bytes, when the caller knows
+    them) goes into its message."""
+    path = Path(path)
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        yield Path(tmp)
+        # mkstemp makes 0600 files; give the result the usual umask-derived mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        written = None
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                written = os.path.getsize(tmp)
+                os.unlink(tmp)
+        full = disk_full_error(exc, path, needed, written) if isinstance(exc, Exception) else None
+        if full is None:
+            raise
+        raise full from exc
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path, needed=len(data)) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def write_table(df: pd.DataFrame | pa.Table, path: str | os.PathLike, schema: pa.Schema) -> None:
+    """Atomically write a Parquet table with the declared schema."""
+    table = df if isinstance(df, pa.Table) else to_arrow(df, schema)
+    if not table.schema.equals(schema):
+        table = table.select(schema.names).cast(schema)
+    # The in-memory size: the file is usually smaller (compressed), never much larger.
+    with atomic_path(path, needed=table.nbytes) as tmp:
+        pq.write_table(table, tmp)
+
+
+# What pyarrow raises for a file that is not (or no longer) a whole Parquet table.
+UNREADABLE_PARQUET = (pa.ArrowInvalid, OSError)
+
+
+def table_damage(path: str | os.PathLike) -> str | None:
+    """Why the Parquet file at `path` cannot be read (its footer only is read), or None."""
+    try:
+        pq.read_metadata(path)
+    except UNREADABLE_PARQUET as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd.DataFrame:
+    """Read a Parquet table; with `schema`, check the columns it must have."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"table not found: {path}")
+    try:
+        table = pq.read_table(path)
+    except UNREADABLE_PARQUET as exc:
+        raise UnreadableTableError(
+            f"{path} is not a readable Parquet table ({exc}); it was damaged or cut short. "
+            "Rerun the stage that writes it with --force (the damaged file is moved aside)."
+        ) from None
+    if schema is not None:
+        missing = [n for n in schema.names if n not in table.schema.names]
+        # Columns added later (`schema` metadata "optional") read as nulls from older files.
+        if [n for n in missing if n not in optional_columns(schema)]:
+            raise DataError(f"{path}: missing columns {missing}")
+        for name in missing:
+            table = table.append_column(name, pa.nulls(len(table), schema.field(name).type))
+        table = table.select(schema.names)
+    return table.to_pandas()

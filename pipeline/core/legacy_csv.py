@@ -1,0 +1,117 @@
+"""The published scripts' legacy CSVs: image lists, pairs and keypoints, read with their
+columns and paths checked, written atomically. Their columns are declared here once."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.atomic_io import atomic_path
+from pipeline.core.errors import DataError
+from pipeline.core.paths import check_paths, file_id, identity_group
+from pipeline.pose.skeleton import N_KEYPOINTS
+
+# Legacy CSV columns of the published scripts.
+KEYPOINT_CSV_COLUMNS = ["file_id", "img_h", "img_w"] + [
+    f"p{k}_{axis}" for k in range(N_KEYPOINTS) for axis in ("x", "y")
+]
+IMAGE_LIST_COLUMNS = ["img"]
+PAIRS_CSV_COLUMNS = ["imgA", "imgB"]
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike, columns: list[str]) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, columns=columns, index=False)
+
+
+def _read_csv_checked(path: str | os.PathLike, columns: list[str]) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"CSV not found: {path}")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing} (header is {list(df.columns)})")
+    return df
+
+
+def read_image_list(path: str | os.PathLike, root: str | os.PathLike) -> list[str]:
+    """Legacy `*_img_list.csv` (header `img`): paths relative to the dataset root."""
+    df = _read_csv_checked(path, IMAGE_LIST_COLUMNS)
+    paths = [p.strip() for p in df["img"].tolist()]
+    check_paths(root, paths, str(path))
+    return paths
+
+
+def write_image_list(paths: list[str], path: str | os.PathLike) -> None:
+    write_csv(pd.DataFrame({"img": paths}), path, IMAGE_LIST_COLUMNS)
+
+
+def read_pairs_csv(path: str | os.PathLike, root: str | os.PathLike) -> pd.DataFrame:
+    """Legacy pairs CSV (`imgA,imgB`) into the pairs table (split left empty)."""
+    df = _read_csv_checked(path, PAIRS_CSV_COLUMNS)
+    check_paths(root, df["imgA"].tolist() + df["imgB"].tolist(), str(path))
+    return pd.DataFrame(
+        {
+            "imgA": df["imgA"],
+            "imgB": df["imgB"],
+            "fidA": df["imgA"].map(file_id),
+            "fidB": df["imgB"].map(file_id),
+            "group": df["imgA"].map(identity_group),
+            "split": "",
+        }
+    )
+
+
+def write_pairs_csv(pairs: pd.DataFrame, path: str | os.PathLike) -> None:
+    write_csv(pairs, path, PAIRS_CSV_COLUMNS)
+
+
+def read_keypoints_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Legacy keypoints CSV -> DataFrame with file_id, img_h, img_w and (18,) x / y arrays.
+    Values must be integers; a bad row is named in the error."""
+    df = _read_csv_checked(path, KEYPOINT_CSV_COLUMNS)
+    try:
+        values = df[KEYPOINT_CSV_COLUMNS[1:]].astype(np.int64).to_numpy()
+    except ValueError:
+        for i, row in enumerate(df[KEYPOINT_CSV_COLUMNS[1:]].itertuples(index=False), start=1):
+            for col, v in zip(KEYPOINT_CSV_COLUMNS[1:], row, strict=True):
+                try:
+                    int(v)
+                except ValueError:
+                    raise DataError(
+                        f"{path}: row {i}, column {col}: {v!r} is not an integer"
+                    ) from None
+        raise
+    xy = values[:, 2:].reshape(-1, N_KEYPOINTS, 2)
+    if (xy < -1).any():
+        i = int(np.argwhere((xy < -1).any(axis=(1, 2)))[0, 0]) + 1
+        raise DataError(f"{path}: row {i}: keypoint coordinates must be >= 0 or -1 for missing")
+    return pd.DataFrame(
+        {
+            "file_id": df["file_id"].tolist(),
+            "img_h": values[:, 0].astype(np.int32),
+            "img_w": values[:, 1].astype(np.int32),
+            "x": list(xy[:, :, 0].astype(np.int32)),
+            "y": list(xy[:, :, 1].astype(np.int32)),
+        }
+    )
+
+
+def write_keypoints_csv(keypoints: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Legacy keypoints CSV; rows with an error are omitted like the published script."""
+    ok = keypoints
+    if "error" in keypoints.columns:
+        ok = keypoints[keypoints["error"].isna()]
+    rows = []
+    for r in ok.itertuples(index=False):
+        xy = np.stack([np.asarray(r.x), np.asarray(r.y)], axis=1).reshape(-1)
+        rows.append([r.file_id, int(r.img_h), int(r.img_w), *(int(v) for v in xy)])
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(KEYPOINT_CSV_COLUMNS)
+        writer.writerows(rows)

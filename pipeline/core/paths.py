@@ -1,0 +1,85 @@
+"""File ids and paths: the published file id, identity folders, checkpoint order, and
+dataset-root path checks that refuse absolute paths, `..` and symlinks leading outside."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from pipeline.core.errors import DataError
+
+
+def file_id(rel_path: str) -> str:
+    """The published file id: relative path, extension dropped, separators removed
+    (img/MEN/Denim/id_00000080/01_1_front.jpg -> imgMENDenimid_0000008001_1_front)."""
+    stem = os.path.splitext(rel_path.replace("\\", "/"))[0]
+    return stem.replace("/", "")
+
+
+def checkpoint_sort_key(ckpt_id: str) -> tuple:
+    """Order checkpoint ids (iterations) numerically, non-numeric ids after them by name."""
+    return (0, int(ckpt_id), "") if ckpt_id.isdigit() else (1, 0, ckpt_id)
+
+
+def identity_group(rel_path: str) -> str:
+    """Identity folder of an image: img/MEN/Denim/id_00000080/x.jpg -> MEN/Denim/id_00000080."""
+    parts = PurePosixPath(rel_path.replace("\\", "/")).parts
+    if parts and parts[0] == "img":
+        parts = parts[1:]
+    return "/".join(parts[:-1])
+
+
+def safe_path(root: str | os.PathLike, rel: str, where: str = "") -> Path:
+    """Resolve `rel` under the dataset root, refusing absolute paths, `..` and symlinks
+    that lead outside it. `where` names the offending row in the error."""
+    at = f" ({where})" if where else ""
+    if not isinstance(rel, str) or not rel.strip():
+        raise DataError(f"empty path{at}")
+    norm = rel.replace("\\", "/")
+    if (
+        norm.startswith("/")
+        or PurePosixPath(norm).is_absolute()
+        or (len(norm) > 1 and norm[1] == ":")
+    ):
+        raise DataError(
+            f"absolute path {rel!r} refused{at}: paths must be relative to the dataset root"
+        )
+    if ".." in PurePosixPath(norm).parts:
+        raise DataError(f"path {rel!r} escapes the dataset root{at}: '..' is not allowed")
+    root_real = Path(root).resolve()
+    full = (root_real / norm).resolve()
+    if full != root_real and root_real not in full.parents:
+        raise DataError(
+            f"path {rel!r} resolves outside the dataset root {root_real}{at} (symlink?)"
+        )
+    return full
+
+
+def relative_under(path: str | os.PathLike, root: str | os.PathLike) -> str | None:
+    """`path` relative to `root` (POSIX separators) when it lies inside it, else None.
+    Stored paths are kept relative to their root, so a copied tree keeps its records and
+    never points back into the original."""
+    full = os.path.abspath(path)
+    base = os.path.abspath(root)
+    if full == base:
+        return "."
+    if not full.startswith(base.rstrip(os.sep) + os.sep):
+        return None
+    return Path(os.path.relpath(full, base)).as_posix()
+
+
+def check_paths(root: str | os.PathLike, paths: list[str], source: str) -> None:
+    """Check every path of a table/CSV; one error lists all bad rows (1-based data rows)."""
+    bad = []
+    for i, rel in enumerate(paths, start=1):
+        try:
+            safe_path(root, rel)
+        except DataError as exc:
+            bad.append(f"row {i}: {exc}")
+    if bad:
+        shown = "\n  ".join(bad[:20]) + (
+            f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        )
+        raise DataError(
+            f"{source}: {len(bad)} path(s) outside the dataset root refused:\n  {shown}"
+        )

@@ -1,0 +1,1 @@
+"""The synthetic DeepFashion-like dataset: drawn figures and the deterministic tree."""
