@@ -96,7 +96,7 @@ def test_pose_files_json_and_legacy_csv(tmp_path, synth_root):
 
 
 def test_transfer_cli_with_keypoint_files(checkpoint, condition, tmp_path):
-    from run_pipeline import cli
+    from cli.main import cli
 
     condition.save(tmp_path / "a.png")
     for name, p in (("target.json", pose(2)), ("cond.json", pose(1))):

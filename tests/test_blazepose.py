@@ -139,8 +139,8 @@ def test_frontal_photos_keep_left_and_right_and_an_empty_image_has_nobody(estima
 
 
 def test_weights_status_lists_blazepose_files_as_present():
+    from cli.weights import blazepose_rows
     from pipeline.core.weights import file_sha256
-    from stages.weights_cli import blazepose_rows
 
     rows = {r["name"]: r for r in blazepose_rows()}
     assert set(rows) == {"blazepose_detector", "blazepose_landmark_full"}
@@ -153,8 +153,8 @@ def test_transfer_cli_estimates_both_poses_with_mediapipe(reference, tmp_path):
     import torch
     from click.testing import CliRunner
 
+    from cli.main import cli
     from pipeline.generator.networks import build_generator
-    from run_pipeline import cli
 
     ckpt = tmp_path / "netG_1.pth"
     torch.manual_seed(0)

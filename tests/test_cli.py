@@ -1,7 +1,7 @@
 import pytest
 from click.testing import CliRunner
 
-from run_pipeline import LAZY_COMMANDS, cli
+from cli.main import LAZY_COMMANDS, cli
 
 
 def test_synth_and_check_networks(tmp_path, reference):
@@ -107,7 +107,7 @@ def test_top_level_help_imports_no_stage():
     import sys
 
     code = (
-        "import sys; from click.testing import CliRunner; from run_pipeline import cli; "
+        "import sys; from click.testing import CliRunner; from cli.main import cli; "
         "CliRunner().invoke(cli, ['--help']); "
         "print(sorted(m for m in sys.modules if m.startswith('stages.') or m in ('torch', 'ray')))"
     )

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from cli.main import PipelineContext, cli
 from pipeline.core.errors import ConfigError
-from run_pipeline import PipelineContext, cli
 
 CONFIG_FIELDS = [
     (["generate", "--batch-size", "0"], "generate.batch_size", "--batch-size 0"),

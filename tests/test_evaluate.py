@@ -165,7 +165,7 @@ def test_set_metrics_with_random_networks(synth_root, tmp_path, ray_session):
 
 
 def test_cli(generated, tmp_path, ray_session):
-    from run_pipeline import cli
+    from cli.main import cli
 
     out = tmp_path / "eval"
     res = CliRunner().invoke(

@@ -214,7 +214,7 @@ def test_cli_legacy_pairs_csv_and_maps_rendered_from_keypoints(
 ):
     """Without npz maps and without a pairs table the stage renders maps from the keypoints
     table and reads test_img_pairs.csv: the images equal those made from the npz maps."""
-    from run_pipeline import cli
+    from cli.main import cli
 
     _, clean_out, _ = two_checkpoint_run
     root = tmp_path / "data"

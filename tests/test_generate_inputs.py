@@ -121,7 +121,7 @@ def test_a_square_first_image_is_cropped_not_fatal(annotated_root, ckpt, tmp_pat
 def test_a_run_whose_every_job_fails_is_an_error_after_its_manifest(
     annotated_root, ckpt, tmp_path, ray_session
 ):
-    from run_pipeline import cli
+    from cli.main import cli
 
     root = tmp_path / "data"
     # No pose maps and no keypoints table to render them from: every job lacks its maps.

@@ -18,11 +18,11 @@ import pytest
 from click.testing import CliRunner
 from test_pipeline_run import TINY, random_checkpoint, run_cli
 
+from cli.main import cli
 from pipeline.core.config import load_config
 from pipeline.core.errors import ConfigError
 from pipeline.core.layout import DatasetLayout, EvaluationLayout, OutputLayout
 from pipeline.synthetic.tree import write_synthetic_tree
-from run_pipeline import cli
 from stages.dag import plan_run, run_dag
 
 REPO = Path(__file__).resolve().parent.parent

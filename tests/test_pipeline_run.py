@@ -17,11 +17,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from cli.main import cli
 from pipeline.core.config import load_config
 from pipeline.core.layout import OutputLayout
 from pipeline.generator.networks import build_generator
 from pipeline.synthetic.tree import GROUND_TRUTH_CSV, write_synthetic_tree
-from run_pipeline import cli
 from stages.dag import BY_NAME, plan_run, run_dag
 
 REPO = Path(__file__).resolve().parent.parent

@@ -44,7 +44,7 @@ def test_report_files_embed_images_and_list_skipped(evaluation):
 
 
 def test_report_cli_and_missing_evaluation(evaluation, tmp_path):
-    from run_pipeline import cli
+    from cli.main import cli
 
     root, _ = evaluation
     res = CliRunner().invoke(

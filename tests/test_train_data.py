@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
+from cli.dag import time_summary
 from pipeline.core.config import Config, TrainConfig
 from pipeline.core.layout import OutputLayout, TrainLayout
 from pipeline.pose.posemap import gaussian_map, one_hot_coords, one_hot_map
 from pipeline.training.data import BatchStream, PairImages, decode_in_memory, load_train_pairs
 from pipeline.training.quality import training_quality
 from pipeline.training.step import build_nets
-from stages.dag_cli import time_summary
 from stages.report_pipeline import training_check_section
 
 

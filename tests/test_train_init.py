@@ -43,7 +43,7 @@ def test_resolve_a_directory_a_file_and_an_iteration_override(tmp_path):
 
 
 def test_cli_refuses_a_bad_init_before_training(annotated_root, tmp_path, ray_session):
-    from run_pipeline import cli
+    from cli.main import cli
 
     (tmp_path / "netG_7.pth").write_bytes(b"not a checkpoint")
     (tmp_path / "netD_7.pth").write_bytes(b"not a checkpoint")

@@ -4,8 +4,8 @@ import hashlib
 
 from click.testing import CliRunner
 
+from cli.main import cli
 from pipeline.core.weights import KNOWN_WEIGHTS
-from run_pipeline import cli
 
 
 def test_status_with_empty_cache(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""`transfer`: the command-line face of the inference API (pipeline/generator/inference_api.py's PoseTransfer)."""
+"""`transfer`: the command-line face of the inference API (PoseTransfer of
+pipeline/generator/inference_api.py)."""
 
 from __future__ import annotations
 
