@@ -18,8 +18,8 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.errors import DataError
 from pipeline.layout import PAIRS_INDEX_SCHEMA, EvaluationLayout, OutputLayout
-from pipeline.metrics.registry import REAL, SPECS
-from pipeline.metrics.summary import PER_IMAGE_SCHEMA, SUMMARY_SCHEMA
+from pipeline.metrics.registry import BY_DEFINITION, COPY, REAL, SPECS
+from pipeline.metrics.summary import PER_IMAGE_SCHEMA, SUMMARY_SCHEMA, generated_only
 from pipeline.runtime import StageResult
 from pipeline.save_modes import MIXED, SAVE_MODES, UNKNOWN
 from pipeline.tables import checkpoint_sort_key, read_table, write_bytes_atomic
@@ -56,10 +56,22 @@ class Report:
     sections: list = field(default_factory=list)  # report_annotations.Section, before provenance
 
 
+# The summary's `images` value -> the label of its row in the metrics table.
+ROW_LABELS = {"generated": "generated", "real": "real targets", "condition": "condition copied"}
+TABLE_NOTE = (
+    "mean ± std over images (n = images scored). Beside each checkpoint, its scale: "
+    "real targets, the ceiling (SSIM, PSNR, LPIPS and FID by definition; IS, DS and, with "
+    "reference keypoints, PCKh computed on the real images), and condition copied, the "
+    "floor: the condition image scored as if it were the generated one."
+)
+
+
 def format_cell(row: pd.Series) -> str:
-    """mean ± std (n) for one summary row."""
+    """mean ± std (n) for one summary row; a score by definition says so."""
     if row["status"] != "ok" or pd.isna(row["mean"]):
         return "–"
+    if row["reason"] == BY_DEFINITION:
+        return ("∞" if np.isinf(row["mean"]) else f"{row['mean']:.4g}") + " (by definition)"
     text = f"{row['mean']:.4g}"
     if pd.notna(row["std"]):
         text += f" ± {row['std']:.3g}"
@@ -70,32 +82,55 @@ def format_cell(row: pd.Series) -> str:
 
 
 def metrics_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Wide table: one row per checkpoint and direction (generated images, then the real
-    sets), one column per scored metric."""
+    """Wide table, one column per scored metric: per checkpoint and direction, the generated
+    images, then the real targets and the condition copied of that direction."""
     ok = summary[summary["status"] == "ok"]
     metrics = [m for m in SPECS if m in set(ok["metric"])]
     ok = ok.assign(cell=ok.apply(format_cell, axis=1))
-    wide = (
-        ok.pivot_table(
-            index=["checkpoint", "direction", "images"],
-            columns="metric",
-            values="cell",
-            aggfunc="first",
-        )
-        .reindex(columns=metrics)
-        .fillna("–")
-        .reset_index()
-    )
-    wide["order"] = wide["checkpoint"].map(
-        lambda c: (1, 0, "") if c == REAL else (0, *checkpoint_sort_key(c))
-    )
-    return wide.sort_values(["order", "direction"]).drop(columns="order").reset_index(drop=True)
+    wide = ok.pivot_table(
+        index=["checkpoint", "direction", "images"], columns="metric", values="cell",
+        aggfunc="first",
+    ).reindex(columns=metrics).fillna("–").reset_index()  # fmt: skip
+    ckpts = sorted(set(generated_only(wide)["checkpoint"]), key=checkpoint_sort_key)
+    rows = []
+    for ckpt in ckpts:
+        for direction in sorted(set(wide.loc[wide["checkpoint"] == ckpt, "direction"])):
+            for source in (ckpt, REAL, COPY):
+                hit = wide[(wide["checkpoint"] == source) & (wide["direction"] == direction)]
+                rows += [{**r, "checkpoint": ckpt} for r in hit.to_dict("records")]
+    table = pd.DataFrame(rows, columns=wide.columns)
+    table["images"] = table["images"].map(ROW_LABELS)
+    return table.reset_index(drop=True)
+
+
+def scale_notes(summary: pd.DataFrame) -> list[str]:
+    """Per checkpoint and direction, the two comparisons that say whether it transfers pose:
+    PCKh against the real targets' and SSIM against copying the condition."""
+    ok = summary[summary["status"] == "ok"].set_index(["checkpoint", "direction", "metric"])
+    mean = ok["mean"]
+    real_pckh = ok.loc[ok.index.get_level_values("checkpoint") == REAL, "reason"]
+    notes = []
+    for ckpt, direction in generated_only(summary)[["checkpoint", "direction"]].drop_duplicates(
+    ).itertuples(index=False):  # fmt: skip
+        parts = []
+        pckh, real = mean.get((ckpt, direction, "pckh")), mean.get((REAL, direction, "pckh"))
+        if pckh is not None and real:
+            how = real_pckh.get((REAL, direction, "pckh"))
+            parts.append(f"PCKh {pckh:.3f} = {pckh / real:.2f} × the real targets' ({real:.3f}, "
+                         f"{how})")  # fmt: skip
+        ssim, copy = mean.get((ckpt, direction, "ssim")), mean.get((COPY, direction, "ssim"))
+        if ssim is not None and copy is not None:
+            word = "above" if ssim > copy else "NOT above"
+            parts.append(f"SSIM {ssim:.3f}, {word} copying the condition ({copy:.3f})")
+        if parts:
+            notes.append(f"Checkpoint {ckpt}, {direction[0]}→{direction[1]}: " + "; ".join(parts))
+    return notes
 
 
 def symmetric_note(summary: pd.DataFrame) -> list[str]:
     """Explain identical A→B and B→A rows: when the test pairs hold both (a, b) and (b, a),
     both directions generate the same set of images."""
-    ok = summary[(summary["status"] == "ok") & (summary["checkpoint"] != REAL)]
+    ok = generated_only(summary[summary["status"] == "ok"])
     wide = ok.pivot_table(index=["checkpoint", "metric"], columns="direction", values="mean")
     if {"AB", "BA"} <= set(wide.columns) and len(wide) and np.allclose(wide["AB"], wide["BA"]):
         return [
@@ -154,22 +189,16 @@ def build_report(
     for r in summary[summary["status"] == "skipped"].itertuples():
         report.skipped.setdefault(r.metric, r.reason)
     report.table = metrics_table(summary)
-    report.notes += symmetric_note(summary)
-    ckpts = sorted(
-        (c for c in summary["checkpoint"].unique() if c != REAL), key=checkpoint_sort_key
-    )
-    scored = [
-        m
-        for m in SPECS
-        if m
-        in set(summary.loc[(summary["status"] == "ok") & (summary["checkpoint"] != REAL), "metric"])
-    ]
+    report.notes += scale_notes(summary) + symmetric_note(summary)
+    generated = generated_only(summary)
+    ckpts = sorted(generated["checkpoint"].unique(), key=checkpoint_sort_key)
+    scored = [m for m in SPECS if m in set(generated.loc[generated["status"] == "ok", "metric"])]
     if scored:
         report.figures.append(
             (
                 "metrics.png",
                 "Each metric across checkpoints (band: ± std over images)",
-                metrics_plot(summary[summary["checkpoint"] != REAL], scored, ckpts),
+                metrics_plot(generated, scored, ckpts),
             )
         )
     if paths.per_image("ssim").exists():
@@ -256,17 +285,14 @@ def render_html(report: Report) -> str:
             + "</tr>"
         )
         for r in table.to_dict("records"):
-            cls = " class='real'" if r["checkpoint"] == REAL else ""
+            cls = " class='real'" if r["images"] != ROW_LABELS["generated"] else ""
             direction = f"{r['direction'][0]}→{r['direction'][1]}"
             out.append(
                 f"<tr><td{cls}>{e(r['checkpoint'])}</td><td{cls}>{direction}</td><td{cls}>{e(r['images'])}</td>"
                 + "".join(f"<td{cls}>{e(str(r[m]))}</td>" for m in metrics)
                 + "</tr>"
             )
-        out.append(
-            "</table><p class='small'>mean ± std over images (n = images scored). "
-            "Rows <i>real</i>: the real target images of that direction.</p><ul class='small'>"
-        )
+        out.append(f"</table><p class='small'>{e(TABLE_NOTE)}</p><ul class='small'>")
         out += [f"<li><b>{e(m)}</b>: {e(METRIC_NOTES[m])}</li>" for m in metrics]
         out.append("</ul>")
         out += [f"<p class='small'>{e(n)}</p>" for n in report.notes]
@@ -326,11 +352,7 @@ def render_markdown(report: Report, image_dir: str = "images") -> str:
         lines += [
             "| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)
         ]
-        lines += [
-            "",
-            "mean ± std over images (n = images scored); `real`: the real target images.",
-            "",
-        ]
+        lines += ["", TABLE_NOTE, ""]
         lines += [f"- **{m}**: {METRIC_NOTES[m]}" for m in cols[3:]]
         lines += ["", *report.notes]
     else:

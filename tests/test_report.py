@@ -40,7 +40,12 @@ def test_report_files_embed_images_and_list_skipped(evaluation):
     for link in re.findall(r"\]\((images/[^)]+)\)", md):
         assert (root / "reports" / "demo" / link).is_file()
     assert "| checkpoint | direction | images | ssim | psnr |" in md  # no column (and no 0) for fid
-    assert md.count("(n=5)") == 2 * 2 * 2  # 5 pairs per checkpoint and direction, ssim and psnr
+    # 5 pairs per checkpoint and direction, ssim and psnr, generated and condition copied.
+    assert md.count("(n=5)") == 2 * 2 * 2 * 2
+    rows = [line for line in md.splitlines() if line.startswith("| 300 | AB |")]
+    assert [r.split(" | ")[2] for r in rows] == ["generated", "real targets", "condition copied"]
+    assert "| 1 (by definition) | ∞ (by definition) |" in rows[1]
+    assert "Checkpoint 300, A→B: SSIM" in md and "copying the condition" in md
 
 
 def test_report_cli_and_missing_evaluation(evaluation, tmp_path):
