@@ -19,12 +19,23 @@ from pipeline.core.atomic_io import write_bytes_atomic, write_table
 from pipeline.core.config import Config
 from pipeline.core.content_state import ContentCache
 from pipeline.core.errors import DataError, WeightsError
-from pipeline.core.layout import PAIRS_INDEX_SCHEMA, EvaluationLayout, OutputLayout, scan_generation
+from pipeline.core.layout import (
+    PAIRS_INDEX_SCHEMA,
+    EvaluationLayout,
+    GenerationLayout,
+    OutputLayout,
+    scan_generation,
+)
 from pipeline.core.legacy_csv import write_csv
 from pipeline.core.paths import checkpoint_sort_key, relative_under
 from pipeline.core.resumable import ResumableTable
 from pipeline.metrics.registry import SPECS, build_scorer, expand_metrics, weights_for
-from pipeline.metrics.scoring import real_images, score_network_batch, score_pixel_batch
+from pipeline.metrics.scoring import (
+    condition_copies,
+    real_images,
+    score_network_batch,
+    score_pixel_batch,
+)
 from pipeline.metrics.summary import (
     LEGACY_FILES,
     PER_IMAGE_SCHEMA,
@@ -172,6 +183,27 @@ def run_network_metric(metric, weights, gen_root, units, paths, cfg) -> pd.DataF
     return finish_output(output, units)
 
 
+def targets_pckh(cfg: Config, gen_root: Path, pairs: pd.DataFrame) -> dict | None:
+    """Per direction, how well the estimator finds the real targets' keypoints: its PCKh
+    against the dataset's reference keypoints (the keypoints stage's QA table), when the
+    generation is the pipeline's own and a reference is configured; None otherwise (the
+    real row's PCKh is then 1 by definition)."""
+    from pipeline.core.atomic_io import read_table
+    from pipeline.pose.keypoint_qa import targets_pckh as pckh_of
+
+    outputs = OutputLayout(cfg.output.root)
+    if not cfg.keypoints.compare or gen_root != outputs.generated.resolve():
+        return None
+    if not outputs.keypoints_qa.exists():
+        return None
+    qa = read_table(outputs.keypoints_qa)
+    out = {}
+    for direction, part in pairs.groupby("direction"):
+        ids = [GenerationLayout.parse_name(n)[1] for n in part["name"]]
+        out[direction] = (*pckh_of(qa, ids), Path(cfg.keypoints.compare).name)
+    return out
+
+
 def checkpoint_files(ckpts: list[str], cfg: Config) -> dict[str, dict]:
     """netG_<ckpt>.pth of each scored checkpoint where it can be found, with its sha256."""
     from pipeline.core.weights import file_sha256
@@ -254,11 +286,15 @@ def run_evaluate(
     skipped: dict[str, str] = {}
     with ContentCache(OutputLayout(cfg.output.root).state / "content.sqlite") as cache:
         pairs["inputs"] = unit_digests(pairs, gen_root, cache)
+        copies = condition_copies(pairs)
+        copies["inputs"] = unit_digests(copies, gen_root, cache)
     ok_pairs = pairs[pairs["error"].isna()]
+    # Pair metrics also score the condition copied: the floor beside every checkpoint.
+    with_copies = pd.concat([ok_pairs, copies], ignore_index=True)
     pixel = [m for m in names if SPECS[m].kind == "pixel"]
     if pixel:
         per_image.update(
-            run_pixel_metrics(pixel, gen_root, pairs, paths, cfg.evaluate.pixel_batch_size)
+            run_pixel_metrics(pixel, gen_root, with_copies, paths, cfg.evaluate.pixel_batch_size)
         )
     for metric in (m for m in names if SPECS[m].kind != "pixel"):
         try:
@@ -266,12 +302,13 @@ def run_evaluate(
         except WeightsError as exc:
             skipped[metric] = str(exc)
             continue
-        units = ok_pairs
+        units = with_copies
         if SPECS[metric].kind == "image":
             units = pd.concat([ok_pairs, real_images(pairs)], ignore_index=True)
         per_image[metric] = run_network_metric(metric, weights, gen_root, units, paths, cfg)
 
-    summary = summarise(per_image, skipped, ok_pairs if len(ok_pairs) else pairs, mode)
+    real_pckh = targets_pckh(cfg, gen_root, ok_pairs) if "pckh" in per_image else None
+    summary = summarise(per_image, skipped, ok_pairs if len(ok_pairs) else pairs, mode, real_pckh)
     write_table(summary, paths.summary, SUMMARY_SCHEMA)
     legacy = legacy_tables(summary, per_image)
     for fname in LEGACY_FILES.values():
@@ -330,6 +367,8 @@ STAGE = StageSpec(
         "evaluate.network_weights",
         # PCKh estimates the keypoints of real and generated images with these.
         "keypoints.estimator",
+        # The real targets' PCKh is measured against this reference (the QA table).
+        "keypoints.compare",
         "keypoints.checkpoint",
         "keypoints.min_score",
         "keypoints.min_visibility",
@@ -344,7 +383,10 @@ STAGE = StageSpec(
         "weights.checkpoint_dir": "where evaluation.json finds each checkpoint's file to "
         "record its path and digest; the generated images are the inputs",
     },
-    inputs=lambda cfg: [OutputLayout(cfg.output.root).generated],
+    inputs=lambda cfg: [
+        OutputLayout(cfg.output.root).generated,
+        OutputLayout(cfg.output.root).keypoints_qa,
+    ],
     outputs=lambda cfg: [EvaluationLayout(OutputLayout(cfg.output.root).evaluation).summary],
     previous=lambda cfg: [OutputLayout(cfg.output.root).evaluation],
 )

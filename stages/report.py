@@ -18,11 +18,11 @@ from pipeline.cluster.stage_result import StageResult
 from pipeline.core.atomic_io import read_table, write_bytes_atomic
 from pipeline.core.config import Config
 from pipeline.core.errors import DataError
-from pipeline.core.layout import PAIRS_INDEX_SCHEMA, EvaluationLayout, OutputLayout
+from pipeline.core.layout import PAIRS_INDEX_SCHEMA, DatasetLayout, EvaluationLayout, OutputLayout
 from pipeline.core.paths import checkpoint_sort_key
 from pipeline.generator.save_modes import MIXED, SAVE_MODES, UNKNOWN
-from pipeline.metrics.registry import REAL, SPECS
-from pipeline.metrics.summary import PER_IMAGE_SCHEMA, SUMMARY_SCHEMA
+from pipeline.metrics.registry import BY_DEFINITION, COPY, REAL, SPECS
+from pipeline.metrics.summary import PER_IMAGE_SCHEMA, SUMMARY_SCHEMA, generated_only
 from stages.report_pipeline import stage_overview, training_check_section, training_figures
 from stages.spec import OUTPUT_ROOT, StageSpec
 
@@ -56,10 +56,22 @@ class Report:
     sections: list = field(default_factory=list)  # report_annotations.Section, before provenance
 
 
+# The summary's `images` value -> the label of its row in the metrics table.
+ROW_LABELS = {"generated": "generated", "real": "real targets", "condition": "condition copied"}
+TABLE_NOTE = (
+    "mean ± std over images (n = images scored). Beside each checkpoint, its scale: "
+    "real targets, the ceiling (SSIM, PSNR, LPIPS and FID by definition; IS, DS and, with "
+    "reference keypoints, PCKh computed on the real images), and condition copied, the "
+    "floor: the condition image scored as if it were the generated one."
+)
+
+
 def format_cell(row: pd.Series) -> str:
-    """mean ± std (n) for one summary row."""
+    """mean ± std (n) for one summary row; a score by definition says so."""
     if row["status"] != "ok" or pd.isna(row["mean"]):
         return "–"
+    if row["reason"] == BY_DEFINITION:
+        return ("∞" if np.isinf(row["mean"]) else f"{row['mean']:.4g}") + " (by definition)"
     text = f"{row['mean']:.4g}"
     if pd.notna(row["std"]):
         text += f" ± {row['std']:.3g}"
@@ -70,32 +82,55 @@ def format_cell(row: pd.Series) -> str:
 
 
 def metrics_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Wide table: one row per checkpoint and direction (generated images, then the real
-    sets), one column per scored metric."""
+    """Wide table, one column per scored metric: per checkpoint and direction, the generated
+    images, then the real targets and the condition copied of that direction."""
     ok = summary[summary["status"] == "ok"]
     metrics = [m for m in SPECS if m in set(ok["metric"])]
     ok = ok.assign(cell=ok.apply(format_cell, axis=1))
-    wide = (
-        ok.pivot_table(
-            index=["checkpoint", "direction", "images"],
-            columns="metric",
-            values="cell",
-            aggfunc="first",
-        )
-        .reindex(columns=metrics)
-        .fillna("–")
-        .reset_index()
-    )
-    wide["order"] = wide["checkpoint"].map(
-        lambda c: (1, 0, "") if c == REAL else (0, *checkpoint_sort_key(c))
-    )
-    return wide.sort_values(["order", "direction"]).drop(columns="order").reset_index(drop=True)
+    wide = ok.pivot_table(
+        index=["checkpoint", "direction", "images"], columns="metric", values="cell",
+        aggfunc="first",
+    ).reindex(columns=metrics).fillna("–").reset_index()  # fmt: skip
+    ckpts = sorted(set(generated_only(wide)["checkpoint"]), key=checkpoint_sort_key)
+    rows = []
+    for ckpt in ckpts:
+        for direction in sorted(set(wide.loc[wide["checkpoint"] == ckpt, "direction"])):
+            for source in (ckpt, REAL, COPY):
+                hit = wide[(wide["checkpoint"] == source) & (wide["direction"] == direction)]
+                rows += [{**r, "checkpoint": ckpt} for r in hit.to_dict("records")]
+    table = pd.DataFrame(rows, columns=wide.columns)
+    table["images"] = table["images"].map(ROW_LABELS)
+    return table.reset_index(drop=True)
+
+
+def scale_notes(summary: pd.DataFrame) -> list[str]:
+    """Per checkpoint and direction, the two comparisons that say whether it transfers pose:
+    PCKh against the real targets' and SSIM against copying the condition."""
+    ok = summary[summary["status"] == "ok"].set_index(["checkpoint", "direction", "metric"])
+    mean = ok["mean"]
+    real_pckh = ok.loc[ok.index.get_level_values("checkpoint") == REAL, "reason"]
+    notes = []
+    for ckpt, direction in generated_only(summary)[["checkpoint", "direction"]].drop_duplicates(
+    ).itertuples(index=False):  # fmt: skip
+        parts = []
+        pckh, real = mean.get((ckpt, direction, "pckh")), mean.get((REAL, direction, "pckh"))
+        if pckh is not None and real:
+            how = real_pckh.get((REAL, direction, "pckh"))
+            parts.append(f"PCKh {pckh:.3f} = {pckh / real:.2f} × the real targets' ({real:.3f}, "
+                         f"{how})")  # fmt: skip
+        ssim, copy = mean.get((ckpt, direction, "ssim")), mean.get((COPY, direction, "ssim"))
+        if ssim is not None and copy is not None:
+            word = "above" if ssim > copy else "NOT above"
+            parts.append(f"SSIM {ssim:.3f}, {word} copying the condition ({copy:.3f})")
+        if parts:
+            notes.append(f"Checkpoint {ckpt}, {direction[0]}→{direction[1]}: " + "; ".join(parts))
+    return notes
 
 
 def symmetric_note(summary: pd.DataFrame) -> list[str]:
     """Explain identical A→B and B→A rows: when the test pairs hold both (a, b) and (b, a),
     both directions generate the same set of images."""
-    ok = summary[(summary["status"] == "ok") & (summary["checkpoint"] != REAL)]
+    ok = generated_only(summary[summary["status"] == "ok"])
     wide = ok.pivot_table(index=["checkpoint", "metric"], columns="direction", values="mean")
     if {"AB", "BA"} <= set(wide.columns) and len(wide) and np.allclose(wide["AB"], wide["BA"]):
         return [
@@ -130,10 +165,14 @@ def build_report(
     name: str,
     grid_pairs: int = 3,
     generated: str | os.PathLike | None = None,
+    poses: dict | None = None,
 ) -> Report:
-    """Collect the report's content from an evaluation directory (the pure core)."""
-    from stages.report_figures import metrics_plot, pair_grid, ssim_histogram
+    """Collect the report's content from an evaluation directory (the pure core). `poses`:
+    file id -> (x, y, image height, image width) of the keypoints the generator was given,
+    drawn as the target pose in the grids."""
+    from stages.report_figures import gallery, metrics_plot, pair_grid, ssim_histogram
 
+    poses = poses or {}
     paths = EvaluationLayout(eval_dir)
     if not paths.summary.exists():
         raise DataError(f"{paths.summary} not found: run `evaluate --out {eval_dir}` first")
@@ -154,30 +193,32 @@ def build_report(
     for r in summary[summary["status"] == "skipped"].itertuples():
         report.skipped.setdefault(r.metric, r.reason)
     report.table = metrics_table(summary)
-    report.notes += symmetric_note(summary)
-    ckpts = sorted(
-        (c for c in summary["checkpoint"].unique() if c != REAL), key=checkpoint_sort_key
-    )
-    scored = [
-        m
-        for m in SPECS
-        if m
-        in set(summary.loc[(summary["status"] == "ok") & (summary["checkpoint"] != REAL), "metric"])
-    ]
+    report.notes += scale_notes(summary) + symmetric_note(summary)
+    generated = generated_only(summary)
+    ckpts = sorted(generated["checkpoint"].unique(), key=checkpoint_sort_key)
+    scored = [m for m in SPECS if m in set(generated.loc[generated["status"] == "ok", "metric"])]
     if scored:
         report.figures.append(
             (
                 "metrics.png",
                 "Each metric across checkpoints (band: ± std over images)",
-                metrics_plot(summary[summary["checkpoint"] != REAL], scored, ckpts),
+                metrics_plot(generated, scored, ckpts),
             )
         )
+    pairs = read_table(paths.pairs, PAIRS_INDEX_SCHEMA) if paths.pairs.exists() else None
+    if pairs is not None and gen_root.is_dir():
+        for direction, part in pairs.groupby("direction"):
+            report.figures.append((
+                f"gallery_{direction}.png",
+                f"Gallery, {direction[0]}→{direction[1]}: the same test pairs generated by "
+                f"every checkpoint ({', '.join(ckpts)})",
+                gallery(gen_root, part, ckpts, poses, 2 * grid_pairs),
+            ))  # fmt: skip
     if paths.per_image("ssim").exists():
-        ssim = read_table(paths.per_image("ssim"), PER_IMAGE_SCHEMA)
+        ssim = generated_only(read_table(paths.per_image("ssim"), PER_IMAGE_SCHEMA))
         report.figures.append(
             ("ssim_hist.png", "Per-image SSIM by checkpoint", ssim_histogram(ssim, ckpts))
         )
-        pairs = read_table(paths.pairs, PAIRS_INDEX_SCHEMA)
         last = ckpts[-1]
         for direction in ("AB", "BA"):
             for label, rows in grid_rows(ssim, pairs, last, direction, grid_pairs).items():
@@ -187,7 +228,11 @@ def build_report(
                         f"{direction[0]}→{direction[1]}"
                     )
                     report.figures.append(
-                        (f"grid_{last}_{direction}_{label}.png", caption, pair_grid(gen_root, rows))
+                        (
+                            f"grid_{last}_{direction}_{label}.png",
+                            caption,
+                            pair_grid(gen_root, rows, poses),
+                        )  # fmt: skip
                     )
     else:
         report.warnings.append(
@@ -202,8 +247,10 @@ def build_report(
         "network weights": meta.get("network_weights", "unknown"),
         "image save mode": meta.get("save_mode", UNKNOWN),
         **{
-            f"checkpoint {c} sha256": (
-                files[c]["sha256"] if c in files else "checkpoint file not found"
+            f"checkpoint {c}": (
+                f"{files[c]['path']} (sha256 {files[c]['sha256']})"
+                if c in files
+                else "checkpoint file not found"
             )
             for c in ckpts
         },
@@ -256,17 +303,14 @@ def render_html(report: Report) -> str:
             + "</tr>"
         )
         for r in table.to_dict("records"):
-            cls = " class='real'" if r["checkpoint"] == REAL else ""
+            cls = " class='real'" if r["images"] != ROW_LABELS["generated"] else ""
             direction = f"{r['direction'][0]}→{r['direction'][1]}"
             out.append(
                 f"<tr><td{cls}>{e(r['checkpoint'])}</td><td{cls}>{direction}</td><td{cls}>{e(r['images'])}</td>"
                 + "".join(f"<td{cls}>{e(str(r[m]))}</td>" for m in metrics)
                 + "</tr>"
             )
-        out.append(
-            "</table><p class='small'>mean ± std over images (n = images scored). "
-            "Rows <i>real</i>: the real target images of that direction.</p><ul class='small'>"
-        )
+        out.append(f"</table><p class='small'>{e(TABLE_NOTE)}</p><ul class='small'>")
         out += [f"<li><b>{e(m)}</b>: {e(METRIC_NOTES[m])}</li>" for m in metrics]
         out.append("</ul>")
         out += [f"<p class='small'>{e(n)}</p>" for n in report.notes]
@@ -326,11 +370,7 @@ def render_markdown(report: Report, image_dir: str = "images") -> str:
         lines += [
             "| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)
         ]
-        lines += [
-            "",
-            "mean ± std over images (n = images scored); `real`: the real target images.",
-            "",
-        ]
+        lines += ["", TABLE_NOTE, ""]
         lines += [f"- **{m}**: {METRIC_NOTES[m]}" for m in cols[3:]]
         lines += ["", *report.notes]
     else:
@@ -370,6 +410,17 @@ def write_report(report: Report, out: str | os.PathLike) -> dict[str, str]:
     return {"html": str(out / "report.html"), "markdown": str(out / "report.md")}
 
 
+def target_poses(cfg: Config) -> dict:
+    """file id -> (x, y, image height, image width) from the keypoints table, if any."""
+    table = DatasetLayout.of(cfg.dataset).keypoints_table
+    if not table.exists():
+        return {}
+    cols = ["file_id", "x", "y", "img_h", "img_w", "error"]
+    kp = read_table(table).loc[:, cols]
+    kp = kp[kp["error"].isna()]
+    return {r[0]: r[1:5] for r in kp.itertuples(index=False, name=None)}
+
+
 def run_report(
     cfg: Config,
     evaluation: str | os.PathLike | None = None,
@@ -381,7 +432,9 @@ def run_report(
     outputs = OutputLayout(cfg.output.root)
     eval_dir = Path(evaluation or outputs.evaluation)
     out = Path(out or outputs.report(cfg.report.name))
-    report = build_report(eval_dir, cfg.report.name, cfg.report.grid_pairs, generated)
+    report = build_report(
+        eval_dir, cfg.report.name, cfg.report.grid_pairs, generated, target_poses(cfg)
+    )
     report.stages = stage_overview(cfg)
     report.figures += training_figures(cfg)
     from stages.report_annotations import annotations_section
@@ -405,12 +458,16 @@ STAGE = StageSpec(
     config_keys=("report.name", "report.grid_pairs", "keypoints.compare"),
     ignored_keys={
         **OUTPUT_ROOT,
-        "dataset.root": "which dataset's annotation tables are summarised; they are not among "
-        "the inputs, so a changed table alone does not rerun the report",
+        "dataset.root": "which dataset's annotation tables are summarised (only the keypoints "
+        "table, whose poses the grids draw, is among the inputs)",
+        "dataset.train_list": "the annotation section's split counts: summary only",
+        "dataset.test_list": "the annotation section's split counts: summary only",
     },
     inputs=lambda cfg: [
         OutputLayout(cfg.output.root).evaluation,
         OutputLayout(cfg.output.root).manifest,
+        # The target poses drawn in the grids.
+        DatasetLayout.of(cfg.dataset).keypoints_table,
     ],
     outputs=lambda cfg: [OutputLayout(cfg.output.root).report(cfg.report.name) / "report.html"],
     previous=lambda cfg: [OutputLayout(cfg.output.root).report(cfg.report.name)],

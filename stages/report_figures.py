@@ -1,5 +1,5 @@
 """Report figures (drawing only, no scoring): metric-by-checkpoint plots, the SSIM
-histogram and condition | target | generated image grids, as PNG bytes."""
+histogram, condition | target pose | generated | real target grids and the gallery, as PNG bytes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from pipeline.core.imaging import ImageError, load_rgb
+from pipeline.core.imaging import FRAME, ImageError, frame_box, keypoints_to_canvas, load_rgb
+from pipeline.core.layout import GenerationLayout
+from pipeline.pose.drawing import draw_skeleton
 
 DIRECTION_STYLE = {
     "AB": ("tab:blue", "o-", "A→B (fake_B)"),
@@ -105,39 +107,87 @@ def _tile(gen_root: Path, rel: str | None, height: int) -> Image.Image:
     """An image scaled to `height`, or a grey tile naming what is missing."""
     try:
         if rel is None:
-            raise ImageError("no condition image with this index")
-        im = load_rgb(gen_root / rel)
-        return im.resize((max(1, round(im.width * height / im.height)), height), Image.BICUBIC)
+            raise ImageError("no image for this pair")
+        return _scaled(load_rgb(gen_root / rel), height)
     except ImageError as exc:
-        tile = Image.new("RGB", (round(height * 176 / 256), height), (200, 200, 200))
+        tile = Image.new("RGB", (round(height * FRAME[1] / FRAME[0]), height), (200, 200, 200))
         ImageDraw.Draw(tile).text((4, 4), f"missing:\n{str(exc)[:40]}", fill=(0, 0, 0))
         return tile
 
 
-def pair_grid(gen_root: Path, rows: pd.DataFrame, height: int = 160) -> bytes:
-    """Rows of condition | target | generated, each captioned with its SSIM and file name."""
+def _scaled(im: Image.Image, height: int) -> Image.Image:
+    return im.resize((max(1, round(im.width * height / im.height)), height), Image.BICUBIC)
+
+
+def pose_tile(pose: tuple | None, height: int) -> Image.Image:
+    """The target pose the generator was given, drawn as a skeleton on the network's frame:
+    `pose` = (x, y, image height, image width) of the target's keypoints row."""
+    canvas = Image.new("RGB", (FRAME[1], FRAME[0]), (255, 255, 255))
+    if pose is None:
+        ImageDraw.Draw(canvas).text((4, 4), "no keypoints\nfor the target", fill=(0, 0, 0))
+        return _scaled(canvas, height)
+    x, y, h, w = pose
+    x, y = keypoints_to_canvas(x, y, frame_box(int(w), int(h)))
+    return _scaled(draw_skeleton(canvas, x, y, (200, 30, 30)), height)
+
+
+def _compose(headers: list[str], lines: list[tuple[list[Image.Image], str]], height: int) -> bytes:
+    """Rows of tiles under one header line, each row captioned, as PNG bytes."""
     header, caption, gap = 22, 16, 6
-    lines = []
-    for r in rows.itertuples(index=False):
-        tiles = [_tile(gen_root, p, height) for p in (r.condition_path, r.real_path, r.fake_path)]
-        lines.append((r, tiles))
-    width = max(sum(t.width for t in tiles) + gap * 2 for _, tiles in lines)
+    widths = [max(tiles[i].width for tiles, _ in lines) for i in range(len(headers))]
     canvas = Image.new(
-        "RGB", (width, header + len(lines) * (height + caption + gap)), (255, 255, 255)
-    )
+        "RGB", (sum(widths) + gap * len(widths), header + len(lines) * (height + caption + gap)),
+        (255, 255, 255),
+    )  # fmt: skip
     draw = ImageDraw.Draw(canvas)
     x = 0
-    for label, t in zip(("condition", "target (real)", "generated"), lines[0][1], strict=True):
+    for label, w in zip(headers, widths, strict=True):
         draw.text((x + 4, 4), label, fill=(0, 0, 0))
-        x += t.width + gap
+        x += w + gap
     y = header
-    for r, tiles in lines:
+    for tiles, text in lines:
         x = 0
-        for t in tiles:
+        for t, w in zip(tiles, widths, strict=True):
             canvas.paste(t, (x, y))
-            x += t.width + gap
-        draw.text((4, y + height + 2), f"SSIM {r.value:.3f}   {r.name}", fill=(60, 60, 60))
+            x += w + gap
+        draw.text((4, y + height + 2), text, fill=(60, 60, 60))
         y += height + caption + gap
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def pair_grid(gen_root: Path, rows: pd.DataFrame, poses: dict, height: int = 160) -> bytes:
+    """Rows of condition | target pose | generated | real target, each captioned with its
+    SSIM and file name; `poses`: file id -> the target's keypoints (see `pose_tile`)."""
+    lines = []
+    for r in rows.itertuples(index=False):
+        target = GenerationLayout.parse_name(r.name)
+        lines.append((
+            [_tile(gen_root, r.condition_path, height),
+             pose_tile(poses.get(target[1]) if target else None, height),
+             _tile(gen_root, r.fake_path, height), _tile(gen_root, r.real_path, height)],
+            f"SSIM {r.value:.3f}   {r.name}",
+        ))  # fmt: skip
+    return _compose(["condition", "target pose", "generated", "real target"], lines, height)
+
+
+def gallery(
+    gen_root: Path, pairs: pd.DataFrame, ckpts: list[str], poses: dict, k: int, height: int = 160
+) -> bytes:
+    """The same k pairs (evenly spread over the test pairs) generated by every checkpoint:
+    condition | target pose | one column per checkpoint | real target."""
+    ok = pairs[pairs["error"].isna()]
+    names = sorted(set(ok["name"]), key=GenerationLayout.name_order)
+    picked = [names[i] for i in np.linspace(0, len(names) - 1, min(k, len(names))).astype(int)]
+    fake = ok.set_index(["checkpoint", "name"])["fake_path"]
+    first = ok.drop_duplicates("name").set_index("name")
+    lines = []
+    for name in picked:
+        row, target = first.loc[name], GenerationLayout.parse_name(name)
+        tiles = [_tile(gen_root, row["condition_path"], height),
+                 pose_tile(poses.get(target[1]) if target else None, height)]  # fmt: skip
+        tiles += [_tile(gen_root, fake.get((c, name)), height) for c in ckpts]
+        lines.append(([*tiles, _tile(gen_root, row["real_path"], height)], name))
+    headers = ["condition", "target pose", *(f"generated: {c}" for c in ckpts), "real target"]
+    return _compose(headers, lines, height)

@@ -61,7 +61,17 @@ def test_pixel_metrics_tables_and_legacy_csv(generated, tmp_path, ray_session):
         _cfg(tmp_path), generated=generated, out=out, metrics=["ssim", "psnr", "is"]
     )
     ssim = read_table(out / "per_image" / "ssim.parquet", PER_IMAGE_SCHEMA)
-    assert len(ssim) == 16 and ssim["error"].notna().sum() == 1  # the truncated image
+    # 16 generated images and, per direction, the 4 conditions copied as the floor.
+    assert len(ssim) == 16 + 8 and ssim["error"].notna().sum() == 1  # the truncated image
+    copies = ssim[ssim["checkpoint"] == "copy"]
+    assert len(copies) == 8 and copies["fake_path"].str.startswith("real_images/").all()
+    row = copies[copies["direction"] == "AB"].iloc[0]
+    assert row["real_path"].startswith("real_images/real_B/")
+    assert row["fake_path"].startswith("real_images/real_A/")
+    real, cond = (np.asarray(load_rgb(generated / row[c])) for c in ("real_path", "fake_path"))
+    assert row["value"] == pytest.approx(
+        structural_similarity(real, cond, channel_axis=-1), abs=1e-6
+    )
     assert "not a readable image" in ssim["error"].dropna().iloc[0]
     ok = ssim[ssim["error"].isna()].iloc[3]
     real, fake = (np.asarray(load_rgb(generated / ok[c])) for c in ("real_path", "fake_path"))
@@ -85,6 +95,13 @@ def test_pixel_metrics_tables_and_legacy_csv(generated, tmp_path, ray_session):
     assert (
         mean_of[("1000", "AB", "ssim")] > mean_of[("500", "AB", "ssim")]
     )  # less noise, higher SSIM
+    # The scale beside them: the real targets by definition, the condition copied scored.
+    assert mean_of[("real", "AB", "ssim")] == 1.0 and mean_of[("real", "BA", "psnr")] == np.inf
+    assert mean_of[("copy", "AB", "ssim")] == pytest.approx(
+        copies.loc[copies["direction"] == "AB", "value"].mean()
+    )
+    # The fixture's generated images are noisy copies of the real targets: above the floor.
+    assert mean_of[("1000", "AB", "ssim")] > mean_of[("copy", "AB", "ssim")]
 
     # IS needs inception weights, missing here: skipped with the reason everywhere, never 0.
     skipped = summary[summary["metric"] == "is"]
@@ -135,7 +152,11 @@ def test_lpips_with_random_backbones_in_actor_pool(generated, tmp_path, ray_sess
     summary = pd.read_parquet(out / "summary.parquet")
     assert set(summary["metric"]) == {"lpips_alex", "lpips_vgg", "lpips_squeeze"}
     assert (summary["status"] == "ok").all() and (summary["weights"] == "random").all()
-    assert (summary["mean"] > 0).all()
+    real = summary["checkpoint"] == "real"
+    assert (summary.loc[real, "mean"] == 0).all() and (
+        summary.loc[real, "reason"] == "by definition"
+    ).all()
+    assert (summary.loc[~real, "mean"] > 0).all()
     legacy = pd.read_csv(out / "lpips_score.csv")
     assert list(legacy.columns) == LPIPS_LEGACY_COLUMNS and len(legacy) == 2
     assert (legacy["real_A"] == 0.0).all()

@@ -14,6 +14,7 @@ from pipeline.pose.keypoint_qa import (
     compare_keypoints,
     overall_pckh,
     per_keypoint,
+    targets_pckh,
 )
 from pipeline.pose.skeleton import OP18_NAMES
 
@@ -96,6 +97,9 @@ def test_qa_scores_a_hand_computed_case(tmp_path):
     assert "fewer than 2 head keypoints" in qa.loc["b", "error"] and pd.isna(qa.loc["b", "pckh"])
     assert qa.loc["c", "error"] == "no reference keypoints for this image"
     assert overall_pckh(qa.reset_index()) == 0.5
+    # The real targets' PCKh in the evaluation: each target as often as a pair lists it;
+    # targets the QA does not count (b: no head box; x: not in the table) are not counted.
+    assert targets_pckh(qa.reset_index(), ["a", "a", "b", "x"]) == (0.5, 2, 2)
 
     kp = per_keypoint(qa.reset_index()).set_index("keypoint")
     assert kp.loc["nose", ["reference", "detected", "correct", "pckh"]].tolist() == [1, 1, 1, 1.0]

@@ -39,6 +39,20 @@ SPECS = {
 }
 
 REAL = "real"  # checkpoint value of rows scoring the real images (IS, DS, FID)
+# Checkpoint value of rows that score the condition image as if it were the generated one:
+# what copying the input earns, the floor a generator must beat.
+COPY = "copy"
+BASELINES = (REAL, COPY)
+# Scores of the real target against itself: the ceiling, by definition (PCKh's is computed
+# against reference keypoints when the dataset has them).
+REAL_BY_DEFINITION = {
+    "ssim": 1.0,
+    "psnr": float("inf"),
+    "pckh": 1.0,
+    "fid": 0.0,
+    **dict.fromkeys(LPIPS_METRICS, 0.0),
+}
+BY_DEFINITION = "by definition"
 
 
 def expand_metrics(names: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.imaging import ImageError, load_rgb
-from pipeline.metrics.registry import REAL
+from pipeline.metrics.registry import COPY, REAL
 
 
 def real_images(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -21,6 +21,18 @@ def real_images(pairs: pd.DataFrame) -> pd.DataFrame:
     if "inputs" in ok:  # the real file's half of the pair's digest
         real["inputs"] = ok["inputs"].str.split("|").str[0] + "|none"
     return real
+
+
+def condition_copies(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per direction and target, the condition image standing in for the generated one
+    (scored once, not per checkpoint): the baseline of copying the input."""
+    ok = pairs[pairs["error"].isna() & pairs["condition_path"].notna()]
+    ok = ok.drop_duplicates(["direction", "name"])
+    return (
+        ok[["direction", "name", "real_path", "condition_path"]]
+        .rename(columns={"condition_path": "fake_path"})
+        .assign(checkpoint=COPY, condition_path=None, error=None)
+    )
 
 
 def load_image(gen_root: str, rel: str) -> np.ndarray:

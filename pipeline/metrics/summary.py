@@ -9,7 +9,15 @@ import pyarrow as pa
 
 from pipeline.core.layout import GenerationLayout
 from pipeline.core.paths import checkpoint_sort_key
-from pipeline.metrics.registry import LPIPS_METRICS, REAL, SPECS
+from pipeline.metrics.registry import (
+    BASELINES,
+    BY_DEFINITION,
+    COPY,
+    LPIPS_METRICS,
+    REAL,
+    REAL_BY_DEFINITION,
+    SPECS,
+)
 
 PER_IMAGE_SCHEMA = pa.schema(
     [
@@ -36,13 +44,14 @@ SUMMARY_SCHEMA = pa.schema(
         ("checkpoint", pa.string()),
         ("direction", pa.string()),
         ("metric", pa.string()),
-        ("images", pa.string()),  # generated / real
+        # generated / real (the real targets) / condition (the condition copied: COPY rows)
+        ("images", pa.string()),
         ("mean", pa.float64()),  # the score (IS, FID, pooled PCKh: the set-level value)
         ("std", pa.float64()),  # over images (population std as published); null for set scores
         ("n", pa.int64()),  # images counted
         ("errors", pa.int64()),  # images without a score
         ("status", pa.string()),  # ok / skipped
-        ("reason", pa.string()),  # why skipped
+        ("reason", pa.string()),  # why skipped; for a real row: how its score was found
         ("weights", pa.string()),  # pretrained / random (random: not comparable)
     ]
 )
@@ -78,65 +87,49 @@ def summarise(
     skipped: dict[str, str],
     pairs: pd.DataFrame,
     weights_mode: str,
+    real_pckh: dict[str, tuple[float, int, int, str]] | None = None,
 ) -> pd.DataFrame:
-    """One row per (checkpoint, direction, metric) and, for IS and DS, the real sets."""
+    """One row per (checkpoint, direction, metric) with its scale beside it: per direction,
+    the real targets (IS and DS computed, PCKh against `real_pckh` {direction: (score,
+    counted, not counted, reference)} when given, the rest by definition) and the condition
+    copied (COPY rows of the per-image tables)."""
     from pipeline.metrics.fid import fid_from_features
     from pipeline.metrics.inception_score import inception_score
     from pipeline.metrics.pckh import pckh_score
 
-    groups = pairs[["checkpoint", "direction"]].drop_duplicates().itertuples(index=False)
-    groups = list(groups)
+    groups = list(pairs[["checkpoint", "direction"]].drop_duplicates().itertuples(index=False))
+    directions = sorted({g.direction for g in groups})
+    targets = pairs.drop_duplicates(["direction", "name"]).groupby("direction").size()
     rows = []
 
-    def add(
-        ckpt,
-        direction,
-        metric,
-        images,
-        mean=None,
-        std=None,
-        n=0,
-        errors=0,
-        status="ok",
-        reason=None,
-    ):
+    def add(ckpt, direction, metric, images, mean=None, std=None, n=0, errors=0, **why):
         rows.append(
-            dict(
-                checkpoint=ckpt,
-                direction=direction,
-                metric=metric,
-                images=images,
-                mean=mean,
-                std=std,
-                n=n,
-                errors=errors,
-                status=status,
-                reason=reason,
-                weights=weights_mode,
-            )
-        )
+            dict(checkpoint=ckpt, direction=direction, metric=metric, images=images, mean=mean,
+                 std=std, n=n, errors=errors, status=why.get("status", "ok"),
+                 reason=why.get("reason"), weights=weights_mode)
+        )  # fmt: skip
 
     for metric in SPECS:
         if metric in skipped:
             for g in groups:
-                add(
-                    g.checkpoint,
-                    g.direction,
-                    metric,
-                    "generated",
-                    status="skipped",
-                    reason=skipped[metric],
-                )
+                add(g.checkpoint, g.direction, metric, "generated", status="skipped",
+                    reason=skipped[metric])  # fmt: skip
             continue
         if metric not in per_image:
             continue
         table = per_image[metric]
         sets = [(g.checkpoint, g.direction, "generated") for g in groups]
+        sets += [(COPY, d, "condition") for d in directions if _has(table, COPY, d)]
         if metric in ("is", "ds"):
-            sets += [
-                (REAL, d, "real")
-                for d in sorted(table.loc[table["checkpoint"] == REAL, "direction"].unique())
-            ]
+            sets += [(REAL, d, "real") for d in directions if _has(table, REAL, d)]
+        elif metric == "pckh" and real_pckh:
+            for d, (score, n, errors, reference) in sorted(real_pckh.items()):
+                add(REAL, d, metric, "real", score, None, n, errors,
+                    reason=f"estimated, against {reference}")  # fmt: skip
+        else:
+            for d in directions:
+                add(REAL, d, metric, "real", REAL_BY_DEFINITION[metric], None,
+                    int(targets.get(d, 0)), reason=BY_DEFINITION)  # fmt: skip
         for ckpt, direction, images in sets:
             part = table[(table["checkpoint"] == ckpt) & (table["direction"] == direction)]
             ok = part[part["error"].isna()]
@@ -156,23 +149,25 @@ def summarise(
                     )
                     add(ckpt, direction, metric, images, score, None, n, errors)
                 except ValueError as exc:
-                    add(ckpt, direction, metric, images, None, None, n, errors, "skipped", str(exc))
+                    add(ckpt, direction, metric, images, None, None, n, errors, status="skipped",
+                        reason=str(exc))  # fmt: skip
             elif metric == "pckh":
                 score = pckh_score(ok["correct"].to_numpy(), ok["valid"].to_numpy()) if n else None
                 add(ckpt, direction, metric, images, score, None, n, errors)
             else:
                 values = ok["value"].to_numpy(np.float64)
-                add(
-                    ckpt,
-                    direction,
-                    metric,
-                    images,
-                    float(values.mean()) if n else None,
-                    float(values.std()) if n else None,
-                    n,
-                    errors,
-                )
+                add(ckpt, direction, metric, images, float(values.mean()) if n else None,
+                    float(values.std()) if n else None, n, errors)  # fmt: skip
     return pd.DataFrame(rows, columns=SUMMARY_SCHEMA.names)
+
+
+def _has(table: pd.DataFrame, ckpt: str, direction: str) -> bool:
+    return bool(((table["checkpoint"] == ckpt) & (table["direction"] == direction)).any())
+
+
+def generated_only(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of checkpoints, without the real and condition-copy baselines."""
+    return summary[~summary["checkpoint"].isin(BASELINES)]
 
 
 def _mean_of(summary: pd.DataFrame, ckpt: str, direction: str, metric: str) -> float:
@@ -192,9 +187,7 @@ def legacy_tables(
 ) -> dict[str, pd.DataFrame]:
     """The published score CSVs, one row per checkpoint (fake_A = direction BA, fake_B = AB).
     A CSV is produced only when all its metrics were scored: a skipped metric leaves it absent."""
-    ckpts = sorted(
-        set(summary.loc[summary["checkpoint"] != REAL, "checkpoint"]), key=checkpoint_sort_key
-    )
+    ckpts = sorted(set(generated_only(summary)["checkpoint"]), key=checkpoint_sort_key)
     scored = set(summary.loc[summary["status"] == "ok", "metric"])
     out = {}
     for metric, fname in LEGACY_FILES.items():

@@ -115,6 +115,17 @@ def overall_pckh(qa: pd.DataFrame) -> float:
     return float(ok["n_correct"].sum()) / total if total else float("nan")
 
 
+def targets_pckh(qa: pd.DataFrame, file_ids: list[str]) -> tuple[float, int, int]:
+    """The estimator's PCKh against the reference over these images, each counted as often
+    as it is listed (once per test pair, like the generated images): (score, counted, not
+    counted)."""
+    ok = counted(qa).drop_duplicates("file_id")[["file_id", "n_correct", "n_ref_valid"]]
+    hit = pd.DataFrame({"file_id": file_ids}).merge(ok, on="file_id", how="left").dropna()
+    total = int(hit["n_ref_valid"].sum())
+    score = float(hit["n_correct"].sum()) / total if total else float("nan")
+    return score, len(hit), len(file_ids) - len(hit)
+
+
 def per_keypoint(qa: pd.DataFrame) -> pd.DataFrame:
     """One row per OpenPose-18 keypoint over the counted images: how often the reference
     has it, how often the estimator found it there (detected), PCKh and the median pixel
