@@ -143,10 +143,13 @@ def demo_command(obj, out, identities, wait) -> None:
     \b
     1. synth: a synthetic DeepFashion-like tree in OUT/data (kept on reruns)
     2. run --config configs/demo.yaml on it: keypoints, pose maps, pairs, a short training
-       of a small NetG, generation, evaluation and the report.
+       of a small NetG, generation, evaluation and the report. The shipped checkpoint
+       (weights/demo/, trained longer by scripts/train_demo_checkpoint.py) is generated
+       and scored beside the one the run trains.
     A rerun does only what changed. Prints where the report is.
     """
     from pipeline.core.layout import OutputLayout
+    from pipeline.generator.demo_checkpoint import demo_generator
     from pipeline.synthetic.tree import GROUND_TRUTH_CSV, ensure_synthetic_tree
     from stages.dag import plan_run, run_dag
 
@@ -159,6 +162,18 @@ def demo_command(obj, out, identities, wait) -> None:
     )
     if identities is not None:
         obj.override(f"synth.identities={identities}")
+    shipped = demo_generator()
+    if shipped is not None and not obj.cfg.generate.checkpoints:
+        # The shipped checkpoint shows what the generator learns; the one this run trains
+        # (minutes on CPU) shows that training works. Both are generated and scored.
+        obj.override(
+            f"generate.checkpoints={shipped},{OutputLayout(out).checkpoints}",
+            f"weights.checkpoint_dir={shipped.parent}",
+        )
+        click.echo(
+            f"[demo] scoring the shipped checkpoint {shipped} (recipe: "
+            f"{shipped.parent / 'recipe.json'}) beside the one this run trains"
+        )
     sc = obj.cfg.synth
     if ensure_synthetic_tree(data, sc.identities, sc.poses_per_identity, sc.seed):
         click.echo(

@@ -30,7 +30,7 @@ def weight_rows(weights_dir: str | None, checkpoint_dirs: list[Path]) -> list[di
                 "sha256": file_sha256(found) if found else None,
             }
         )
-    rows += blazepose_rows()
+    rows += blazepose_rows() + demo_rows()
     for d in checkpoint_dirs:
         for path in sorted(d.glob("netG_*.pth")) if d.is_dir() else []:
             rows.append(
@@ -44,6 +44,29 @@ def weight_rows(weights_dir: str | None, checkpoint_dirs: list[Path]) -> list[di
                     "sha256": file_sha256(path),
                 }
             )
+    return rows
+
+
+def demo_rows() -> list[dict]:
+    """The demo's shipped checkpoint pair, with the recipe that made it."""
+    from pipeline.generator.demo_checkpoint import DEMO_DIR, RECIPE, recipe, shipped_files
+
+    made_by = recipe().get("command", "no recipe.json")
+    rows = []
+    for f in shipped_files():
+        check = "" if f.intact else f"; sha256 differs from {RECIPE}'s {f.recorded}"
+        rows.append(
+            {
+                "name": f"demo {f.path.stem}",
+                "used_for": f"demo: generate and evaluate (shipped; made by {made_by}, "
+                f"{DEMO_DIR / RECIPE}{check})",
+                "file": f.path.name,
+                "where": str(DEMO_DIR),
+                "path": str(f.path),
+                "size": f.path.stat().st_size,
+                "sha256": f.sha256,
+            }
+        )
     return rows
 
 
