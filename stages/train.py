@@ -1,19 +1,16 @@
 """Train stage: NetG/NetD with the published objective on Ray Train (DDP over
 `train.num_workers`), official-name checkpoints, resumable state, a loss log and sample grids.
-The data, the step and the checkpoint files are pipeline/training/; this is the Ray Train
-loop, the driver and the stage declaration (its command: cli/train.py)."""
+The data, the step, the checkpoint files and the worker loop are pipeline/training/; this is
+the driver and the stage declaration (its command: cli/train.py)."""
 
 from __future__ import annotations
 
 import json
-import logging
-import math
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from pipeline.cluster.runtime import init_ray
 from pipeline.cluster.stage_result import StageResult
@@ -21,22 +18,12 @@ from pipeline.core.atomic_io import write_bytes_atomic
 from pipeline.core.config import Config, TrainConfig
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.layout import DatasetLayout, OutputLayout, TrainLayout
-from pipeline.training.board import TrainBoard
 from pipeline.training.checkpoints import (
+    InitCheckpoints,
     check_init_checkpoints,
-    load_init_checkpoints,
-    load_train_state,
     resolve_init_checkpoints,
-    save_checkpoints,
-    save_sample_grid,
 )
-from pipeline.training.data import (
-    BatchStream,
-    PairImages,
-    decode_in_memory,
-    load_train_pairs,
-    training_size,
-)
+from pipeline.training.data import load_train_pairs, training_size
 from pipeline.training.driver import (
     cpus_per_worker,
     loader_workers_for,
@@ -47,145 +34,36 @@ from pipeline.training.driver import (
 )
 from pipeline.training.quality import quality_line
 from pipeline.training.resources import ClusterResources, check_train_resources
-from pipeline.training.step import (
-    LOSS_NAMES,
-    autocast_for,
-    build_nets,
-    loss_weights,
-    resolve_vgg_weights,
-    to_device,
-    train_step,
-)
+from pipeline.training.step import LOSS_NAMES, resolve_vgg_weights
+from pipeline.training.worker import train_loop_per_worker
 from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, StageSpec
-
-log = logging.getLogger(__name__)
-
-SAMPLE_ROWS = 4
-
-
-# --- the Ray Train worker loop ---------------------------------------------------------------
-
-
-def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-    import torch
-    import torch.distributed as dist
-    from ray.train.torch import get_device
-    from torch.nn.parallel import DistributedDataParallel
-
-    from pipeline.training.losses import PerceptualLoss, vgg19_features
-
-    tc = TrainConfig(**config["train"])
-    layout = TrainLayout(config["out"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = get_device()
-    dev = device.type
-
-    nets = build_nets(tc, str(device))
-    start, cursors, skipped_before = 0, [(0, 0)] * world, 0
-    checkpoint = ray.train.get_checkpoint()
-    state_dir = checkpoint.path if checkpoint else config.get("resume_from")
-    if state_dir:
-        start, cursors, skipped_before = load_train_state(nets, Path(state_dir), world, device)
-    elif config.get("init"):
-        start = load_init_checkpoints(nets, config["init"])
-    ids = [device.index] if dev == "cuda" else None
-    nets.netG = DistributedDataParallel(nets.netG, device_ids=ids)
-    nets.netD = DistributedDataParallel(nets.netD, device_ids=ids)
-
-    perceptual = None
-    if config["vgg_weights"]:
-        perceptual = PerceptualLoss(vgg19_features(config["vgg_weights"])).to(device)
-    weights = loss_weights(tc)
-    amp = autocast_for(tc, dev)
-
-    pairs, keypoints = load_train_pairs(config["root"])
-    dataset = PairImages(config["root"], pairs, keypoints, tuple(config["size"]))
-    in_memory = decode_in_memory(dataset, tc.memory_mb * 2**20) if tc.memory_mb else None
-    loader_workers = 0 if in_memory is not None else config["loader_workers"]
-    dataset = dataset if in_memory is None else in_memory
-    stream = BatchStream(
-        dataset, tc.batch_size, rank, world, tc.seed, loader_workers, cursors[rank]
-    )
-    samples = None
-    if rank == 0:
-        # Spread over the table (it is sorted by identity) so rows show different people.
-        spread = np.unique(np.linspace(0, len(dataset) - 1, 4 * SAMPLE_ROWS).astype(int))
-        picked = [it for it in (dataset[int(i)] for i in spread) if not isinstance(it, str)][::4][
-            :SAMPLE_ROWS
-        ]
-        samples = to_device(dataset.collate(picked), device, tc) if picked else None
-    board = config.get("progress")
-    events = TrainBoard(layout.root) if rank == 0 else None
-
-    rows: list[dict] = []
-    for it in range(start + 1, tc.iterations + 1):
-        t0 = time.perf_counter()
-        batch = to_device(stream.next_batch(), device, tc)
-        losses = train_step(nets, batch, weights, perceptual, amp)
-        # Log the mean over workers so the log describes the whole global batch.
-        values = torch.stack(
-            [losses.get(k, torch.tensor(float("nan"), device=device)).float() for k in LOSS_NAMES]
-        )
-        dist.all_reduce(values)
-        values = (values / world).tolist()
-        if rank == 0:
-            seconds = time.perf_counter() - t0
-            rows.append(
-                {"iteration": it, **dict(zip(LOSS_NAMES, values, strict=True)), "seconds": seconds}
-            )
-            events.step(
-                it, dict(zip(LOSS_NAMES, values, strict=True)), nets.optG.param_groups[0]["lr"],
-                seconds,
-            )  # fmt: skip
-            if board is not None:
-                board.update.remote(it)
-            if samples is not None and (it % tc.sample_every == 0 or it == tc.iterations):
-                save_sample_grid(nets, samples, layout.sample_grid(it))
-                events.samples(it, layout.sample_grid(it))
-        if it % tc.ckpt_every == 0 or it == tc.iterations:
-            all_cursors = [None] * world
-            dist.all_gather_object(all_cursors, stream.cursor)
-            skipped = torch.tensor(stream.skipped, device=device)
-            dist.all_reduce(skipped)
-            skipped_total = skipped_before + int(skipped)
-            metrics = {
-                "iteration": it,
-                "skipped": skipped_total,
-                "in_memory": int(in_memory is not None),
-                **{k: v for k, v in zip(LOSS_NAMES, values, strict=True) if not math.isnan(v)},
-            }
-            if rank == 0:
-                events.flush()
-                save_checkpoints(
-                    nets,
-                    layout,
-                    it,
-                    rows,
-                    start,
-                    {
-                        "iteration": it,
-                        "world": world,
-                        "cursors": [list(c) for c in all_cursors],
-                        "skipped": skipped_total,
-                        "rng": torch.get_rng_state(),
-                    },
-                    metrics,
-                )
-            else:
-                ray.train.report(metrics, checkpoint=None)
-    if events is not None:
-        events.close()
-    for reason in stream.reasons[:5]:
-        log.warning("skipped %s", reason)
-
-
-# --- driver ------------------------------------------------------------------------------
 
 
 def write_meta(layout: TrainLayout, meta: dict) -> None:
     write_bytes_atomic(layout.meta, json.dumps(meta, indent=2, default=str).encode())
+
+
+@dataclass
+class Start:
+    """Where a run begins: iteration 0, a saved state (`resume_from`, --resume) or a
+    netG/netD pair (`init`, --init-from) whose numbering it continues."""
+
+    iteration: int = 0
+    resume_from: Path | None = None
+    init: InitCheckpoints | None = None
+    finished: bool = False  # already trained to train.iterations: nothing to do
+
+
+@dataclass
+class Setup:
+    """What the driver resolved before starting the workers."""
+
+    root: str  # the dataset root, absolute
+    pairs: int  # train pairs
+    vgg_path: Path | None
+    perceptual_note: str
+    gpu: bool
+    size: tuple[int, int] = (0, 0)  # the images' (H, W): read once run_meta.json is written
 
 
 def run_train(
@@ -198,33 +76,50 @@ def run_train(
     """Train on the train pairs of `cfg.dataset.root`; outputs under `out` (O/train/).
     `init_from`: start from a netG/netD pair (resolve_init_checkpoints) and continue its
     numbering, unless `resume` finds a saved state (which continues that run)."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig, TrainingFailedError
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    tc = cfg.train
     layout = TrainLayout(out or OutputLayout(cfg.output.root).train)
     result = StageResult("train")
     root = str(Path(cfg.dataset.root).resolve())
     pairs, _ = load_train_pairs(root)
     result.rows_in = len(pairs)
+    start = resolve_start(layout, cfg.train, resume, init_from, init_iter, result.notes)
+    if start.finished:
+        return result
+    setup = prepare(cfg, root, pairs)
+    meta = initial_meta(cfg, setup, start)
+    write_meta(layout, meta)
+    board = progress_board()
+    setup.size = training_size(root, pairs)
+    trainer = build_trainer(cfg.train, layout, setup, start, board)
+    metrics = fit(trainer, board, start.iteration, cfg.train.iterations)
+    finish(result, cfg.train, layout, setup, start.iteration, meta, metrics)
+    return result
 
-    resume_from, start = None, 0
+
+def resolve_start(
+    layout: TrainLayout,
+    tc: TrainConfig,
+    resume: bool,
+    init_from: str | os.PathLike | None,
+    init_iter: int | None,
+    notes: list[str],
+) -> Start:
+    """Fresh, resumed (the saved state with the highest iteration) or initialised from a
+    checkpoint pair; a saved state wins over --init-from. Says which in `notes`."""
+    start = Start()
     if resume:
         latest = layout.latest_state()
         if latest is None:
-            result.notes.append(
-                f"--resume: no saved state under {layout.ray_storage}; starting at 0"
-            )
+            notes.append(f"--resume: no saved state under {layout.ray_storage}; starting at 0")
         else:
-            start, resume_from = latest
-            if start >= tc.iterations:
-                result.notes.append(
-                    f"already trained to iteration {start} (train.iterations = "
+            start.iteration, start.resume_from = latest
+            if start.iteration >= tc.iterations:
+                notes.append(
+                    f"already trained to iteration {start.iteration} (train.iterations = "
                     f"{tc.iterations}); nothing to do"
                 )
-                return result
-    init, init_record = None, None
-    if init_from is not None and resume_from is None:
+                start.finished = True
+                return start
+    if init_from is not None and start.resume_from is None:
         init = resolve_init_checkpoints(init_from, init_iter)
         check_init_checkpoints(init, tc)
         if init.iteration >= tc.iterations:
@@ -233,60 +128,76 @@ def run_train(
                 f"train.iterations is {tc.iterations}: pass --iterations above "
                 f"{init.iteration}"
             )
-        start = init.iteration
-        init_record = init.record()
-        result.notes.append(
+        start.iteration, start.init = init.iteration, init
+        notes.append(
             f"initialised from {init.netG.name} and {init.netD.name}, numbering "
             f"continues from {init.iteration}; Adam state starts fresh"
         )
     elif init_from is not None:
-        result.notes.append(f"--init-from ignored: resuming the saved state at iteration {start}")
+        notes.append(
+            f"--init-from ignored: resuming the saved state at iteration {start.iteration}"
+        )
+    return start
 
+
+def prepare(cfg: Config, root: str, pairs) -> Setup:
+    """The perceptual term's weights, Ray, and a check that the cluster can place the
+    workers (Ray Train would wait and retry for minutes for workers it cannot place)."""
     vgg_path, perceptual_note = resolve_vgg_weights(cfg)
     init_ray(cfg.ray)
-    # Ray Train would wait and retry for minutes for workers that cannot be placed.
     problem = check_train_resources(cfg, ClusterResources.from_ray())
     if problem:
         raise ConfigError(problem)
-    gpu = use_gpu_for(tc)
-    meta = {
+    gpu = use_gpu_for(cfg.train)
+    return Setup(root, len(pairs), vgg_path, perceptual_note, gpu)
+
+
+def initial_meta(cfg: Config, setup: Setup, start: Start) -> dict:
+    """run_meta.json while the run is under way; `finish` completes it."""
+    return {
         "config": cfg.to_dict(),
         "config_hash": cfg.hash(),
-        "dataset_root": root,
-        "train_pairs": len(pairs),
-        "perceptual_used": vgg_path is not None,
-        "perceptual": perceptual_note,
-        "vgg_weights": str(vgg_path) if vgg_path else None,
-        "num_workers": tc.num_workers,
-        "use_gpu": gpu,
-        "resumed_from": start if resume_from else 0,
-        "init_from": init_record,
+        "dataset_root": setup.root,
+        "train_pairs": setup.pairs,
+        "perceptual_used": setup.vgg_path is not None,
+        "perceptual": setup.perceptual_note,
+        "vgg_weights": str(setup.vgg_path) if setup.vgg_path else None,
+        "num_workers": cfg.train.num_workers,
+        "use_gpu": setup.gpu,
+        "resumed_from": start.iteration if start.resume_from else 0,
+        "init_from": start.init.record() if start.init else None,
         "status": "running",
         "started": time.time(),
     }
-    write_meta(layout, meta)
-    board = progress_board()
-    cpus = cpus_per_worker(tc, gpu)
-    size = training_size(root, pairs)
-    trainer = TorchTrainer(
+
+
+def build_trainer(tc: TrainConfig, layout: TrainLayout, setup: Setup, start: Start, board):
+    """The TorchTrainer: train.num_workers workers (NCCL on GPUs, else gloo), each handed
+    the train_loop_config train_loop_per_worker reads; Ray keeps the last two states."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cpus = cpus_per_worker(tc, setup.gpu)
+    init = start.init
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "train": tc.model_dump(),
             "out": str(layout.root),
-            "root": root,
-            "size": size,
+            "root": setup.root,
+            "size": setup.size,
             "loader_workers": loader_workers_for(tc, cpus),
-            "vgg_weights": str(vgg_path) if vgg_path else None,
-            "resume_from": str(resume_from) if resume_from else None,
+            "vgg_weights": str(setup.vgg_path) if setup.vgg_path else None,
+            "resume_from": str(start.resume_from) if start.resume_from else None,
             "progress": board,
             "init": {"netG": str(init.netG), "netD": str(init.netD), "iteration": init.iteration}
             if init
             else None,
         },
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if setup.gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers,
-            use_gpu=gpu,
+            use_gpu=setup.gpu,
             resources_per_worker={"CPU": cpus},
         ),
         run_config=RunConfig(
@@ -295,13 +206,20 @@ def run_train(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
+
+
+def fit(trainer, board, start: int, iterations: int) -> dict:
+    """Run the trainer under the driver's progress bar; the last reported metrics. A
+    worker's failure on its input data is raised as that error, not Ray's wrapper."""
+    from ray.train import TrainingFailedError
+
     done = threading.Event()
     progress = threading.Thread(
-        target=show_progress, args=(board, start, tc.iterations, done), daemon=True
+        target=show_progress, args=(board, start, iterations, done), daemon=True
     )
     progress.start()
     try:
-        fit = trainer.fit()
+        result = trainer.fit()
     except TrainingFailedError as exc:
         error = worker_input_error(exc)
         if error is None:
@@ -310,7 +228,20 @@ def run_train(
     finally:
         done.set()
         progress.join()
-    metrics = fit.metrics or {}
+    return result.metrics or {}
+
+
+def finish(
+    result: StageResult,
+    tc: TrainConfig,
+    layout: TrainLayout,
+    setup: Setup,
+    start: int,
+    meta: dict,
+    metrics: dict,
+) -> None:
+    """The outputs, the finished run_meta.json (with the quality check on test pairs when
+    train.quality_pairs asks for it) and the run's notes."""
     result.skipped = int(metrics.get("skipped", 0))
     result.rows_out = tc.iterations - start
     final = layout.net_checkpoint("netG", tc.iterations)
@@ -331,19 +262,18 @@ def run_train(
     if tc.quality_pairs and final.is_file():
         from pipeline.training.quality import training_quality
 
-        meta["test_quality"] = training_quality(root, tc, final, size, tc.quality_pairs)
+        meta["test_quality"] = training_quality(setup.root, tc, final, setup.size, tc.quality_pairs)
         if meta["test_quality"]:
             result.notes.append(quality_line(meta["test_quality"]))
     write_meta(layout, meta)
     result.notes.append(
         f"iterations {start + 1}..{tc.iterations} on {tc.num_workers} worker(s) "
-        f"({'GPU' if gpu else 'CPU'}); perceptual term {perceptual_note}"
+        f"({'GPU' if setup.gpu else 'CPU'}); perceptual term {setup.perceptual_note}"
     )
     if result.skipped:
         result.notes.append(
             f"{result.skipped} pair loads failed and were skipped (see the worker log)"
         )
-    return result
 
 
 def _train_needed(cfg: Config) -> str | None:
