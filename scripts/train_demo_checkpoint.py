@@ -6,17 +6,22 @@ draws seed 0), with BlazePose keypoints as the demo estimates them.
 
 One command; rerunning it continues the same training run (the DAG's resume), and
 --iterations N raises the target. It prints the wall time, copies the final pair to
-weights/demo/ and writes weights/demo/recipe.json (command, config, seed, wall time,
-sha256). Uses the GPU when one is there (train.use_gpu: auto)."""
+weights/demo/ and writes weights/demo/recipe.json (command, config, seed, training time,
+sha256); --ship ITER ships the pair of a run stopped at ITER. Uses the GPU when one is
+there (train.use_gpu: auto)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
+
+import pandas as pd
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -52,31 +57,51 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "out" / "demo_ckpt")
     parser.add_argument("--iterations", type=int, default=6000)
     parser.add_argument("--no-ship", action="store_true", help="Leave weights/demo/ alone.")
+    parser.add_argument(
+        "--ship",
+        type=int,
+        metavar="ITER",
+        help="Train nothing: ship the pair the work folder holds for iteration ITER (a run "
+        "stopped early; the learning rate is constant, so it equals --iterations ITER).",
+    )
     args = parser.parse_args()
+    if args.ship is not None:
+        ship(args.work, args.ship, f"scripts/train_demo_checkpoint.py --iterations {args.ship}")
+        return
     t0 = time.time()
     data = args.work / "data"
     ensure_synthetic_tree(data, IDENTITIES, POSES, SEED)
     cfg = load_config(REPO / "configs" / "demo.yaml", recipe_overrides(args.work, args.iterations))
     run_dag(cfg, RunPlan(["keypoints", "posemaps", "pairs", "train"]))
-    wall = time.time() - t0
-    ckpts = OutputLayout(cfg.output.root).checkpoints
-    netG, netD = ckpts / f"netG_{args.iterations}.pth", ckpts / f"netD_{args.iterations}.pth"
-    print(f"trained to iteration {args.iterations} in {wall / 60:.1f} min: {netG}")
-    if args.no_ship:
-        return
+    print(f"trained to iteration {args.iterations} in {(time.time() - t0) / 60:.1f} min")
+    if not args.no_ship:
+        ship(
+            args.work, args.iterations, "scripts/train_demo_checkpoint.py " + " ".join(sys.argv[1:])
+        )
+
+
+def ship(work: Path, iteration: int, command: str) -> None:
+    """Copy the pair of `iteration` to weights/demo/ with its recipe: the command that makes
+    it, the config, the seconds training took (from the run's log) and the files' sha256."""
+    ckpts = OutputLayout(work).checkpoints
+    pair = [ckpts / f"net{n}_{iteration}.pth" for n in "GD"]
+    log = pd.read_parquet(OutputLayout(work).train / "log.parquet")
     SHIPPED.mkdir(parents=True, exist_ok=True)
     for old in SHIPPED.glob("net[GD]_*.pth"):
         old.unlink()
-    for net in (netG, netD):
+    for net in pair:
         shutil.copy2(net, SHIPPED / net.name)
     record = {
-        "command": "scripts/train_demo_checkpoint.py " + " ".join(sys.argv[1:]),
+        "command": command,
         "synthetic_tree": {"identities": IDENTITIES, "poses_per_identity": POSES, "seed": SEED},
         "config": "configs/demo.yaml",
-        "overrides": recipe_overrides(Path("WORK"), args.iterations),
-        "wall_seconds_this_invocation": round(wall),
-        "files": {n.name: file_sha256(SHIPPED / n.name) for n in (netG, netD)},
-    }
+        "overrides": recipe_overrides(Path("WORK"), iteration),
+        "iterations": iteration,
+        "train_seconds": round(float(log.loc[log["iteration"] <= iteration, "seconds"].sum())),
+        "machine": f"{os.cpu_count()} CPU cores, no GPU" if not torch.cuda.is_available() else
+        torch.cuda.get_device_name(0),
+        "files": {n.name: file_sha256(SHIPPED / n.name) for n in pair},
+    }  # fmt: skip
     (SHIPPED / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 
