@@ -126,60 +126,44 @@ def finish_output(output: ResumableTable, units: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def batches(units: pd.DataFrame, size: int) -> list[pd.DataFrame]:
-    return [units.iloc[i : i + size] for i in range(0, len(units), size)]
-
-
 def run_pixel_metrics(metrics, gen_root, pairs, paths, batch_size) -> dict[str, pd.DataFrame]:
-    import ray
-    from tqdm import tqdm
-
-    from pipeline.cluster.ray_pool import task_options
+    """Score `pairs` with the pixel `metrics` in Ray tasks (one pass loads each pair once for
+    all of them), resuming what an earlier run scored."""
+    from pipeline.cluster.batch_stream import Tasks, run_batches
 
     ok = pairs[pairs["error"].isna()]
     outputs = {m: metric_output(paths, m) for m in metrics}
     pending = {m: pending_units(ok, o.done()) for m, o in outputs.items()}
     todo = pd.concat(pending.values(), ignore_index=True).drop_duplicates(UNIT_KEY)
     wanted = {m: set(map(tuple, p[UNIT_KEY].to_numpy())) for m, p in pending.items()}
+
+    def record(part: pd.DataFrame) -> int:
+        for m, rows in part.groupby("metric"):
+            keep = [tuple(k) in wanted[m] for k in rows[UNIT_KEY].to_numpy()]
+            outputs[m].add(rows[keep].drop(columns="metric"))
+        return int(part["metric"].eq(metrics[0]).sum())
+
     if len(todo):
-        ds = ray.data.from_pandas(batches(todo, batch_size)).map_batches(
-            pixel_scores, batch_size=None, batch_format="pandas",
-            fn_kwargs={"gen_root": str(gen_root), "metrics": list(metrics)}, **task_options(1),
-        )  # fmt: skip
-        try:
-            with tqdm(total=len(todo), desc="ssim/psnr", unit="pair") as bar:
-                for part in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                    for m, rows in part.groupby("metric"):
-                        keep = [tuple(k) in wanted[m] for k in rows[UNIT_KEY].to_numpy()]
-                        outputs[m].add(rows[keep].drop(columns="metric"))
-                    bar.update(part["metric"].eq(metrics[0]).sum())
-        finally:
-            for o in outputs.values():
-                o.flush()
+        step = Tasks(pixel_scores, {"gen_root": str(gen_root), "metrics": list(metrics)},
+                     batch_format="pandas", num_cpus=1)  # fmt: skip
+        run_batches(todo, batch_size, [step], label="ssim/psnr", unit="pair", handle=record,
+                    outputs=list(outputs.values()))  # fmt: skip
     return {m: finish_output(o, ok) for m, o in outputs.items()}
 
 
 def run_network_metric(metric, weights, gen_root, units, paths, cfg) -> pd.DataFrame:
     """Score `units` with `metric`'s model pool, resuming what an earlier run scored."""
-    import ray
-    from tqdm import tqdm
-
+    from pipeline.cluster.batch_stream import Actors, run_batches
     from pipeline.cluster.ray_pool import plan_pool
 
     output = metric_output(paths, metric)
     todo = pending_units(units, output.done())
     if len(todo):
-        pool = plan_pool(cfg.evaluate.concurrency)
-        ds = ray.data.from_pandas(batches(todo, cfg.evaluate.batch_size))
-        ds = pool.map(ds, MetricActor, None, batch_format="pandas", metric=metric,
-                      weights=weights, gen_root=str(gen_root))  # fmt: skip
-        try:
-            with tqdm(total=len(todo), desc=metric, unit="img") as bar:
-                for rows in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                    output.add(rows)
-                    bar.update(len(rows))
-        finally:
-            output.flush()
+        kwargs = {"metric": metric, "weights": weights, "gen_root": str(gen_root)}
+        step = Actors(MetricActor, plan_pool(cfg.evaluate.concurrency), kwargs,
+                      batch_format="pandas")  # fmt: skip
+        run_batches(todo, cfg.evaluate.batch_size, [step], label=metric, unit="img",
+                    outputs=[output])  # fmt: skip
     return finish_output(output, units)
 
 

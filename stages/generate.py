@@ -12,6 +12,7 @@ import pandas as pd
 from pipeline.cluster.batch_stream import (
     BatchSteps,
     choose_executor,
+    consume,
     stream_in_process,
     stream_ray,
 )
@@ -21,6 +22,7 @@ from pipeline.core.content_state import ContentCache
 from pipeline.core.errors import DataError
 from pipeline.core.imaging import FRAME
 from pipeline.core.layout import DatasetLayout, OutputLayout
+from pipeline.core.resumable import ResumableTable
 from pipeline.generator.generation_batches import (
     Generator,
     load_inputs,
@@ -65,6 +67,53 @@ def default_checkpoints(cfg: Config) -> list[str]:
     return [str(ckpt_dir)]
 
 
+def generate_pending(
+    cfg: Config, todo: pd.DataFrame, links: pd.DataFrame, output: ResumableTable,
+    out_dir: Path, sparse: bool, label: str, result: StageResult,
+) -> int:  # fmt: skip
+    """Generate `todo` in this process or on Ray (`choose_executor`), recording each part's
+    rows and the `links` made from it in `output` and counting them in `result`; returns
+    the images generated."""
+    from pipeline.cluster.ray_pool import plan_pool
+    from pipeline.cluster.runtime import init_ray
+
+    gc, root, generated = cfg.generate, str(Path(cfg.dataset.root).resolve()), 0
+    executor = choose_executor(gc.executor, len(todo), gc.in_process_max_jobs,
+                               gc.concurrency, cfg.ray.address)  # fmt: skip
+    result.notes.append(f"ran {executor.reason}")
+    # The published script ran NetG in the default memory format; channels_last changes
+    # the last bits, which the published save's truncation turns into grey levels.
+    steps = BatchSteps(
+        load=load_inputs, model_cls=Generator, write=write_outputs,
+        batch_size=gc.batch_size,
+        load_kwargs=dict(root=root, out_dir=str(out_dir), frame=FRAME, minmax=gc.minmax,
+                         sparse=sparse),
+        model_kwargs=dict(ngf=gc.ngf, dtype=gc.dtype, minmax=gc.minmax,
+                          channels_last=gc.channels_last and not gc.minmax),
+        write_kwargs=dict(out_dir=str(out_dir), minmax=gc.minmax),
+    )  # fmt: skip
+    if executor.name == "ray":
+        init_ray(cfg.ray)
+        parts = stream_ray(todo, steps, plan_pool(gc.concurrency))
+    else:
+        parts = stream_in_process(todo, steps)
+
+    def record(part: pd.DataFrame) -> int:
+        # write_outputs recorded the part's rows; the links made from it are recorded here.
+        nonlocal generated
+        generated += int((part["status"] == "ok").sum())
+        linked = write_identical(links, part, out_dir) if len(links) else part[:0]
+        output.add(linked)
+        for rows in (part, linked):
+            result.rows_out += int((rows["status"] == "ok").sum())
+            result.errors += int((rows["status"] == "error").sum())
+        return len(part)
+
+    # An interrupted run still records what it wrote, so a rerun resumes there.
+    consume(parts, total=len(todo), label=label, unit="img", handle=record, outputs=[output])
+    return generated
+
+
 def run_generate(
     cfg: Config,
     checkpoints: list[str] | None = None,
@@ -75,10 +124,6 @@ def run_generate(
 ) -> StageResult:
     """Generate every pending (checkpoint, direction, pair) image; see the module doc.
     `dedup` False runs identical jobs again (for benchmarks of the deduplication)."""
-    from tqdm import tqdm
-
-    from pipeline.cluster.ray_pool import plan_pool
-    from pipeline.cluster.runtime import init_ray
     from pipeline.core.weights import checkpoint_id, expand_checkpoints
     from pipeline.generator.inference_api import check_checkpoint
     from stages.posemaps import describe_posemap_kind, recorded_posemap_kind
@@ -139,42 +184,8 @@ def run_generate(
             result.rows_out = int((linked["status"] == "ok").sum())
             result.errors = int((linked["status"] == "error").sum())
     if not todo.empty:
-        executor = choose_executor(gc.executor, len(todo), gc.in_process_max_jobs,
-                                   gc.concurrency, cfg.ray.address)  # fmt: skip
-        result.notes.append(f"ran {executor.reason}")
-        # The published script ran NetG in the default memory format; channels_last changes
-        # the last bits, which the published save's truncation turns into grey levels.
-        steps = BatchSteps(
-            load=load_inputs, model_cls=Generator, write=write_outputs,
-            batch_size=gc.batch_size,
-            load_kwargs=dict(root=root, out_dir=str(out_dir), frame=FRAME, minmax=gc.minmax,
-                             sparse=sparse),
-            model_kwargs=dict(ngf=gc.ngf, dtype=gc.dtype, minmax=gc.minmax,
-                              channels_last=gc.channels_last and not gc.minmax),
-            write_kwargs=dict(out_dir=str(out_dir), minmax=gc.minmax),
-        )  # fmt: skip
-        blocks = [todo.iloc[i : i + gc.batch_size] for i in range(0, len(todo), gc.batch_size)]
-        if executor.name == "ray":
-            init_ray(cfg.ray)
-            parts = stream_ray(blocks, steps, plan_pool(gc.concurrency))
-        else:
-            parts = stream_in_process(blocks, steps)
-        try:
-            with tqdm(
-                total=len(todo), desc=f"generate ({len(paths)} checkpoint(s))", unit="img"
-            ) as bar:
-                for part in parts:
-                    # write_outputs recorded the part's rows; the links made from it are
-                    # recorded here.
-                    generated += int((part["status"] == "ok").sum())
-                    linked = write_identical(links, part, out_dir) if len(links) else part[:0]
-                    output.add(linked)
-                    for rows in (part, linked):
-                        result.rows_out += int((rows["status"] == "ok").sum())
-                        result.errors += int((rows["status"] == "error").sum())
-                    bar.update(len(part))
-        finally:  # an interrupted run still records what it wrote, so a rerun resumes there
-            output.flush()
+        label = f"generate ({len(paths)} checkpoint(s))"
+        generated = generate_pending(cfg, todo, links, output, out_dir, sparse, label, result)
     manifest = output.done().sort_values(MANIFEST_KEY, ignore_index=True)
     if output.unmerged or not output.path.exists():
         output.commit(manifest)

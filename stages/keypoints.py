@@ -178,10 +178,8 @@ def estimate_keypoints(
 ) -> int:
     """Run the estimator (resolved by estimators.resolve_estimator) over `todo` on Ray Data:
     decode tasks feed a model pool; finished rows reach `output`'s part files as they come."""
-    import ray
-    from tqdm import tqdm
-
-    from pipeline.cluster.ray_pool import IO_CPUS, plan_pool, task_options
+    from pipeline.cluster.batch_stream import Actors, Tasks, run_batches
+    from pipeline.cluster.ray_pool import IO_CPUS, plan_pool
     from pipeline.cluster.runtime import largest_node_cpus
 
     kc = cfg.keypoints
@@ -190,25 +188,12 @@ def estimate_keypoints(
     share = min(1.0, (largest_node_cpus() - IO_CPUS) / 2)
     # mediapipe runs on CPU only: GPUs would sit idle in its actors.
     pool = plan_pool(kc.concurrency, use_gpus=estimator.estimator != "mediapipe", num_cpus=share)
-    chunks = [
-        todo.iloc[i : i + kc.batch_size][["path", "split"]]
-        for i in range(0, len(todo), kc.batch_size)
+    steps = [
+        Tasks(decode_images, {"root": str(Path(cfg.dataset.root).resolve())}, kc.batch_size),
+        Actors(KeypointsPredictor, pool, {"keypoints": estimator, "device": None}, kc.batch_size),
     ]
-    ds = ray.data.from_pandas(chunks).map_batches(
-        decode_images,
-        fn_kwargs={"root": str(Path(cfg.dataset.root).resolve())},
-        batch_size=kc.batch_size,
-        **task_options(),
-    )
-    ds = pool.map(ds, KeypointsPredictor, kc.batch_size, keypoints=estimator, device=None)
-    done = 0
-    with tqdm(total=len(todo), desc="keypoints", unit="img", disable=not progress) as bar:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-            output.add(batch)
-            bar.update(len(batch))
-            done += len(batch)
-    output.flush()
-    return done
+    return run_batches(todo[["path", "split"]], kc.batch_size, steps, label="keypoints",
+                       unit="img", outputs=[output], progress=progress)  # fmt: skip
 
 
 def write_outputs(table: pd.DataFrame, layout: DatasetLayout) -> dict[str, str]:

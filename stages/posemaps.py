@@ -147,6 +147,28 @@ def plan_posemaps(
     return todo, rows, {k: v for k, v in excluded.items() if v}
 
 
+def write_in_tasks(
+    rows: pd.DataFrame, layout: DatasetLayout, sigma: float | None, size: int, progress: bool
+) -> tuple[int, pd.Series]:
+    """Write the maps of `rows` in Ray tasks of `size` maps: (keypoints that fell outside
+    their image, the node that wrote each map by target)."""
+    from pipeline.cluster.batch_stream import Tasks, run_batches
+
+    outside, written = 0, []
+
+    def record(done: pd.DataFrame) -> int:
+        nonlocal outside
+        outside += int(done["outside"].sum())
+        written.append(done.set_index("target")["node"])
+        return len(done)
+
+    step = Tasks(write_posemaps, {"sigma": sigma, "root": str(layout.root.resolve())},
+                 batch_format="pandas", num_cpus=1)  # fmt: skip
+    run_batches(rows[MAP_COLUMNS], size, [step], label="posemaps", unit="map", handle=record,
+                progress=progress)  # fmt: skip
+    return outside, pd.concat(written) if written else pd.Series(name="node", dtype=object)
+
+
 def run_posemaps(
     cfg: Config,
     sigma: float | None = None,
@@ -155,10 +177,6 @@ def run_posemaps(
     progress: bool = True,
 ) -> StageResult:
     """Write the pose map of every keypoints row without an error, in parallel Ray tasks."""
-    import ray
-    from tqdm import tqdm
-
-    from pipeline.cluster.ray_pool import task_options
     from pipeline.cluster.runtime import init_ray
 
     result = StageResult("posemaps")
@@ -176,20 +194,9 @@ def run_posemaps(
     outside, nodes = 0, read_index(layout)["node"]
     if len(rows):
         init_ray(cfg.ray)
-        size = cfg.posemaps.batch_size
-        chunks = [rows.iloc[i : i + size][MAP_COLUMNS] for i in range(0, len(rows), size)]
-        ds = ray.data.from_pandas(chunks).map_batches(
-            write_posemaps, batch_size=None, batch_format="pandas",
-            fn_kwargs={"sigma": sigma, "root": str(layout.root.resolve())}, **task_options(1),
-        )  # fmt: skip
-        with tqdm(total=len(rows), desc="posemaps", unit="map", disable=not progress) as bar:
-            written = []
-            for done in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                outside += int(done["outside"].sum())
-                written.append(done.set_index("target")["node"])
-                bar.update(len(done))
-            nodes = pd.concat([nodes, *written])
-            nodes = nodes[~nodes.index.duplicated(keep="last")]
+        outside, written = write_in_tasks(rows, layout, sigma, cfg.posemaps.batch_size, progress)
+        nodes = pd.concat([nodes, written])
+        nodes = nodes[~nodes.index.duplicated(keep="last")]
     # Maps of images no longer in the table go; the index records what each map holds and
     # which node wrote it.
     gone = set(nodes.index) - set(mapped["target"])

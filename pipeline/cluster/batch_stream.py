@@ -1,24 +1,123 @@
-"""The two ways a model stage streams its batches through load -> model -> write, with
-the same three functions and so the same outputs: Ray Data (tasks for load and write, a
-model actor pool over the cluster) or this process (threads for load and write, the model
-in the caller's thread). Ray pays a start-up of several seconds (worker processes that
-import torch, the streaming executor); a run on one device that the start-up would
-dominate takes this process (`choose_executor`)."""
+"""The one batch path of the stages: a frame of pending units, cut into blocks, through
+steps (`Tasks`: a function in CPU tasks; `Actors`: a callable model class in a pool that
+`ray_pool.plan_pool` sized) and back as result batches (`ray_batches`), which `consume`
+hands to the stage with a tqdm bar, flushing its resumable tables in a `finally` so an
+interrupted run keeps what it wrote.
+
+A model stage's load -> model -> write (`BatchSteps`) runs either on Ray Data
+(`stream_ray`) or in this process (`stream_in_process`: threads for load and write, the
+model in the caller's thread), with the same three functions and so the same outputs.
+Ray pays a start-up of several seconds (worker processes that import torch, the streaming
+executor); a run on one device that the start-up would dominate takes this process
+(`choose_executor`)."""
 
 from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
 import pandas as pd
 
+from pipeline.cluster.ray_pool import IO_CPUS, ModelPool, task_options
 from pipeline.core.config import ExecutorName
 
 EXECUTORS = get_args(ExecutorName)
+
+
+def split_blocks(units: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    """`units` in blocks of `size` rows, in order: one block is one batch of every step."""
+    return [units.iloc[i : i + size] for i in range(0, len(units), size)]
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """A step in Ray tasks: `fn(batch, **kwargs)`, each asking for `num_cpus`."""
+
+    fn: Callable[..., Any]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None  # None: one block per call
+    batch_format: str = "numpy"
+    num_cpus: float = IO_CPUS
+
+    def apply(self, ds):
+        return ds.map_batches(
+            self.fn, batch_size=self.batch_size, batch_format=self.batch_format,
+            fn_kwargs=self.kwargs, **task_options(self.num_cpus),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Actors:
+    """A step in `pool`'s actors: `cls(**kwargs, actors_per_node=...)` built once per
+    actor, then called on each batch."""
+
+    cls: type
+    pool: ModelPool
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None  # None: one block per call
+    batch_format: str = "numpy"
+
+    def apply(self, ds):
+        return self.pool.map(ds, self.cls, self.batch_size, self.batch_format, **self.kwargs)
+
+
+def ray_batches(
+    units: pd.DataFrame, batch_size: int, steps: Sequence[Tasks | Actors]
+) -> Iterator[pd.DataFrame]:
+    """The result batches of `units` (in blocks of `batch_size`) through `steps` on Ray
+    Data, as pandas frames, in the order Ray finishes them."""
+    import ray
+
+    ds = ray.data.from_pandas(split_blocks(units, batch_size))
+    for step in steps:
+        ds = step.apply(ds)
+    yield from ds.iter_batches(batch_size=None, batch_format="pandas")
+
+
+def consume(
+    parts: Iterable[pd.DataFrame],
+    *,
+    total: int,
+    label: str,
+    unit: str,
+    handle: Callable[[pd.DataFrame], int] | None = None,
+    outputs: Sequence = (),
+    progress: bool = True,
+) -> int:
+    """Hand each result batch to `handle`, which returns how many units it finished (by
+    default: the batch goes to the one resumable table of `outputs`, each row a unit), on a
+    tqdm bar of `total` `unit`s. `outputs` are flushed however the loop ends, so an
+    interrupted run keeps every batch it received. Returns the units finished."""
+    from tqdm import tqdm
+
+    def add(part: pd.DataFrame) -> int:
+        outputs[0].add(part)
+        return len(part)
+
+    done = 0
+    try:
+        with tqdm(total=total, desc=label, unit=unit, disable=not progress) as bar:
+            for part in parts:
+                n = int((handle or add)(part))
+                bar.update(n)
+                done += n
+    finally:
+        for output in outputs:
+            output.flush()
+    return done
+
+
+def run_batches(
+    units: pd.DataFrame, batch_size: int, steps: Sequence[Tasks | Actors], **how: Any
+) -> int:
+    """`units` through `steps` on Ray Data (`ray_batches`), each result batch handed on by
+    `consume` (`how`: its label, unit, handle, outputs and progress); returns the units
+    finished."""
+    return consume(ray_batches(units, batch_size, steps), total=len(units), **how)
 
 
 @dataclass(frozen=True)
@@ -76,12 +175,13 @@ def as_numpy_batch(block: pd.DataFrame) -> dict[str, Any]:
     return {column: block[column].to_numpy() for column in block.columns}
 
 
-def stream_in_process(blocks: Iterable[pd.DataFrame], steps: BatchSteps) -> Iterator[pd.DataFrame]:
-    """Rows of each block in order. Loading runs ahead and writing behind the model in
-    threads (JPEG codecs, zlib and torch release the GIL), at most a few blocks apart."""
+def stream_in_process(units: pd.DataFrame, steps: BatchSteps) -> Iterator[pd.DataFrame]:
+    """Rows of each block of `units` in order. Loading runs ahead and writing behind the
+    model in threads (JPEG codecs, zlib and torch release the GIL), at most a few blocks
+    apart."""
     threads = max(1, min(8, (os.cpu_count() or 1) // 2))
     model = steps.model_cls(**steps.model_kwargs, actors_per_node=1)
-    todo = iter(blocks)
+    todo = iter(split_blocks(units, steps.batch_size))
     loads: deque[Future] = deque()
     writes: deque[Future] = deque()
     with ThreadPoolExecutor(threads) as loaders, ThreadPoolExecutor(threads) as writers:
@@ -102,21 +202,13 @@ def stream_in_process(blocks: Iterable[pd.DataFrame], steps: BatchSteps) -> Iter
             yield writes.popleft().result()
 
 
-def stream_ray(blocks: list[pd.DataFrame], steps: BatchSteps, pool) -> Iterator[pd.DataFrame]:
-    """Rows of each block as Ray Data finishes them: load and write in CPU tasks, the model
-    in `pool` (`ray_pool.plan_pool`). One block per batch: each block is one load task,
-    one forward and one write task."""
-    import ray
-
-    from pipeline.cluster.ray_pool import task_options
-
-    ds = ray.data.from_pandas(blocks).map_batches(
-        steps.load, batch_size=steps.batch_size, batch_format="numpy",
-        fn_kwargs=steps.load_kwargs, **task_options(),
-    )  # fmt: skip
-    ds = pool.map(ds, steps.model_cls, steps.batch_size, **steps.model_kwargs)
-    ds = ds.map_batches(
-        steps.write, batch_size=steps.batch_size, batch_format="numpy",
-        fn_kwargs=steps.write_kwargs, **task_options(),
-    )  # fmt: skip
-    yield from ds.iter_batches(batch_size=None, batch_format="pandas")
+def stream_ray(units: pd.DataFrame, steps: BatchSteps, pool: ModelPool) -> Iterator[pd.DataFrame]:
+    """Rows of each block of `units` as Ray Data finishes them: load and write in CPU
+    tasks, the model in `pool` (`ray_pool.plan_pool`). One block per batch: each block is
+    one load task, one forward and one write task."""
+    size = steps.batch_size
+    yield from ray_batches(units, size, [
+        Tasks(steps.load, steps.load_kwargs, size),
+        Actors(steps.model_cls, pool, steps.model_kwargs, size),
+        Tasks(steps.write, steps.write_kwargs, size),
+    ])  # fmt: skip
