@@ -9,7 +9,6 @@ DAG with the reason and the two ways on. Every run appends to the run manifest."
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
@@ -22,16 +21,24 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.cluster.runtime import package_versions
-from pipeline.core.atomic_io import atomic_path, table_damage, write_table
+from pipeline.core.atomic_io import atomic_path, write_table
 from pipeline.core.config import Config
-from pipeline.core.content_state import ContentCache, listing_digest
+from pipeline.core.content_state import ContentCache
 from pipeline.core.errors import PipelineError
 from pipeline.core.layout import OutputLayout
 from pipeline.core.paths import relative_under
 from pipeline.core.run_lock import output_lock
 from stages import STAGE_NAMES, evaluate, generate, keypoints, pairs, posemaps, report, train
+from stages.dag_state import (
+    Decision,
+    decide,
+    save_state,
+    state_file,
+    stored_state,
+    take_fingerprint,  # noqa: F401 (tests take fingerprints through here)
+)
 from stages.preflight import preflight
-from stages.spec import StageSpec, config_value
+from stages.spec import StageSpec
 
 STAGES: list[StageSpec] = [
     m.STAGE for m in (keypoints, posemaps, pairs, train, generate, evaluate, report)
@@ -91,242 +98,6 @@ def plan_run(
     return RunPlan(selected, set(force) | ({start} if start else set()), set(resume))
 
 
-# --- fingerprints --------------------------------------------------------------------------
-
-
-@dataclass
-class Fingerprint:
-    version: int
-    config: dict[str, Any]
-    inputs: dict[str, str]  # path -> content digest ("missing")
-    listings: dict[str, dict[str, str]]  # folder -> {relative path: digest}
-    record: dict[str, Any]
-
-    def digest(self) -> str:
-        blob = json.dumps(
-            {"v": self.version, "c": self.config, "i": self.inputs}, sort_keys=True, default=str
-        )
-        return listing_digest({"fingerprint": blob})[:20]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "config": self.config,
-            "inputs": self.inputs,
-            "record": self.record,
-            "fingerprint": self.digest(),
-        }
-
-
-def input_key(cfg: Config, path: str | Path) -> str:
-    """How state files name an input: `dataset:<path>` or `output:<path>` relative to its
-    root (the innermost one), else the absolute path. A copied dataset and output root
-    (cp -a, rsync -a) therefore keep their records. Keys of older state files (paths as the
-    config gave them) are read through here too."""
-    if str(path).startswith(ROOT_PREFIXES):
-        return str(path)
-    roots = [("dataset", cfg.dataset.root), ("output", cfg.output.root)]
-    found = [(name, rel) for name, root in roots if (rel := relative_under(path, root))]
-    if not found:
-        return os.path.abspath(path)
-    # The dataset may sit inside the output root (the demo's): the longer match is inner.
-    name, rel = min(found, key=lambda f: len(f[1]))
-    return f"{name}:{rel}"
-
-
-ROOT_PREFIXES = ("dataset:", "output:")
-
-
-def take_fingerprint(spec: StageSpec, cfg: Config, cache: ContentCache) -> Fingerprint:
-    inputs, listings = {}, {}
-    for path in spec.inputs(cfg):
-        key = input_key(cfg, path)
-        if path.is_dir():
-            listings[key] = cache.tree(path)
-            inputs[key] = listing_digest(listings[key])
-        elif path.is_file():
-            inputs[key] = cache.digest(path)
-        else:
-            inputs[key] = "missing"
-    config = {k: _plain(config_value(cfg, k)) for k in spec.config_keys}
-    return Fingerprint(spec.version, config, inputs, listings, spec.record(cfg))
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _state_file(cfg: Config, name: str) -> Path:
-    return OutputLayout(cfg.output.root).state / f"{name}.json"
-
-
-def _listing_file(cfg: Config, name: str) -> Path:
-    return OutputLayout(cfg.output.root).state / f"{name}.inputs.json"
-
-
-def stored_state(cfg: Config, name: str) -> dict[str, Any] | None:
-    path = _state_file(cfg, name)
-    if not path.exists():
-        return None
-    state = json.loads(path.read_text())
-    state["inputs"] = {input_key(cfg, k): v for k, v in state.get("inputs", {}).items()}
-    return state
-
-
-def stored_listings(cfg: Config, name: str) -> dict[str, dict[str, str]]:
-    path = _listing_file(cfg, name)
-    listings = json.loads(path.read_text()) if path.exists() else {}
-    return {input_key(cfg, k): v for k, v in listings.items()}
-
-
-def save_state(cfg: Config, name: str, fp: Fingerprint, run_id: str) -> None:
-    with atomic_path(_state_file(cfg, name)) as tmp:
-        tmp.write_text(json.dumps({**fp.to_json(), "run_id": run_id}, indent=1, default=str))
-    with atomic_path(_listing_file(cfg, name)) as tmp:
-        tmp.write_text(json.dumps(fp.listings))
-
-
-def changes(
-    stored: dict[str, Any], fp: Fingerprint, old_listings: dict[str, dict[str, str]]
-) -> tuple[list[str], list[str]]:
-    """(output-defining changes: version and config keys, input changes), as sentences."""
-    defining = []
-    if stored.get("version") != fp.version:
-        defining.append(f"stage version {stored.get('version')} -> {fp.version}")
-    old_config = stored.get("config", {})
-    # A key the record predates (a newer version declares it) is adopted at its current
-    # value: an upgrade alone never redoes work. A key no longer declared is dropped.
-    for key in sorted(set(old_config) & set(fp.config)):
-        if old_config[key] != fp.config[key]:
-            defining.append(f"{key}: {old_config[key]!r} -> {fp.config[key]!r}")
-    inputs = []
-    old_inputs = stored.get("inputs", {})
-    for path in sorted(set(old_inputs) | set(fp.inputs)):
-        old, new = old_inputs.get(path, "missing"), fp.inputs.get(path, "missing")
-        if old == new:
-            continue
-        if path in fp.listings and path in old_listings:
-            a, b = old_listings[path], fp.listings[path]
-            added = len(b.keys() - a.keys())
-            removed = len(a.keys() - b.keys())
-            changed = sum(1 for k in a.keys() & b.keys() if a[k] != b[k])
-            inputs.append(f"{path}: {changed} file(s) changed, {added} added, {removed} removed")
-        elif new == "missing":
-            inputs.append(f"{path}: gone")
-        elif old == "missing":
-            inputs.append(f"{path}: new")
-        else:
-            inputs.append(f"{path}: content changed")
-    return defining, inputs
-
-
-def unreadable_tables(paths: list[Path]) -> dict[Path, str]:
-    """The Parquet tables among `paths` (files, and folders two levels deep) whose footer
-    cannot be read, with why: a truncated table makes its stage stale instead of crashing
-    the next reader."""
-    tables = set()
-    for path in paths:
-        if path.is_file() and path.suffix == ".parquet":
-            tables.add(path)
-        elif path.is_dir():
-            tables.update([*path.glob("*.parquet"), *path.glob("*/*.parquet")])
-    return {t: why for t in sorted(tables) if (why := table_damage(t))}
-
-
-# --- decisions -----------------------------------------------------------------------------
-
-
-@dataclass
-class Decision:
-    stage: str
-    action: str  # up to date / run / resume / update / stop / not needed
-    reasons: list[str]
-    fresh: bool = False  # earlier outputs are moved aside first
-    fingerprint: Fingerprint | None = None
-    set_aside: list[Path] = field(default_factory=list)  # damaged files moved aside first
-
-    def describe(self, dry_run: bool = False) -> str:
-        verb = {
-            "up to date": "up to date",
-            "not needed": "not needed",
-            "run": "would run" if dry_run else "running",
-            "resume": "would resume" if dry_run else "resuming",
-            "update": "would update" if dry_run else "updating",
-            "stop": "stale: stops the run",
-        }[self.action]
-        if self.fresh and self.action == "run":
-            verb += " from scratch (earlier outputs moved aside)"
-        why = "".join(f"\n    - {r}" for r in self.reasons)
-        return f"[{self.stage}] {verb}{why}"
-
-
-def decide(spec: StageSpec, cfg: Config, cache: ContentCache, plan: RunPlan) -> Decision:
-    reason = spec.needed(cfg)
-    if reason:
-        return Decision(spec.name, "not needed", [reason])
-    fp = take_fingerprint(spec, cfg, cache)
-    stored = stored_state(cfg, spec.name)
-    if spec.name in plan.forced:
-        return Decision(spec.name, "run", ["asked for (--force, --from or --only)"], True, fp)
-    damaged = unreadable_tables([*spec.outputs(cfg), *spec.previous(cfg)])
-    if damaged:
-        reasons = [f"{path} is unreadable ({why})" for path, why in damaged.items()]
-        if spec.guarded:
-            return Decision(
-                spec.name,
-                "stop",
-                [*reasons, f"to start a new {spec.name} run (the current one is moved aside): "
-                 f"--force {spec.name}"],
-                False,
-                fp,
-            )  # fmt: skip
-        reasons.append("the damaged file(s) are moved aside and their rows made again")
-        return Decision(spec.name, "resume", reasons, False, fp, set_aside=list(damaged))
-    present = [p for p in (*spec.outputs(cfg), *spec.previous(cfg)) if p.exists()]
-    if stored is None:
-        if present:
-            return Decision(
-                spec.name,
-                "resume",
-                ["no record of a finished run: resuming what is on disk"],
-                False,
-                fp,
-            )
-        return Decision(spec.name, "run", ["never ran"], False, fp)
-    if "version" not in stored:
-        # Written before stages declared what defines their outputs: adopt it rather than
-        # redo work that an upgrade did not invalidate.
-        return Decision(
-            spec.name, "up to date", ["record of an earlier pipeline version adopted"], False, fp
-        )
-    defining, inputs = changes(stored, fp, stored_listings(cfg, spec.name))
-    if spec.guarded and (defining or inputs) and spec.name not in plan.resumed:
-        return Decision(
-            spec.name,
-            "stop",
-            [
-                *defining,
-                *inputs,
-                f"to start a new {spec.name} run (the current one is moved aside): "
-                f"--force {spec.name}; to continue the current one with these changes: "
-                f"--resume {spec.name}",
-            ],
-            False,
-            fp,
-        )
-    if defining and not spec.guarded:
-        return Decision(spec.name, "run", defining + inputs, True, fp)
-    if defining or inputs:
-        return Decision(spec.name, "update", defining + inputs, False, fp)
-    missing = [str(p) for p in spec.outputs(cfg) if not p.exists()]
-    if missing:
-        return Decision(spec.name, "resume", [f"output missing: {m}" for m in missing], False, fp)
-    more = spec.progress(cfg, stored.get("record", {}))
-    if more:
-        return Decision(spec.name, "resume", [more], False, fp)
-    return Decision(spec.name, "up to date", [], False, fp)
-
-
 # --- running -------------------------------------------------------------------------------
 
 
@@ -366,115 +137,166 @@ def run_dag(
 def _run_stages(
     cfg: Config, plan: RunPlan, echo: Callable[[str], None], dry_run: bool
 ) -> pd.DataFrame:
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    cfg_hash, packages = cfg.hash(), json.dumps(package_versions(), sort_keys=True)
-    rows: list[dict[str, Any]] = []
-    would_change: list[tuple[str, list[Path]]] = []
-    cache = ContentCache(OutputLayout(cfg.output.root).state / "content.sqlite", readonly=dry_run)
+    """Decide on each planned stage in DAG order and run it (with `dry_run`, only say what
+    would happen); this run's manifest rows are appended even when a stage fails."""
+    run = DagRun(cfg, echo, dry_run)
     try:
         for spec in STAGES:
             if spec.name not in plan.selected:
                 continue
-            t0 = time.time()
-            decision = decide(spec, cfg, cache, plan)
             if dry_run:
-                upstream = [
-                    name
-                    for name, outs in would_change
-                    if any(_under(i, outs) for i in spec.inputs(cfg))
-                ]
-                if upstream and decision.action in ("up to date", "resume"):
-                    decision.reasons.append(
-                        f"its inputs may change when {', '.join(upstream)} runs: checked again then"
-                    )
-                if decision.action in ACTIONS_THAT_RUN or upstream:
-                    would_change.append((spec.name, spec.outputs(cfg)))
-                echo(decision.describe(dry_run=True))
-                if decision.action in ACTIONS_THAT_RUN and spec.does(cfg):
-                    echo(f"    would: {spec.does(cfg)}")
-                continue
-            row = {
-                "run_id": run_id,
-                "stage": spec.name,
-                "config_hash": cfg_hash,
-                "packages": packages,
-                "start": pd.Timestamp.now().floor("s"),
-                "rows_in": 0,
-                "rows_out": 0,
-                "errors": 0,
-                "reused": 0,
-                "reason": "; ".join(decision.reasons) or None,
-                "moved_aside": None,
-                "fingerprint": decision.fingerprint.digest() if decision.fingerprint else None,
-            }
-            echo(decision.describe())
-            if decision.action in ACTIONS_THAT_RUN and spec.does(cfg):
-                echo(f"    does: {spec.does(cfg)}")
-            if decision.action == "stop":
-                row.update(status="stopped", end=pd.Timestamp.now().floor("s"), seconds=0.0)
-                rows.append(row)
-                raise StaleStageError(
-                    f"{spec.name} is out of date and would lose or mix earlier "
-                    "work; nothing was changed:\n  " + "\n  ".join(decision.reasons)
-                )
-            if decision.action not in ACTIONS_THAT_RUN:
-                status = "not needed" if decision.action == "not needed" else "skipped"
-                if decision.action == "up to date" and decision.fingerprint:
-                    # Keys a newer version declares are recorded at the values adopted, so
-                    # that a later change of one is seen.
-                    stored = stored_state(cfg, spec.name) or {}
-                    if set(decision.fingerprint.config) - set(stored.get("config", {})):
-                        save_state(cfg, spec.name, decision.fingerprint, stored.get("run_id"))
-                row.update(
-                    status=status, end=pd.Timestamp.now().floor("s"), seconds=time.time() - t0
-                )
-                rows.append(row)
-                continue
-            cache.save()  # the digests survive a failing stage
-            try:
-                moved = move_aside(decision.set_aside, cfg, spec.name, run_id)
-                if decision.fresh:
-                    _state_file(cfg, spec.name).unlink(missing_ok=True)
-                    moved += move_aside(spec.previous(cfg), cfg, spec.name, run_id)
-                if moved:
-                    row["moved_aside"] = json.dumps(moved)
-                    for path in moved:
-                        echo(f"    moved aside: {Path(cfg.output.root) / path}")
-                result = spec.run(cfg, decision.fresh)
-            except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt):
-                    done = [r["stage"] for r in rows if r["status"] == "ran"]
-                    echo(
-                        f"[{spec.name}] interrupted: its finished batches are kept"
-                        + (f"; finished this run: {', '.join(done)}" if done else "")
-                    )
-                row.update(
-                    status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                    reason=f"{type(exc).__name__}: {exc}",
-                    end=pd.Timestamp.now().floor("s"),
-                    seconds=time.time() - t0,
-                )
-                rows.append(row)
-                raise
-            result.finish()
-            echo(result.summary())
-            # The fingerprint was taken before running, from the inputs this run used.
-            save_state(cfg, spec.name, decision.fingerprint, run_id)
-            row.update(
-                status="ran",
-                rows_in=result.rows_in,
-                rows_out=result.rows_out,
-                errors=result.errors,
-                reused=result.skipped,
-                end=pd.Timestamp.now().floor("s"),
-                seconds=time.time() - t0,
-            )
-            rows.append(row)
+                run.assess(spec, plan)
+            else:
+                run.stage(spec, plan)
     finally:
-        cache.close(save=not dry_run)
-        if not dry_run:
-            _append_manifest(cfg, rows)
-    return pd.DataFrame(rows)
+        run.close()
+    return pd.DataFrame(run.rows)
+
+
+class DagRun:
+    """One `run` of the DAG: its id, the content cache, and a manifest row per stage."""
+
+    def __init__(self, cfg: Config, echo: Callable[[str], None], dry_run: bool):
+        self.cfg, self.echo, self.dry_run = cfg, echo, dry_run
+        self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.cfg_hash = cfg.hash()
+        self.packages = json.dumps(package_versions(), sort_keys=True)
+        self.rows: list[dict[str, Any]] = []
+        # Dry run: the stages that would run, with their outputs.
+        self.would_change: list[tuple[str, list[Path]]] = []
+        self.cache = ContentCache(
+            OutputLayout(cfg.output.root).state / "content.sqlite", readonly=dry_run
+        )
+
+    def assess(self, spec: StageSpec, plan: RunPlan) -> None:
+        """Dry run: say what the stage would do. Its inputs are those of the stage before,
+        not yet rerun, so a stage downstream of one that would run says it is checked again."""
+        cfg = self.cfg
+        decision = decide(spec, cfg, self.cache, plan)
+        upstream = [
+            name
+            for name, outs in self.would_change
+            if any(_under(i, outs) for i in spec.inputs(cfg))
+        ]
+        if upstream and decision.action in ("up to date", "resume"):
+            decision.reasons.append(
+                f"its inputs may change when {', '.join(upstream)} runs: checked again then"
+            )
+        if decision.action in ACTIONS_THAT_RUN or upstream:
+            self.would_change.append((spec.name, spec.outputs(cfg)))
+        self.echo(decision.describe(dry_run=True))
+        if decision.action in ACTIONS_THAT_RUN and spec.does(cfg):
+            self.echo(f"    would: {spec.does(cfg)}")
+
+    def stage(self, spec: StageSpec, plan: RunPlan) -> None:
+        """Decide, say why, and stop the run, pass over the stage or run it."""
+        t0 = time.time()
+        decision = decide(spec, self.cfg, self.cache, plan)
+        row = self._row(spec, decision)
+        self.echo(decision.describe())
+        if decision.action in ACTIONS_THAT_RUN and spec.does(self.cfg):
+            self.echo(f"    does: {spec.does(self.cfg)}")
+        if decision.action == "stop":
+            row.update(status="stopped", end=pd.Timestamp.now().floor("s"), seconds=0.0)
+            self.rows.append(row)
+            raise StaleStageError(
+                f"{spec.name} is out of date and would lose or mix earlier "
+                "work; nothing was changed:\n  " + "\n  ".join(decision.reasons)
+            )
+        if decision.action in ACTIONS_THAT_RUN:
+            self._execute(spec, decision, row, t0)
+        else:
+            self._pass_over(spec, decision, row, t0)
+
+    def _row(self, spec: StageSpec, decision: Decision) -> dict[str, Any]:
+        """The stage's manifest row as it starts; the outcome fills in the rest."""
+        return {
+            "run_id": self.run_id,
+            "stage": spec.name,
+            "config_hash": self.cfg_hash,
+            "packages": self.packages,
+            "start": pd.Timestamp.now().floor("s"),
+            "rows_in": 0,
+            "rows_out": 0,
+            "errors": 0,
+            "reused": 0,
+            "reason": "; ".join(decision.reasons) or None,
+            "moved_aside": None,
+            "fingerprint": decision.fingerprint.digest() if decision.fingerprint else None,
+        }
+
+    def _pass_over(self, spec: StageSpec, decision: Decision, row: dict, t0: float) -> None:
+        """A stage up to date or not needed."""
+        cfg = self.cfg
+        status = "not needed" if decision.action == "not needed" else "skipped"
+        if decision.action == "up to date" and decision.fingerprint:
+            # Keys a newer version declares are recorded at the values adopted, so that a
+            # later change of one is seen.
+            stored = stored_state(cfg, spec.name) or {}
+            if set(decision.fingerprint.config) - set(stored.get("config", {})):
+                save_state(cfg, spec.name, decision.fingerprint, stored.get("run_id"))
+        row.update(status=status, end=pd.Timestamp.now().floor("s"), seconds=time.time() - t0)
+        self.rows.append(row)
+
+    def _execute(self, spec: StageSpec, decision: Decision, row: dict, t0: float) -> None:
+        """Move aside what the decision says, run the stage and record its fingerprint; a
+        failure or Ctrl-C is recorded in its row and raised on."""
+        cfg = self.cfg
+        self.cache.save()  # the digests survive a failing stage
+        try:
+            self._move_aside(spec, decision, row)
+            result = spec.run(cfg, decision.fresh)
+        except BaseException as exc:
+            self._failed(spec, exc, row, t0)
+            raise
+        result.finish()
+        self.echo(result.summary())
+        # The fingerprint was taken before running, from the inputs this run used.
+        save_state(cfg, spec.name, decision.fingerprint, self.run_id)
+        row.update(
+            status="ran",
+            rows_in=result.rows_in,
+            rows_out=result.rows_out,
+            errors=result.errors,
+            reused=result.skipped,
+            end=pd.Timestamp.now().floor("s"),
+            seconds=time.time() - t0,
+        )
+        self.rows.append(row)
+
+    def _move_aside(self, spec: StageSpec, decision: Decision, row: dict) -> None:
+        """Damaged files, and for a fresh run the earlier outputs and their record."""
+        cfg = self.cfg
+        moved = move_aside(decision.set_aside, cfg, spec.name, self.run_id)
+        if decision.fresh:
+            state_file(cfg, spec.name).unlink(missing_ok=True)
+            moved += move_aside(spec.previous(cfg), cfg, spec.name, self.run_id)
+        if moved:
+            row["moved_aside"] = json.dumps(moved)
+            for path in moved:
+                self.echo(f"    moved aside: {Path(cfg.output.root) / path}")
+
+    def _failed(self, spec: StageSpec, exc: BaseException, row: dict, t0: float) -> None:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        if interrupted:
+            done = [r["stage"] for r in self.rows if r["status"] == "ran"]
+            self.echo(
+                f"[{spec.name}] interrupted: its finished batches are kept"
+                + (f"; finished this run: {', '.join(done)}" if done else "")
+            )
+        row.update(
+            status="interrupted" if interrupted else "failed",
+            reason=f"{type(exc).__name__}: {exc}",
+            end=pd.Timestamp.now().floor("s"),
+            seconds=time.time() - t0,
+        )
+        self.rows.append(row)
+
+    def close(self) -> None:
+        """Keep the content digests and append the manifest rows (not on a dry run)."""
+        self.cache.close(save=not self.dry_run)
+        if not self.dry_run:
+            _append_manifest(self.cfg, self.rows)
 
 
 def _under(path: Path, outputs: list[Path]) -> bool:

@@ -1,0 +1,257 @@
+"""What the DAG remembers of a stage and what it decides from it: the fingerprint of a run
+(its version, output-defining config values and input digests), the state files under
+OUT/state/ that keep it, the changes since as the sentences `run` prints, and the decision
+(run, resume, update, stop, up to date, not needed). stages/dag.py runs the decisions."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.core.atomic_io import atomic_path, table_damage
+from pipeline.core.config import Config
+from pipeline.core.content_state import ContentCache, listing_digest
+from pipeline.core.layout import OutputLayout
+from pipeline.core.paths import relative_under
+from stages.spec import StageSpec, config_value
+
+if TYPE_CHECKING:
+    from stages.dag import RunPlan
+
+# --- fingerprints --------------------------------------------------------------------------
+
+
+@dataclass
+class Fingerprint:
+    version: int
+    config: dict[str, Any]
+    inputs: dict[str, str]  # path -> content digest ("missing")
+    listings: dict[str, dict[str, str]]  # folder -> {relative path: digest}
+    record: dict[str, Any]
+
+    def digest(self) -> str:
+        blob = json.dumps(
+            {"v": self.version, "c": self.config, "i": self.inputs}, sort_keys=True, default=str
+        )
+        return listing_digest({"fingerprint": blob})[:20]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "config": self.config,
+            "inputs": self.inputs,
+            "record": self.record,
+            "fingerprint": self.digest(),
+        }
+
+
+def input_key(cfg: Config, path: str | Path) -> str:
+    """How state files name an input: `dataset:<path>` or `output:<path>` relative to its
+    root (the innermost one), else the absolute path. A copied dataset and output root
+    (cp -a, rsync -a) therefore keep their records. Keys of older state files (paths as the
+    config gave them) are read through here too."""
+    if str(path).startswith(ROOT_PREFIXES):
+        return str(path)
+    roots = [("dataset", cfg.dataset.root), ("output", cfg.output.root)]
+    found = [(name, rel) for name, root in roots if (rel := relative_under(path, root))]
+    if not found:
+        return os.path.abspath(path)
+    # The dataset may sit inside the output root (the demo's): the longer match is inner.
+    name, rel = min(found, key=lambda f: len(f[1]))
+    return f"{name}:{rel}"
+
+
+ROOT_PREFIXES = ("dataset:", "output:")
+
+
+def take_fingerprint(spec: StageSpec, cfg: Config, cache: ContentCache) -> Fingerprint:
+    inputs, listings = {}, {}
+    for path in spec.inputs(cfg):
+        key = input_key(cfg, path)
+        if path.is_dir():
+            listings[key] = cache.tree(path)
+            inputs[key] = listing_digest(listings[key])
+        elif path.is_file():
+            inputs[key] = cache.digest(path)
+        else:
+            inputs[key] = "missing"
+    config = {k: _plain(config_value(cfg, k)) for k in spec.config_keys}
+    return Fingerprint(spec.version, config, inputs, listings, spec.record(cfg))
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def state_file(cfg: Config, name: str) -> Path:
+    return OutputLayout(cfg.output.root).state / f"{name}.json"
+
+
+def listing_file(cfg: Config, name: str) -> Path:
+    return OutputLayout(cfg.output.root).state / f"{name}.inputs.json"
+
+
+def stored_state(cfg: Config, name: str) -> dict[str, Any] | None:
+    path = state_file(cfg, name)
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    state["inputs"] = {input_key(cfg, k): v for k, v in state.get("inputs", {}).items()}
+    return state
+
+
+def stored_listings(cfg: Config, name: str) -> dict[str, dict[str, str]]:
+    path = listing_file(cfg, name)
+    listings = json.loads(path.read_text()) if path.exists() else {}
+    return {input_key(cfg, k): v for k, v in listings.items()}
+
+
+def save_state(cfg: Config, name: str, fp: Fingerprint, run_id: str) -> None:
+    with atomic_path(state_file(cfg, name)) as tmp:
+        tmp.write_text(json.dumps({**fp.to_json(), "run_id": run_id}, indent=1, default=str))
+    with atomic_path(listing_file(cfg, name)) as tmp:
+        tmp.write_text(json.dumps(fp.listings))
+
+
+def changes(
+    stored: dict[str, Any], fp: Fingerprint, old_listings: dict[str, dict[str, str]]
+) -> tuple[list[str], list[str]]:
+    """(output-defining changes: version and config keys, input changes), as sentences."""
+    defining = []
+    if stored.get("version") != fp.version:
+        defining.append(f"stage version {stored.get('version')} -> {fp.version}")
+    old_config = stored.get("config", {})
+    # A key the record predates (a newer version declares it) is adopted at its current
+    # value: an upgrade alone never redoes work. A key no longer declared is dropped.
+    for key in sorted(set(old_config) & set(fp.config)):
+        if old_config[key] != fp.config[key]:
+            defining.append(f"{key}: {old_config[key]!r} -> {fp.config[key]!r}")
+    inputs = []
+    old_inputs = stored.get("inputs", {})
+    for path in sorted(set(old_inputs) | set(fp.inputs)):
+        old, new = old_inputs.get(path, "missing"), fp.inputs.get(path, "missing")
+        if old == new:
+            continue
+        if path in fp.listings and path in old_listings:
+            a, b = old_listings[path], fp.listings[path]
+            added = len(b.keys() - a.keys())
+            removed = len(a.keys() - b.keys())
+            changed = sum(1 for k in a.keys() & b.keys() if a[k] != b[k])
+            inputs.append(f"{path}: {changed} file(s) changed, {added} added, {removed} removed")
+        elif new == "missing":
+            inputs.append(f"{path}: gone")
+        elif old == "missing":
+            inputs.append(f"{path}: new")
+        else:
+            inputs.append(f"{path}: content changed")
+    return defining, inputs
+
+
+def unreadable_tables(paths: list[Path]) -> dict[Path, str]:
+    """The Parquet tables among `paths` (files, and folders two levels deep) whose footer
+    cannot be read, with why: a truncated table makes its stage stale instead of crashing
+    the next reader."""
+    tables = set()
+    for path in paths:
+        if path.is_file() and path.suffix == ".parquet":
+            tables.add(path)
+        elif path.is_dir():
+            tables.update([*path.glob("*.parquet"), *path.glob("*/*.parquet")])
+    return {t: why for t in sorted(tables) if (why := table_damage(t))}
+
+
+# --- decisions -----------------------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    stage: str
+    action: str  # up to date / run / resume / update / stop / not needed
+    reasons: list[str]
+    fresh: bool = False  # earlier outputs are moved aside first
+    fingerprint: Fingerprint | None = None
+    set_aside: list[Path] = field(default_factory=list)  # damaged files moved aside first
+
+    def describe(self, dry_run: bool = False) -> str:
+        verb = {
+            "up to date": "up to date",
+            "not needed": "not needed",
+            "run": "would run" if dry_run else "running",
+            "resume": "would resume" if dry_run else "resuming",
+            "update": "would update" if dry_run else "updating",
+            "stop": "stale: stops the run",
+        }[self.action]
+        if self.fresh and self.action == "run":
+            verb += " from scratch (earlier outputs moved aside)"
+        why = "".join(f"\n    - {r}" for r in self.reasons)
+        return f"[{self.stage}] {verb}{why}"
+
+
+def decide(spec: StageSpec, cfg: Config, cache: ContentCache, plan: RunPlan) -> Decision:
+    reason = spec.needed(cfg)
+    if reason:
+        return Decision(spec.name, "not needed", [reason])
+    fp = take_fingerprint(spec, cfg, cache)
+    stored = stored_state(cfg, spec.name)
+    if spec.name in plan.forced:
+        return Decision(spec.name, "run", ["asked for (--force, --from or --only)"], True, fp)
+    damaged = unreadable_tables([*spec.outputs(cfg), *spec.previous(cfg)])
+    if damaged:
+        reasons = [f"{path} is unreadable ({why})" for path, why in damaged.items()]
+        if spec.guarded:
+            return Decision(
+                spec.name,
+                "stop",
+                [*reasons, f"to start a new {spec.name} run (the current one is moved aside): "
+                 f"--force {spec.name}"],
+                False,
+                fp,
+            )  # fmt: skip
+        reasons.append("the damaged file(s) are moved aside and their rows made again")
+        return Decision(spec.name, "resume", reasons, False, fp, set_aside=list(damaged))
+    present = [p for p in (*spec.outputs(cfg), *spec.previous(cfg)) if p.exists()]
+    if stored is None:
+        if present:
+            return Decision(
+                spec.name,
+                "resume",
+                ["no record of a finished run: resuming what is on disk"],
+                False,
+                fp,
+            )
+        return Decision(spec.name, "run", ["never ran"], False, fp)
+    if "version" not in stored:
+        # Written before stages declared what defines their outputs: adopt it rather than
+        # redo work that an upgrade did not invalidate.
+        return Decision(
+            spec.name, "up to date", ["record of an earlier pipeline version adopted"], False, fp
+        )
+    defining, inputs = changes(stored, fp, stored_listings(cfg, spec.name))
+    if spec.guarded and (defining or inputs) and spec.name not in plan.resumed:
+        return Decision(
+            spec.name,
+            "stop",
+            [
+                *defining,
+                *inputs,
+                f"to start a new {spec.name} run (the current one is moved aside): "
+                f"--force {spec.name}; to continue the current one with these changes: "
+                f"--resume {spec.name}",
+            ],
+            False,
+            fp,
+        )
+    if defining and not spec.guarded:
+        return Decision(spec.name, "run", defining + inputs, True, fp)
+    if defining or inputs:
+        return Decision(spec.name, "update", defining + inputs, False, fp)
+    missing = [str(p) for p in spec.outputs(cfg) if not p.exists()]
+    if missing:
+        return Decision(spec.name, "resume", [f"output missing: {m}" for m in missing], False, fp)
+    more = spec.progress(cfg, stored.get("record", {}))
+    if more:
+        return Decision(spec.name, "resume", [more], False, fp)
+    return Decision(spec.name, "up to date", [], False, fp)
