@@ -77,7 +77,8 @@ def generate_pending(
     from pipeline.cluster.ray_pool import plan_pool
     from pipeline.cluster.runtime import init_ray
 
-    gc, root, generated = cfg.generate, str(Path(cfg.dataset.root).resolve()), 0
+    gc = cfg.generate
+    root, generated = str(Path(cfg.dataset.root).resolve()), 0
     executor = choose_executor(gc.executor, len(todo), gc.in_process_max_jobs,
                                gc.concurrency, cfg.ray.address)  # fmt: skip
     result.notes.append(f"ran {executor.reason}")
