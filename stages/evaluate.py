@@ -29,7 +29,13 @@ from pipeline.core.layout import (
 from pipeline.core.legacy_csv import write_csv
 from pipeline.core.paths import checkpoint_sort_key, relative_under
 from pipeline.core.resumable import ResumableTable
-from pipeline.metrics.registry import SPECS, build_scorer, expand_metrics, weights_for
+from pipeline.metrics.registry import (
+    SPECS,
+    build_scorer,
+    expand_metrics,
+    legacy_files,
+    weights_for,
+)
 from pipeline.metrics.scoring import (
     condition_copies,
     real_images,
@@ -37,7 +43,6 @@ from pipeline.metrics.scoring import (
     score_pixel_batch,
 )
 from pipeline.metrics.summary import (
-    LEGACY_FILES,
     PER_IMAGE_SCHEMA,
     SUMMARY_SCHEMA,
     legacy_tables,
@@ -232,6 +237,51 @@ def check_save_modes(modes: dict[str, str], paths: EvaluationLayout, allow_mixed
         )
 
 
+def score_metrics(
+    cfg: Config, names: list[str], gen_root: Path, pairs: pd.DataFrame, paths: EvaluationLayout
+) -> tuple[dict[str, pd.DataFrame], dict[str, str], pd.DataFrame]:
+    """Each metric's per-image table over the pairs (pair metrics also score the condition
+    copied, image metrics the real targets), metrics without weights skipped with the
+    reason; (tables, skipped, the pairs without an error)."""
+    per_image: dict[str, pd.DataFrame] = {}
+    skipped: dict[str, str] = {}
+    with ContentCache(OutputLayout(cfg.output.root).state / "content.sqlite") as cache:
+        pairs["inputs"] = unit_digests(pairs, gen_root, cache)
+        copies = condition_copies(pairs)
+        copies["inputs"] = unit_digests(copies, gen_root, cache)
+    ok_pairs = pairs[pairs["error"].isna()]
+    # Pair metrics also score the condition copied: the floor beside every checkpoint.
+    with_copies = pd.concat([ok_pairs, copies], ignore_index=True)
+    pixel = [m for m in names if SPECS[m].kind == "pixel"]
+    if pixel:
+        per_image.update(
+            run_pixel_metrics(pixel, gen_root, with_copies, paths, cfg.evaluate.pixel_batch_size)
+        )
+    for metric in (m for m in names if SPECS[m].kind != "pixel"):
+        try:
+            weights = weights_for(metric, cfg.evaluate.network_weights, cfg.weights.dir,
+                                  cfg.keypoints)  # fmt: skip
+        except WeightsError as exc:
+            skipped[metric] = str(exc)
+            continue
+        units = with_copies
+        if SPECS[metric].kind == "image":
+            units = pd.concat([ok_pairs, real_images(pairs)], ignore_index=True)
+        per_image[metric] = run_network_metric(metric, weights, gen_root, units, paths, cfg)
+    return per_image, skipped, ok_pairs
+
+
+def write_legacy(legacy: dict[str, pd.DataFrame], root: Path) -> dict[str, pd.DataFrame]:
+    """Write the published score CSVs; remove those this run does not make (a stale CSV
+    would contradict the skip)."""
+    for fname in legacy_files():
+        if fname in legacy:
+            write_csv(legacy[fname], root / fname, list(legacy[fname].columns))
+        elif (root / fname).exists():
+            (root / fname).unlink()
+    return legacy
+
+
 def run_evaluate(
     cfg: Config,
     generated: str | os.PathLike | None = None,
@@ -266,40 +316,14 @@ def run_evaluate(
     paths.root.mkdir(parents=True, exist_ok=True)
     write_table(pairs, paths.pairs, PAIRS_INDEX_SCHEMA)
 
-    per_image: dict[str, pd.DataFrame] = {}
-    skipped: dict[str, str] = {}
-    with ContentCache(OutputLayout(cfg.output.root).state / "content.sqlite") as cache:
-        pairs["inputs"] = unit_digests(pairs, gen_root, cache)
-        copies = condition_copies(pairs)
-        copies["inputs"] = unit_digests(copies, gen_root, cache)
-    ok_pairs = pairs[pairs["error"].isna()]
-    # Pair metrics also score the condition copied: the floor beside every checkpoint.
-    with_copies = pd.concat([ok_pairs, copies], ignore_index=True)
-    pixel = [m for m in names if SPECS[m].kind == "pixel"]
-    if pixel:
-        per_image.update(
-            run_pixel_metrics(pixel, gen_root, with_copies, paths, cfg.evaluate.pixel_batch_size)
-        )
-    for metric in (m for m in names if SPECS[m].kind != "pixel"):
-        try:
-            weights = weights_for(metric, mode, cfg.weights.dir, cfg.keypoints)
-        except WeightsError as exc:
-            skipped[metric] = str(exc)
-            continue
-        units = with_copies
-        if SPECS[metric].kind == "image":
-            units = pd.concat([ok_pairs, real_images(pairs)], ignore_index=True)
-        per_image[metric] = run_network_metric(metric, weights, gen_root, units, paths, cfg)
-
+    per_image, skipped, ok_pairs = score_metrics(cfg, names, gen_root, pairs, paths)
     real_pckh = targets_pckh(cfg, gen_root, ok_pairs) if "pckh" in per_image else None
-    summary = summarise(per_image, skipped, ok_pairs if len(ok_pairs) else pairs, mode, real_pckh)
+    real_measured = {"pckh": real_pckh} if real_pckh else None
+    summary = summarise(
+        per_image, skipped, ok_pairs if len(ok_pairs) else pairs, mode, real_measured
+    )
     write_table(summary, paths.summary, SUMMARY_SCHEMA)
-    legacy = legacy_tables(summary, per_image)
-    for fname in LEGACY_FILES.values():
-        if fname in legacy:
-            write_csv(legacy[fname], paths.root / fname, list(legacy[fname].columns))
-        elif (paths.root / fname).exists():
-            (paths.root / fname).unlink()  # a stale CSV would contradict the skip
+    legacy = write_legacy(legacy_tables(summary, per_image), paths.root)
     meta = {
         # Relative to this folder when both sit in the output root: a copied root's report
         # then shows its own images.

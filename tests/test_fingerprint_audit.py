@@ -358,6 +358,23 @@ def test_every_config_read_of_a_stage_is_in_its_fingerprint_or_declared_harmless
     assert set(ignored) <= set(reads), f"ignored but never read: {set(ignored) - set(reads)}"
 
 
+def test_every_registered_metric_scorer_reads_only_what_evaluate_declares(repo_index):
+    """Evaluate builds each scorer through the metric registry (`SPECS[m].build`), which the
+    reach above does not follow: every registered builder is audited as a root of its own,
+    its weights the keypoints config where the keypoint estimator scores the metric."""
+    from pipeline.metrics.registry import ESTIMATOR, SPECS
+    from stages.evaluate import STAGE
+
+    declared = set(STAGE.config_keys) | set(STAGE.ignored_keys)
+    for spec in SPECS.values():
+        build = getattr(spec.build, "func", spec.build)  # functools.partial: its function
+        root = repo_index.units[f"{build.__module__}.{build.__qualname__}"]
+        weights = {"keypoints"} if spec.weight == ESTIMATOR else set()
+        reads = Reads(repo_index, root, {root.params[-1]: weights}).where
+        assert set(reads) <= declared, (spec.name, sorted(set(reads) - declared))
+        assert reads or spec.weight != ESTIMATOR, f"{spec.name}: the estimator's reads not found"
+
+
 LIBRARY = """
 from pipeline.core.config import GenerateConfig, KeypointsConfig
 

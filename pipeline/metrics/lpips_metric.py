@@ -1,5 +1,6 @@
-"""LPIPS with the `lpips` package (alex, vgg, squeeze): its linear calibration layers ship
-with the package; the backbones load from local torchvision weight files."""
+"""LPIPS with the `lpips` package (alex, vgg, squeeze; registry.LPIPS_NETS names their
+backbone files): its linear calibration layers ship with the package; the backbones load
+from local torchvision weight files."""
 
 from __future__ import annotations
 
@@ -9,13 +10,6 @@ import numpy as np
 import torch
 
 from pipeline.core.imaging import to_tensor
-
-# lpips net name -> (our weights registry name, short name in the legacy CSV)
-LPIPS_NETS = {
-    "alex": ("alexnet", "alx"),
-    "vgg": ("vgg16", "vgg"),
-    "squeeze": ("squeezenet1_1", "sqz"),
-}
 
 
 def backbone_state(

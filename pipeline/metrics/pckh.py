@@ -40,3 +40,23 @@ def pckh_score(correct: np.ndarray, valid: np.ndarray) -> float:
     """Total correct / total valid real keypoints over the counted images (NaN if none)."""
     total = int(np.sum(valid))
     return float(np.sum(correct)) / total if total else float("nan")
+
+
+def pckh_rows(real_kp: list, fake_kp: list) -> list[dict]:
+    """Per-image PCKh counts from estimated keypoints; an image whose real keypoints have
+    fewer than 2 head points is not counted and says so."""
+    out = []
+    for (rx, ry, _), (fx, fy, _) in zip(real_kp, fake_kp, strict=True):
+        counts = pckh_counts(rx, ry, fx, fy)
+        if counts is None:
+            out.append(
+                {
+                    "error": f"not counted: fewer than {MIN_HEAD_KEYPOINTS} head keypoints "
+                    "in the real image"
+                }
+            )
+        else:
+            out.append(
+                {"correct": counts[0], "valid": counts[1], "value": counts[0] / max(counts[1], 1)}
+            )
+    return out

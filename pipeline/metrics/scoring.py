@@ -69,21 +69,12 @@ def _with_errors(rows: list[dict], errors: dict[int, str], scored: list[dict]) -
 
 
 def score_pixel_batch(gen_root: str, rows: list[dict], metrics: list[str]) -> dict[str, list[dict]]:
-    """SSIM and/or PSNR for a batch of pairs -> metric -> rows with `value` or `error`."""
-    from pipeline.metrics.psnr import psnr_batch
-    from pipeline.metrics.ssim import ssim_image
+    """Pixel metrics (SSIM, PSNR) for a batch of pairs, each pair loaded once -> metric ->
+    rows with `value` or `error`."""
+    from pipeline.metrics.registry import build_scorer
 
     real, fake, errors = _load_pairs(gen_root, rows)
-    out = {}
-    for metric in metrics:
-        if metric == "ssim":
-            values = [ssim_image(a, b) for a, b in zip(real, fake, strict=True)]
-        else:
-            values = [
-                float(psnr_batch(a[None], b[None])[0]) for a, b in zip(real, fake, strict=True)
-            ]
-        out[metric] = _with_errors(rows, errors, [{"value": v} for v in values])
-    return out
+    return {m: _with_errors(rows, errors, build_scorer(m, None)(real, fake)) for m in metrics}
 
 
 def score_network_batch(scorer: Callable, gen_root: str, rows: list[dict], kind: str) -> list[dict]:

@@ -1,23 +1,15 @@
 """Evaluation tables: the per-image and summary schemas, the per-(checkpoint, direction,
-metric) summary, and the published score CSVs."""
+metric) summary, and the published score CSVs, each as the metric registry says."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from pipeline.core.layout import GenerationLayout
 from pipeline.core.paths import checkpoint_sort_key
-from pipeline.metrics.registry import (
-    BASELINES,
-    BY_DEFINITION,
-    COPY,
-    LPIPS_METRICS,
-    REAL,
-    REAL_BY_DEFINITION,
-    SPECS,
-)
+from pipeline.metrics.registry import BASELINES, BY_DEFINITION, COPY, REAL, SPECS, legacy_files
+from pipeline.metrics.set_scores import Unscored
 
 PER_IMAGE_SCHEMA = pa.schema(
     [
@@ -73,13 +65,6 @@ LPIPS_LEGACY_COLUMNS = [
     "score_fake_vgg",
     "score_fake_sqz",
 ]
-LEGACY_FILES = {
-    "ssim": "ssim_score.csv",
-    "is": "inception_score.csv",
-    "ds": "ssd_score.csv",
-    "pckh": "pckh_score.csv",
-    "lpips": "lpips_score.csv",
-}
 
 
 def summarise(
@@ -87,19 +72,17 @@ def summarise(
     skipped: dict[str, str],
     pairs: pd.DataFrame,
     weights_mode: str,
-    real_pckh: dict[str, tuple[float, int, int, str]] | None = None,
+    real_measured: dict[str, dict[str, tuple[float, int, int, str]]] | None = None,
 ) -> pd.DataFrame:
     """One row per (checkpoint, direction, metric) with its scale beside it: per direction,
-    the real targets (IS and DS computed, PCKh against `real_pckh` {direction: (score,
-    counted, not counted, reference)} when given, the rest by definition) and the condition
-    copied (COPY rows of the per-image tables)."""
-    from pipeline.metrics.fid import fid_from_features
-    from pipeline.metrics.inception_score import inception_score
-    from pipeline.metrics.pckh import pckh_score
-
+    the real targets (scored when the metric has no value by definition, measured when
+    `real_measured` {metric: {direction: (score, counted, not counted, reference)}} has
+    them, else by definition) and the condition copied (COPY rows of the per-image tables).
+    Each metric's `summary` rule turns a set's rows into its score."""
     groups = list(pairs[["checkpoint", "direction"]].drop_duplicates().itertuples(index=False))
     directions = sorted({g.direction for g in groups})
     targets = pairs.drop_duplicates(["direction", "name"]).groupby("direction").size()
+    measured = real_measured or {}
     rows = []
 
     def add(ckpt, direction, metric, images, mean=None, std=None, n=0, errors=0, **why):
@@ -109,7 +92,8 @@ def summarise(
                  reason=why.get("reason"), weights=weights_mode)
         )  # fmt: skip
 
-    for metric in SPECS:
+    for spec in SPECS.values():
+        metric = spec.name
         if metric in skipped:
             for g in groups:
                 add(g.checkpoint, g.direction, metric, "generated", status="skipped",
@@ -120,44 +104,30 @@ def summarise(
         table = per_image[metric]
         sets = [(g.checkpoint, g.direction, "generated") for g in groups]
         sets += [(COPY, d, "condition") for d in directions if _has(table, COPY, d)]
-        if metric in ("is", "ds"):
+        if spec.real is None:  # the real targets are scored like any other set
             sets += [(REAL, d, "real") for d in directions if _has(table, REAL, d)]
-        elif metric == "pckh" and real_pckh:
-            for d, (score, n, errors, reference) in sorted(real_pckh.items()):
+        elif metric in measured:
+            for d, (score, n, errors, reference) in sorted(measured[metric].items()):
                 add(REAL, d, metric, "real", score, None, n, errors,
                     reason=f"estimated, against {reference}")  # fmt: skip
         else:
             for d in directions:
-                add(REAL, d, metric, "real", REAL_BY_DEFINITION[metric], None,
-                    int(targets.get(d, 0)), reason=BY_DEFINITION)  # fmt: skip
+                add(REAL, d, metric, "real", spec.real, None, int(targets.get(d, 0)),
+                    reason=BY_DEFINITION)  # fmt: skip
+        scored = table[table["error"].isna()]
+        real = {d: scored[(scored["checkpoint"] == REAL) & (scored["direction"] == d)]
+                for d in directions}  # fmt: skip
         for ckpt, direction, images in sets:
             part = table[(table["checkpoint"] == ckpt) & (table["direction"] == direction)]
             ok = part[part["error"].isna()]
             n, errors = len(ok), len(part) - len(ok)
-            if metric == "is":
-                score = inception_score(np.stack(ok["features"].to_list())) if n else None
-                add(ckpt, direction, metric, images, score, None, n, errors)
-            elif metric == "fid":
-                real = table[
-                    (table["checkpoint"] == REAL)
-                    & (table["direction"] == direction)
-                    & table["error"].isna()
-                ]
-                try:
-                    score = fid_from_features(
-                        np.stack(real["features"].to_list()), np.stack(ok["features"].to_list())
-                    )
-                    add(ckpt, direction, metric, images, score, None, n, errors)
-                except ValueError as exc:
-                    add(ckpt, direction, metric, images, None, None, n, errors, status="skipped",
-                        reason=str(exc))  # fmt: skip
-            elif metric == "pckh":
-                score = pckh_score(ok["correct"].to_numpy(), ok["valid"].to_numpy()) if n else None
-                add(ckpt, direction, metric, images, score, None, n, errors)
-            else:
-                values = ok["value"].to_numpy(np.float64)
-                add(ckpt, direction, metric, images, float(values.mean()) if n else None,
-                    float(values.std()) if n else None, n, errors)  # fmt: skip
+            try:
+                score, std = spec.summary(ok, real[direction])
+            except Unscored as exc:
+                add(ckpt, direction, metric, images, None, None, n, errors, status="skipped",
+                    reason=str(exc))  # fmt: skip
+                continue
+            add(ckpt, direction, metric, images, score, std, n, errors)
     return pd.DataFrame(rows, columns=SUMMARY_SCHEMA.names)
 
 
@@ -185,46 +155,53 @@ def _mean_of(summary: pd.DataFrame, ckpt: str, direction: str, metric: str) -> f
 def legacy_tables(
     summary: pd.DataFrame, per_image: dict[str, pd.DataFrame]
 ) -> dict[str, pd.DataFrame]:
-    """The published score CSVs, one row per checkpoint (fake_A = direction BA, fake_B = AB).
-    A CSV is produced only when all its metrics were scored: a skipped metric leaves it absent."""
+    """The published score CSVs (`legacy_files`), one row per checkpoint (fake_A = direction
+    BA, fake_B = AB). A CSV is produced only when all its metrics were scored: a skipped
+    metric leaves it absent."""
     ckpts = sorted(set(generated_only(summary)["checkpoint"]), key=checkpoint_sort_key)
     scored = set(summary.loc[summary["status"] == "ok", "metric"])
     out = {}
-    for metric, fname in LEGACY_FILES.items():
-        needed = LPIPS_METRICS if metric == "lpips" else (metric,)
-        if not all(m in scored for m in needed):
+    for fname, specs in legacy_files().items():
+        if not all(s.name in scored for s in specs):
             continue
-        rows = []
+        if len(specs) > 1:
+            out[fname] = _wide_legacy(summary, specs, ckpts)
+            continue
+        spec, rows = specs[0], []
         for c in ckpts:
-            if metric == "lpips":
-                a = [_mean_of(summary, c, "BA", m) for m in LPIPS_METRICS]
-                b = [_mean_of(summary, c, "AB", m) for m in LPIPS_METRICS]
-                rows.append(
-                    [c, 0.0, *a, 0.0, *b, 0.0, *((x + y) / 2 for x, y in zip(a, b, strict=True))]
-                )
-                continue
-            fa, fb = _mean_of(summary, c, "BA", metric), _mean_of(summary, c, "AB", metric)
-            if metric in ("is", "ds"):
-                ra, rb = (
-                    _mean_of(summary, REAL, "BA", metric),
-                    _mean_of(summary, REAL, "AB", metric),
-                )
-            else:
-                ra = rb = 1.0  # SSIM and PCKh of a real image against itself
+            fa, fb = _mean_of(summary, c, "BA", spec.name), _mean_of(summary, c, "AB", spec.name)
+            if spec.real is None:  # scored on the real targets
+                ra, rb = (_mean_of(summary, REAL, d, spec.name) for d in ("BA", "AB"))
+            else:  # a real image against itself
+                ra = rb = spec.real
             fake = (fa + fb) / 2
-            if metric == "pckh":  # pooled over both directions, as published
-                t = per_image["pckh"]
-                ok = t[(t["checkpoint"] == c) & t["error"].isna()]
-                fake = (
-                    float(ok["correct"].sum()) / ok["valid"].sum()
-                    if ok["valid"].sum()
-                    else float("nan")
-                )
+            if spec.legacy_pooled:  # pooled over both directions, as published
+                t = per_image[spec.name]
+                pooled = spec.summary(t[(t["checkpoint"] == c) & t["error"].isna()], t[:0])[0]
+                fake = float("nan") if pooled is None else pooled
             rows.append([c, ra, fa, rb, fb, (ra + rb) / 2, fake])
-        out[fname] = pd.DataFrame(
-            rows, columns=LPIPS_LEGACY_COLUMNS if metric == "lpips" else LEGACY_COLUMNS
-        )
+        out[fname] = pd.DataFrame(rows, columns=LEGACY_COLUMNS)
     return out
+
+
+def wide_legacy_columns(short: list[str]) -> list[str]:
+    """The columns of a CSV of several metrics (`short`: their legacy_name suffixes)."""
+    return ["iter", "real_A", *(f"fake_A_{s}" for s in short), "real_B",
+            *(f"fake_B_{s}" for s in short), "score_real",
+            *(f"score_fake_{s}" for s in short)]  # fmt: skip
+
+
+def _wide_legacy(summary: pd.DataFrame, specs: list, ckpts: list[str]) -> pd.DataFrame:
+    """One CSV of several metrics (LPIPS' backbones): per checkpoint each one's mean per
+    direction and their average; the real columns hold the value by definition."""
+    real, rows = specs[0].real, []
+    for c in ckpts:
+        a = [_mean_of(summary, c, "BA", s.name) for s in specs]
+        b = [_mean_of(summary, c, "AB", s.name) for s in specs]
+        rows.append(
+            [c, real, *a, real, *b, real, *((x + y) / 2 for x, y in zip(a, b, strict=True))]
+        )
+    return pd.DataFrame(rows, columns=wide_legacy_columns([s.legacy_name for s in specs]))
 
 
 def sort_key(col: pd.Series) -> pd.Series:
