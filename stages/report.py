@@ -1,21 +1,19 @@
 """Report stage: a self-contained HTML report (images embedded, opens offline) and a
 Markdown twin from an evaluation directory: metrics per checkpoint and direction, skipped
-metrics with reasons, plots, best/median/worst image grids by SSIM, provenance."""
+metrics with reasons, plots, best/median/worst image grids by SSIM, provenance. This
+collects the content; stages/report_render.py renders and writes it."""
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.cluster.stage_result import StageResult
-from pipeline.core.atomic_io import read_table, write_bytes_atomic
+from pipeline.core.atomic_io import read_table
 from pipeline.core.config import Config
 from pipeline.core.errors import DataError
 from pipeline.core.layout import PAIRS_INDEX_SCHEMA, DatasetLayout, EvaluationLayout, OutputLayout
@@ -24,46 +22,8 @@ from pipeline.generator.save_modes import MIXED, SAVE_MODES, UNKNOWN
 from pipeline.metrics.registry import BY_DEFINITION, COPY, REAL, SPECS
 from pipeline.metrics.summary import PER_IMAGE_SCHEMA, SUMMARY_SCHEMA, generated_only
 from stages.report_pipeline import stage_overview, training_check_section, training_figures
+from stages.report_render import ROW_LABELS, Report, write_report
 from stages.spec import OUTPUT_ROOT, StageSpec
-
-METRIC_NOTES = {
-    "ssim": "higher is better; skimage structural_similarity, 7x7 uniform window",
-    "psnr": "higher is better (dB)",
-    "is": "higher is better; one split, as published (no std)",
-    "ds": "higher is better; torchvision SSD300-VGG16 COCO, whereas the published code used "
-    "NVIDIA's SSD from torch hub, so values are not directly comparable",
-    "pckh": "higher is better; pooled correct / valid keypoints (no std)",
-    "lpips_alex": "lower is better",
-    "lpips_vgg": "lower is better",
-    "lpips_squeeze": "lower is better",
-    "fid": "lower is better; generated set vs the real targets of the same direction (no std)",
-}
-
-
-@dataclass
-class Report:
-    """The report's content, rendered twice (HTML and Markdown)."""
-
-    title: str
-    save_mode: str = ""  # how the scored images were saved (header line)
-    warnings: list[str] = field(default_factory=list)
-    table: pd.DataFrame | None = None  # rows: checkpoint, direction, images; cols: metrics
-    skipped: dict[str, str] = field(default_factory=dict)
-    figures: list[tuple[str, str, bytes]] = field(default_factory=list)  # (file name, caption, png)
-    stages: list[dict[str, str]] = field(default_factory=list)  # stage, produced, errors
-    notes: list[str] = field(default_factory=list)  # under the metrics table
-    provenance: dict[str, str] = field(default_factory=dict)
-    sections: list = field(default_factory=list)  # report_annotations.Section, before provenance
-
-
-# The summary's `images` value -> the label of its row in the metrics table.
-ROW_LABELS = {"generated": "generated", "real": "real targets", "condition": "condition copied"}
-TABLE_NOTE = (
-    "mean ± std over images (n = images scored). Beside each checkpoint, its scale: "
-    "real targets, the ceiling (SSIM, PSNR, LPIPS and FID by definition; IS, DS and, with "
-    "reference keypoints, PCKh computed on the real images), and condition copied, the "
-    "floor: the condition image scored as if it were the generated one."
-)
 
 
 def format_cell(row: pd.Series) -> str:
@@ -170,76 +130,127 @@ def build_report(
     """Collect the report's content from an evaluation directory (the pure core). `poses`:
     file id -> (x, y, image height, image width) of the keypoints the generator was given,
     drawn as the target pose in the grids."""
-    from stages.report_figures import gallery, metrics_plot, pair_grid, ssim_histogram
-
     poses = poses or {}
     paths = EvaluationLayout(eval_dir)
-    if not paths.summary.exists():
-        raise DataError(f"{paths.summary} not found: run `evaluate --out {eval_dir}` first")
-    summary = read_table(paths.summary, SUMMARY_SCHEMA)
-    meta = json.loads(paths.meta.read_text()) if paths.meta.exists() else {}
+    summary, meta = read_evaluation(paths, eval_dir)
     # evaluation.json keeps the generation folder relative to itself (or absolute).
     gen_root = Path(generated) if generated else Path(eval_dir) / meta.get("generated", "")
     report = Report(title=f"Pose-transfer evaluation: {name}")
-    if meta.get("network_weights") == "random" or (summary["weights"] == "random").any():
-        report.warnings.append(
-            "Network metrics were computed with RANDOM weights (test/benchmark mode): "
-            "IS, DS, LPIPS and FID values below are meaningless."
-        )
+    report.warnings += header_warnings(summary, meta)
     report.save_mode = report_save_mode(meta)
     if meta.get("save_mode") in (MIXED, UNKNOWN, None):
         report.warnings.append(f"Images scored: {report.save_mode}")
-    report.skipped = dict(meta.get("skipped", {}))
-    for r in summary[summary["status"] == "skipped"].itertuples():
-        report.skipped.setdefault(r.metric, r.reason)
+    report.skipped = skipped_metrics(summary, meta)
     report.table = metrics_table(summary)
     report.notes += scale_notes(summary) + symmetric_note(summary)
-    generated = generated_only(summary)
-    ckpts = sorted(generated["checkpoint"].unique(), key=checkpoint_sort_key)
-    scored = [m for m in SPECS if m in set(generated.loc[generated["status"] == "ok", "metric"])]
-    if scored:
-        report.figures.append(
-            (
-                "metrics.png",
-                "Each metric across checkpoints (band: ± std over images)",
-                metrics_plot(generated, scored, ckpts),
-            )
-        )
+    ckpts = sorted(generated_only(summary)["checkpoint"].unique(), key=checkpoint_sort_key)
+    report.figures += metrics_figures(summary, ckpts)
     pairs = read_table(paths.pairs, PAIRS_INDEX_SCHEMA) if paths.pairs.exists() else None
     if pairs is not None and gen_root.is_dir():
-        for direction, part in pairs.groupby("direction"):
-            report.figures.append((
-                f"gallery_{direction}.png",
-                f"Gallery, {direction[0]}→{direction[1]}: the same test pairs generated by "
-                f"every checkpoint ({', '.join(ckpts)})",
-                gallery(gen_root, part, ckpts, poses, 2 * grid_pairs),
-            ))  # fmt: skip
+        report.figures += gallery_figures(gen_root, pairs, ckpts, poses, grid_pairs)
     if paths.per_image("ssim").exists():
         ssim = generated_only(read_table(paths.per_image("ssim"), PER_IMAGE_SCHEMA))
-        report.figures.append(
-            ("ssim_hist.png", "Per-image SSIM by checkpoint", ssim_histogram(ssim, ckpts))
-        )
-        last = ckpts[-1]
-        for direction in ("AB", "BA"):
-            for label, rows in grid_rows(ssim, pairs, last, direction, grid_pairs).items():
-                if len(rows) and gen_root.is_dir():
-                    caption = (
-                        f"{label.capitalize()} by SSIM: checkpoint {last}, "
-                        f"{direction[0]}→{direction[1]}"
-                    )
-                    report.figures.append(
-                        (
-                            f"grid_{last}_{direction}_{label}.png",
-                            caption,
-                            pair_grid(gen_root, rows, poses),
-                        )  # fmt: skip
-                    )
+        report.figures += ssim_figures(ssim, pairs, gen_root, ckpts, poses, grid_pairs)
     else:
         report.warnings.append(
             "SSIM was not scored, so there are no SSIM histogram and image grids."
         )
+    report.provenance = provenance(meta, gen_root, eval_dir, ckpts)
+    return report
+
+
+def read_evaluation(
+    paths: EvaluationLayout, eval_dir: str | os.PathLike
+) -> tuple[pd.DataFrame, dict]:
+    """The summary table and evaluation.json ({} when absent)."""
+    if not paths.summary.exists():
+        raise DataError(f"{paths.summary} not found: run `evaluate --out {eval_dir}` first")
+    summary = read_table(paths.summary, SUMMARY_SCHEMA)
+    meta = json.loads(paths.meta.read_text()) if paths.meta.exists() else {}
+    return summary, meta
+
+
+def header_warnings(summary: pd.DataFrame, meta: dict) -> list[str]:
+    if meta.get("network_weights") == "random" or (summary["weights"] == "random").any():
+        return [
+            "Network metrics were computed with RANDOM weights (test/benchmark mode): "
+            "IS, DS, LPIPS and FID values below are meaningless."
+        ]
+    return []
+
+
+def skipped_metrics(summary: pd.DataFrame, meta: dict) -> dict[str, str]:
+    """Metric -> why it was not scored: evaluation.json's reasons first, then the summary's."""
+    skipped = dict(meta.get("skipped", {}))
+    for r in summary[summary["status"] == "skipped"].itertuples():
+        skipped.setdefault(r.metric, r.reason)
+    return skipped
+
+
+def metrics_figures(summary: pd.DataFrame, ckpts: list[str]) -> list[tuple[str, str, bytes]]:
+    """Each scored metric of the generated images across checkpoints."""
+    from stages.report_figures import metrics_plot
+
+    generated = generated_only(summary)
+    scored = [m for m in SPECS if m in set(generated.loc[generated["status"] == "ok", "metric"])]
+    if not scored:
+        return []
+    caption = "Each metric across checkpoints (band: ± std over images)"
+    return [("metrics.png", caption, metrics_plot(generated, scored, ckpts))]
+
+
+def gallery_figures(
+    gen_root: Path, pairs: pd.DataFrame, ckpts: list[str], poses: dict, grid_pairs: int
+) -> list[tuple[str, str, bytes]]:
+    """Per direction, the same test pairs generated by every checkpoint."""
+    from stages.report_figures import gallery
+
+    return [
+        (
+            f"gallery_{direction}.png",
+            f"Gallery, {direction[0]}→{direction[1]}: the same test pairs generated by "
+            f"every checkpoint ({', '.join(ckpts)})",
+            gallery(gen_root, part, ckpts, poses, 2 * grid_pairs),
+        )
+        for direction, part in pairs.groupby("direction")
+    ]
+
+
+def ssim_figures(
+    ssim: pd.DataFrame,
+    pairs: pd.DataFrame | None,
+    gen_root: Path,
+    ckpts: list[str],
+    poses: dict,
+    grid_pairs: int,
+) -> list[tuple[str, str, bytes]]:
+    """The per-image SSIM histogram, and the best, median and worst pairs by SSIM of the
+    last checkpoint in each direction (when the generated images are there to draw)."""
+    from stages.report_figures import pair_grid, ssim_histogram
+
+    figures = [("ssim_hist.png", "Per-image SSIM by checkpoint", ssim_histogram(ssim, ckpts))]
+    last = ckpts[-1]
+    for direction in ("AB", "BA"):
+        for label, rows in grid_rows(ssim, pairs, last, direction, grid_pairs).items():
+            if len(rows) and gen_root.is_dir():
+                caption = (
+                    f"{label.capitalize()} by SSIM: checkpoint {last}, "
+                    f"{direction[0]}→{direction[1]}"
+                )
+                figures.append(
+                    (f"grid_{last}_{direction}_{label}.png", caption,
+                     pair_grid(gen_root, rows, poses))
+                )  # fmt: skip
+    return figures
+
+
+def provenance(
+    meta: dict, gen_root: Path, eval_dir: str | os.PathLike, ckpts: list[str]
+) -> dict[str, str]:
+    """Where the images and scores came from: folders, date, config hash, weights, save
+    mode, each checkpoint's file and digest, package versions."""
     files = meta.get("checkpoint_files", {})
-    report.provenance = {
+    return {
         "generated images": str(gen_root.resolve()),
         "evaluation": str(Path(eval_dir).resolve()),
         "evaluated": meta.get("date", "unknown"),
@@ -256,7 +267,6 @@ def build_report(
         },
         **{f"package {k}": v for k, v in meta.get("packages", {}).items()},
     }
-    return report
 
 
 def report_save_mode(meta: dict) -> str:
@@ -265,149 +275,6 @@ def report_save_mode(meta: dict) -> str:
     if "save_mode_text" in meta:
         return meta["save_mode_text"]
     return f"{UNKNOWN} save mode: {SAVE_MODES[UNKNOWN]}"
-
-
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;"
-    "padding:0 16px;color:#222}"
-    "table{border-collapse:collapse;margin:8px 0 16px;font-size:14px}"
-    "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f2f2f2}"
-    ".warn{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px;margin:8px 0}"
-    "td.real{color:#555}figure{margin:16px 0}"
-    "figcaption{font-size:13px;color:#444;margin-bottom:4px}"
-    "img{max-width:100%;border:1px solid #ddd}.row{display:flex;gap:12px}"
-    ".row figure{flex:1;margin:8px 0}code{background:#f4f4f4;padding:1px 3px}"
-    ".small{font-size:12px;color:#555}"
-)
-
-
-def render_html(report: Report) -> str:
-    e = html.escape
-    out = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(report.title)}</title>"
-        f"<style>{CSS}</style></head><body><h1>{e(report.title)}</h1>"
-        f"<p><b>Images scored:</b> {e(report.save_mode)}</p>"
-    ]
-    out += [f"<div class='warn'>{e(w)}</div>" for w in report.warnings]
-    out.append("<h2>Metrics per checkpoint and direction</h2>")
-    table = report.table
-    if table is not None and len(table):
-        metrics = [c for c in table.columns if c not in ("checkpoint", "direction", "images")]
-        out.append(
-            "<table><tr><th>checkpoint</th><th>direction</th><th>images</th>"
-            + "".join(f"<th>{e(m)}</th>" for m in metrics)
-            + "</tr>"
-        )
-        for r in table.to_dict("records"):
-            cls = " class='real'" if r["images"] != ROW_LABELS["generated"] else ""
-            direction = f"{r['direction'][0]}→{r['direction'][1]}"
-            out.append(
-                f"<tr><td{cls}>{e(r['checkpoint'])}</td><td{cls}>{direction}</td><td{cls}>{e(r['images'])}</td>"
-                + "".join(f"<td{cls}>{e(str(r[m]))}</td>" for m in metrics)
-                + "</tr>"
-            )
-        out.append(f"</table><p class='small'>{e(TABLE_NOTE)}</p><ul class='small'>")
-        out += [f"<li><b>{e(m)}</b>: {e(METRIC_NOTES[m])}</li>" for m in metrics]
-        out.append("</ul>")
-        out += [f"<p class='small'>{e(n)}</p>" for n in report.notes]
-    else:
-        out.append("<p>No metric was scored.</p>")
-    if report.stages:
-        out.append(
-            "<h2>Pipeline stages</h2><table><tr><th>stage</th><th>produced</th>"
-            "<th>error rows</th></tr>"
-        )
-        out += [
-            f"<tr><td>{e(r['stage'])}</td><td>{e(r['produced'])}</td><td>{e(r['errors'])}</td></tr>"
-            for r in report.stages
-        ]
-        out.append("</table>")
-    if report.skipped:
-        out.append("<h2>Skipped metrics</h2><table><tr><th>metric</th><th>reason</th></tr>")
-        out += [f"<tr><td>{e(m)}</td><td>{e(r)}</td></tr>" for m, r in report.skipped.items()]
-        out.append(
-            "</table><p class='small'>Provide the files (see "
-            "<code>run_pipeline.py weights status</code>) and rerun <code>evaluate</code>: "
-            "scored images are kept, only the missing metrics run.</p>"
-        )
-    if report.figures:
-        out.append("<h2>Figures</h2>")
-    grids = [f for f in report.figures if f[0].startswith("grid_")]
-    for fname, caption, png in report.figures:
-        if fname.startswith("grid_"):
-            continue
-        out.append(
-            f"<figure><figcaption>{e(caption)}</figcaption>"
-            f"<img src='{_data_uri(png)}' alt='{e(caption)}'></figure>"
-        )
-    for i in range(0, len(grids), 3):  # best, median, worst of one direction side by side
-        out.append("<div class='row'>")
-        out += [
-            f"<figure><figcaption>{e(c)}</figcaption>"
-            f"<img src='{_data_uri(p)}' alt='{e(c)}'></figure>"
-            for _, c, p in grids[i : i + 3]
-        ]
-        out.append("</div>")
-    out += [s.html for s in report.sections]
-    out.append("<h2>Provenance</h2><table>")
-    out += [f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in report.provenance.items()]
-    out.append("</table></body></html>")
-    return "\n".join(out)
-
-
-def render_markdown(report: Report, image_dir: str = "images") -> str:
-    lines = [f"# {report.title}", "", f"**Images scored:** {report.save_mode}", ""]
-    lines += [f"> **Warning:** {w}\n" for w in report.warnings]
-    lines += ["## Metrics per checkpoint and direction", ""]
-    table = report.table
-    if table is not None and len(table):
-        cols = list(table.columns)
-        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += [
-            "| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)
-        ]
-        lines += ["", TABLE_NOTE, ""]
-        lines += [f"- **{m}**: {METRIC_NOTES[m]}" for m in cols[3:]]
-        lines += ["", *report.notes]
-    else:
-        lines.append("No metric was scored.")
-    if report.stages:
-        lines += [
-            "",
-            "## Pipeline stages",
-            "",
-            "| stage | produced | error rows |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {r['stage']} | {r['produced']} | {r['errors']} |" for r in report.stages]
-    if report.skipped:
-        lines += ["", "## Skipped metrics", "", "| metric | reason |", "|---|---|"]
-        lines += [f"| {m} | {r.replace('|', '/')} |" for m, r in report.skipped.items()]
-    if report.figures:
-        lines += ["", "## Figures", ""]
-        lines += [
-            f"![{caption}]({image_dir}/{fname})\n\n*{caption}*\n"
-            for fname, caption, _ in report.figures
-        ]
-    for section in report.sections:
-        lines += ["", section.markdown]
-    lines += ["", "## Provenance", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in report.provenance.items()]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: Report, out: str | os.PathLike) -> dict[str, str]:
-    """report.html (self-contained), report.md and its images/ folder, written atomically."""
-    out = Path(out)
-    for fname, _, png in report.figures + [(f, "", p) for s in report.sections for f, p in s.files]:
-        write_bytes_atomic(out / "images" / fname, png)
-    write_bytes_atomic(out / "report.html", render_html(report).encode())
-    write_bytes_atomic(out / "report.md", render_markdown(report).encode())
-    return {"html": str(out / "report.html"), "markdown": str(out / "report.md")}
 
 
 def target_poses(cfg: Config) -> dict:

@@ -4,7 +4,6 @@ per-keypoint detection rate and QA scores, and the images where nobody was found
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pipeline.core.layout import DatasetLayout
 from pipeline.core.legacy_csv import read_keypoints_csv
 from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.pose.skeleton import N_KEYPOINTS, OP18_NAMES
+from stages.report_render import figure_html
 
 ESTIMATED_COLOUR = (230, 30, 30)
 REFERENCE_COLOUR = (20, 160, 60)
@@ -118,16 +118,52 @@ def _fmt(value) -> str:
     return str(value)
 
 
+@dataclass
+class Annotations:
+    """What the section summarises: the keypoints table, its readable rows, the QA table
+    and the reference keypoints by file id (None without a compared reference)."""
+
+    root: Path
+    keypoints: pd.DataFrame
+    ok: pd.DataFrame  # the rows without an error
+    qa: pd.DataFrame | None
+    reference: pd.DataFrame | None
+
+    @property
+    def nobody(self) -> pd.DataFrame:
+        """Readable images where the estimator found no person."""
+        return self.ok[self.ok["n_valid"] == 0]
+
+
 def annotations_section(cfg: Config) -> Section | None:
     """The section for the keypoints table of `cfg`'s dataset (None when there is none)."""
-    from pipeline.pose.keypoint_qa import KEYPOINT_QA_SCHEMA, overall_pckh
+    found = read_annotations(cfg)
+    if found is None:
+        return None
+    summary = summary_lines(found, cfg.keypoints.compare)
+    figures = [f for f in overlay_figures(found) if f[2]]
+    rates = keypoint_rates(found.keypoints, found.qa)
+    nobody = found.nobody
+    listed = nobody["path"].head(LISTED_WITHOUT_PERSON).tolist()
+    more = f" (and {len(nobody) - len(listed)} more)" if len(nobody) > len(listed) else ""
+    return Section(
+        "Annotations",
+        section_html(summary, figures, rates, len(nobody), listed, more),
+        section_markdown(summary, figures, rates, len(nobody), listed, more),
+        [(fname, png) for fname, _, png in figures],
+    )
+
+
+def read_annotations(cfg: Config) -> Annotations | None:
+    """The dataset's keypoints and QA tables, and the reference CSV the QA compared with
+    (keypoints.compare) when both are there."""
+    from pipeline.pose.keypoint_qa import KEYPOINT_QA_SCHEMA
 
     root = Path(cfg.dataset.root)
     layout = DatasetLayout(root)
     if not layout.keypoints_table.exists():
         return None
     keypoints = read_table(layout.keypoints_table, KEYPOINTS_SCHEMA)
-    ok = keypoints[keypoints["error"].isna()]
     qa = (
         read_table(layout.keypoints_qa, KEYPOINT_QA_SCHEMA)
         if layout.keypoints_qa.exists()
@@ -138,11 +174,21 @@ def annotations_section(cfg: Config) -> Section | None:
     if qa is not None and compare and compare.is_file():
         reference = read_keypoints_csv(compare).drop_duplicates("file_id", keep="last")
         reference = reference.set_index("file_id")
+    ok = keypoints[keypoints["error"].isna()]
+    return Annotations(root, keypoints, ok, qa, reference)
+
+
+def summary_lines(found: Annotations, compare: str | None) -> list[str]:
+    """The images, error rows, estimator and people found; with a QA table, the PCKh and
+    median pixel error against the reference (`compare`, the reference CSV)."""
+    from pipeline.pose.keypoint_qa import overall_pckh
+
+    keypoints, ok, qa = found.keypoints, found.ok, found.qa
     estimators = ", ".join(sorted(ok["estimator"].dropna().unique())) or "none"
-    nobody = ok[ok["n_valid"] == 0]
     summary = [
         f"{len(keypoints)} images, {len(keypoints) - len(ok)} error rows; estimator: {estimators}; "
-        f"{len(nobody)} image(s) without a person; mean {ok['n_valid'].mean():.1f} valid keypoints."
+        f"{len(found.nobody)} image(s) without a person; mean {ok['n_valid'].mean():.1f} valid "
+        "keypoints."
     ]
     if qa is not None:
         counted = qa[qa["error"].isna()]
@@ -152,23 +198,29 @@ def annotations_section(cfg: Config) -> Section | None:
             else []
         )
         errors = np.asarray(errors)[np.isfinite(errors)]
-        source = Path(cfg.keypoints.compare).name if cfg.keypoints.compare else "the reference CSV"
+        source = Path(compare).name if compare else "the reference CSV"
         summary.append(
             f"Against {source}: PCKh {overall_pckh(qa):.3f} over {len(counted)} images "
             f"({len(qa) - len(counted)} not counted), median pixel error "
             f"{np.median(errors) if errors.size else float('nan'):.1f}."
         )
-    figures: list[tuple[str, str, bytes]] = []
+    return summary
+
+
+def overlay_figures(found: Annotations) -> list[tuple[str, str, bytes]]:
+    """(file name, caption, png): a sample spread over the table and, with a QA table, the
+    images that agree worst with the reference; a grid with no readable image is empty."""
+    ok, qa, reference = found.ok, found.qa, found.reference
     step = max(1, len(ok) // SAMPLE_IMAGES)
     sample = ok.iloc[::step].head(SAMPLE_IMAGES)
-    figures.append(
+    figures = [
         (
             "annotations_sample.png",
             "Sample: estimated keypoints (red)"
             + (" and reference (green)" if reference is not None else ""),
-            overlay_grid(root, sample, reference),
+            overlay_grid(found.root, sample, reference),
         )
-    )
+    ]
     if qa is not None:
         worst = qa[qa["error"].isna()].sort_values(
             ["pckh", "mean_error_px"], ascending=[True, False]
@@ -180,33 +232,47 @@ def annotations_section(cfg: Config) -> Section | None:
             f"{'/'.join(Path(p).parts[-2:])} {v:.2f}"
             for p, v in zip(worst["path"], worst["pckh"], strict=True)
         )
-        figures.append(("annotations_worst.png", caption, overlay_grid(root, rows, reference)))
-    figures = [f for f in figures if f[2]]
-    rates = keypoint_rates(keypoints, qa)
-    listed = nobody["path"].head(LISTED_WITHOUT_PERSON).tolist()
-    more = f" (and {len(nobody) - len(listed)} more)" if len(nobody) > len(listed) else ""
+        figures.append(
+            ("annotations_worst.png", caption, overlay_grid(found.root, rows, reference))
+        )
+    return figures
 
+
+def section_html(
+    summary: list[str],
+    figures: list[tuple[str, str, bytes]],
+    rates: pd.DataFrame,
+    nobody: int,
+    listed: list[str],
+    more: str,
+) -> str:
     e = html.escape
     parts = ["<h2>Annotations</h2>", *(f"<p>{e(s)}</p>" for s in summary)]
-    for fname, caption, png in figures:
-        uri = "data:image/png;base64," + base64.b64encode(png).decode()
-        parts.append(
-            f"<figure><figcaption>{e(caption)}</figcaption>"
-            f"<img src='{uri}' alt='{e(fname)}'></figure>"
-        )
+    parts += [figure_html(caption, png, fname) for fname, caption, png in figures]
     parts += [
         "<h3>Per keypoint</h3>",
         _table_html(rates),
         "<p class='small'>detection_rate: share of readable images where the estimator found "
         "the keypoint; reference, pckh, median_error_px: against the reference CSV (DESIGN 5 "
         "PCKh, head box from the reference).</p>",
-        f"<h3>Images without a person ({len(nobody)})</h3>",
+        f"<h3>Images without a person ({nobody})</h3>",
     ]
     parts.append(
         "<ul class='small'>" + "".join(f"<li>{e(p)}</li>" for p in listed) + f"</ul>{e(more)}"
         if listed
         else "<p>None.</p>"
     )
+    return "\n".join(parts)
+
+
+def section_markdown(
+    summary: list[str],
+    figures: list[tuple[str, str, bytes]],
+    rates: pd.DataFrame,
+    nobody: int,
+    listed: list[str],
+    more: str,
+) -> str:
     md = ["## Annotations", "", *summary, ""]
     md += [f"![{caption}](images/{fname})\n\n*{caption}*\n" for fname, caption, _ in figures]
     md += [
@@ -214,7 +280,7 @@ def annotations_section(cfg: Config) -> Section | None:
         "",
         *_table_markdown(rates),
         "",
-        f"### Images without a person ({len(nobody)})",
+        f"### Images without a person ({nobody})",
         "",
     ]
     md += (
@@ -222,6 +288,4 @@ def annotations_section(cfg: Config) -> Section | None:
         + ([more.strip()] if more else [])
         + ([] if listed else ["None."])
     )
-    return Section(
-        "Annotations", "\n".join(parts), "\n".join(md), [(fname, png) for fname, _, png in figures]
-    )
+    return "\n".join(md)
