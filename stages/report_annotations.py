@@ -135,6 +135,18 @@ class Annotations:
         return self.ok[self.ok["n_valid"] == 0]
 
 
+@dataclass
+class SectionContent:
+    """The section's parts, rendered once as HTML and once as Markdown."""
+
+    summary: list[str]
+    figures: list[tuple[str, str, bytes]]  # (file name, caption, png)
+    rates: pd.DataFrame  # per keypoint
+    nobody: int  # images without a person
+    listed: list[str]  # the first of them, by path
+    more: str  # " (and N more)" when not all are listed
+
+
 def annotations_section(cfg: Config) -> Section | None:
     """The section for the keypoints table of `cfg`'s dataset (None when there is none)."""
     found = read_annotations(cfg)
@@ -146,10 +158,11 @@ def annotations_section(cfg: Config) -> Section | None:
     nobody = found.nobody
     listed = nobody["path"].head(LISTED_WITHOUT_PERSON).tolist()
     more = f" (and {len(nobody) - len(listed)} more)" if len(nobody) > len(listed) else ""
+    content = SectionContent(summary, figures, rates, len(nobody), listed, more)
     return Section(
         "Annotations",
-        section_html(summary, figures, rates, len(nobody), listed, more),
-        section_markdown(summary, figures, rates, len(nobody), listed, more),
+        section_html(content),
+        section_markdown(content),
         [(fname, png) for fname, _, png in figures],
     )
 
@@ -238,54 +251,40 @@ def overlay_figures(found: Annotations) -> list[tuple[str, str, bytes]]:
     return figures
 
 
-def section_html(
-    summary: list[str],
-    figures: list[tuple[str, str, bytes]],
-    rates: pd.DataFrame,
-    nobody: int,
-    listed: list[str],
-    more: str,
-) -> str:
+def section_html(c: SectionContent) -> str:
     e = html.escape
-    parts = ["<h2>Annotations</h2>", *(f"<p>{e(s)}</p>" for s in summary)]
-    parts += [figure_html(caption, png, fname) for fname, caption, png in figures]
+    parts = ["<h2>Annotations</h2>", *(f"<p>{e(s)}</p>" for s in c.summary)]
+    parts += [figure_html(caption, png, fname) for fname, caption, png in c.figures]
     parts += [
         "<h3>Per keypoint</h3>",
-        _table_html(rates),
+        _table_html(c.rates),
         "<p class='small'>detection_rate: share of readable images where the estimator found "
         "the keypoint; reference, pckh, median_error_px: against the reference CSV (DESIGN 5 "
         "PCKh, head box from the reference).</p>",
-        f"<h3>Images without a person ({nobody})</h3>",
+        f"<h3>Images without a person ({c.nobody})</h3>",
     ]
     parts.append(
-        "<ul class='small'>" + "".join(f"<li>{e(p)}</li>" for p in listed) + f"</ul>{e(more)}"
-        if listed
+        "<ul class='small'>" + "".join(f"<li>{e(p)}</li>" for p in c.listed) + f"</ul>{e(c.more)}"
+        if c.listed
         else "<p>None.</p>"
     )
     return "\n".join(parts)
 
 
-def section_markdown(
-    summary: list[str],
-    figures: list[tuple[str, str, bytes]],
-    rates: pd.DataFrame,
-    nobody: int,
-    listed: list[str],
-    more: str,
-) -> str:
-    md = ["## Annotations", "", *summary, ""]
-    md += [f"![{caption}](images/{fname})\n\n*{caption}*\n" for fname, caption, _ in figures]
+def section_markdown(c: SectionContent) -> str:
+    md = ["## Annotations", "", *c.summary, ""]
+    md += [f"![{caption}](images/{fname})\n\n*{caption}*\n" for fname, caption, _ in c.figures]
     md += [
         "### Per keypoint",
         "",
-        *_table_markdown(rates),
+        *_table_markdown(c.rates),
         "",
-        f"### Images without a person ({nobody})",
+        f"### Images without a person ({c.nobody})",
         "",
     ]
     md += (
-        [f"- {p}" for p in listed]
-        + ([more.strip()] if more else [])
-        + ([] if listed else ["None."])
+        [f"- {p}" for p in c.listed]
+        + ([c.more.strip()] if c.more else [])
+        + ([] if c.listed else ["None."])
     )
     return "\n".join(md)

@@ -14,8 +14,8 @@ from pipeline.core.layout import DatasetLayout
 from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.synthetic.tree import GROUND_TRUTH_CSV
 from stages.keypoints import write_keypoint_qa
-from stages.report_render import Report, render_html, render_markdown, write_report
 from stages.report_annotations import annotations_section
+from stages.report_render import Report, render_html, render_markdown, write_report
 
 
 def test_annotations_section_shows_overlays_rates_and_images_without_a_person(
