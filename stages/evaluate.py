@@ -21,6 +21,7 @@ from pipeline.core.content_state import ContentCache
 from pipeline.core.errors import DataError, WeightsError
 from pipeline.core.layout import (
     PAIRS_INDEX_SCHEMA,
+    DatasetLayout,
     EvaluationLayout,
     GenerationLayout,
     OutputLayout,
@@ -180,12 +181,12 @@ def targets_pckh(cfg: Config, gen_root: Path, pairs: pd.DataFrame) -> dict | Non
     from pipeline.core.atomic_io import read_table
     from pipeline.pose.keypoint_qa import targets_pckh as pckh_of
 
-    outputs = OutputLayout(cfg.output.root)
-    if not cfg.keypoints.compare or gen_root != outputs.generated.resolve():
+    qa_table = DatasetLayout(cfg.dataset.root).keypoints_qa
+    if not cfg.keypoints.compare or gen_root != OutputLayout(cfg.output.root).generated.resolve():
         return None
-    if not outputs.keypoints_qa.exists():
+    if not qa_table.exists():
         return None
-    qa = read_table(outputs.keypoints_qa)
+    qa = read_table(qa_table)
     out = {}
     for direction, part in pairs.groupby("direction"):
         ids = [GenerationLayout.parse_name(n)[1] for n in part["name"]]
@@ -384,6 +385,7 @@ STAGE = StageSpec(
     ignored_keys={
         **RAY_KEYS,
         **OUTPUT_ROOT,
+        "dataset.root": "where the keypoints QA table is (an input, digested by content)",
         "evaluate.batch_size": "images per network call: batching only",
         "evaluate.pixel_batch_size": "pairs per SSIM/PSNR task: batching only",
         "evaluate.concurrency": "actors per metric: scheduling only",
@@ -393,7 +395,7 @@ STAGE = StageSpec(
     },
     inputs=lambda cfg: [
         OutputLayout(cfg.output.root).generated,
-        OutputLayout(cfg.output.root).keypoints_qa,
+        DatasetLayout(cfg.dataset.root).keypoints_qa,
     ],
     outputs=lambda cfg: [EvaluationLayout(OutputLayout(cfg.output.root).evaluation).summary],
     previous=lambda cfg: [OutputLayout(cfg.output.root).evaluation],
