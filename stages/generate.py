@@ -67,6 +67,43 @@ def default_checkpoints(cfg: Config) -> list[str]:
     return [str(ckpt_dir)]
 
 
+def checked_checkpoints(cfg: Config, checkpoints: list[str] | None) -> tuple[list[Path], list[str]]:
+    """The checkpoint files to generate with and their ids; a bad file fails here, before
+    any work, naming it, and so do two files of one id."""
+    from pipeline.core.weights import checkpoint_id, expand_checkpoints
+    from pipeline.generator.inference_api import check_checkpoint
+
+    paths = expand_checkpoints(checkpoints or default_checkpoints(cfg), cfg.weights.checkpoint_dir)
+    for path in paths:
+        check_checkpoint(path, cfg.generate.ngf)
+    ids = [checkpoint_id(p) for p in paths]
+    if len(set(ids)) < len(ids):
+        raise DataError(
+            f"checkpoints {[str(p) for p in paths]} repeat an id ({ids}): each id is one "
+            "output folder fake_images/iter_<id>; pass each checkpoint once"
+        )
+    return paths, ids
+
+
+def link_identical(
+    todo: pd.DataFrame, manifest: pd.DataFrame, output: ResumableTable, out_dir: Path,
+    result: StageResult,
+) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """Jobs whose identical job (same checkpoint and inputs) already has an image get it
+    written from that one now; (the jobs left to run, those to write from a job of them)."""
+    keys = todo[IDENTITY_KEY].drop_duplicates()
+    done = same_inputs(done_rows(manifest.merge(keys, on=IDENTITY_KEY), out_dir), todo,
+                       IDENTITY_KEY)  # fmt: skip
+    todo, links = identical_jobs(todo, done)
+    linked = write_identical(links, done, out_dir)
+    if len(linked):
+        output.add(linked)
+        output.flush()
+        result.rows_out = int((linked["status"] == "ok").sum())
+        result.errors = int((linked["status"] == "error").sum())
+    return todo, links
+
+
 def generate_pending(
     cfg: Config, todo: pd.DataFrame, links: pd.DataFrame, output: ResumableTable,
     out_dir: Path, sparse: bool, label: str, result: StageResult,
@@ -125,8 +162,6 @@ def run_generate(
 ) -> StageResult:
     """Generate every pending (checkpoint, direction, pair) image; see the module doc.
     `dedup` False runs identical jobs again (for benchmarks of the deduplication)."""
-    from pipeline.core.weights import checkpoint_id, expand_checkpoints
-    from pipeline.generator.inference_api import check_checkpoint
     from stages.posemaps import describe_posemap_kind, recorded_posemap_kind
 
     gc = cfg.generate
@@ -135,16 +170,7 @@ def run_generate(
     result = StageResult(
         "generate", outputs={"generated": str(out_dir), "manifest": str(out_dir / MANIFEST)}
     )
-    paths = expand_checkpoints(checkpoints or default_checkpoints(cfg), cfg.weights.checkpoint_dir)
-    for path in paths:  # fail on a bad checkpoint before any work, naming the file
-        check_checkpoint(path, gc.ngf)
-    ids = [checkpoint_id(p) for p in paths]
-    if len(set(ids)) < len(ids):
-        raise DataError(
-            f"checkpoints {[str(p) for p in paths]} repeat an id ({ids}): each id is one "
-            "output folder fake_images/iter_<id>; pass each checkpoint once"
-        )
-
+    paths, ids = checked_checkpoints(cfg, checkpoints)
     pairs = read_test_pairs(root, pairs_file or (gc.pairs and dataset_path(cfg, gc.pairs)))
     if limit is not None:
         pairs = pairs.head(limit)
@@ -174,16 +200,7 @@ def run_generate(
     record_generation(out_dir, mode, ids, maps_text)
     links, generated = todo.iloc[:0], 0
     if dedup:
-        keys = todo[IDENTITY_KEY].drop_duplicates()
-        done = same_inputs(done_rows(manifest.merge(keys, on=IDENTITY_KEY), out_dir), todo,
-                           IDENTITY_KEY)  # fmt: skip
-        todo, links = identical_jobs(todo, done)
-        linked = write_identical(links, done, out_dir)
-        if len(linked):
-            output.add(linked)
-            output.flush()
-            result.rows_out = int((linked["status"] == "ok").sum())
-            result.errors = int((linked["status"] == "error").sum())
+        todo, links = link_identical(todo, manifest, output, out_dir, result)
     if not todo.empty:
         label = f"generate ({len(paths)} checkpoint(s))"
         generated = generate_pending(cfg, todo, links, output, out_dir, sparse, label, result)
