@@ -277,7 +277,11 @@ def finish(
 
 
 def _train_needed(cfg: Config) -> str | None:
-    if cfg.generate.checkpoints:
+    """Needed unless generate.checkpoints names only checkpoints from elsewhere (the demo
+    names the shipped one and this run's folder: it still trains)."""
+    own = OutputLayout(cfg.output.root).checkpoints.resolve()
+    refs = [Path(c).resolve() for c in cfg.generate.checkpoints]
+    if refs and not any(r == own or own in r.parents for r in refs):
         return "generate.checkpoints names the checkpoints to use"
     return None
 
