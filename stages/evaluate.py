@@ -30,13 +30,7 @@ from pipeline.core.layout import (
 from pipeline.core.legacy_csv import write_csv
 from pipeline.core.paths import checkpoint_sort_key, relative_under
 from pipeline.core.resumable import ResumableTable
-from pipeline.metrics.registry import (
-    SPECS,
-    build_scorer,
-    expand_metrics,
-    legacy_files,
-    weights_for,
-)
+from pipeline.metrics.registry import SPECS, expand_metrics, legacy_files, weights_for
 from pipeline.metrics.scoring import (
     condition_copies,
     real_images,
@@ -66,7 +60,7 @@ class MetricActor:
 
         use_node_threads(actors_per_node)
         self.kind, self.gen_root = SPECS[metric].kind, gen_root
-        self.scorer = build_scorer(metric, weights)
+        self.scorer = SPECS[metric].build(weights)
         self.node = current_node()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
