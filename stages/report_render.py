@@ -13,19 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.core.atomic_io import write_bytes_atomic
-
-METRIC_NOTES = {
-    "ssim": "higher is better; skimage structural_similarity, 7x7 uniform window",
-    "psnr": "higher is better (dB)",
-    "is": "higher is better; one split, as published (no std)",
-    "ds": "higher is better; torchvision SSD300-VGG16 COCO, whereas the published code used "
-    "NVIDIA's SSD from torch hub, so values are not directly comparable",
-    "pckh": "higher is better; pooled correct / valid keypoints (no std)",
-    "lpips_alex": "lower is better",
-    "lpips_vgg": "lower is better",
-    "lpips_squeeze": "lower is better",
-    "fid": "lower is better; generated set vs the real targets of the same direction (no std)",
-}
+from pipeline.metrics.registry import SPECS
 
 
 @dataclass
@@ -115,7 +103,7 @@ def _metrics_html(report: Report) -> list[str]:
             + "</tr>"
         )
     out.append(f"</table><p class='small'>{e(TABLE_NOTE)}</p><ul class='small'>")
-    out += [f"<li><b>{e(m)}</b>: {e(METRIC_NOTES[m])}</li>" for m in metrics]
+    out += [f"<li><b>{e(m)}</b>: {e(SPECS[m].note)}</li>" for m in metrics]
     out.append("</ul>")
     return out + [f"<p class='small'>{e(n)}</p>" for n in report.notes]
 
@@ -174,7 +162,7 @@ def render_markdown(report: Report, image_dir: str = "images") -> str:
             "| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)
         ]
         lines += ["", TABLE_NOTE, ""]
-        lines += [f"- **{m}**: {METRIC_NOTES[m]}" for m in cols[3:]]
+        lines += [f"- **{m}**: {SPECS[m].note}" for m in cols[3:]]
         lines += ["", *report.notes]
     else:
         lines.append("No metric was scored.")
