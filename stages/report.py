@@ -24,7 +24,7 @@ from pipeline.generator.save_modes import MIXED, SAVE_MODES, UNKNOWN
 from pipeline.metrics.registry import BY_DEFINITION, COPY, REAL, SPECS
 from pipeline.metrics.summary import PER_IMAGE_SCHEMA, SUMMARY_SCHEMA, generated_only
 from stages.report_pipeline import stage_overview, training_check_section, training_figures
-from stages.spec import OUTPUT_ROOT, StageSpec
+from stages.spec import OUTPUT_ROOT, STORAGE_KEYS, StageSpec
 
 METRIC_NOTES = {
     "ssim": "higher is better; skimage structural_similarity, 7x7 uniform window",
@@ -457,6 +457,7 @@ STAGE = StageSpec(
     # keypoints.compare: the annotation section names the reference and compares with it.
     config_keys=("report.name", "report.grid_pairs", "keypoints.compare"),
     ignored_keys={
+        **STORAGE_KEYS,
         **OUTPUT_ROOT,
         "dataset.root": "which dataset's annotation tables are summarised (only the keypoints "
         "table, whose poses the grids draw, is among the inputs)",

@@ -56,7 +56,7 @@ from pipeline.training.step import (
     to_device,
     train_step,
 )
-from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, StageSpec
+from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, STORAGE_KEYS, StageSpec
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +390,7 @@ STAGE = StageSpec(
         )
     ),
     ignored_keys={
+        **STORAGE_KEYS,
         **RAY_KEYS,
         **DATASET_ROOT,
         **OUTPUT_ROOT,
