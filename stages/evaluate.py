@@ -44,7 +44,7 @@ from pipeline.metrics.summary import (
     sort_key,
     summarise,
 )
-from stages.spec import OUTPUT_ROOT, RAY_KEYS, StageSpec
+from stages.spec import OUTPUT_ROOT, RAY_KEYS, STORAGE_KEYS, StageSpec
 
 UNIT_KEY = ["checkpoint", "direction", "name"]
 UNIT_COLUMNS = [*UNIT_KEY, "real_path", "fake_path", "inputs"]
@@ -377,6 +377,7 @@ STAGE = StageSpec(
         "keypoints.min_visibility",
     ),
     ignored_keys={
+        **STORAGE_KEYS,
         **RAY_KEYS,
         **OUTPUT_ROOT,
         "dataset.root": "where the keypoints QA table is (an input, digested by content)",

@@ -50,7 +50,7 @@ from pipeline.generator.generation_plan import (
     write_identical,
 )
 from pipeline.generator.save_modes import SAVE_MODES, record_generation, save_mode
-from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, StageSpec
+from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, STORAGE_KEYS, StageSpec
 
 # --- the Ray wrapper -------------------------------------------------------------------
 
@@ -267,6 +267,7 @@ STAGE = StageSpec(
         "generate.pairs",
     ),
     ignored_keys={
+        **STORAGE_KEYS,
         **RAY_KEYS,
         **DATASET_ROOT,
         **OUTPUT_ROOT,

@@ -18,7 +18,7 @@ from pipeline.core.layout import SPLITS, DatasetLayout
 from pipeline.core.legacy_csv import read_image_list, write_pairs_csv
 from pipeline.core.paths import identity_group
 from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
-from stages.spec import DATASET_ROOT, StageSpec
+from stages.spec import DATASET_ROOT, STORAGE_KEYS, StageSpec
 
 
 @dataclass
@@ -169,7 +169,7 @@ STAGE = StageSpec(
         "pairs.max_pairs_per_identity",
         "pairs.seed",
     ),
-    ignored_keys=DATASET_ROOT,
+    ignored_keys={**DATASET_ROOT, **STORAGE_KEYS},
     inputs=lambda cfg: [
         DatasetLayout(cfg.dataset.root).keypoints_table,
         *(DatasetLayout.of(cfg.dataset).image_list(s) for s in SPLITS),

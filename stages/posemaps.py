@@ -20,7 +20,7 @@ from pipeline.core.layout import SPLITS, DatasetLayout
 from pipeline.core.paths import relative_under, safe_path
 from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.pose.posemap import load_posemap, out_of_image, write_posemap
-from stages.spec import DATASET_ROOT, RAY_KEYS, StageSpec
+from stages.spec import DATASET_ROOT, RAY_KEYS, STORAGE_KEYS, StageSpec
 
 POSEMAP_META = "pose_maps.json"  # beside the maps: which kind the stage wrote there
 
@@ -241,6 +241,7 @@ STAGE = StageSpec(
     ),
     config_keys=("posemaps.gaussian_sigma",),
     ignored_keys={
+        **STORAGE_KEYS,
         **RAY_KEYS,
         **DATASET_ROOT,
         "posemaps.batch_size": "maps per Ray task: scheduling only",

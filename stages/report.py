@@ -23,7 +23,7 @@ from pipeline.metrics.registry import BY_DEFINITION, COPY, REAL, SPECS
 from pipeline.metrics.summary import PER_IMAGE_SCHEMA, SUMMARY_SCHEMA, generated_only
 from stages.report_pipeline import stage_overview, training_check_section, training_figures
 from stages.report_render import ROW_LABELS, Report, write_report
-from stages.spec import OUTPUT_ROOT, StageSpec
+from stages.spec import OUTPUT_ROOT, STORAGE_KEYS, StageSpec
 
 
 def format_cell(row: pd.Series) -> str:
@@ -324,6 +324,7 @@ STAGE = StageSpec(
     # keypoints.compare: the annotation section names the reference and compares with it.
     config_keys=("report.name", "report.grid_pairs", "keypoints.compare"),
     ignored_keys={
+        **STORAGE_KEYS,
         **OUTPUT_ROOT,
         "dataset.root": "which dataset's annotation tables are summarised (only the keypoints "
         "table, whose poses the grids draw, is among the inputs)",

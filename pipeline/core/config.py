@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -172,6 +173,36 @@ class WeightsConfig(Section):
     checkpoint_dir: str | None = None  # where netG_<iter>.pth ids are looked up
 
 
+def check_endpoint(url: str) -> str:
+    """An S3-compatible endpoint as the AWS tools take it (AWS_ENDPOINT_URL): a whole
+    http(s) URL, so the scheme is never guessed (a guessed https on a plain-http server
+    fails with a TLS error that does not name the setting)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(
+            f"{url!r} is not an endpoint URL; give scheme, host and optional port, "
+            "e.g. http://127.0.0.1:8333 or https://s3.example.com"
+        )
+    return url.rstrip("/")
+
+
+class StorageConfig(Section):
+    """Object storage for s3:// locations (see pipeline.core.storage). Credentials come
+    from the standard AWS variables or files, never from the config (it is hashed and
+    recorded in outputs)."""
+
+    # An S3-compatible server (MinIO, SeaweedFS, Ceph...); None: AWS_ENDPOINT_URL_S3 or
+    # AWS_ENDPOINT_URL when set, else AWS itself.
+    endpoint_override: str | None = None
+    # None: the AWS SDK's own choice (AWS_REGION, AWS_DEFAULT_REGION, ~/.aws/config, us-east-1).
+    region: str | None = Field(None, min_length=1)
+
+    @field_validator("endpoint_override")
+    @classmethod
+    def _endpoint_url(cls, url: str | None) -> str | None:
+        return None if url is None else check_endpoint(url)
+
+
 class Config(Section):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -185,6 +216,7 @@ class Config(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     weights: WeightsConfig = Field(default_factory=WeightsConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @field_validator("*", mode="before")
     @classmethod

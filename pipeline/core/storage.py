@@ -1,0 +1,398 @@
+"""One storage layer for every data location: local paths and `file://` / `s3://` URIs,
+on pyarrow.fs. Local files keep what works today (atomic_io's temporary name and rename,
+hard links). On object storage a single PUT is atomic and there is no rename, so final
+keys are written directly from memory (a failed write leaves no object; a multi-file
+result commits by writing its index last), copies are server-side (CopyObject: the dedup
+that hard links give locally), and a listing's sizes and mtimes come from LIST calls
+alone, so an up-to-date check never reads an object.
+
+S3-compatible servers: `storage.endpoint_override` in the config, else the standard
+AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL; credentials and region from the standard AWS
+variables and files (pyarrow's AWS SDK chain), never from the config."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+from urllib.parse import unquote, urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.core.atomic_io import atomic_path, write_bytes_atomic
+from pipeline.core.config import StorageConfig, check_endpoint
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.paths import relative_under as local_relative_under
+from pipeline.core.paths import safe_path
+
+ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # the AWS tools' order
+# Read by pyarrow's AWS SDK: a change of any makes a new client (see _s3_filesystem).
+_AWS_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# A URI that went through pathlib (s3://b/k -> s3:/b/k): refused, never written as a folder.
+_MANGLED_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/[^/]")
+# Local hard links fail across filesystems, on filesystems without them, or past the
+# link limit: the copy then is a real copy.
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)
+_LOCAL = pafs.LocalFileSystem()
+
+_configured: StorageConfig | None = None
+
+
+def configure(cfg: StorageConfig | None) -> None:
+    """The storage settings for locations resolved without any (atomic_io's functions,
+    code far from the config); the CLI sets the run's once. None: back to the env only."""
+    global _configured
+    _configured = cfg
+
+
+class Location(NamedTuple):
+    """A file or prefix: the filesystem it is on and the path there (a local path as
+    given, or "bucket/key" on S3)."""
+
+    fs: pafs.FileSystem
+    path: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.fs.type_name == "local"
+
+    @property
+    def uri(self) -> str:
+        """As a user writes it: the local path itself, else scheme://bucket/key."""
+        return self.path if self.is_local else f"{self.fs.type_name}://{self.path}"
+
+    @property
+    def bucket(self) -> str | None:
+        return None if self.is_local else self.path.split("/", 1)[0]
+
+    def join(self, *parts: str) -> Location:
+        """The location of trusted names under this one (names read from data go through
+        safe_join)."""
+        if self.is_local:
+            return Location(self.fs, os.path.join(self.path, *parts))
+        return Location(self.fs, "/".join([self.path, *(p.strip("/") for p in parts)]))
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+class FileState(NamedTuple):
+    """One listed file: what an up-to-date check keys on, from the listing alone."""
+
+    path: str  # the file's URI, or its local path
+    rel: str  # relative to the listed prefix, POSIX separators
+    size: int
+    mtime_ns: int | None  # S3: LastModified (whole seconds)
+
+
+Target = str | os.PathLike | Location
+
+
+def scheme(target: Target) -> str | None:
+    """The URI scheme of `target` in lower case, or None for a plain local path."""
+    if isinstance(target, Location):
+        return None if target.is_local else target.fs.type_name
+    found = _SCHEME.match(os.fspath(target)) if isinstance(target, str) else None
+    return found.group(1).lower() if found else None
+
+
+def is_local(target: Target) -> bool:
+    """A local path or file:// URI (decided without building any client)."""
+    return scheme(target) in (None, "file")
+
+
+def endpoint(storage_cfg: StorageConfig | None = None) -> str | None:
+    """The S3 endpoint URL: the config key, else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL,
+    else None (AWS itself)."""
+    cfg = storage_cfg or _configured
+    if cfg is not None and cfg.endpoint_override:
+        return cfg.endpoint_override
+    for var in ENDPOINT_VARS:
+        if value := os.environ.get(var, "").strip():
+            try:
+                return check_endpoint(value)
+            except ValueError as exc:
+                raise ConfigError(f"environment variable {var}: {exc}") from None
+    return None
+
+
+def s3_filesystem(storage_cfg: StorageConfig | None = None) -> pafs.S3FileSystem:
+    """The S3 client for these settings and the current AWS variables (one per set)."""
+    cfg = storage_cfg or _configured or StorageConfig()
+    aws_env = tuple(os.environ.get(var) for var in _AWS_VARS)
+    return _s3_filesystem(endpoint(cfg), cfg.region, aws_env)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(url: str | None, region: str | None, aws_env: tuple) -> pafs.S3FileSystem:
+    # allow_delayed_open: an object that fits one part is a single PutObject on close
+    # (else CreateMultipartUpload, UploadPart, CompleteMultipartUpload).
+    options: dict = {"allow_delayed_open": True, "region": region}
+    if url is not None:
+        options |= {"endpoint_override": url, "scheme": urlsplit(url).scheme}
+    return pafs.S3FileSystem(**options)
+
+
+def _s3_path(uri: str) -> str:
+    """bucket/key of an s3:// URI; refuses what S3 would store under a surprising key."""
+    path = uri[len("s3://") :].rstrip("/")
+    parts = path.split("/")
+    if not parts[0]:
+        raise DataError(f"{uri!r}: an s3:// URI needs a bucket (s3://bucket/prefix)")
+    bad = [p for p in parts[1:] if p in ("", ".", "..")]
+    if bad:
+        raise DataError(
+            f"{uri!r}: empty, '.' or '..' parts are refused in S3 keys (S3 keeps them "
+            "literally, so the key would not be the one meant)"
+        )
+    return path
+
+
+def resolve(target: Target, storage_cfg: StorageConfig | None = None) -> Location:
+    """The filesystem and path of a local path, file:// URI or s3:// URI."""
+    if isinstance(target, Location):
+        return target
+    text = os.fspath(target)
+    kind = scheme(text)
+    if kind is None:
+        if not isinstance(target, str) and _MANGLED_URI.match(text):
+            raise DataError(
+                f"{text!r} looks like a URI that went through a Path (which keeps one '/'); "
+                "pass URIs as strings"
+            )
+        return Location(_LOCAL, text)
+    if kind == "file":
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise DataError(f"{text!r}: file:// URIs name no host (file:///abs/path)")
+        return Location(_LOCAL, unquote(parts.path))
+    if kind == "s3":
+        return Location(s3_filesystem(storage_cfg), _s3_path(text))
+    raise DataError(
+        f"{text!r}: storage scheme {kind!r} is not supported; use a local path, "
+        "file:///path or s3://bucket/prefix"
+    )
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """`parts` under `base` (unchecked: for the pipeline's own names; safe_join for
+    names read from data), as a URI when `base` is one."""
+    text = os.fspath(base)
+    if is_local(text) and scheme(text) is None:
+        return os.path.join(text, *parts)
+    return "/".join([text.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def safe_join(root: Target, rel: str, where: str = "") -> Target:
+    """`rel` under the dataset root `root`, refusing absolute paths, `..`, URIs (another
+    bucket or scheme) and, locally, symlinks leading outside (paths.safe_path). Returns a
+    Location for a Location, else a string: an s3:// URI, or a local path (file:// too)."""
+    at = f" ({where})" if where else ""
+    base = root.uri if isinstance(root, Location) else os.fspath(root).rstrip("/")
+    if isinstance(rel, str) and scheme(rel) is not None:
+        raise DataError(
+            f"path {rel!r} names its own location{at}: paths must be relative to the "
+            f"dataset root {base} (no other bucket or scheme)"
+        )
+    if is_local(root):
+        full = str(safe_path(resolve(root).path, rel, where))
+        return Location(_LOCAL, full) if isinstance(root, Location) else full
+    if scheme(base) != "s3":
+        raise DataError(f"{base!r}: storage scheme {scheme(base)!r} is not supported")
+    _s3_path(base)  # the root itself must be a usable S3 location
+    # The checks of paths.safe_path, on keys: S3 has no symlinks and no normalisation.
+    if not isinstance(rel, str) or not rel.strip():
+        raise DataError(f"empty path{at}")
+    norm = rel.replace("\\", "/")
+    if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
+        raise DataError(
+            f"absolute path {rel!r} refused{at}: paths must be relative to the dataset root"
+        )
+    parts = [p for p in PurePosixPath(norm).parts if p != "."]
+    if ".." in parts:
+        raise DataError(f"path {rel!r} escapes the dataset root{at}: '..' is not allowed")
+    if not parts:
+        raise DataError(f"path {rel!r} names the dataset root itself{at}, not a file in it")
+    if isinstance(root, Location):
+        return root.join(*parts)
+    return "/".join([base, *parts])
+
+
+def relative_under(target: Target, root: Target) -> str | None:
+    """`target` relative to `root` (POSIX separators) when it lies inside it (same
+    filesystem, same bucket), else None; "." for the root itself."""
+    if is_local(target) != is_local(root):
+        return None
+    if is_local(target):
+        return local_relative_under(resolve(target).path, resolve(root).path)
+    t = resolve(target).uri
+    r = resolve(root).uri
+    if t == r:
+        return "."
+    return t[len(r) + 1 :] if t.startswith(r + "/") else None
+
+
+def exists(target: Target, storage_cfg: StorageConfig | None = None) -> bool:
+    """A file, folder or non-empty prefix is there."""
+    loc = resolve(target, storage_cfg)
+    return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
+
+
+def stat(target: Target, storage_cfg: StorageConfig | None = None) -> FileState | None:
+    """The size and mtime of one file (S3: a HEAD), or None when there is none."""
+    loc = resolve(target, storage_cfg)
+    info = loc.fs.get_file_info(loc.path)
+    if info.type != pafs.FileType.File:
+        return None
+    return FileState(loc.uri, PurePosixPath(info.path).name, info.size, info.mtime_ns)
+
+
+def list_files(
+    prefix: Target, recursive: bool = True, storage_cfg: StorageConfig | None = None
+) -> list[FileState]:
+    """The files under `prefix` with their sizes and mtimes, sorted by relative path; on
+    S3 from LIST calls only (1,000 keys each), no object read or HEAD. A missing prefix
+    lists nothing."""
+    loc = resolve(prefix, storage_cfg)
+    base = loc.path.rstrip("/") or "/"
+    selector = pafs.FileSelector(base, recursive=recursive, allow_not_found=True)
+    start = len(base.rstrip("/")) + 1
+    files = [
+        FileState(
+            Location(loc.fs, info.path).uri,
+            info.path[start:].replace(os.sep, "/"),
+            info.size,
+            info.mtime_ns,
+        )
+        for info in loc.fs.get_file_info(selector)
+        if info.type == pafs.FileType.File
+    ]
+    return sorted(files, key=lambda f: f.rel)
+
+
+def read_bytes(target: Target, storage_cfg: StorageConfig | None = None) -> bytes:
+    """The whole file (S3: one GET). A missing one raises FileNotFoundError."""
+    loc = resolve(target, storage_cfg)
+    if loc.is_local:
+        return Path(loc.path).read_bytes()
+    with loc.fs.open_input_stream(loc.path) as stream:
+        return stream.read()
+
+
+def _put(loc: Location, data: bytes | pa.Buffer) -> None:
+    """One upload of bytes already in memory: a single PUT (multipart beyond one part),
+    so the object appears whole or not at all. Never stream a producer into an S3
+    output stream: closing it, even on an error, completes the upload with what it got."""
+    with loc.fs.open_output_stream(loc.path) as out:
+        out.write(data)
+
+
+def write_bytes(
+    target: Target, data: bytes | pa.Buffer, storage_cfg: StorageConfig | None = None
+) -> None:
+    """Write a whole file atomically: local, a temporary name renamed over the target
+    (disk full: DiskFullError); object storage, a single PUT of the final key."""
+    loc = resolve(target, storage_cfg)
+    if loc.is_local:
+        write_bytes_atomic(loc.path, bytes(data) if isinstance(data, pa.Buffer) else data)
+    else:
+        _put(loc, data)
+
+
+def delete(target: Target, storage_cfg: StorageConfig | None = None) -> bool:
+    """Remove one file; False when there was none."""
+    loc = resolve(target, storage_cfg)
+    try:
+        loc.fs.delete_file(loc.path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _link_local(src: str, dst: str) -> bool:
+    """Hard-link `src` over `dst` atomically (link to a temporary name, then rename);
+    False where the filesystem cannot link them."""
+    folder = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(dst)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        os.link(src, tmp)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return False
+        raise
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def copy(
+    src: Target, dst: Target, link: bool = False, storage_cfg: StorageConfig | None = None
+) -> None:
+    """Copy one file, replacing `dst` atomically. Within one S3 endpoint: a server-side
+    CopyObject (no bytes through this machine; the dedup of object storage). Local to
+    local: a hard link when `link` and the filesystem allows, else a copy by temporary
+    name. Across filesystems: read whole, then written as above."""
+    a, b = resolve(src, storage_cfg), resolve(dst, storage_cfg)
+    if not a.is_local and not b.is_local and a.fs.equals(b.fs):
+        a.fs.copy_file(a.path, b.path)
+        return
+    if a.is_local and b.is_local:
+        if link and _link_local(a.path, b.path):
+            return
+        with atomic_path(b.path, needed=os.path.getsize(a.path)) as tmp:
+            shutil.copyfile(a.path, tmp)
+        return
+    write_bytes(b, read_bytes(a))
+
+
+def write_table(table: pa.Table, target: Target, storage_cfg: StorageConfig | None = None) -> None:
+    """Write a Parquet table atomically (locally by temporary name; on S3 serialised in
+    memory, then one PUT). The bytes are the same either way."""
+    loc = resolve(target, storage_cfg)
+    if loc.is_local:
+        with atomic_path(loc.path, needed=table.nbytes) as tmp:
+            pq.write_table(table, tmp)
+        return
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    _put(loc, sink.getvalue())
+
+
+def read_table(
+    target: Target, columns: list[str] | None = None, storage_cfg: StorageConfig | None = None
+) -> pa.Table:
+    """A whole Parquet table (S3: one GET, then parsed in memory)."""
+    loc = resolve(target, storage_cfg)
+    if loc.is_local:
+        return pq.read_table(loc.path, columns=columns)
+    return pq.read_table(pa.BufferReader(read_bytes(loc)), columns=columns)
+
+
+def read_metadata(target: Target, storage_cfg: StorageConfig | None = None) -> pq.FileMetaData:
+    """A Parquet file's footer only (S3: a HEAD and ranged GETs of the file's end)."""
+    loc = resolve(target, storage_cfg)
+    if loc.is_local:
+        return pq.read_metadata(loc.path)
+    with loc.fs.open_input_file(loc.path) as handle:
+        return pq.read_metadata(handle)

@@ -1,0 +1,262 @@
+"""The storage layer on every kind of location: a local path, a file:// URI and s3:// on a
+real S3 server (SeaweedFS, one per session: tests/s3_server.py). On S3 the requests are
+recorded by a proxy where the contract is about them: a write is one PUT, a copy is
+server-side, a listing is LIST calls only."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from s3_server import RequestLog
+from test_tables import keypoint_rows
+
+from pipeline.core import storage
+from pipeline.core.atomic_io import read_table, table_damage, write_bytes_atomic, write_table
+from pipeline.core.config import StorageConfig, config_from_dict
+from pipeline.core.errors import ConfigError, DataError, UnreadableTableError
+from pipeline.core.schemas import KEYPOINTS_SCHEMA
+
+KINDS = ["local", "file", "s3"]
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """The standard AWS variables cleared (so nothing of the host's leaks in); returns a
+    setter for a server's."""
+    for var in (*storage.ENDPOINT_VARS, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(storage, "_configured", None)
+
+    def use(server) -> None:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+
+    return use
+
+
+@pytest.fixture(params=KINDS)
+def root(request, tmp_path, aws_env) -> str:
+    """A fresh, empty dataset root of each kind (on S3: a new prefix of the bucket)."""
+    if request.param == "local":
+        return str(tmp_path / "data")
+    if request.param == "file":
+        return (tmp_path / "data").as_uri()
+    server = request.getfixturevalue("s3_server")
+    aws_env(server)
+    test = request.node.name.replace("[", "-").rstrip("]")
+    return f"s3://{server.bucket}/{test}-{uuid.uuid4().hex[:6]}"
+
+
+def recorded(server, proxy: RequestLog) -> StorageConfig:
+    """Settings that send the storage layer's requests through the recording proxy."""
+    return StorageConfig(endpoint_override=proxy.endpoint, region=server.region)
+
+
+def test_bytes_round_trip_and_overwrite(root):
+    target = storage.join(root, "img", "a b", "x.bin")
+    assert not storage.exists(target) and storage.stat(target) is None
+    storage.write_bytes(target, b"first")
+    assert storage.read_bytes(target) == b"first"
+    storage.write_bytes(target, b"second, longer")
+    assert storage.read_bytes(target) == b"second, longer"
+    assert storage.exists(target) and storage.exists(storage.join(root, "img"))
+    assert storage.stat(target).size == len(b"second, longer")
+    # atomic_io's writer takes the same locations; nothing but the final files is left.
+    write_bytes_atomic(storage.join(root, "y.bin"), b"y")
+    assert [f.rel for f in storage.list_files(root)] == ["img/a b/x.bin", "y.bin"]
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(storage.join(root, "missing.bin"))
+
+
+def test_a_failed_write_keeps_the_old_table_and_leaves_no_other_file(root):
+    target = storage.join(root, "tables", "kp.parquet")
+    write_table(keypoint_rows(), target, KEYPOINTS_SCHEMA)
+    before = storage.read_bytes(target)
+    bad = keypoint_rows(4)
+    bad["x"] = [[1, 2]] * len(bad)  # wrong list length: the write must fail
+    with pytest.raises(DataError, match="column 'x'"):
+        write_table(bad, target, KEYPOINTS_SCHEMA)
+    assert storage.read_bytes(target) == before
+    assert [f.rel for f in storage.list_files(root)] == ["tables/kp.parquet"]
+
+
+def test_an_s3_write_is_one_put_of_the_final_key(s3_server, aws_env):
+    aws_env(s3_server)
+    key = f"{s3_server.bucket}/one-put/{uuid.uuid4().hex}/x.bin"
+    with RequestLog(s3_server.endpoint) as proxy:
+        cfg = recorded(s3_server, proxy)
+        storage.write_bytes(f"s3://{key}", os.urandom(50_000), storage_cfg=cfg)
+        assert proxy.requests == [("PUT", f"/{key}")]
+
+
+def test_list_gives_sizes_and_mtimes_from_the_listing(root):
+    sizes = {"a.bin": 3, "sub/b.bin": 1000, "sub/deeper/c.bin": 0, "z.bin": 70_000}
+    for rel, size in sizes.items():
+        storage.write_bytes(storage.join(root, *rel.split("/")), b"\x01" * size)
+    files = storage.list_files(root)
+    assert {f.rel: f.size for f in files} == sizes
+    assert all(f.mtime_ns is not None and f.mtime_ns > 0 for f in files)
+    assert [f.path for f in files] == [
+        storage.resolve(storage.join(root, f.rel)).uri for f in files
+    ]
+    assert [f.rel for f in storage.list_files(root, recursive=False)] == ["a.bin", "z.bin"]
+    assert storage.list_files(storage.join(root, "nothing-here")) == []
+
+
+def test_an_s3_listing_is_list_calls_only(s3_server, aws_env):
+    aws_env(s3_server)
+    prefix = f"s3://{s3_server.bucket}/listing-{uuid.uuid4().hex[:6]}"
+    for i in range(5):
+        storage.write_bytes(storage.join(prefix, f"d{i % 2}", f"{i}.bin"), b"x" * (i + 1))
+    with RequestLog(s3_server.endpoint) as proxy:
+        files = storage.list_files(prefix, storage_cfg=recorded(s3_server, proxy))
+        assert [f.size for f in files] == [1, 3, 5, 2, 4]  # d0/0, d0/2, d0/4, d1/1, d1/3
+        assert proxy.requests and all(
+            method == "GET" and "list-type=2" in target for method, target in proxy.requests
+        ), proxy.requests
+
+
+def test_copy(root, tmp_path):
+    src = storage.join(root, "src", "a.bin")
+    storage.write_bytes(src, b"payload")
+    for link in (False, True):
+        dst = storage.join(root, "dst", f"link-{link}.bin")
+        storage.copy(src, dst, link=link)
+        assert storage.read_bytes(dst) == b"payload"
+    if storage.is_local(root):
+        ino = [
+            os.stat(storage.resolve(storage.join(root, p)).path).st_ino
+            for p in ("src/a.bin", "dst/link-False.bin", "dst/link-True.bin")
+        ]
+        assert ino[0] != ino[1] and ino[0] == ino[2]  # a hard link only where asked
+    # Across filesystems, both ways.
+    local = str(tmp_path / "elsewhere" / "a.bin")
+    storage.copy(src, local)
+    storage.copy(local, storage.join(root, "back.bin"))
+    assert storage.read_bytes(storage.join(root, "back.bin")) == b"payload"
+
+
+def test_an_s3_copy_is_server_side(s3_server, aws_env):
+    aws_env(s3_server)
+    base = f"{s3_server.bucket}/copy-{uuid.uuid4().hex[:6]}"
+    storage.write_bytes(f"s3://{base}/a.bin", os.urandom(100_000))
+    with RequestLog(s3_server.endpoint) as proxy:
+        cfg = recorded(s3_server, proxy)
+        storage.copy(f"s3://{base}/a.bin", f"s3://{base}/b.bin", link=True, storage_cfg=cfg)
+        assert proxy.requests == [("PUT", f"/{base}/b.bin")]  # CopyObject: no GET
+    assert storage.read_bytes(f"s3://{base}/b.bin") == storage.read_bytes(f"s3://{base}/a.bin")
+
+
+def test_parquet_round_trip_through_atomic_io(root):
+    df = keypoint_rows()
+    target = storage.join(root, "tables", "kp.parquet")
+    write_table(df, target, KEYPOINTS_SCHEMA)
+    back = read_table(target, KEYPOINTS_SCHEMA)
+    assert list(back.columns) == KEYPOINTS_SCHEMA.names
+    np.testing.assert_array_equal(np.stack(back.x), np.stack(df.x))
+    assert table_damage(target) is None
+    assert storage.read_table(target, columns=["path"]).num_rows == len(df)
+    cut = storage.join(root, "tables", "cut.parquet")
+    storage.write_bytes(cut, storage.read_bytes(target)[:-100])
+    assert table_damage(cut) is not None
+    with pytest.raises(UnreadableTableError, match="cut.parquet"):
+        read_table(cut, KEYPOINTS_SCHEMA)
+    with pytest.raises(FileNotFoundError, match="table not found"):
+        read_table(storage.join(root, "tables", "none.parquet"))
+    assert table_damage(storage.join(root, "tables", "none.parquet")) is not None
+
+
+def test_a_table_has_the_same_bytes_locally_and_on_s3(s3_server, aws_env, tmp_path):
+    aws_env(s3_server)
+    local, remote = tmp_path / "kp.parquet", f"s3://{s3_server.bucket}/same/{uuid.uuid4().hex}"
+    write_table(keypoint_rows(), local, KEYPOINTS_SCHEMA)
+    write_table(keypoint_rows(), remote, KEYPOINTS_SCHEMA)
+    assert storage.read_bytes(remote) == local.read_bytes()
+
+
+@pytest.mark.parametrize("root", ["s3://bucket/data", "/srv/data"])
+@pytest.mark.parametrize(
+    "rel, why",
+    [
+        ("../x.jpg", "escapes"),
+        ("img/../../x.jpg", "escapes"),
+        ("/etc/passwd", "absolute"),
+        ("C:/x.jpg", "absolute"),
+        ("s3://other-bucket/x.jpg", "own location"),
+        ("s3://bucket/data/x.jpg", "own location"),
+        ("file:///etc/passwd", "own location"),
+        ("  ", "empty"),
+    ],
+)
+def test_safe_join_refuses_what_leaves_the_root(root, rel, why):
+    with pytest.raises(DataError, match=why):
+        storage.safe_join(root, rel, where="row 3")
+
+
+def test_safe_join_keeps_what_stays_inside():
+    assert (
+        storage.safe_join("s3://bucket/data/", "img\\a/./b.jpg") == "s3://bucket/data/img/a/b.jpg"
+    )
+    assert storage.relative_under("s3://bucket/data/img/a.jpg", "s3://bucket/data") == "img/a.jpg"
+    assert storage.relative_under("s3://bucket/database/a.jpg", "s3://bucket/data") is None
+    assert storage.relative_under("s3://other/data/a.jpg", "s3://bucket/data") is None
+    assert storage.relative_under("/srv/data/a.jpg", "s3://bucket/data") is None
+
+
+def test_unusable_uris_are_refused():
+    for uri, why in [
+        ("gs://bucket/x", "not supported"),
+        ("s3:///x", "needs a bucket"),
+        ("s3://bucket/a/../b", "refused"),
+        ("s3://bucket/a//b", "refused"),
+        (Path("s3://bucket/x"), "went through a Path"),
+        ("file://host/x", "no host"),
+    ]:
+        with pytest.raises(DataError, match=why):
+            storage.resolve(uri)
+    for root in ("gs://bucket/data", "s3://bucket/a/../b"):
+        with pytest.raises(DataError, match="not supported|refused"):
+            storage.safe_join(root, "img/x.jpg")
+
+
+def test_endpoint_from_the_config_key_then_the_environment(s3_server, aws_env, monkeypatch):
+    aws_env(s3_server)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    key = f"s3://{s3_server.bucket}/endpoint-{uuid.uuid4().hex[:6]}/x.bin"
+    cfg = config_from_dict({"storage": {"endpoint_override": s3_server.endpoint}}).storage
+    storage.write_bytes(key, b"by the config key", storage_cfg=cfg)
+    assert storage.endpoint(cfg) == s3_server.endpoint
+    assert storage.endpoint() is None  # AWS itself
+    storage.configure(cfg)  # the process's default (the CLI sets the run's)
+    assert storage.read_bytes(key) == b"by the config key"
+    storage.configure(None)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint + "/")
+    assert storage.read_bytes(key) == b"by the config key"
+    # The service-specific variable wins over the general one; the config key over both.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")
+    assert storage.endpoint() == "http://127.0.0.1:1"
+    assert storage.endpoint(cfg) == s3_server.endpoint
+
+
+def test_credentials_come_from_the_aws_variables(s3_server, aws_env, monkeypatch):
+    aws_env(s3_server)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(OSError, match="(?i)signature|denied|access"):
+        storage.write_bytes(f"s3://{s3_server.bucket}/denied.bin", b"x")
+
+
+def test_bad_endpoints_name_the_setting(monkeypatch):
+    with pytest.raises(ConfigError, match="storage.endpoint_override"):
+        config_from_dict({"storage": {"endpoint_override": "localhost:8333"}})
+    with pytest.raises(ConfigError, match="storage.region"):
+        config_from_dict({"storage": {"region": ""}})
+    assert config_from_dict({}).storage.endpoint_override is None
+    monkeypatch.setattr(storage, "_configured", None)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "ftp://example.com")
+    with pytest.raises(ConfigError, match="AWS_ENDPOINT_URL"):
+        storage.endpoint()
