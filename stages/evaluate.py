@@ -182,7 +182,8 @@ def targets_pckh(cfg: Config, gen_root: Path, pairs: pd.DataFrame) -> dict | Non
         return None
     qa = read_table(qa_table)
     out = {}
-    for direction, part in pairs.groupby("direction"):
+    # Each target once per test pair, not once per checkpoint that generated it.
+    for direction, part in pairs.drop_duplicates(["direction", "name"]).groupby("direction"):
         ids = [GenerationLayout.parse_name(n)[1] for n in part["name"]]
         out[direction] = (*pckh_of(qa, ids), Path(cfg.keypoints.compare).name)
     return out
