@@ -242,6 +242,55 @@ def read_sources(layout: DatasetLayout) -> dict[str, str]:
     return dict(zip(table["path"], table["digest"], strict=True))
 
 
+def estimate_pending(
+    cfg: Config,
+    kc,
+    layout: DatasetLayout,
+    images: pd.DataFrame,
+    force: bool,
+    progress: bool,
+    result: StageResult,
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Keypoints of every image: kept rows whose image and model are unchanged, estimated
+    ones for the rest; with the images' content digests, recorded as the table's sources."""
+    from pipeline.cluster.runtime import init_ray
+    from pipeline.pose.estimator_factory import estimator_name
+
+    output = keypoints_output(layout)
+    if force:
+        output.discard()
+    finished = pd.DataFrame(columns=KEYPOINTS_SCHEMA.names) if force else output.done()
+    # Rows with an error are retried: the file may have been fixed since. Rows another
+    # model made (another checkpoint, estimator or version; imported ones) are redone.
+    finished = finished[
+        finished["path"].isin(set(images["path"]))
+        & finished["error"].isna()
+        & (finished["estimator"] == estimator_name(kc))
+    ]
+    # The images are the dataset's, wherever --out puts the tables.
+    digests = image_digests(cfg, Path(cfg.dataset.root), images["path"])
+    recorded = read_sources(layout)
+    changed = {p for p in finished["path"] if p in recorded and recorded[p] != digests[p]}
+    finished = finished[~finished["path"].isin(changed)]
+    todo = images[~images["path"].isin(set(finished["path"]))]
+    result.skipped = len(images) - len(todo)
+    if changed:
+        result.notes.append(f"{len(changed)} image(s) changed since their keypoints were made")
+    if len(todo):
+        from pipeline.pose.estimator_factory import resolve_estimator
+
+        # Missing weights fail here, before Ray starts.
+        resolved = resolve_estimator(kc, cfg.weights.dir)
+        init_ray(cfg.ray)
+        estimate_keypoints(cfg, todo, output, resolved, progress)
+    new = output.done(with_table=not force)
+    new = new[new["path"].isin(set(todo["path"]))]
+    table = pd.concat([finished, new], ignore_index=True)
+    table = table[table["path"].isin(set(images["path"]))].drop_duplicates("path", keep="last")
+    table = table.sort_values("path", ignore_index=True)
+    return table, digests
+
+
 def run_keypoints(
     cfg: Config,
     checkpoint: str | None = None,
@@ -255,8 +304,6 @@ def run_keypoints(
 ) -> StageResult:
     """Estimate (or import) keypoints for the dataset's images; resume unless `force`.
     `compare`: score them against this reference legacy CSV (tables/keypoints_qa.parquet)."""
-    from pipeline.cluster.runtime import init_ray
-    from pipeline.pose.estimator_factory import estimator_name
 
     kc = cfg.keypoints.model_copy(
         update={
@@ -275,38 +322,7 @@ def run_keypoints(
         )
         result.notes.append(f"imported {len(table)} rows from {annotations}")
     else:
-        output = keypoints_output(layout)
-        if force:
-            output.discard()
-        finished = pd.DataFrame(columns=KEYPOINTS_SCHEMA.names) if force else output.done()
-        # Rows with an error are retried: the file may have been fixed since. Rows another
-        # model made (another checkpoint, estimator or version; imported ones) are redone.
-        finished = finished[
-            finished["path"].isin(set(images["path"]))
-            & finished["error"].isna()
-            & (finished["estimator"] == estimator_name(kc))
-        ]
-        # The images are the dataset's, wherever --out puts the tables.
-        digests = image_digests(cfg, Path(cfg.dataset.root), images["path"])
-        recorded = read_sources(layout)
-        changed = {p for p in finished["path"] if p in recorded and recorded[p] != digests[p]}
-        finished = finished[~finished["path"].isin(changed)]
-        todo = images[~images["path"].isin(set(finished["path"]))]
-        result.skipped = len(images) - len(todo)
-        if changed:
-            result.notes.append(f"{len(changed)} image(s) changed since their keypoints were made")
-        if len(todo):
-            from pipeline.pose.estimator_factory import resolve_estimator
-
-            # Missing weights fail here, before Ray starts.
-            resolved = resolve_estimator(kc, cfg.weights.dir)
-            init_ray(cfg.ray)
-            estimate_keypoints(cfg, todo, output, resolved, progress)
-        new = output.done(with_table=not force)
-        new = new[new["path"].isin(set(todo["path"]))]
-        table = pd.concat([finished, new], ignore_index=True)
-        table = table[table["path"].isin(set(images["path"]))].drop_duplicates("path", keep="last")
-        table = table.sort_values("path", ignore_index=True)
+        table, digests = estimate_pending(cfg, kc, layout, images, force, progress, result)
     result.rows_out = len(table)
     result.errors = int(table["error"].notna().sum())
     result.outputs = write_outputs(table, layout)
