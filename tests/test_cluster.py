@@ -30,7 +30,8 @@ SETS = [
     "keypoints.compare=null",
     "posemaps.batch_size=8",
     "generate.ngf=4",
-    "generate.batch_size=4",
+    # Small batches: enough of them that every node's actor gets some before one finishes all.
+    "generate.batch_size=2",
     "evaluate.metrics=[ssim,psnr,lpips_alex]",
     "evaluate.network_weights=random",
     "evaluate.batch_size=8",
