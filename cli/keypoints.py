@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli.options import TABLES_OUT
 from stages.keypoints import DEFAULT_GLOB, run_keypoints
 
 
@@ -55,12 +56,7 @@ from stages.keypoints import DEFAULT_GLOB, run_keypoints
     f"else {DEFAULT_GLOB}).",
 )
 @click.option("--force", is_flag=True, help="Recompute every image instead of resuming.")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Write the legacy CSVs here and the table under OUT/tables (default: dataset root).",
-)
+@TABLES_OUT
 @click.pass_obj
 def keypoints_command(
     obj, estimator, compare, checkpoint, old_checkpoint, annotations, pattern, force, out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli.options import TABLES_OUT
 from stages.pairs import run_pairs
 
 
@@ -20,12 +21,7 @@ from stages.pairs import run_pairs
     default=None,
     help="Keep a seeded, deterministic sample of at most N pairs per identity.",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Write the legacy CSVs here and the table under OUT/tables (default: dataset root).",
-)
+@TABLES_OUT
 @click.pass_obj
 def pairs_command(obj, min_valid, max_pairs_per_identity, out) -> None:
     """Train/test pairs from the keypoints table and the image lists of dataset.root.

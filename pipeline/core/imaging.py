@@ -31,8 +31,13 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise ImageError(f"cannot read: {exc.strerror or exc}") from exc
     if size == 0:
         raise ImageError("empty file (0 bytes)")
+    return _open_rgb(path)
+
+
+def _open_rgb(source) -> Image.Image:
+    """A path or file object decoded to RGB; what PIL cannot read becomes an ImageError."""
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
             return to_rgb(im)
     except ImageError:
@@ -45,14 +50,7 @@ def decode_rgb(data: bytes) -> Image.Image:
     """Like `load_rgb` for bytes already read."""
     if not data:
         raise ImageError("empty file (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return to_rgb(im)
-    except ImageError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"not a readable image: {exc}") from exc
+    return _open_rgb(io.BytesIO(data))
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
