@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Create or update the project-local virtual environment (.venv). Cheap when up to date:
-# it reinstalls only when requirements.txt or this script changed since the last success.
+# it reinstalls only when requirements.txt, pyproject.toml (entry points, packages) or this
+# script changed since the last success.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
 VENV=.venv
 STAMP="$VENV/.bootstrap-stamp"
-want="$(cat requirements.txt scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements.txt pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
   exit 0
 fi

@@ -15,8 +15,10 @@ def test_status_with_empty_cache(tmp_path, monkeypatch):
     for spec in KNOWN_WEIGHTS.values():
         assert f"MISSING  {spec.name}" in res.output and spec.filename in res.output
     assert str(tmp_path / "torch" / "hub" / "checkpoints") in res.output
-    # Only BlazePose's files, which ship inside the mediapipe wheel.
-    assert "2 present" in res.output and "present  blazepose_landmark_full" in res.output
+    # Only BlazePose's files, which ship inside the mediapipe wheel, and the demo pair
+    # shipped in the repository.
+    assert "4 present" in res.output and "present  blazepose_landmark_full" in res.output
+    assert "present  demo netG_" in res.output and "present  demo netD_" in res.output
 
 
 def test_status_finds_a_right_named_file(tmp_path, monkeypatch):
@@ -37,7 +39,7 @@ def test_status_finds_a_right_named_file(tmp_path, monkeypatch):
     assert "present  fid_inception" in res.output
     assert hashlib.sha256(data).hexdigest() in res.output
     assert "present  netG 500" in res.output and hashlib.sha256(b"ckpt").hexdigest() in res.output
-    assert "4 present" in res.output  # with the two BlazePose files
+    assert "6 present" in res.output  # with the two BlazePose files and the demo pair
 
 
 def test_fetch_rejects_unknown_names():
