@@ -126,7 +126,7 @@ def finish_output(output: ResumableTable, units: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def run_pixel_metrics(metrics, gen_root, pairs, paths, batch_size) -> dict[str, pd.DataFrame]:
+def run_pixel_metrics(metrics, gen_root, pairs, paths, cfg) -> dict[str, pd.DataFrame]:
     """Score `pairs` with the pixel `metrics` in Ray tasks (one pass loads each pair once for
     all of them), resuming what an earlier run scored."""
     from pipeline.cluster.batch_stream import Tasks, run_batches
@@ -146,8 +146,9 @@ def run_pixel_metrics(metrics, gen_root, pairs, paths, batch_size) -> dict[str, 
     if len(todo):
         step = Tasks(pixel_scores, {"gen_root": str(gen_root), "metrics": list(metrics)},
                      batch_format="pandas", num_cpus=1)  # fmt: skip
-        run_batches(todo, batch_size, [step], label="ssim/psnr", unit="pair", handle=record,
-                    outputs=list(outputs.values()))  # fmt: skip
+        run_batches(todo, cfg.evaluate.pixel_batch_size, [step], label="ssim/psnr", unit="pair",
+                    handle=record, outputs=list(outputs.values()),
+                    stall_timeout=cfg.ray.stall_timeout_s)  # fmt: skip
     return {m: finish_output(o, ok) for m, o in outputs.items()}
 
 
@@ -163,7 +164,7 @@ def run_network_metric(metric, weights, gen_root, units, paths, cfg) -> pd.DataF
         step = Actors(MetricActor, plan_pool(cfg.evaluate.concurrency), kwargs,
                       batch_format="pandas")  # fmt: skip
         run_batches(todo, cfg.evaluate.batch_size, [step], label=metric, unit="img",
-                    outputs=[output])  # fmt: skip
+                    outputs=[output], stall_timeout=cfg.ray.stall_timeout_s)  # fmt: skip
     return finish_output(output, units)
 
 
@@ -250,9 +251,7 @@ def score_metrics(
     with_copies = pd.concat([ok_pairs, copies], ignore_index=True)
     pixel = [m for m in names if SPECS[m].kind == "pixel"]
     if pixel:
-        per_image.update(
-            run_pixel_metrics(pixel, gen_root, with_copies, paths, cfg.evaluate.pixel_batch_size)
-        )
+        per_image.update(run_pixel_metrics(pixel, gen_root, with_copies, paths, cfg))
     for metric in (m for m in names if SPECS[m].kind != "pixel"):
         try:
             weights = weights_for(metric, cfg.evaluate.network_weights, cfg.weights.dir,

@@ -148,7 +148,15 @@ def generate_pending(
         return len(part)
 
     # An interrupted run still records what it wrote, so a rerun resumes there.
-    consume(parts, total=len(todo), label=label, unit="img", handle=record, outputs=[output])
+    consume(
+        parts,
+        total=len(todo),
+        label=label,
+        unit="img",
+        handle=record,
+        outputs=[output],
+        stall_timeout=cfg.ray.stall_timeout_s,
+    )
     return generated
 
 

@@ -179,21 +179,18 @@ def estimate_keypoints(
     """Run the estimator (resolved by estimators.resolve_estimator) over `todo` on Ray Data:
     decode tasks feed a model pool; finished rows reach `output`'s part files as they come."""
     from pipeline.cluster.batch_stream import Actors, Tasks, run_batches
-    from pipeline.cluster.ray_pool import IO_CPUS, plan_pool
-    from pipeline.cluster.runtime import largest_node_cpus
+    from pipeline.cluster.ray_pool import plan_pool
 
     kc = cfg.keypoints
-    # A share below half a node leaves room for the decode tasks under Ray Data's
-    # per-operator budget; torch still gets the node's cores as threads.
-    share = min(1.0, (largest_node_cpus() - IO_CPUS) / 2)
     # mediapipe runs on CPU only: GPUs would sit idle in its actors.
-    pool = plan_pool(kc.concurrency, use_gpus=estimator.estimator != "mediapipe", num_cpus=share)
+    pool = plan_pool(kc.concurrency, use_gpus=estimator.estimator != "mediapipe")
     steps = [
         Tasks(decode_images, {"root": str(Path(cfg.dataset.root).resolve())}, kc.batch_size),
         Actors(KeypointsPredictor, pool, {"keypoints": estimator, "device": None}, kc.batch_size),
     ]
     return run_batches(todo[["path", "split"]], kc.batch_size, steps, label="keypoints",
-                       unit="img", outputs=[output], progress=progress)  # fmt: skip
+                       unit="img", outputs=[output], progress=progress,
+                       stall_timeout=cfg.ray.stall_timeout_s)  # fmt: skip
 
 
 def write_outputs(table: pd.DataFrame, layout: DatasetLayout) -> dict[str, str]:

@@ -148,7 +148,7 @@ def plan_posemaps(
 
 
 def write_in_tasks(
-    rows: pd.DataFrame, layout: DatasetLayout, sigma: float | None, size: int, progress: bool
+    rows: pd.DataFrame, layout: DatasetLayout, sigma: float | None, cfg: Config, progress: bool
 ) -> tuple[int, pd.Series]:
     """Write the maps of `rows` in Ray tasks of `size` maps: (keypoints that fell outside
     their image, the node that wrote each map by target)."""
@@ -164,8 +164,9 @@ def write_in_tasks(
 
     step = Tasks(write_posemaps, {"sigma": sigma, "root": str(layout.root.resolve())},
                  batch_format="pandas", num_cpus=1)  # fmt: skip
-    run_batches(rows[MAP_COLUMNS], size, [step], label="posemaps", unit="map", handle=record,
-                progress=progress)  # fmt: skip
+    run_batches(rows[MAP_COLUMNS], cfg.posemaps.batch_size, [step], label="posemaps",
+                unit="map", handle=record, progress=progress,
+                stall_timeout=cfg.ray.stall_timeout_s)  # fmt: skip
     return outside, pd.concat(written) if written else pd.Series(name="node", dtype=object)
 
 
@@ -194,7 +195,7 @@ def run_posemaps(
     outside, nodes = 0, read_index(layout)["node"]
     if len(rows):
         init_ray(cfg.ray)
-        outside, written = write_in_tasks(rows, layout, sigma, cfg.posemaps.batch_size, progress)
+        outside, written = write_in_tasks(rows, layout, sigma, cfg, progress)
         nodes = pd.concat([nodes, written])
         nodes = nodes[~nodes.index.duplicated(keep="last")]
     # Maps of images no longer in the table go; the index records what each map holds and

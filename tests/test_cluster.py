@@ -195,8 +195,8 @@ print(json.dumps({"pool": [pool.size, pool.num_cpus], "largest": largest_node_cp
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     ids = {v: k for k, v in node_ids(cluster).items()}
     assert got["largest"] == 2 and 1 <= got["train"] <= 2
-    # One actor per node, asking at most half of the smallest node (room for its feeders).
-    assert got["pool"] == [3, 0.5]
+    # One actor per node, asking for no logical CPU (its feeders always find one).
+    assert got["pool"] == [3, 0.0]
     threads = {ids[node]: t for node, t in got["rows"]}
     assert threads == {"head": 1, "w1": 1, "w2": 2}
 

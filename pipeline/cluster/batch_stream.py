@@ -23,6 +23,7 @@ from typing import Any, get_args
 import pandas as pd
 
 from pipeline.cluster.ray_pool import IO_CPUS, ModelPool, task_options
+from pipeline.cluster.stall_watch import StallWatch
 from pipeline.core.config import ExecutorName
 
 EXECUTORS = get_args(ExecutorName)
@@ -87,11 +88,13 @@ def consume(
     handle: Callable[[pd.DataFrame], int] | None = None,
     outputs: Sequence = (),
     progress: bool = True,
+    stall_timeout: float | None = None,
 ) -> int:
     """Hand each result batch to `handle`, which returns how many units it finished (by
     default: the batch goes to the one resumable table of `outputs`, each row a unit), on a
     tqdm bar of `total` `unit`s. `outputs` are flushed however the loop ends, so an
-    interrupted run keeps every batch it received. Returns the units finished."""
+    interrupted run keeps every batch it received; a stall of `stall_timeout` seconds
+    without a batch ends it with StalledError (`StallWatch`). Returns the units finished."""
     from tqdm import tqdm
 
     def add(part: pd.DataFrame) -> int:
@@ -100,8 +103,12 @@ def consume(
 
     done = 0
     try:
-        with tqdm(total=total, desc=label, unit=unit, disable=not progress) as bar:
+        with (
+            StallWatch(stall_timeout, label) as watch,
+            tqdm(total=total, desc=label, unit=unit, disable=not progress) as bar,
+        ):
             for part in parts:
+                watch.beat()
                 n = int((handle or add)(part))
                 bar.update(n)
                 done += n
@@ -115,8 +122,8 @@ def run_batches(
     units: pd.DataFrame, batch_size: int, steps: Sequence[Tasks | Actors], **how: Any
 ) -> int:
     """`units` through `steps` on Ray Data (`ray_batches`), each result batch handed on by
-    `consume` (`how`: its label, unit, handle, outputs and progress); returns the units
-    finished."""
+    `consume` (`how`: its label, unit, handle, outputs, progress and stall timeout);
+    returns the units finished."""
     return consume(ray_batches(units, batch_size, steps), total=len(units), **how)
 
 

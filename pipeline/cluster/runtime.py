@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 import time
 from typing import Any
 
@@ -155,15 +156,30 @@ def largest_node_cpus() -> int:
     return max([1, *cpu_node_sizes()])
 
 
-def smallest_node_cpus() -> int:
-    """The fewest CPUs a node with CPUs has: a CPU actor planned for every node must fit
-    there beside the tasks that feed it."""
-    return min(cpu_node_sizes() or [1])
-
-
 def cpu_nodes() -> int:
     """Alive nodes with CPUs: CPU model actors spread one per node by default."""
     return max(1, len(cpu_node_sizes()))
+
+
+def waiting_for() -> str:
+    """What Ray waits for, as `ray status` shows it: the pending resource demands of tasks
+    and actors, and what the alive nodes have free. Empty outside Ray."""
+    ray = sys.modules.get("ray")  # not imported: no Ray in this process
+    if ray is None or not ray.is_initialized():
+        return ""
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    demands = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands
+    pending = [str(b) for d in demands.ray_task_actor_demand for b in d.bundles_by_count]
+    free, total = ray.available_resources(), ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n["Alive"])
+    have = ", ".join(
+        f"{k} {free.get(k, 0):g} of {total[k]:g}" for k in ("CPU", "GPU") if total.get(k)
+    )
+    return (
+        f"pending demands (count and resources per task or actor): "
+        f"{'; '.join(pending) or 'none'}; free on {nodes} alive node(s): {have or 'nothing'}"
+    )
 
 
 def package_versions() -> dict[str, str]:

@@ -43,6 +43,10 @@ class RayConfig(Section):
     address: str | None = None  # None: start a local Ray; "auto" or host:port: join
     num_cpus: int | None = Field(None, ge=1)
     num_gpus: int | None = Field(None, ge=0)
+    # A stage whose batches stop finishing for this long (a cluster that lost the capacity
+    # its tasks wait for) prints what Ray waits for and exits 2, keeping finished rows.
+    # None: wait forever.
+    stall_timeout_s: float | None = Field(600.0, gt=0)
 
 
 class SynthConfig(Section):

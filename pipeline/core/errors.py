@@ -32,3 +32,8 @@ class UnreadableTableError(DataError):
 class DiskFullError(DataError):
     """A write ran out of space (or quota); the message names the file, the space needed
     and the space free, and says nothing partial was kept."""
+
+
+class StalledError(PipelineError, RuntimeError):
+    """No batch of a stage finished within `ray.stall_timeout_s`; the message says what
+    Ray waits for. Finished rows are kept for the rerun."""
