@@ -80,3 +80,31 @@ def preflight(cfg: Config, selected: list[str]) -> None:
     problems = preflight_problems(cfg, selected)
     if problems:
         raise ConfigError("nothing was started or written:\n  " + "\n  ".join(problems))
+
+
+def location_problems(cfg: Config) -> list[str]:
+    """Data locations given as URIs that cannot be used (an unknown scheme, a missing
+    bucket, refused credentials, no server), each one paragraph naming the key, the URI
+    and what to set. Usable URIs are still refused while the stages read and write local
+    paths only: a clear stop before anything is written, never a half-run on a path named
+    after the URI."""
+    from pipeline.core import storage
+
+    named = [
+        ("dataset.root", cfg.dataset.root),
+        ("output.root", cfg.output.root),
+        ("weights.dir", cfg.weights.dir),
+        ("weights.checkpoint_dir", cfg.weights.checkpoint_dir),
+        *(("generate.checkpoints", c) for c in cfg.generate.checkpoints),
+    ]
+    named = [(key, value) for key, value in named if value]
+    problems = [p for k, v in named if (p := storage.location_problem(k, v, cfg.storage))]
+    remote = sorted({key for key, value in named if not storage.is_local(value)})
+    if remote and not problems:
+        problems.append(
+            f"{', '.join(remote)}: object storage is reachable, but the stages still read and "
+            "write local paths (the storage layer, pipeline.core.storage, serves s3:// "
+            "already; the stages move onto it next). Until then, mount the bucket on every "
+            "node (mountpoint-s3, s3fs or gcsfuse) and give the mounted path."
+        )
+    return problems

@@ -262,3 +262,39 @@ def test_losing_a_worker_node_mid_stage_loses_nothing(cluster, source, local_run
     if stage == "keypoints":  # one row per image: w2's rows are those of batches it finished
         started_on_lost = log.read_text().splitlines().count(lost)
         assert (table["node"] == lost).sum() <= 2 * (started_on_lost - 1)
+
+
+def test_a_cluster_that_shrinks_to_one_cpu_mid_generate_finishes_or_says_why(
+    cluster, source, local_run, tmp_path
+):
+    """Both worker nodes are lost in the middle of generate and not replaced, leaving the
+    1-CPU head. The stage finishes there (its model actors hold no CPU, so the tasks that
+    feed them still find one), or stops with the watchdog's error: never a silent wait.
+    Before, the restarted actors held the head's CPU and the load tasks waited forever."""
+    root = shutil.copytree(local_run / "data", tmp_path / "data")
+    out = tmp_path / "out"
+    sets = [*overrides(root, out, source[1]), "ray.stall_timeout_s=60"]
+    log = tmp_path / "batches.log"
+    env = {"POSE_PIPELINE_BATCH_DELAY": "generate:2.5", "POSE_PIPELINE_BATCH_LOG": str(log)}
+    proc = cli(["generate"], sets, cluster.address, env)
+    workers = {cluster.workers[n].node_id for n in ("w1", "w2")}
+    deadline = time.monotonic() + 240
+    while not (log.is_file() and workers & set(log.read_text().split())) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no worker node got a batch"
+        time.sleep(0.2)
+    assert proc.poll() is None, "generate finished before the cluster could shrink"
+    try:
+        for name in ("w1", "w2"):
+            cluster.remove_node(cluster.workers[name], allow_graceful=False)
+        text, _ = proc.communicate(timeout=400)
+    finally:
+        for name in ("w1", "w2"):  # the module's cluster, whole again for later tests
+            cluster.workers[name] = start_node(cluster, name)
+        cluster.wait_for_nodes()
+    if proc.returncode == 2:
+        assert "no batch finished in 60 s (ray.stall_timeout_s)" in text, text[-4000:]
+        return
+    assert proc.returncode == 0, text[-4000:]
+    want, got = files(local_run / "out" / "generated", "*.jpg"), files(out / "generated", "*.jpg")
+    assert want.keys() == got.keys()
+    assert [k for k in want if want[k] != got[k]] == []

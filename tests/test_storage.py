@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 from s3_server import RequestLog
 from test_tables import keypoint_rows
@@ -260,3 +261,46 @@ def test_bad_endpoints_name_the_setting(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "ftp://example.com")
     with pytest.raises(ConfigError, match="AWS_ENDPOINT_URL"):
         storage.endpoint()
+
+
+@pytest.mark.parametrize(
+    "case, want",
+    [
+        ("wrong keys", "refused the credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        ("no bucket", "bucket 'no-such-bucket' does not exist at http://127.0.0.1:"),
+        ("no server", "no S3 server answered at http://127.0.0.1:1: set storage.endpoint_override"),
+        ("unknown scheme", "storage scheme 'gs' is not supported"),
+        ("usable", "the stages still read and write local paths"),
+    ],
+)
+def test_an_unusable_location_stops_the_cli_before_anything_is_written(
+    s3_server, aws_env, monkeypatch, tmp_path, case, want
+):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    aws_env(s3_server)
+    data = f"s3://{s3_server.bucket}/data"
+    if case == "wrong keys":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    elif case == "no bucket":
+        data = "s3://no-such-bucket/data"
+    elif case == "no server":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    elif case == "unknown scheme":
+        data = "gs://bucket/data"
+    out = tmp_path / "out"
+    args = ["--set", f"dataset.root={data}", "--set", f"output.root={out}", "run"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2, res.output
+    assert "nothing was started or written" in res.output and want in res.output, res.output
+    assert (
+        f"dataset.root {data!r}" in res.output
+        or f"dataset.root: {data!r}" in res.output
+        or (case == "usable" and "dataset.root:" in res.output)
+    )
+    assert not out.exists()
+    # Asked with the server's own settings: some cases spoilt the environment's.
+    listing = pafs.FileSelector(f"{s3_server.bucket}/data", allow_not_found=True, recursive=True)
+    assert s3_server.filesystem().get_file_info(listing) == []

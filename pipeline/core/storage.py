@@ -190,6 +190,42 @@ def resolve(target: Target, storage_cfg: StorageConfig | None = None) -> Locatio
     )
 
 
+def location_problem(key: str, target: str, storage_cfg: StorageConfig | None = None) -> str | None:
+    """Why the data location `key` = `target` is unusable, as one paragraph that names the
+    URI and what to set (None: usable): a scheme this layer does not serve, a bucket that
+    is not there, credentials the server refuses, an endpoint that does not answer. One
+    HEAD of the bucket; local paths pass (their checks are the stages')."""
+    if is_local(target):
+        return None
+    try:
+        loc = resolve(target, storage_cfg)
+        info = loc.fs.get_file_info(loc.bucket)
+    except DataError as exc:
+        return f"{key}: {exc}"
+    except OSError as exc:
+        where = endpoint(storage_cfg) or "AWS S3"
+        text = str(exc)
+        if "ACCESS_DENIED" in text or "FORBIDDEN" in text.upper():
+            hint = (
+                f"the server at {where} refused the credentials: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) to keys that may read and write it"
+            )
+        elif "NETWORK_CONNECTION" in text:
+            hint = (
+                f"no S3 server answered at {where}: set storage.endpoint_override (or "
+                "AWS_ENDPOINT_URL) to the server's URL, e.g. http://127.0.0.1:8333"
+            )
+        else:
+            hint = "the server answered with an error"
+        return f"{key} {target!r}: {hint} ({text})"
+    if info.type == pafs.FileType.NotFound:
+        return (
+            f"{key} {target!r}: bucket {loc.bucket!r} does not exist at "
+            f"{endpoint(storage_cfg) or 'AWS S3'}; create it or correct the URI"
+        )
+    return None
+
+
 def join(base: str | os.PathLike, *parts: str) -> str:
     """`parts` under `base` (unchecked: for the pipeline's own names; safe_join for
     names read from data), as a URI when `base` is one."""
