@@ -295,11 +295,7 @@ def test_an_unusable_location_stops_the_cli_before_anything_is_written(
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 2, res.output
     assert "nothing was started or written" in res.output and want in res.output, res.output
-    assert (
-        f"dataset.root {data!r}" in res.output
-        or f"dataset.root: {data!r}" in res.output
-        or (case == "usable" and "dataset.root:" in res.output)
-    )
+    assert "dataset.root" in res.output and (case == "usable" or repr(data) in res.output)
     assert not out.exists()
     # Asked with the server's own settings: some cases spoilt the environment's.
     listing = pafs.FileSelector(f"{s3_server.bucket}/data", allow_not_found=True, recursive=True)
