@@ -23,7 +23,6 @@ import click
 from pipeline.core.config import Config, load_config
 from pipeline.core.errors import ConfigError, PipelineError
 from stages import STAGE_NAMES
-from stages.preflight import location_problems
 
 REPO = Path(__file__).resolve().parent.parent
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
@@ -41,6 +40,8 @@ class PipelineContext:
     @property
     def cfg(self) -> Config:
         if self._cfg is None:
+            from stages.preflight import location_problems  # --help imports no stage
+
             cfg = load_config(self.config_path, self.overrides)
             if problems := location_problems(cfg):
                 raise ConfigError("nothing was started or written:\n  " + "\n  ".join(problems))

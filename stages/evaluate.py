@@ -44,7 +44,7 @@ from pipeline.metrics.summary import (
     sort_key,
     summarise,
 )
-from stages.spec import OUTPUT_ROOT, RAY_KEYS, STORAGE_KEYS, StageSpec
+from stages.spec import OUTPUT_ROOT, RAY_KEYS, STALL_KEY, STORAGE_KEYS, StageSpec
 
 UNIT_KEY = ["checkpoint", "direction", "name"]
 UNIT_COLUMNS = [*UNIT_KEY, "real_path", "fake_path", "inputs"]
@@ -379,6 +379,7 @@ STAGE = StageSpec(
     ignored_keys={
         **STORAGE_KEYS,
         **RAY_KEYS,
+        **STALL_KEY,
         **OUTPUT_ROOT,
         "dataset.root": "where the keypoints QA table is (an input, digested by content)",
         "evaluate.batch_size": "images per network call: batching only",

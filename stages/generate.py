@@ -50,7 +50,7 @@ from pipeline.generator.generation_plan import (
     write_identical,
 )
 from pipeline.generator.save_modes import SAVE_MODES, record_generation, save_mode
-from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, STORAGE_KEYS, StageSpec
+from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, STALL_KEY, STORAGE_KEYS, StageSpec
 
 # --- the Ray wrapper -------------------------------------------------------------------
 
@@ -277,6 +277,7 @@ STAGE = StageSpec(
     ignored_keys={
         **STORAGE_KEYS,
         **RAY_KEYS,
+        **STALL_KEY,
         **DATASET_ROOT,
         **OUTPUT_ROOT,
         "weights.checkpoint_dir": "where checkpoint ids are looked up; the files found are "

@@ -20,7 +20,7 @@ from pipeline.core.paths import check_paths, file_id
 from pipeline.core.resumable import ResumableTable
 from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.pose.skeleton import MISSING, N_KEYPOINTS, valid_mask
-from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, STORAGE_KEYS, StageSpec
+from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, STALL_KEY, STORAGE_KEYS, StageSpec
 
 IMPORTED = "imported"
 DEFAULT_GLOB = "img/**/*.jpg"
@@ -390,6 +390,7 @@ STAGE = StageSpec(
     ignored_keys={
         **STORAGE_KEYS,
         **RAY_KEYS,
+        **STALL_KEY,
         **DATASET_ROOT,
         **OUTPUT_ROOT,
         "keypoints.batch_size": "images per estimator call: batching only",

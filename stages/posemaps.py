@@ -20,7 +20,7 @@ from pipeline.core.layout import SPLITS, DatasetLayout
 from pipeline.core.paths import relative_under, safe_path
 from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.pose.posemap import load_posemap, out_of_image, write_posemap
-from stages.spec import DATASET_ROOT, RAY_KEYS, STORAGE_KEYS, StageSpec
+from stages.spec import DATASET_ROOT, RAY_KEYS, STALL_KEY, STORAGE_KEYS, StageSpec
 
 POSEMAP_META = "pose_maps.json"  # beside the maps: which kind the stage wrote there
 
@@ -244,6 +244,7 @@ STAGE = StageSpec(
     ignored_keys={
         **STORAGE_KEYS,
         **RAY_KEYS,
+        **STALL_KEY,
         **DATASET_ROOT,
         "posemaps.batch_size": "maps per Ray task: scheduling only",
     },

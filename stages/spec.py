@@ -18,7 +18,10 @@ RAY_KEYS = {
     "ray.address": "which Ray cluster runs the work: scheduling only",
     "ray.num_cpus": "the CPUs of a local Ray: scheduling only",
     "ray.num_gpus": "the GPUs of a local Ray: scheduling only",
-    "ray.stall_timeout_s": "how long a stage waits for a batch before it stops: a watchdog",
+}
+# Read by the stages whose batches go through batch_stream.consume.
+STALL_KEY = {
+    "ray.stall_timeout_s": "how long a stage waits for a batch before it stops: a watchdog"
 }
 DATASET_ROOT = {
     "dataset.root": "where the dataset is: the files the stage reads there are its inputs, "
