@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli.main import DirectoryOrURI
 from pipeline.metrics.registry import METRICS
 from stages.evaluate import run_evaluate
 
@@ -31,9 +32,10 @@ class MetricList(click.ParamType):
 @click.command("evaluate")
 @click.option(
     "--generated",
-    type=click.Path(exists=True, file_okay=False),
+    type=DirectoryOrURI(),
     default=None,
-    help="Generation directory in the published layout (default: <output.root>/generated).",
+    help="Generation directory in the published layout, a local path or s3://bucket/prefix "
+    "(default: <output.root>/generated).",
 )
 @click.option(
     "--out",
@@ -66,7 +68,8 @@ def evaluate_command(obj, generated, out, metrics, network_weights, allow_mixed_
 
     \b
     Input: real_images/real_{A,B}/<n>@<fid>.jpg and fake_images/iter_<ckpt>/fake_{A,B}/<n>@<fid>.jpg
-    (the published test layout; real and generated matched by file name).
+    (the published test layout; real and generated matched by file name), in a local
+    directory or under s3://bucket/prefix (listed once; a rerun reads no unchanged image).
     Output in OUT:
       per_image/<metric>.parquet    per-image scores (resume: scored images are kept)
       summary.parquet               mean, std, n per checkpoint, direction, metric
@@ -88,6 +91,7 @@ def evaluate_command(obj, generated, out, metrics, network_weights, allow_mixed_
             "--weights": ("evaluate.network_weights", network_weights),
         }
     )
+    obj.check_location("--generated", generated)
     result = run_evaluate(
         cfg,
         generated=generated,

@@ -44,9 +44,17 @@ class PipelineContext:
 
             cfg = load_config(self.config_path, self.overrides)
             if problems := location_problems(cfg):
-                raise ConfigError("nothing was started or written:\n  " + "\n  ".join(problems))
+                raise refusal(problems)
             self._cfg = cfg
         return self._cfg
+
+    def check_location(self, option: str, target: str | None) -> None:
+        """Stop before anything is written when a command's location option names a URI
+        that cannot be used, with the paragraph the config keys get (local paths pass)."""
+        from pipeline.core import storage
+
+        if target and (problem := storage.location_problem(option, target, self.cfg.storage)):
+            raise refusal([problem])
 
     def override(self, *items: str) -> None:
         """Add `section.key=value` overrides; they apply to the config loaded next."""
@@ -70,6 +78,25 @@ class PipelineContext:
             if not named:
                 raise
             raise ConfigError(f"{exc} (given as {', '.join(named)})") from None
+
+
+def refusal(problems: list[str]) -> ConfigError:
+    return ConfigError("nothing was started or written:\n  " + "\n  ".join(problems))
+
+
+class DirectoryOrURI(click.ParamType):
+    """A local directory that must exist, or a storage URI kept as the string it is (a
+    Path would mangle it; PipelineContext.check_location checks it with the config's
+    storage settings)."""
+
+    name = "DIR|URI"
+
+    def convert(self, value, param, ctx):
+        from pipeline.core import storage
+
+        if storage.scheme(value) is not None:
+            return value
+        return click.Path(exists=True, file_okay=False).convert(value, param, ctx)
 
 
 def _set_config(ctx: click.Context, _param, value):

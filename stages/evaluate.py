@@ -2,22 +2,26 @@
 SSIM, PSNR, IS, DS, PCKh, LPIPS and FID; per-image Parquet, per-(checkpoint, direction,
 metric) summaries, the published legacy CSVs. Pixel metrics run as Ray Data tasks over
 batches, each network metric in a model pool (one actor per GPU, else per CPU node); both
-resume from what an interrupted run wrote."""
+resume from what an interrupted run wrote. The generation root may be an s3:// prefix:
+it is listed once, workers read each image through the storage layer, and an up-to-date
+check compares the listing's sizes and mtimes, never the objects."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.cluster.runtime import init_ray, package_versions
 from pipeline.cluster.stage_result import StageResult
+from pipeline.core import storage
 from pipeline.core.atomic_io import write_bytes_atomic, write_table
-from pipeline.core.config import Config
-from pipeline.core.content_state import ContentCache
+from pipeline.core.config import Config, StorageConfig
+from pipeline.core.content_state import ContentCache, listed_digest
 from pipeline.core.errors import DataError, WeightsError
 from pipeline.core.layout import (
     PAIRS_INDEX_SCHEMA,
@@ -25,7 +29,7 @@ from pipeline.core.layout import (
     EvaluationLayout,
     GenerationLayout,
     OutputLayout,
-    scan_generation,
+    generation_pairs,
 )
 from pipeline.core.legacy_csv import write_csv
 from pipeline.core.paths import checkpoint_sort_key, relative_under
@@ -54,25 +58,42 @@ class MetricActor:
     """Ray Data actor: one metric's network, built once per actor; a batch of units in,
     per-image rows out."""
 
-    def __init__(self, metric: str, weights, gen_root: str, actors_per_node: int):
+    def __init__(
+        self,
+        metric: str,
+        weights,
+        gen_root: str,
+        storage_cfg: StorageConfig,
+        actors_per_node: int,
+    ):
         from pipeline.cluster.ray_pool import use_node_threads
         from pipeline.cluster.runtime import current_node
 
         use_node_threads(actors_per_node)
-        self.kind, self.gen_root = SPECS[metric].kind, gen_root
+        self.kind, self.gen_root, self.storage_cfg = SPECS[metric].kind, gen_root, storage_cfg
+        if weights is None:
+            import torch
+
+            # A random network is drawn alike in every actor and run, so a resumed or
+            # repeated evaluation scores every image with the same one.
+            torch.manual_seed(0)
         self.scorer = SPECS[metric].build(weights)
         self.node = current_node()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        rows = score_network_batch(self.scorer, self.gen_root, batch.to_dict("records"), self.kind)
+        rows = score_network_batch(
+            self.scorer, self.gen_root, batch.to_dict("records"), self.kind, self.storage_cfg
+        )
         return rows_frame(rows).assign(node=self.node)
 
 
-def pixel_scores(batch: pd.DataFrame, gen_root: str, metrics: list[str]) -> pd.DataFrame:
+def pixel_scores(
+    batch: pd.DataFrame, gen_root: str, metrics: list[str], storage_cfg: StorageConfig
+) -> pd.DataFrame:
     """Ray Data task: SSIM and/or PSNR rows of a batch of pairs, one `metric` column."""
     from pipeline.cluster.runtime import current_node
 
-    scored = score_pixel_batch(gen_root, batch.to_dict("records"), metrics)
+    scored = score_pixel_batch(gen_root, batch.to_dict("records"), metrics, storage_cfg)
     return pd.concat(
         [rows_frame(rows).assign(metric=m, node=current_node()) for m, rows in scored.items()],
         ignore_index=True,
@@ -91,17 +112,32 @@ def metric_output(paths: EvaluationLayout, metric: str) -> ResumableTable:
     return ResumableTable(paths.per_image(metric), PER_IMAGE_SCHEMA, UNIT_KEY, flush_rows=1 << 30)
 
 
-def unit_digests(units: pd.DataFrame, gen_root: Path, cache) -> list[str]:
-    """Per unit, the content digest of its real and generated files (stat-keyed cache)."""
+def file_digests(
+    gen_root: str, files: list[storage.FileState], cache: ContentCache
+) -> Callable[[str], str]:
+    """Relative path -> what a rerun compares: a local file's content digest (stat-keyed
+    cache), an object's listed URI, size and mtime (an up-to-date check never GETs one)."""
+    if not storage.is_local(gen_root):
+        listed = {f.rel: listed_digest(f.path, f.size, f.mtime_ns) for f in files}
+        return lambda rel: listed.get(rel, "missing")
 
-    def digest(rel) -> str:
+    def by_content(rel: str) -> str:
         try:
-            return cache.digest(gen_root / rel) if isinstance(rel, str) else "none"
+            return cache.digest(os.path.join(gen_root, rel))
         except OSError:
             return "missing"
 
-    return [f"{digest(r)}|{digest(f)}" for r, f in zip(units["real_path"], units["fake_path"],
-                                                           strict=True)]  # fmt: skip
+    return by_content
+
+
+def unit_digests(units: pd.DataFrame, digest: Callable[[str], str]) -> list[str]:
+    """Per unit, the digests of its real and generated files."""
+
+    def of(rel) -> str:
+        return digest(rel) if isinstance(rel, str) else "none"
+
+    return [f"{of(r)}|{of(f)}" for r, f in zip(units["real_path"], units["fake_path"],
+                                               strict=True)]  # fmt: skip
 
 
 def pending_units(units: pd.DataFrame, done: pd.DataFrame) -> pd.DataFrame:
@@ -144,8 +180,8 @@ def run_pixel_metrics(metrics, gen_root, pairs, paths, cfg) -> dict[str, pd.Data
         return int(part["metric"].eq(metrics[0]).sum())
 
     if len(todo):
-        step = Tasks(pixel_scores, {"gen_root": str(gen_root), "metrics": list(metrics)},
-                     batch_format="pandas", num_cpus=1)  # fmt: skip
+        kwargs = {"gen_root": gen_root, "metrics": list(metrics), "storage_cfg": cfg.storage}
+        step = Tasks(pixel_scores, kwargs, batch_format="pandas", num_cpus=1)
         run_batches(todo, cfg.evaluate.pixel_batch_size, [step], label="ssim/psnr", unit="pair",
                     handle=record, outputs=list(outputs.values()),
                     stall_timeout=cfg.ray.stall_timeout_s)  # fmt: skip
@@ -160,7 +196,8 @@ def run_network_metric(metric, weights, gen_root, units, paths, cfg) -> pd.DataF
     output = metric_output(paths, metric)
     todo = pending_units(units, output.done())
     if len(todo):
-        kwargs = {"metric": metric, "weights": weights, "gen_root": str(gen_root)}
+        kwargs = {"metric": metric, "weights": weights, "gen_root": gen_root,
+                  "storage_cfg": cfg.storage}  # fmt: skip
         step = Actors(MetricActor, plan_pool(cfg.evaluate.concurrency), kwargs,
                       batch_format="pandas")  # fmt: skip
         run_batches(todo, cfg.evaluate.batch_size, [step], label=metric, unit="img",
@@ -168,7 +205,7 @@ def run_network_metric(metric, weights, gen_root, units, paths, cfg) -> pd.DataF
     return finish_output(output, units)
 
 
-def targets_pckh(cfg: Config, gen_root: Path, pairs: pd.DataFrame) -> dict | None:
+def targets_pckh(cfg: Config, gen_root: str, pairs: pd.DataFrame) -> dict | None:
     """Per direction, how well the estimator finds the real targets' keypoints: its PCKh
     against the dataset's reference keypoints (the keypoints stage's QA table), when the
     generation is the pipeline's own and a reference is configured; None otherwise (the
@@ -177,7 +214,8 @@ def targets_pckh(cfg: Config, gen_root: Path, pairs: pd.DataFrame) -> dict | Non
     from pipeline.pose.keypoint_qa import targets_pckh as pckh_of
 
     qa_table = DatasetLayout(cfg.dataset.root).keypoints_qa
-    if not cfg.keypoints.compare or gen_root != OutputLayout(cfg.output.root).generated.resolve():
+    own = str(OutputLayout(cfg.output.root).generated.resolve())
+    if not cfg.keypoints.compare or gen_root != own:
         return None
     if not qa_table.exists():
         return None
@@ -235,17 +273,23 @@ def check_save_modes(modes: dict[str, str], paths: EvaluationLayout, allow_mixed
 
 
 def score_metrics(
-    cfg: Config, names: list[str], gen_root: Path, pairs: pd.DataFrame, paths: EvaluationLayout
+    cfg: Config,
+    names: list[str],
+    gen_root: str,
+    files: list[storage.FileState],
+    pairs: pd.DataFrame,
+    paths: EvaluationLayout,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, str], pd.DataFrame]:
     """Each metric's per-image table over the pairs (pair metrics also score the condition
     copied, image metrics the real targets), metrics without weights skipped with the
-    reason; (tables, skipped, the pairs without an error)."""
+    reason; (tables, skipped, the pairs without an error). `files`: the root's listing."""
     per_image: dict[str, pd.DataFrame] = {}
     skipped: dict[str, str] = {}
     with ContentCache(OutputLayout(cfg.output.root).state / "content.sqlite") as cache:
-        pairs["inputs"] = unit_digests(pairs, gen_root, cache)
+        digest = file_digests(gen_root, files, cache)
+        pairs["inputs"] = unit_digests(pairs, digest)
         copies = condition_copies(pairs)
-        copies["inputs"] = unit_digests(copies, gen_root, cache)
+        copies["inputs"] = unit_digests(copies, digest)
     ok_pairs = pairs[pairs["error"].isna()]
     # Pair metrics also score the condition copied: the floor beside every checkpoint.
     with_copies = pd.concat([ok_pairs, copies], ignore_index=True)
@@ -277,6 +321,24 @@ def write_legacy(legacy: dict[str, pd.DataFrame], root: Path) -> dict[str, pd.Da
     return legacy
 
 
+def generation_root(generated: str | os.PathLike, storage_cfg: StorageConfig) -> str:
+    """The generation root as the workers get it: a local folder as an absolute path, an
+    object-store prefix as its URI (a string: a Path would mangle s3://)."""
+    loc = storage.resolve(generated, storage_cfg)
+    return str(Path(loc.path).resolve()) if loc.is_local else loc.uri
+
+
+def recorded_root(gen_root: str, paths: EvaluationLayout, outputs: OutputLayout) -> str:
+    """The generation root as evaluation.json keeps it: relative to the evaluation folder
+    when both sit in the output root (a copied root's report then shows its own images),
+    else absolute, or the URI."""
+    if not storage.is_local(gen_root):
+        return gen_root
+    if relative_under(gen_root, outputs.root) and relative_under(paths.root, outputs.root):
+        return os.path.relpath(gen_root, paths.root.resolve())
+    return gen_root
+
+
 def run_evaluate(
     cfg: Config,
     generated: str | os.PathLike | None = None,
@@ -292,12 +354,13 @@ def run_evaluate(
     )
 
     outputs = OutputLayout(cfg.output.root)
-    gen_root = Path(generated or outputs.generated).resolve()
+    gen_root = generation_root(generated or outputs.generated, cfg.storage)
     paths = EvaluationLayout(out or outputs.evaluation)
     names = expand_metrics(metrics or cfg.evaluate.metrics)
     mode = cfg.evaluate.network_weights
     result = StageResult("evaluate")
-    pairs = scan_generation(gen_root)
+    files = storage.list_files(gen_root, storage_cfg=cfg.storage)
+    pairs = generation_pairs(gen_root, files)
     if pairs.empty:
         raise DataError(
             f"{gen_root}: no generated images under fake_images/iter_<ckpt>/fake_{{A,B}}/"
@@ -305,13 +368,13 @@ def run_evaluate(
     result.rows_in = len(pairs)
     result.errors = int(pairs["error"].notna().sum())
     ckpts = sorted(pairs["checkpoint"].unique(), key=checkpoint_sort_key)
-    modes = checkpoint_save_modes(gen_root, ckpts)
+    modes = checkpoint_save_modes(gen_root, ckpts, cfg.storage)
     check_save_modes(modes, paths, allow_mixed_save_modes)
     init_ray(cfg.ray)
     paths.root.mkdir(parents=True, exist_ok=True)
     write_table(pairs, paths.pairs, PAIRS_INDEX_SCHEMA)
 
-    per_image, skipped, ok_pairs = score_metrics(cfg, names, gen_root, pairs, paths)
+    per_image, skipped, ok_pairs = score_metrics(cfg, names, gen_root, files, pairs, paths)
     real_pckh = targets_pckh(cfg, gen_root, ok_pairs) if "pckh" in per_image else None
     real_measured = {"pckh": real_pckh} if real_pckh else None
     summary = summarise(
@@ -320,13 +383,7 @@ def run_evaluate(
     write_table(summary, paths.summary, SUMMARY_SCHEMA)
     legacy = write_legacy(legacy_tables(summary, per_image), paths.root)
     meta = {
-        # Relative to this folder when both sit in the output root: a copied root's report
-        # then shows its own images.
-        "generated": (
-            os.path.relpath(gen_root, paths.root.resolve())
-            if relative_under(gen_root, outputs.root) and relative_under(paths.root, outputs.root)
-            else str(gen_root)
-        ),
+        "generated": recorded_root(gen_root, paths, outputs),
         "metrics": names,
         "network_weights": mode,
         "skipped": skipped,

@@ -98,6 +98,12 @@ class ContentCache:
         return out
 
 
+def listed_digest(uri: str, size: int, mtime_ns: int | None) -> str:
+    """What an object-store file stands for in up-to-date checks: its URI, size and
+    modification time as a listing gives them (its content would cost a GET per object)."""
+    return hashlib.blake2b(f"{uri}|{size}|{mtime_ns}".encode(), digest_size=16).hexdigest()
+
+
 def listing_digest(files: dict[str, str]) -> str:
     """One digest for a listing of (relative path -> content digest)."""
     h = hashlib.blake2b(digest_size=16)

@@ -16,6 +16,9 @@ from pipeline.core.errors import ImageError
 if TYPE_CHECKING:  # torch loads only where tensors are made: decode workers stay light
     import torch
 
+    from pipeline.core.config import StorageConfig
+    from pipeline.core.storage import Target
+
 CANVAS = 256
 CONTENT_W = 176  # DeepFashion frames are 256 x 176 (h x w)
 JPEG_QUALITY = 95
@@ -51,6 +54,22 @@ def decode_rgb(data: bytes) -> Image.Image:
     if not data:
         raise ImageError("empty file (0 bytes)")
     return _open_rgb(io.BytesIO(data))
+
+
+def read_rgb(root: Target, rel: str, storage_cfg: StorageConfig | None = None) -> Image.Image:
+    """The image `rel` under `root` (a local folder, an s3:// URI or a storage Location) as
+    RGB: a local file as `load_rgb` opens it, an object read whole into memory and decoded;
+    a missing object is an ImageError, as a missing file is."""
+    from pipeline.core import storage
+
+    loc = storage.resolve(root, storage_cfg).join(rel)
+    if loc.is_local:
+        return load_rgb(loc.path)
+    try:
+        data = storage.read_bytes(loc)
+    except FileNotFoundError as exc:
+        raise ImageError(f"cannot read: {exc}") from exc
+    return decode_rgb(data)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.core import storage
 from pipeline.core.errors import DataError
 from pipeline.core.paths import checkpoint_sort_key
 
 if TYPE_CHECKING:
-    from pipeline.core.config import DatasetConfig
+    from pipeline.core.config import DatasetConfig, StorageConfig
 
 SPLITS = ("train", "test")
 
@@ -254,54 +255,80 @@ PAIRS_INDEX_SCHEMA = pa.schema(
 )
 
 
-def scan_generation(gen_root: str | os.PathLike) -> pd.DataFrame:
-    """Pairs of a published-layout directory, matched by file name: one row per generated
-    image with its real target and the condition image of the same index n.
+def scan_generation(
+    gen_root: str | os.PathLike, storage_cfg: StorageConfig | None = None
+) -> pd.DataFrame:
+    """Pairs of a published-layout directory (a local folder or an object-store prefix),
+    matched by file name: one row per generated image with its real target and the
+    condition image of the same index n. One listing of the tree (on S3: LIST calls only).
 
     Columns: checkpoint, direction, index, name, real_path, fake_path, condition_path, error
     (paths relative to `gen_root`; error says what is missing)."""
+    return generation_pairs(gen_root, storage.list_files(gen_root, storage_cfg=storage_cfg))
+
+
+def generation_pairs(gen_root: str | os.PathLike, files: list[storage.FileState]) -> pd.DataFrame:
+    """scan_generation's rows from a listing of the generation root (`files`)."""
     g = GenerationLayout
-    root = Path(gen_root)
-    fake_root = root / "fake_images"
-    if not fake_root.is_dir():
+    if not any(f.rel.startswith("fake_images/") for f in files):
         raise DataError(
-            f"{root} is not a generation directory: {fake_root} is missing. Expected the "
-            "published layout real_images/real_{A,B}/<n>@<fid>.jpg and "
+            f"{gen_root} is not a generation directory: "
+            f"{storage.join(gen_root, 'fake_images')} is missing. Expected the published layout "
+            "real_images/real_{A,B}/<n>@<fid>.jpg and "
             "fake_images/iter_<ckpt>/fake_{A,B}/<n>@<fid>.jpg (run the generate stage first)."
         )
-    by_index: dict[str, dict[int, str]] = {}
-    for side in ("A", "B"):
-        folder = root / g.real_dir(side)
-        names = sorted(p.name for p in folder.glob("*.jpg")) if folder.is_dir() else []
-        by_index[side] = {parsed[0]: n for n in names if (parsed := g.parse_name(n))}
+    folders = jpg_folders(files)
+    reals = {side: set(folders.get(g.real_dir(side), [])) for side in ("A", "B")}
+    by_index = {
+        side: {parsed[0]: n for n in sorted(names) if (parsed := g.parse_name(n))}
+        for side, names in reals.items()
+    }
+    ckpt_dirs = {folder.split("/")[1] for folder in folders if folder.startswith("fake_images/")}
+    ckpts = {c for d in ckpt_dirs if (c := g.checkpoint_of(d)) is not None}
     rows = []
-    folders = [(g.checkpoint_of(p.name), p) for p in fake_root.iterdir() if p.is_dir()]
-    for ckpt, ckpt_dir in sorted(
-        (f for f in folders if f[0] is not None), key=lambda f: checkpoint_sort_key(f[0])
-    ):
-        for direction, (target, condition) in g.DIRECTIONS.items():
-            folder = ckpt_dir / g.fake_dir(target)
-            if not folder.is_dir():
-                continue
-            for fake in sorted(folder.glob("*.jpg"), key=lambda p: g.name_order(p.name)):
-                parsed = g.parse_name(fake.name)
-                real = root / g.real_dir(target) / fake.name
-                cond = by_index[condition].get(parsed[0]) if parsed else None
-                error = None
-                if not parsed:
-                    error = f"file name {fake.name!r} is not <n>@<file id>.jpg"
-                elif not real.is_file():
-                    error = f"no real image {g.real_dir(target)}/{fake.name} for the generated one"
-                rows.append(
-                    {
-                        "checkpoint": ckpt,
-                        "direction": direction,
-                        "index": parsed[0] if parsed else -1,
-                        "name": fake.name,
-                        "real_path": str(real.relative_to(root)),
-                        "fake_path": str(fake.relative_to(root)),
-                        "condition_path": f"{g.real_dir(condition)}/{cond}" if cond else None,
-                        "error": error,
-                    }
-                )
+    for ckpt in sorted(ckpts, key=checkpoint_sort_key):
+        for direction, (target, _) in g.DIRECTIONS.items():
+            folder = f"fake_images/iter_{ckpt}/{g.fake_dir(target)}"
+            for name in sorted(folders.get(folder, []), key=g.name_order):
+                rows.append(pair_row(folder, direction, name, reals, by_index))
     return pd.DataFrame(rows, columns=PAIRS_INDEX_SCHEMA.names)
+
+
+def jpg_folders(files: list[storage.FileState]) -> dict[str, list[str]]:
+    """Folder (relative) -> the .jpg names directly in it, as a glob of each would find."""
+    folders: dict[str, list[str]] = {}
+    for f in files:
+        folder, _, name = f.rel.rpartition("/")
+        if name.endswith(".jpg"):
+            folders.setdefault(folder, []).append(name)
+    return folders
+
+
+def pair_row(
+    fake_folder: str,
+    direction: str,
+    name: str,
+    reals: dict[str, set[str]],
+    by_index: dict[str, dict[int, str]],
+) -> dict:
+    """The index row of the generated image `name` in `fake_folder`; `reals`: the real
+    images' names per side, `by_index`: the same by their index n."""
+    g = GenerationLayout
+    target, condition = g.DIRECTIONS[direction]
+    parsed = g.parse_name(name)
+    cond = by_index[condition].get(parsed[0]) if parsed else None
+    error = None
+    if not parsed:
+        error = f"file name {name!r} is not <n>@<file id>.jpg"
+    elif name not in reals[target]:
+        error = f"no real image {g.real_dir(target)}/{name} for the generated one"
+    return {
+        "checkpoint": g.checkpoint_of(fake_folder.split("/")[1]),
+        "direction": direction,
+        "index": parsed[0] if parsed else -1,
+        "name": name,
+        "real_path": f"{g.real_dir(target)}/{name}",
+        "fake_path": f"{fake_folder}/{name}",
+        "condition_path": f"{g.real_dir(condition)}/{cond}" if cond else None,
+        "error": error,
+    }

@@ -7,9 +7,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pipeline.core import storage
 from pipeline.core.atomic_io import write_bytes_atomic
 from pipeline.core.errors import DataError
+
+if TYPE_CHECKING:
+    from pipeline.core.config import StorageConfig
 
 GENERATION_META = "generation.json"
 PUBLISHED, DEFAULT, UNKNOWN = "published", "default", "unknown"
@@ -26,20 +31,25 @@ def save_mode(minmax: bool) -> str:
     return PUBLISHED if minmax else DEFAULT
 
 
-def read_generation_meta(gen_root: str | os.PathLike) -> dict:
-    """The generation directory's record; {} when it has none."""
-    path = Path(gen_root) / GENERATION_META
-    if not path.is_file():
-        return {}
+def read_generation_meta(
+    gen_root: str | os.PathLike, storage_cfg: StorageConfig | None = None
+) -> dict:
+    """The generation directory's record (a local folder or an s3:// prefix); {} when it
+    has none."""
+    path = storage.join(gen_root, GENERATION_META)
     try:
-        return json.loads(path.read_text())
+        return json.loads(storage.read_bytes(path, storage_cfg))
+    except FileNotFoundError:
+        return {}
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON ({exc}); delete it and rerun generate") from exc
 
 
-def checkpoint_save_modes(gen_root: str | os.PathLike, checkpoints: list[str]) -> dict[str, str]:
+def checkpoint_save_modes(
+    gen_root: str | os.PathLike, checkpoints: list[str], storage_cfg: StorageConfig | None
+) -> dict[str, str]:
     """Save mode of each checkpoint's images; `unknown` where the record names none."""
-    recorded = read_generation_meta(gen_root).get("checkpoints", {})
+    recorded = read_generation_meta(gen_root, storage_cfg).get("checkpoints", {})
     return {c: recorded.get(c, UNKNOWN) for c in checkpoints}
 
 

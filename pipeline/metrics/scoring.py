@@ -5,13 +5,16 @@ keep a row with the reason for what does not."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from pipeline.core.imaging import ImageError, load_rgb
+from pipeline.core.imaging import ImageError, read_rgb
 from pipeline.metrics.registry import COPY, REAL
+
+if TYPE_CHECKING:
+    from pipeline.core.config import StorageConfig
 
 
 def real_images(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -35,18 +38,21 @@ def condition_copies(pairs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def load_image(gen_root: str, rel: str) -> np.ndarray:
-    return np.array(
-        load_rgb(Path(gen_root) / rel)
-    )  # a writable copy: torch refuses read-only arrays
+def load_image(gen_root: str, rel: str, storage_cfg: StorageConfig | None) -> np.ndarray:
+    """`rel` under the generation root (a local folder or an s3:// URI, always a string)."""
+    # A writable copy: torch refuses read-only arrays.
+    return np.array(read_rgb(gen_root, rel, storage_cfg))
 
 
-def _load_pairs(gen_root: str, rows: list[dict]) -> tuple[list, list, dict[int, str]]:
+def _load_pairs(
+    gen_root: str, rows: list[dict], storage_cfg: StorageConfig | None
+) -> tuple[list, list, dict[int, str]]:
     """Real and fake images of `rows`; failures are returned by row position."""
     real, fake, errors = [], [], {}
     for i, r in enumerate(rows):
         try:
-            a, b = load_image(gen_root, r["real_path"]), load_image(gen_root, r["fake_path"])
+            a = load_image(gen_root, r["real_path"], storage_cfg)
+            b = load_image(gen_root, r["fake_path"], storage_cfg)
             if a.shape != b.shape:
                 raise ImageError(
                     f"real {a.shape[1]}x{a.shape[0]} and generated "
@@ -68,26 +74,37 @@ def _with_errors(rows: list[dict], errors: dict[int, str], scored: list[dict]) -
     return out
 
 
-def score_pixel_batch(gen_root: str, rows: list[dict], metrics: list[str]) -> dict[str, list[dict]]:
+def score_pixel_batch(
+    gen_root: str,
+    rows: list[dict],
+    metrics: list[str],
+    storage_cfg: StorageConfig | None,
+) -> dict[str, list[dict]]:
     """Pixel metrics (SSIM, PSNR) for a batch of pairs, each pair loaded once -> metric ->
     rows with `value` or `error`."""
     from pipeline.metrics.registry import build_scorer
 
-    real, fake, errors = _load_pairs(gen_root, rows)
+    real, fake, errors = _load_pairs(gen_root, rows, storage_cfg)
     return {m: _with_errors(rows, errors, build_scorer(m, None)(real, fake)) for m in metrics}
 
 
-def score_network_batch(scorer: Callable, gen_root: str, rows: list[dict], kind: str) -> list[dict]:
+def score_network_batch(
+    scorer: Callable,
+    gen_root: str,
+    rows: list[dict],
+    kind: str,
+    storage_cfg: StorageConfig | None,
+) -> list[dict]:
     """Load a batch and score it: pairs for pair metrics, single images for image metrics
     (the fake image, or the real one for rows of the real set)."""
     if kind == "pair":
-        real, fake, errors = _load_pairs(gen_root, rows)
+        real, fake, errors = _load_pairs(gen_root, rows, storage_cfg)
         return _with_errors(rows, errors, scorer(real, fake) if real else [])
     images, errors = [], {}
     for i, r in enumerate(rows):
         rel = r["fake_path"] if r["fake_path"] else r["real_path"]
         try:
-            images.append(load_image(gen_root, rel))
+            images.append(load_image(gen_root, rel, storage_cfg))
         except ImageError as exc:
             errors[i] = f"{rel}: {exc}"
     return _with_errors(rows, errors, scorer(images, None) if images else [])
