@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.main import DirectoryOrURI
+from cli.options import DirectoryOrURI
 from pipeline.metrics.registry import METRICS
 from stages.evaluate import run_evaluate
 

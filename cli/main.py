@@ -84,21 +84,6 @@ def refusal(problems: list[str]) -> ConfigError:
     return ConfigError("nothing was started or written:\n  " + "\n  ".join(problems))
 
 
-class DirectoryOrURI(click.ParamType):
-    """A local directory that must exist, or a storage URI kept as the string it is (a
-    Path would mangle it; PipelineContext.check_location checks it with the config's
-    storage settings)."""
-
-    name = "DIR|URI"
-
-    def convert(self, value, param, ctx):
-        from pipeline.core import storage
-
-        if storage.scheme(value) is not None:
-            return value
-        return click.Path(exists=True, file_okay=False).convert(value, param, ctx)
-
-
 def _set_config(ctx: click.Context, _param, value):
     if value is not None:
         ctx.ensure_object(PipelineContext).config_path = value
