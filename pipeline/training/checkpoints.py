@@ -252,3 +252,17 @@ def load_init_checkpoints(nets: Nets, init: dict) -> int:
     load_into(nets.netG, init["netG"])
     load_into(nets.netD, init["netD"])
     return int(init["iteration"])
+
+
+def average_weights(paths: list[Path]) -> dict:
+    """The mean of the state dicts in `paths` (float tensors; integer buffers such as
+    BatchNorm's batch counts from the last): a generator averaged over its last
+    checkpoints draws steadier figures than any one of them, as the EMA generators of
+    GAN practice do."""
+    import torch
+
+    states = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+    return {
+        key: sum(s[key] for s in states) / len(states) if value.is_floating_point() else value
+        for key, value in states[-1].items()
+    }
