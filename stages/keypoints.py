@@ -179,11 +179,15 @@ def estimate_keypoints(
     """Run the estimator (resolved by estimators.resolve_estimator) over `todo` on Ray Data:
     decode tasks feed a model pool; finished rows reach `output`'s part files as they come."""
     from pipeline.cluster.batch_stream import Actors, Tasks, run_batches
-    from pipeline.cluster.ray_pool import plan_pool
+    from pipeline.cluster.ray_pool import IO_CPUS, plan_pool
+    from pipeline.cluster.runtime import largest_node_cpus
 
     kc = cfg.keypoints
+    # A share below half a node leaves room for the decode tasks under Ray Data's
+    # per-operator budget; torch still gets the node's cores as threads.
+    share = min(1.0, (largest_node_cpus() - IO_CPUS) / 2)
     # mediapipe runs on CPU only: GPUs would sit idle in its actors.
-    pool = plan_pool(kc.concurrency, use_gpus=estimator.estimator != "mediapipe")
+    pool = plan_pool(kc.concurrency, use_gpus=estimator.estimator != "mediapipe", num_cpus=share)
     steps = [
         Tasks(decode_images, {"root": str(Path(cfg.dataset.root).resolve())}, kc.batch_size),
         Actors(KeypointsPredictor, pool, {"keypoints": estimator, "device": None}, kc.batch_size),

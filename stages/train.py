@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -218,6 +219,10 @@ def fit(trainer, board, start: int, iterations: int) -> dict:
         target=show_progress, args=(board, start, iterations, done), daemon=True
     )
     progress.start()
+    # Ray Train installs its own SIGINT handler for the run and never puts the old one
+    # back: a later Ctrl-C (or the stall watchdog) in the same process would call it and
+    # exit 0 on the finished run's gone controller, instead of stopping the stage.
+    on_sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
     except TrainingFailedError as exc:
@@ -228,6 +233,8 @@ def fit(trainer, board, start: int, iterations: int) -> dict:
     finally:
         done.set()
         progress.join()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, on_sigint)
     return result.metrics or {}
 
 

@@ -18,7 +18,7 @@ IO_CPUS = 0.5
 class ModelPool:
     size: int  # actors
     num_gpus: float  # per actor
-    num_cpus: float  # per actor (logical: 1 beside a GPU, 0 on CPU; threads come from the node)
+    num_cpus: float  # per actor (a logical share; threads come from the node)
     actors_per_node: int  # torch threads = node CPUs // this
 
     def map(
@@ -52,16 +52,12 @@ def _spread() -> dict[str, Any]:
     return {"scheduling_strategy": "SPREAD"}
 
 
-def plan_pool(concurrency: int | None, use_gpus: bool = True) -> ModelPool:
+def plan_pool(concurrency: int | None, use_gpus: bool = True, num_cpus: float = 1.0) -> ModelPool:
     """One actor per GPU when the cluster has GPUs (and the model uses them), else one per
-    CPU node; `concurrency` overrides the count.
-
-    A CPU actor asks for no logical CPU: its torch threads take the node's cores anyway
-    (`use_node_threads`), and the tasks that feed it must always find a CPU. An actor that
-    held CPUs deadlocked a shrinking cluster: when nodes were lost, Ray restarted their
-    actors on the survivors, where they held every CPU while the load tasks waited for
-    one, without end."""
-    from pipeline.cluster.runtime import available_gpus, cpu_nodes
+    CPU node; `concurrency` overrides the count. A CPU actor asks for at most half the
+    smallest CPU node, so with one actor on every node each node still has room for the
+    tasks that feed it (a whole 1-CPU node per actor left none: the stage hung)."""
+    from pipeline.cluster.runtime import available_gpus, cpu_nodes, smallest_node_cpus
 
     gpus = available_gpus() if use_gpus else 0
     if gpus:
@@ -69,7 +65,8 @@ def plan_pool(concurrency: int | None, use_gpus: bool = True) -> ModelPool:
         return ModelPool(size, min(1.0, gpus / size), 1.0, 1)
     nodes = cpu_nodes()
     size = concurrency or nodes
-    return ModelPool(size, 0.0, 0.0, max(1, -(-size // nodes)))
+    share = min(num_cpus, smallest_node_cpus() / 2)
+    return ModelPool(size, 0.0, share, max(1, -(-size // nodes)))
 
 
 def use_node_threads(actors_per_node: int) -> int:

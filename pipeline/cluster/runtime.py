@@ -161,6 +161,12 @@ def cpu_nodes() -> int:
     return max(1, len(cpu_node_sizes()))
 
 
+def smallest_node_cpus() -> int:
+    """The fewest CPUs a node with CPUs has: a CPU actor planned for every node must fit
+    there beside the tasks that feed it."""
+    return min(cpu_node_sizes() or [1])
+
+
 def waiting_for() -> str:
     """What Ray waits for, as `ray status` shows it: the pending resource demands of tasks
     and actors, and what the alive nodes have free. Empty outside Ray."""

@@ -25,12 +25,16 @@ class StallWatch:
         self.last = time.monotonic()
         self.message: str | None = None
         self._stop = threading.Event()
+        self._on_sigint = None
 
     def beat(self) -> None:
         self.last = time.monotonic()
 
     def __enter__(self) -> StallWatch:
         if self.timeout is not None and threading.current_thread() is threading.main_thread():
+            # SIGINT must raise KeyboardInterrupt in the loop, whatever a library installed
+            # before (Ray Train leaves a handler of its own behind).
+            self._on_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
             self.last = time.monotonic()
             threading.Thread(target=self._watch, name=f"{self.label} watch", daemon=True).start()
         return self
@@ -55,6 +59,8 @@ class StallWatch:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._stop.set()
+        if self._on_sigint is not None:
+            signal.signal(signal.SIGINT, self._on_sigint)
         if exc_type is KeyboardInterrupt and self.message is not None:
             _let_ray_data_stop()
             raise StalledError(self.message) from None
