@@ -34,7 +34,13 @@ from pipeline.core.layout import (
 from pipeline.core.legacy_csv import write_csv
 from pipeline.core.paths import checkpoint_sort_key, relative_under
 from pipeline.core.resumable import ResumableTable
-from pipeline.metrics.registry import SPECS, expand_metrics, legacy_files, weights_for
+from pipeline.metrics.registry import (
+    SPECS,
+    build_scorer,
+    expand_metrics,
+    legacy_files,
+    weights_for,
+)
 from pipeline.metrics.scoring import (
     condition_copies,
     real_images,
@@ -71,13 +77,7 @@ class MetricActor:
 
         use_node_threads(actors_per_node)
         self.kind, self.gen_root, self.storage_cfg = SPECS[metric].kind, gen_root, storage_cfg
-        if weights is None:
-            import torch
-
-            # A random network is drawn alike in every actor and run, so a resumed or
-            # repeated evaluation scores every image with the same one.
-            torch.manual_seed(0)
-        self.scorer = SPECS[metric].build(weights)
+        self.scorer = build_scorer(metric, weights)
         self.node = current_node()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:

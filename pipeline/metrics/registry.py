@@ -210,5 +210,14 @@ def weights_for(metric: str, mode: str, weights_dir: str | None,
 
 def build_scorer(metric: str, weights) -> Scorer:
     """The scorer of `metric`: (real images, fake images) -> one dict per image. Image
-    metrics score the first list only; `weights` None builds a random network."""
-    return SPECS[metric].build(weights)
+    metrics score the first list only; `weights` None builds a random network, drawn from
+    seed 0 (without touching the caller's random state), so every actor and every run
+    builds the same one and a resumed evaluation scores with one network."""
+    spec = SPECS[metric]
+    if weights is not None or spec.kind == "pixel":
+        return spec.build(weights)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return spec.build(weights)
