@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.options import DirectoryOrURI
+from cli.options import ExistingOrURI
 from pipeline.metrics.registry import METRICS
 from stages.evaluate import run_evaluate
 
@@ -32,7 +32,7 @@ class MetricList(click.ParamType):
 @click.command("evaluate")
 @click.option(
     "--generated",
-    type=DirectoryOrURI(),
+    type=ExistingOrURI(file_okay=False),
     default=None,
     help="Generation directory in the published layout, a local path or s3://bucket/prefix "
     "(default: <output.root>/generated).",

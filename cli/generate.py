@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli.options import ExistingOrURI
 from pipeline.cluster.batch_stream import EXECUTORS
 from stages.generate import run_generate
 
@@ -45,7 +46,7 @@ from stages.generate import run_generate
 @click.option(
     "--pairs",
     "pairs_file",
-    type=click.Path(dir_okay=False, exists=True),
+    type=ExistingOrURI(dir_okay=False),
     default=None,
     help="Pairs table (.parquet) or legacy pairs CSV (default: the dataset's pairs table, "
     "else test_img_pairs.csv).",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.options import TABLES_OUT
+from cli.options import TABLES_OUT, ExistingOrURI
 from stages.keypoints import DEFAULT_GLOB, run_keypoints
 
 
@@ -18,7 +18,7 @@ from stages.keypoints import DEFAULT_GLOB, run_keypoints
 )
 @click.option(
     "--compare",
-    type=click.Path(exists=True, dir_okay=False),
+    type=ExistingOrURI(dir_okay=False),
     default=None,
     metavar="CSV",
     help="Score the keypoints against this reference legacy keypoints CSV (PCKh with the "
@@ -42,7 +42,7 @@ from stages.keypoints import DEFAULT_GLOB, run_keypoints
 )
 @click.option(
     "--annotations",
-    type=click.Path(exists=True, dir_okay=False),
+    type=ExistingOrURI(dir_okay=False),
     default=None,
     help="Import this legacy keypoints CSV instead of estimating "
     "(e.g. <root>/ground_truth_keypoints.csv of a synthetic tree).",

@@ -40,9 +40,11 @@ class PipelineContext:
     @property
     def cfg(self) -> Config:
         if self._cfg is None:
+            from pipeline.core import storage
             from stages.preflight import location_problems  # --help imports no stage
 
             cfg = load_config(self.config_path, self.overrides)
+            storage.configure(cfg.storage)
             if problems := location_problems(cfg):
                 raise refusal(problems)
             self._cfg = cfg

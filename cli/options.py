@@ -11,16 +11,19 @@ TABLES_OUT = click.option(
 )
 
 
-class DirectoryOrURI(click.ParamType):
-    """A local directory that must exist, or a storage URI kept as the string it is (a
-    Path would mangle it; PipelineContext.check_location checks it with the config's
-    storage settings)."""
+class ExistingOrURI(click.ParamType):
+    """A local file or directory that must exist (click.Path's checks, `path_kwargs`), or a
+    storage URI kept as the string it is: a Path would mangle it, and the stage that opens
+    it says what is missing there."""
 
-    name = "DIR|URI"
+    def __init__(self, **path_kwargs):
+        self.path = click.Path(exists=True, **path_kwargs)
+        kind = "DIR" if path_kwargs.get("file_okay") is False else "PATH"
+        self.name = f"{'FILE' if path_kwargs.get('dir_okay') is False else kind}|URI"
 
     def convert(self, value, param, ctx):
         from pipeline.core import storage
 
-        if storage.scheme(value) is not None:
+        if storage.scheme(value) not in (None, "file"):
             return value
-        return click.Path(exists=True, file_okay=False).convert(value, param, ctx)
+        return self.path.convert(value, param, ctx)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
+from cli.options import ExistingOrURI
 from stages.report import run_report
 
 
 @click.command("report")
 @click.option(
     "--evaluation",
-    type=click.Path(exists=True, file_okay=False),
+    type=ExistingOrURI(file_okay=False),
     default=None,
     help="Evaluation directory written by `evaluate` (default: <output.root>/evaluation).",
 )
@@ -22,7 +23,7 @@ from stages.report import run_report
 )
 @click.option(
     "--generated",
-    type=click.Path(exists=True, file_okay=False),
+    type=ExistingOrURI(file_okay=False),
     default=None,
     help="Generation directory for the image grids (default: the one evaluate recorded).",
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli.options import ExistingOrURI
 from pipeline.cluster.stage_result import run_stage
 from stages.train import run_train
 
@@ -28,7 +29,7 @@ from stages.train import run_train
 @click.option("--resume", is_flag=True, help="Continue from the latest saved state under OUT.")
 @click.option(
     "--init-from",
-    type=click.Path(exists=True),
+    type=ExistingOrURI(),
     default=None,
     metavar="DIR_OR_FILE",
     help="Start from a netG_<iter>.pth / netD_<iter>.pth pair (the official 257500 / "

@@ -9,7 +9,6 @@ DAG with the reason and the two ways on. Every run appends to the run manifest."
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -21,12 +20,13 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.cluster.runtime import package_versions
-from pipeline.core.atomic_io import atomic_path, write_table
+from pipeline.core import storage
+from pipeline.core.atomic_io import atomic_path, read_table, write_table
 from pipeline.core.config import Config
 from pipeline.core.content_state import ContentCache
 from pipeline.core.errors import PipelineError
 from pipeline.core.layout import OutputLayout
-from pipeline.core.paths import relative_under
+from pipeline.core.object_path import DataPath
 from pipeline.core.run_lock import output_lock
 from stages import STAGE_NAMES, evaluate, generate, keypoints, pairs, posemaps, report, train
 from stages.dag_state import (
@@ -109,10 +109,9 @@ def move_aside(paths: list[Path], cfg: Config, stage: str, run_id: str) -> list[
     moved = []
     for path in paths:
         if path.exists():
-            dest.mkdir(parents=True, exist_ok=True)
             target = dest / path.name
-            shutil.move(str(path), str(target))
-            moved.append(relative_under(target, out.root))
+            storage.move(path, target)
+            moved.append(storage.relative_under(target, out.root))
     return moved
 
 
@@ -127,6 +126,7 @@ def run_dag(
     (or with `dry_run` only assess, without the lock) the planned stages in order; returns
     this run's manifest rows. Stages start Ray themselves when they have work, so an
     up-to-date run never starts it."""
+    storage.configure(cfg.storage)
     preflight(cfg, plan.selected)
     if dry_run:
         return _run_stages(cfg, plan, echo, dry_run=True)
@@ -164,9 +164,7 @@ class DagRun:
         self.rows: list[dict[str, Any]] = []
         # Dry run: the stages that would run, with their outputs.
         self.would_change: list[tuple[str, list[Path]]] = []
-        self.cache = ContentCache(
-            OutputLayout(cfg.output.root).state / "content.sqlite", readonly=dry_run
-        )
+        self.cache = ContentCache(OutputLayout(cfg.output.root).content_cache, readonly=dry_run)
 
     def assess(self, spec: StageSpec, plan: RunPlan) -> None:
         """Dry run: say what the stage would do. Its inputs are those of the stage before,
@@ -274,7 +272,7 @@ class DagRun:
         if moved:
             row["moved_aside"] = json.dumps(moved)
             for path in moved:
-                self.echo(f"    moved aside: {Path(cfg.output.root) / path}")
+                self.echo(f"    moved aside: {storage.join(cfg.output.root, path)}")
 
     def _failed(self, spec: StageSpec, exc: BaseException, row: dict, t0: float) -> None:
         interrupted = isinstance(exc, KeyboardInterrupt)
@@ -299,10 +297,10 @@ class DagRun:
             _append_manifest(self.cfg, self.rows)
 
 
-def _under(path: Path, outputs: list[Path]) -> bool:
-    path = Path(path).resolve()
+def _under(path: DataPath, outputs: list[DataPath]) -> bool:
+    """`path` is one of `outputs`, lies in one or holds one."""
     return any(
-        path == o.resolve() or o.resolve() in path.parents or path in o.resolve().parents
+        storage.relative_under(path, o) is not None or storage.relative_under(o, path) is not None
         for o in outputs
     )
 
@@ -313,7 +311,7 @@ def _append_manifest(cfg: Config, rows: list[dict[str, Any]]) -> None:
     path = OutputLayout(cfg.output.root).run_manifest
     new = pd.DataFrame(rows)
     if path.exists():
-        new = pd.concat([pd.read_parquet(path), new], ignore_index=True)
+        new = pd.concat([read_table(path), new], ignore_index=True)
     write_table(new, path, RUN_MANIFEST_SCHEMA)
     with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(new.to_json(orient="records", date_format="iso", indent=1))

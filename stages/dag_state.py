@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.core import storage
 from pipeline.core.atomic_io import atomic_path, table_damage
 from pipeline.core.config import Config
 from pipeline.core.content_state import ContentCache, listing_digest
 from pipeline.core.layout import OutputLayout
-from pipeline.core.paths import relative_under
 from stages.spec import StageSpec, config_value
 
 if TYPE_CHECKING:
@@ -56,9 +56,9 @@ def input_key(cfg: Config, path: str | Path) -> str:
     if str(path).startswith(ROOT_PREFIXES):
         return str(path)
     roots = [("dataset", cfg.dataset.root), ("output", cfg.output.root)]
-    found = [(name, rel) for name, root in roots if (rel := relative_under(path, root))]
+    found = [(name, rel) for name, root in roots if (rel := storage.relative_under(path, root))]
     if not found:
-        return os.path.abspath(path)
+        return os.path.abspath(path) if storage.is_local(path) else str(path)
     # The dataset may sit inside the output root (the demo's): the longer match is inner.
     name, rel = min(found, key=lambda f: len(f[1]))
     return f"{name}:{rel}"

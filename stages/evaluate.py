@@ -32,6 +32,7 @@ from pipeline.core.layout import (
     generation_pairs,
 )
 from pipeline.core.legacy_csv import write_csv
+from pipeline.core.object_path import data_path
 from pipeline.core.paths import checkpoint_sort_key, relative_under
 from pipeline.core.resumable import ResumableTable
 from pipeline.metrics.registry import (
@@ -54,7 +55,7 @@ from pipeline.metrics.summary import (
     sort_key,
     summarise,
 )
-from stages.spec import OUTPUT_ROOT, RAY_KEYS, STALL_KEY, STORAGE_KEYS, StageSpec
+from stages.spec import CACHE_DIR_KEY, OUTPUT_ROOT, RAY_KEYS, STALL_KEY, STORAGE_KEYS, StageSpec
 
 UNIT_KEY = ["checkpoint", "direction", "name"]
 UNIT_COLUMNS = [*UNIT_KEY, "real_path", "fake_path", "inputs"]
@@ -214,7 +215,7 @@ def targets_pckh(cfg: Config, gen_root: str, pairs: pd.DataFrame) -> dict | None
     from pipeline.pose.keypoint_qa import targets_pckh as pckh_of
 
     qa_table = DatasetLayout(cfg.dataset.root).keypoints_qa
-    own = str(OutputLayout(cfg.output.root).generated.resolve())
+    own = storage.absolute(OutputLayout(cfg.output.root).generated)
     if not cfg.keypoints.compare or gen_root != own:
         return None
     if not qa_table.exists():
@@ -236,11 +237,11 @@ def checkpoint_files(ckpts: list[str], cfg: Config) -> dict[str, dict]:
     out = {}
     for c in ckpts:
         for d in dirs:
-            path = Path(d) / f"netG_{c}.pth"
+            path = data_path(d) / f"netG_{c}.pth"
             if path.is_file():
-                where = relative_under(path, cfg.output.root)
+                where = storage.relative_under(path, cfg.output.root)
                 out[c] = {
-                    "path": f"output:{where}" if where else str(path.resolve()),
+                    "path": f"output:{where}" if where else storage.absolute(path),
                     "sha256": file_sha256(path),
                 }
                 break
@@ -285,7 +286,7 @@ def score_metrics(
     reason; (tables, skipped, the pairs without an error). `files`: the root's listing."""
     per_image: dict[str, pd.DataFrame] = {}
     skipped: dict[str, str] = {}
-    with ContentCache(OutputLayout(cfg.output.root).state / "content.sqlite") as cache:
+    with ContentCache(OutputLayout(cfg.output.root).content_cache) as cache:
         digest = file_digests(gen_root, files, cache)
         pairs["inputs"] = unit_digests(pairs, digest)
         copies = condition_copies(pairs)
@@ -324,15 +325,14 @@ def write_legacy(legacy: dict[str, pd.DataFrame], root: Path) -> dict[str, pd.Da
 def generation_root(generated: str | os.PathLike, storage_cfg: StorageConfig) -> str:
     """The generation root as the workers get it: a local folder as an absolute path, an
     object-store prefix as its URI (a string: a Path would mangle s3://)."""
-    loc = storage.resolve(generated, storage_cfg)
-    return str(Path(loc.path).resolve()) if loc.is_local else loc.uri
+    return storage.absolute(generated, storage_cfg)
 
 
 def recorded_root(gen_root: str, paths: EvaluationLayout, outputs: OutputLayout) -> str:
     """The generation root as evaluation.json keeps it: relative to the evaluation folder
     when both sit in the output root (a copied root's report then shows its own images),
     else absolute, or the URI."""
-    if not storage.is_local(gen_root):
+    if not storage.is_local(gen_root) or not isinstance(paths.root, Path):
         return gen_root
     if relative_under(gen_root, outputs.root) and relative_under(paths.root, outputs.root):
         return os.path.relpath(gen_root, paths.root.resolve())
@@ -435,6 +435,7 @@ STAGE = StageSpec(
     ),
     ignored_keys={
         **STORAGE_KEYS,
+        **CACHE_DIR_KEY,
         **RAY_KEYS,
         **STALL_KEY,
         **OUTPUT_ROOT,

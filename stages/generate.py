@@ -17,11 +17,13 @@ from pipeline.cluster.batch_stream import (
     stream_ray,
 )
 from pipeline.cluster.stage_result import StageResult
+from pipeline.core import storage
 from pipeline.core.config import Config, dataset_path
 from pipeline.core.content_state import ContentCache
 from pipeline.core.errors import DataError
 from pipeline.core.imaging import FRAME
 from pipeline.core.layout import DatasetLayout, OutputLayout
+from pipeline.core.object_path import data_path
 from pipeline.core.resumable import ResumableTable
 from pipeline.generator.generation_batches import (
     Generator,
@@ -50,7 +52,15 @@ from pipeline.generator.generation_plan import (
     write_identical,
 )
 from pipeline.generator.save_modes import SAVE_MODES, record_generation, save_mode
-from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, STALL_KEY, STORAGE_KEYS, StageSpec
+from stages.spec import (
+    CACHE_DIR_KEY,
+    DATASET_ROOT,
+    OUTPUT_ROOT,
+    RAY_KEYS,
+    STALL_KEY,
+    STORAGE_KEYS,
+    StageSpec,
+)
 
 # --- the Ray wrapper -------------------------------------------------------------------
 
@@ -115,7 +125,7 @@ def generate_pending(
     from pipeline.cluster.runtime import init_ray
 
     gc = cfg.generate
-    root, generated = str(Path(cfg.dataset.root).resolve()), 0
+    root, generated = storage.absolute(cfg.dataset.root), 0
     executor = choose_executor(gc.executor, len(todo), gc.in_process_max_jobs,
                                gc.concurrency, cfg.ray.address)  # fmt: skip
     result.notes.append(f"ran {executor.reason}")
@@ -173,8 +183,8 @@ def run_generate(
     from stages.posemaps import describe_posemap_kind, recorded_posemap_kind
 
     gc = cfg.generate
-    root = str(Path(cfg.dataset.root).resolve())
-    out_dir = Path(out or OutputLayout(cfg.output.root).generated).resolve()
+    root = storage.absolute(cfg.dataset.root)
+    out_dir = data_path(out or OutputLayout(cfg.output.root).generated).resolve()
     result = StageResult(
         "generate", outputs={"generated": str(out_dir), "manifest": str(out_dir / MANIFEST)}
     )
@@ -186,7 +196,7 @@ def run_generate(
     output = manifest_output(out_dir)
     manifest = output.done()
     mode = save_mode(gc.minmax)
-    with ContentCache(OutputLayout(cfg.output.root).state / "content.sqlite") as cache:
+    with ContentCache(OutputLayout(cfg.output.root).content_cache) as cache:
         base = input_digests(jobs, root, cache)
         per_ckpt = [with_checkpoint(jobs, base, c, cache.digest(p), mode).assign(
                     checkpoint_path=str(p)) for p, c in zip(paths, ids, strict=True)]  # fmt: skip
@@ -243,7 +253,7 @@ def run_generate(
 
 def _generate_inputs(cfg: Config) -> list[Path]:
     layout = DatasetLayout(cfg.dataset.root)
-    ckpts = [Path(c) for c in cfg.generate.checkpoints] or [
+    ckpts = [data_path(c) for c in cfg.generate.checkpoints] or [
         OutputLayout(cfg.output.root).checkpoints
     ]
     return [
@@ -276,6 +286,7 @@ STAGE = StageSpec(
     ),
     ignored_keys={
         **STORAGE_KEYS,
+        **CACHE_DIR_KEY,
         **RAY_KEYS,
         **STALL_KEY,
         **DATASET_ROOT,

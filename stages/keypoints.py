@@ -4,6 +4,7 @@ CSVs, and optionally a QA table against a reference CSV."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +12,26 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.cluster.stage_result import StageResult
+from pipeline.core import storage
 from pipeline.core.atomic_io import read_table, write_table
 from pipeline.core.config import Config, KeypointsConfig, dataset_path
 from pipeline.core.errors import DataError
 from pipeline.core.layout import SPLITS, DatasetLayout, OutputLayout
 from pipeline.core.legacy_csv import read_image_list, read_keypoints_csv, write_keypoints_csv
+from pipeline.core.object_path import DataPath, data_path
 from pipeline.core.paths import check_paths, file_id
 from pipeline.core.resumable import ResumableTable
 from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.pose.skeleton import MISSING, N_KEYPOINTS, valid_mask
-from stages.spec import DATASET_ROOT, OUTPUT_ROOT, RAY_KEYS, STALL_KEY, STORAGE_KEYS, StageSpec
+from stages.spec import (
+    CACHE_DIR_KEY,
+    DATASET_ROOT,
+    OUTPUT_ROOT,
+    RAY_KEYS,
+    STALL_KEY,
+    STORAGE_KEYS,
+    StageSpec,
+)
 
 IMPORTED = "imported"
 DEFAULT_GLOB = "img/**/*.jpg"
@@ -65,7 +76,7 @@ def keypoints_from_csv(csv_path, images: pd.DataFrame, estimator: str = IMPORTED
 def list_images(cfg: Config, pattern: str | None = None) -> pd.DataFrame:
     """The images to annotate (path, split): the legacy image lists of the config, or with
     `pattern` (or without lists) a glob under the dataset root (split left empty)."""
-    root = Path(cfg.dataset.root)
+    root = data_path(cfg.dataset.root)
     lists = {s: DatasetLayout.of(cfg.dataset).image_list(s) for s in SPLITS}
     if pattern is None and any(p.is_file() for p in lists.values()):
         rows = [(p, s) for s, f in lists.items() if f.is_file() for p in read_image_list(f, root)]
@@ -91,13 +102,12 @@ def list_images(cfg: Config, pattern: str | None = None) -> pd.DataFrame:
 
 def decode_images(batch: dict[str, np.ndarray], root: str) -> dict[str, np.ndarray]:
     """Ray task: read and decode each image as RGB; unreadable ones get an error reason."""
-    from pipeline.core.imaging import ImageError, load_rgb
-    from pipeline.core.paths import safe_path
+    from pipeline.core.imaging import ImageError, read_rgb
 
     images, errors = [], []
     for rel in batch["path"]:
         try:
-            images.append(np.asarray(load_rgb(safe_path(root, rel))))
+            images.append(np.asarray(read_rgb(root, rel)))
             errors.append(None)
         except (ImageError, DataError) as exc:
             images.append(np.zeros((0, 0, 3), np.uint8))
@@ -189,7 +199,7 @@ def estimate_keypoints(
     # mediapipe runs on CPU only: GPUs would sit idle in its actors.
     pool = plan_pool(kc.concurrency, use_gpus=estimator.estimator != "mediapipe", num_cpus=share)
     steps = [
-        Tasks(decode_images, {"root": str(Path(cfg.dataset.root).resolve())}, kc.batch_size),
+        Tasks(decode_images, {"root": storage.absolute(cfg.dataset.root)}, kc.batch_size),
         Actors(KeypointsPredictor, pool, {"keypoints": estimator, "device": None}, kc.batch_size),
     ]
     return run_batches(todo[["path", "split"]], kc.batch_size, steps, label="keypoints",
@@ -219,13 +229,18 @@ def keypoints_output(layout: DatasetLayout) -> ResumableTable:
 SOURCES_SCHEMA = pa.schema([("path", pa.string()), ("digest", pa.string())])
 
 
-def image_digests(cfg: Config, root: Path, paths: pd.Series) -> dict[str, str]:
+def image_digests(cfg: Config, root: DataPath, paths: pd.Series) -> dict[str, str]:
     """Content digest of each image ("missing" when unreadable), through the output root's
-    stat-keyed cache: unchanged files are not read again."""
+    stat-keyed cache: unchanged files are not read again. On object storage from one
+    listing of the images' folder: no object is read."""
     from pipeline.core.content_state import ContentCache
 
     out = {}
-    with ContentCache(OutputLayout(cfg.output.root).state / "content.sqlite") as cache:
+    with ContentCache(OutputLayout(cfg.output.root).content_cache) as cache:
+        if not isinstance(root, Path):
+            folder = os.path.commonpath([os.path.dirname(p) for p in paths] or [""])
+            listed = cache.tree(root / folder if folder else root)
+            return {p: listed.get(os.path.relpath(p, folder or "."), "missing") for p in paths}
         for rel in paths:
             try:
                 out[rel] = cache.digest(root / rel)
@@ -269,7 +284,7 @@ def estimate_pending(
         & (finished["estimator"] == estimator_name(kc))
     ]
     # The images are the dataset's, wherever --out puts the tables.
-    digests = image_digests(cfg, Path(cfg.dataset.root), images["path"])
+    digests = image_digests(cfg, data_path(cfg.dataset.root), images["path"])
     recorded = read_sources(layout)
     changed = {p for p in finished["path"] if p in recorded and recorded[p] != digests[p]}
     finished = finished[~finished["path"].isin(changed)]
@@ -393,6 +408,7 @@ STAGE = StageSpec(
     ),
     ignored_keys={
         **STORAGE_KEYS,
+        **CACHE_DIR_KEY,
         **RAY_KEYS,
         **STALL_KEY,
         **DATASET_ROOT,

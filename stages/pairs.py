@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -124,7 +123,7 @@ def run_pairs(
     """Pairs per split from the keypoints table and the image lists. Pure pandas and fast
     (seconds for 52,700 images), so it runs on the driver without starting Ray."""
     result = StageResult("pairs")
-    root = Path(cfg.dataset.root)
+    root = cfg.dataset.root
     source, layout = DatasetLayout(root), DatasetLayout(out or root)
     if not source.keypoints_table.is_file():
         raise DataError(

@@ -13,11 +13,12 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.cluster.stage_result import StageResult
+from pipeline.core import storage
 from pipeline.core.atomic_io import read_table, write_bytes_atomic, write_table
 from pipeline.core.config import Config
 from pipeline.core.errors import DataError
 from pipeline.core.layout import SPLITS, DatasetLayout
-from pipeline.core.paths import relative_under, safe_path
+from pipeline.core.paths import relative_under
 from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.pose.posemap import load_posemap, out_of_image, write_posemap
 from stages.spec import DATASET_ROOT, RAY_KEYS, STALL_KEY, STORAGE_KEYS, StageSpec
@@ -70,7 +71,7 @@ def write_posemaps(batch: pd.DataFrame, sigma: float | None, root: str) -> pd.Da
     outside = []
     for r in batch.itertuples(index=False):
         x, y = np.asarray(r.x), np.asarray(r.y)
-        write_posemap(Path(root) / r.target, x, y, int(r.img_h), int(r.img_w), sigma)
+        write_posemap(storage.join(root, r.target), x, y, int(r.img_h), int(r.img_w), sigma)
         outside.append(out_of_image(x, y, int(r.img_h), int(r.img_w)))
     return pd.DataFrame({"target": batch["target"], "outside": outside, "node": current_node()})
 
@@ -162,7 +163,7 @@ def write_in_tasks(
         written.append(done.set_index("target")["node"])
         return len(done)
 
-    step = Tasks(write_posemaps, {"sigma": sigma, "root": str(layout.root.resolve())},
+    step = Tasks(write_posemaps, {"sigma": sigma, "root": storage.absolute(layout.root)},
                  batch_format="pandas", num_cpus=1)  # fmt: skip
     run_batches(rows[MAP_COLUMNS], cfg.posemaps.batch_size, [step], label="posemaps",
                 unit="map", handle=record, progress=progress,
@@ -202,7 +203,7 @@ def run_posemaps(
     # which node wrote it.
     gone = set(nodes.index) - set(mapped["target"])
     for target in gone:
-        safe_path(layout.root, target, "pose-map index").unlink(missing_ok=True)
+        storage.delete(storage.safe_join(layout.root, target, "pose-map index"))
     index = mapped[["target", "digest"]].assign(node=mapped["target"].map(nodes))
     write_table(index, layout.posemap_index, POSEMAP_INDEX_SCHEMA)
     for split in SPLITS:

@@ -10,11 +10,12 @@ from pathlib import Path
 from pipeline.core.config import Config, dataset_path
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.legacy_csv import read_image_list
+from pipeline.core.object_path import data_path
 
 
 def preflight_problems(cfg: Config, selected: list[str]) -> list[str]:
     """What would make the planned stages fail later, as sentences (empty: go)."""
-    root = Path(cfg.dataset.root)
+    root = data_path(cfg.dataset.root, cfg.storage)
     if not root.is_dir():
         return [
             f"dataset.root {cfg.dataset.root!r} is not a directory (resolved: {root.resolve()}); "
@@ -34,7 +35,7 @@ def preflight_problems(cfg: Config, selected: list[str]) -> list[str]:
         if gc.pairs and not dataset_path(cfg, gc.pairs).is_file():
             problems.append(f"generate.pairs: {dataset_path(cfg, gc.pairs)} not found")
         for ckpt in gc.checkpoints:
-            if Path(ckpt).suffix == ".pth" and not Path(ckpt).is_file():
+            if Path(ckpt).suffix == ".pth" and not data_path(ckpt, cfg.storage).is_file():
                 problems.append(f"generate.checkpoints: {ckpt} not found")
     if "train" in selected and (problem := local_train_problem(cfg)):
         problems.append(problem)
@@ -85,9 +86,7 @@ def preflight(cfg: Config, selected: list[str]) -> None:
 def location_problems(cfg: Config) -> list[str]:
     """Data locations given as URIs that cannot be used (an unknown scheme, a missing
     bucket, refused credentials, no server), each one paragraph naming the key, the URI
-    and what to set. Usable URIs are still refused while the stages read and write local
-    paths only: a clear stop before anything is written, never a half-run on a path named
-    after the URI."""
+    and what to set."""
     from pipeline.core import storage
 
     named = [
@@ -98,13 +97,4 @@ def location_problems(cfg: Config) -> list[str]:
         *(("generate.checkpoints", c) for c in cfg.generate.checkpoints),
     ]
     named = [(key, value) for key, value in named if value]
-    problems = [p for k, v in named if (p := storage.location_problem(k, v, cfg.storage))]
-    remote = sorted({key for key, value in named if not storage.is_local(value)})
-    if remote and not problems:
-        problems.append(
-            f"{', '.join(remote)}: object storage is reachable, but the stages still read and "
-            "write local paths (the storage layer, pipeline.core.storage, serves s3:// "
-            "already; the stages move onto it next). Until then, mount the bucket on every "
-            "node (mountpoint-s3, s3fs or gcsfuse) and give the mounted path."
-        )
-    return problems
+    return [p for k, v in named if (p := storage.location_problem(k, v, cfg.storage))]

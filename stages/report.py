@@ -18,6 +18,7 @@ from pipeline.core.atomic_io import read_table
 from pipeline.core.config import Config, StorageConfig
 from pipeline.core.errors import DataError
 from pipeline.core.layout import PAIRS_INDEX_SCHEMA, DatasetLayout, EvaluationLayout, OutputLayout
+from pipeline.core.object_path import data_path
 from pipeline.core.paths import checkpoint_sort_key
 from pipeline.generator.save_modes import MIXED, SAVE_MODES, UNKNOWN
 from pipeline.metrics.registry import BY_DEFINITION, COPY, REAL, SPECS
@@ -165,7 +166,9 @@ def scored_root(eval_dir: str | os.PathLike, meta: dict) -> str:
     """The generation root evaluation.json records: a URI, or a folder relative to the
     evaluation's (or absolute)."""
     recorded = meta.get("generated", "")
-    return recorded if not storage.is_local(recorded) else str(Path(eval_dir) / recorded)
+    if not storage.is_local(recorded) or not storage.is_local(eval_dir):
+        return recorded
+    return str(Path(eval_dir) / recorded)
 
 
 def read_evaluation(
@@ -265,10 +268,8 @@ def provenance(
     mode, each checkpoint's file and digest, package versions."""
     files = meta.get("checkpoint_files", {})
     return {
-        "generated images": (
-            str(Path(gen_root.path).resolve()) if gen_root.is_local else gen_root.uri
-        ),
-        "evaluation": str(Path(eval_dir).resolve()),
+        "generated images": storage.absolute(gen_root),
+        "evaluation": storage.absolute(eval_dir),
         "evaluated": meta.get("date", "unknown"),
         "config hash": meta.get("config_hash", "unknown"),
         "network weights": meta.get("network_weights", "unknown"),
@@ -313,8 +314,8 @@ def run_report(
     """The report of O/evaluation (or `evaluation`) into O/reports/<report.name> (or `out`)."""
     result = StageResult("report")
     outputs = OutputLayout(cfg.output.root)
-    eval_dir = Path(evaluation or outputs.evaluation)
-    out = Path(out or outputs.report(cfg.report.name))
+    eval_dir = data_path(evaluation or outputs.evaluation)
+    out = data_path(out or outputs.report(cfg.report.name))
     report = build_report(
         eval_dir, cfg.report.name, cfg.report.grid_pairs, generated, target_poses(cfg), cfg.storage
     )

@@ -54,17 +54,17 @@ def overlay_panel(image: Image.Image, x, y, colour, label: str) -> Image.Image:
 
 
 def overlay_grid(
-    root: Path, rows: pd.DataFrame, reference: pd.DataFrame | None, per_row: int = 4
+    root: str, rows: pd.DataFrame, reference: pd.DataFrame | None, per_row: int = 4
 ) -> bytes:
     """Estimated (red) and, where there is a reference, reference (green) overlays side by
     side for each image of `rows` (keypoints table rows)."""
-    from pipeline.core.imaging import ImageError, load_rgb
+    from pipeline.core.imaging import ImageError, read_rgb
     from pipeline.pose.drawing import grid
 
     cells: list[Image.Image] = []
     for r in rows.itertuples(index=False):
         try:
-            image = load_rgb(root / r.path)
+            image = read_rgb(root, r.path)
         except ImageError:
             continue  # listed in the keypoints table's error rows already
         cells.append(overlay_panel(image, r.x, r.y, ESTIMATED_COLOUR, "estimated"))
@@ -123,7 +123,7 @@ class Annotations:
     """What the section summarises: the keypoints table, its readable rows, the QA table
     and the reference keypoints by file id (None without a compared reference)."""
 
-    root: Path
+    root: str
     keypoints: pd.DataFrame
     ok: pd.DataFrame  # the rows without an error
     qa: pd.DataFrame | None
@@ -172,7 +172,7 @@ def read_annotations(cfg: Config) -> Annotations | None:
     (keypoints.compare) when both are there."""
     from pipeline.pose.keypoint_qa import KEYPOINT_QA_SCHEMA
 
-    root = Path(cfg.dataset.root)
+    root = cfg.dataset.root
     layout = DatasetLayout(root)
     if not layout.keypoints_table.exists():
         return None

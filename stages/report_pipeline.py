@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 
+from pipeline.core.atomic_io import read_table
 from pipeline.core.config import Config
 from pipeline.core.layout import SPLITS, DatasetLayout, OutputLayout, TrainLayout
 
@@ -25,9 +26,7 @@ def stage_overview(cfg: Config) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     layout = DatasetLayout(cfg.dataset.root)
     if layout.keypoints_table.exists():
-        kp = pd.read_parquet(
-            layout.keypoints_table, columns=["split", "n_valid", "estimator", "error"]
-        )
+        kp = read_table(layout.keypoints_table)[["split", "n_valid", "estimator", "error"]]
         estimators = ", ".join(sorted(kp["estimator"].dropna().unique()))
         rows.append(
             {
@@ -45,13 +44,13 @@ def stage_overview(cfg: Config) -> list[dict[str, str]]:
     if maps:
         rows.append({"stage": "posemaps", "produced": f"{sum(maps)} pose maps", "errors": "0"})
     if layout.pairs_table.exists():
-        pairs = pd.read_parquet(layout.pairs_table, columns=["split"])
+        pairs = read_table(layout.pairs_table)[["split"]]
         per = ", ".join(f"{s} {n}" for s, n in pairs["split"].value_counts().sort_index().items())
         rows.append({"stage": "pairs", "produced": f"{len(pairs)} pairs ({per})", "errors": "0"})
     train = TrainLayout(OutputLayout(cfg.output.root).train)
     log = train.log
     if log.exists():
-        losses = pd.read_parquet(log)
+        losses = read_table(log)
         last = losses.iloc[-1]
         meta_path = train.meta
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -70,7 +69,7 @@ def stage_overview(cfg: Config) -> list[dict[str, str]]:
         )
     manifest = OutputLayout(cfg.output.root).manifest
     if manifest.exists():
-        m = pd.read_parquet(manifest, columns=["checkpoint", "status", "error"])
+        m = read_table(manifest)[["checkpoint", "status", "error"]]
         rows.append(
             {
                 "stage": "generate",
@@ -93,7 +92,7 @@ def training_figures(cfg: Config) -> list[tuple[str, str, bytes]]:
             (
                 "train_losses.png",
                 "Training losses per iteration",
-                loss_plot(pd.read_parquet(train.log)),
+                loss_plot(read_table(train.log)),
             )
         )
     samples = sorted(train.samples.glob("iter_*.png"), key=lambda p: int(p.stem.split("_")[1]))

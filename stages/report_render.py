@@ -8,11 +8,11 @@ import base64
 import html
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
 from pipeline.core.atomic_io import write_bytes_atomic
+from pipeline.core.object_path import data_path
 from pipeline.metrics.registry import SPECS
 
 
@@ -193,7 +193,7 @@ def render_markdown(report: Report, image_dir: str = "images") -> str:
 
 def write_report(report: Report, out: str | os.PathLike) -> dict[str, str]:
     """report.html (self-contained), report.md and its images/ folder, written atomically."""
-    out = Path(out)
+    out = data_path(out)
     for fname, _, png in report.figures + [(f, "", p) for s in report.sections for f, p in s.files]:
         write_bytes_atomic(out / "images" / fname, png)
     write_bytes_atomic(out / "report.html", render_html(report).encode())

@@ -33,6 +33,11 @@ STORAGE_KEYS = {
     "storage.endpoint_override": "which S3-compatible server holds the files, not what they hold",
     "storage.region": "the region of the bucket that holds the files, not what they hold",
 }
+# Read by the stages that keep content digests (ContentCache) of an output root.
+CACHE_DIR_KEY = {
+    "storage.cache_dir": "where this host keeps the digest cache of an object-storage root, "
+    "not what the outputs hold",
+}
 
 
 def _nothing(cfg: Config) -> list[Path]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.cluster.runtime import init_ray
 from pipeline.cluster.stage_result import StageResult
+from pipeline.core import storage
 from pipeline.core.atomic_io import write_bytes_atomic
 from pipeline.core.config import Config, TrainConfig
 from pipeline.core.errors import ConfigError, DataError
@@ -79,7 +80,7 @@ def run_train(
     numbering, unless `resume` finds a saved state (which continues that run)."""
     layout = TrainLayout(out or OutputLayout(cfg.output.root).train)
     result = StageResult("train")
-    root = str(Path(cfg.dataset.root).resolve())
+    root = storage.absolute(cfg.dataset.root)
     pairs, _ = load_train_pairs(root)
     result.rows_in = len(pairs)
     start = resolve_start(layout, cfg.train, resume, init_from, init_iter, result.notes)
@@ -180,6 +181,8 @@ def build_trainer(tc: TrainConfig, layout: TrainLayout, setup: Setup, start: Sta
 
     cpus = cpus_per_worker(tc, setup.gpu)
     init = start.init
+    # Ray Train keeps the resumable states on the output root's filesystem (S3 too).
+    ray_storage = storage.resolve(layout.ray_storage)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -203,7 +206,8 @@ def build_trainer(tc: TrainConfig, layout: TrainLayout, setup: Setup, start: Sta
         ),
         run_config=RunConfig(
             name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-            storage_path=str(layout.ray_storage),
+            storage_path=ray_storage.path,
+            storage_filesystem=None if ray_storage.is_local else ray_storage.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )

@@ -72,3 +72,29 @@ def s3_server(tmp_path_factory):
             yield server
     except RuntimeError as exc:
         pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server):
+    """The server's AWS variables for this module, and a local Ray started with them:
+    local workers inherit the driver's environment when Ray starts (a cluster's nodes
+    read their own). The suite's shared Ray, if it was up, starts again without them."""
+    import ray
+
+    from pipeline.cluster.runtime import init_ray
+    from pipeline.core import storage
+    from pipeline.core.config import RayConfig
+
+    was_running = ray.is_initialized()
+    with pytest.MonkeyPatch.context() as patch:
+        for var in (*storage.ENDPOINT_VARS, "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            patch.delenv(var, raising=False)
+        for name, value in s3_server.env().items():
+            patch.setenv(name, value)
+        patch.setattr(storage, "_configured", None)
+        ray.shutdown()
+        init_ray(RayConfig(num_cpus=2))
+        yield s3_server
+        ray.shutdown()
+    if was_running:
+        init_ray(RayConfig(num_cpus=2))

@@ -11,6 +11,7 @@ volume, filer and S3 parts all go with it."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import os
 import random
@@ -48,6 +49,7 @@ class S3Server:
     secret_key: str
     region: str = REGION
     log: Path = field(default=Path(), compare=False)
+    pid: int = field(default=0, compare=False)  # of `weed mini`, its process group's leader
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables a client of this server reads."""
@@ -68,6 +70,26 @@ class S3Server:
             region=self.region,
             connect_timeout=2,
         )
+
+
+def put_tree(client: pafs.FileSystem, local: Path, prefix: str) -> None:
+    """Upload every file under `local` to bucket/key `prefix` with a plain client."""
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            with client.open_output_stream(f"{prefix}/{path.relative_to(local).as_posix()}") as out:
+                out.write(path.read_bytes())
+
+
+def objects(client: pafs.FileSystem, prefix: str) -> dict[str, bytes]:
+    """Every object under bucket/key `prefix` by its key relative to it, read with a plain
+    client (not the code under test)."""
+    selector = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
+    out = {}
+    for info in client.get_file_info(selector):
+        if info.type == pafs.FileType.File:
+            with client.open_input_stream(info.path) as stream:
+                out[info.path[len(prefix) + 1 :]] = stream.read()
+    return out
 
 
 def weed_binary() -> str | None:
@@ -220,6 +242,7 @@ def running_server(
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
+    server = dataclasses.replace(server, pid=proc.pid)
     try:
         _wait_ready(server, proc, timeout)
         yield server

@@ -6,16 +6,20 @@ size every actor from the node it landed on, and finish when a worker node is lo
 
 from __future__ import annotations
 
+import fnmatch
+import io
 import json
 import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from s3_server import RequestLog, objects, put_tree
 from test_pipeline_run import finish, run_cli
 
 from pipeline.generator.generation_plan import MANIFEST_KEY
@@ -49,8 +53,10 @@ def start_node(cluster, name: str):
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """Three nodes on this machine, apart from any local Ray of this process."""
+def cluster(s3_server):
+    """Three nodes on this machine, apart from any local Ray of this process. Each node has
+    the test S3 server's credentials in its environment, as cloud nodes have their role's;
+    the endpoint reaches the workers from the driver's config."""
     import ray._private.utils
     from ray.cluster_utils import Cluster
 
@@ -58,6 +64,8 @@ def cluster():
         # Cluster records its address in /tmp/ray's address file, where a plain ray.init()
         # of any process on this shared host would then find and join it.
         patch.setattr(ray._private.utils, "write_ray_address", lambda *a, **k: None)
+        for name, value in s3_credentials(s3_server).items():
+            patch.setenv(name, value)
         c = Cluster(initialize_head=False)
         start_node(c, "head")
         workers = {n: start_node(c, n) for n in ("w1", "w2")}
@@ -65,6 +73,10 @@ def cluster():
     c.workers = workers
     yield c
     c.shutdown()
+
+
+def s3_credentials(server) -> dict[str, str]:
+    return {k: v for k, v in server.env().items() if k != "AWS_ENDPOINT_URL"}
 
 
 def node_ids(cluster) -> dict[str, str]:
@@ -85,7 +97,7 @@ def source(tmp_path_factory) -> tuple[Path, Path]:
     return base / "data", ckpt
 
 
-def overrides(root: Path, out: Path, ckpt: Path) -> list[str]:
+def overrides(root: Path | str, out: Path | str, ckpt: Path | str) -> list[str]:
     return [
         f"dataset.root={root}",
         f"output.root={out}",
@@ -159,6 +171,56 @@ def test_stages_on_three_nodes_equal_a_local_run_and_use_every_node(
         assert used <= nodes and len(used) >= (1 if stage == "evaluate" else 2), (stage, used)
     # The network metric finished on 1-CPU nodes with every image scored.
     assert len(per_image) and per_image["error"].isna().all()
+
+
+def test_stages_on_three_nodes_with_everything_on_s3_equal_a_local_run(
+    cluster, source, local_run, s3_server
+):
+    """The dataset, the checkpoint and every output only in the bucket: the nodes share no
+    path. The outputs equal the local run's, the work spreads over the nodes, and a rerun
+    is up to date without a GET of any image (requests counted by a recording proxy)."""
+    client = s3_server.filesystem()
+    prefix = f"{s3_server.bucket}/cluster-{uuid.uuid4().hex[:6]}"
+    put_tree(client, source[0], f"{prefix}/data")
+    put_tree(client, source[1].parent, f"{prefix}/ckpt")
+    data, out = f"s3://{prefix}/data", f"s3://{prefix}/out"
+    ckpt = f"s3://{prefix}/ckpt/{source[1].name}"
+
+    def sets(endpoint: str) -> list[str]:
+        return [*overrides(data, out, ckpt), f"storage.endpoint_override={endpoint}"]
+
+    env = {**s3_credentials(s3_server), "POSE_PIPELINE_BATCH_DELAY": "keypoints:1"}
+    finish(cli(["run"], sets(s3_server.endpoint), cluster.address, env), timeout=400)
+    stored = objects(client, prefix)
+    for local, remote in ((local_run / "data", "data/"), (local_run / "out", "out/")):
+        want = files(local, *LEGACY)
+        got = {
+            rel[len(remote) :]: b
+            for rel, b in stored.items()
+            if rel.startswith(remote)
+            and any(fnmatch.fnmatch(rel.rsplit("/", 1)[-1], p) for p in LEGACY)
+        }
+        assert want.keys() == got.keys()
+        assert [k for k in want if want[k] != got[k] and not k.endswith(RANDOM_SCORES)] == []
+    tables = {
+        "keypoints": "data/tables/keypoints.parquet",
+        "posemaps": "data/tables/posemaps_index.parquet",
+        "generate": "out/generated/manifest.parquet",
+        "evaluate": "out/evaluation/per_image/ssim.parquet",
+    }
+    nodes = set(node_ids(cluster).values())
+    for stage, key in tables.items():
+        used = set(pd.read_parquet(io.BytesIO(stored[key]))["node"].dropna())
+        assert used <= nodes and len(used) >= 2, (stage, used)
+
+    with RequestLog(s3_server.endpoint) as proxy:
+        finish(cli(["run"], sets(proxy.endpoint), cluster.address, env), timeout=400)
+        with client.open_input_stream(f"{prefix}/out/run_manifest.parquet") as stream:
+            runs = pd.read_parquet(io.BytesIO(stream.read()))
+        last = runs[runs["run_id"] == runs["run_id"].iloc[-1]]
+        assert set(last["status"]) <= {"skipped", "not needed"}, last[["stage", "status"]]
+        images = [t for m, t in proxy.requests if m == "GET" and t.split("?")[0].endswith(".jpg")]
+        assert proxy.requests and not images, images[:5]
 
 
 def test_actors_and_train_workers_are_sized_from_their_node(cluster):

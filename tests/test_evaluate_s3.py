@@ -17,7 +17,7 @@ from s3_server import RequestLog
 from cli.main import cli
 from pipeline.core import storage
 from pipeline.core.atomic_io import read_table
-from pipeline.core.config import RayConfig, StorageConfig, load_config
+from pipeline.core.config import StorageConfig, load_config
 from pipeline.core.layout import EvaluationLayout, scan_generation
 from pipeline.generator.save_modes import record_generation
 from pipeline.metrics.summary import PER_IMAGE_SCHEMA
@@ -27,30 +27,6 @@ from stages.report import build_report
 METRICS = ["ssim", "psnr", "lpips_alex"]
 # Where the two runs may differ: what a rerun compares (content vs listing) and the node.
 RUN_COLUMNS = ["inputs", "node"]
-
-
-@pytest.fixture(scope="module")
-def s3(s3_server):
-    """The server's AWS variables for this module, and a local Ray started with them:
-    local workers inherit the driver's environment when Ray starts (a cluster's nodes
-    read their own). The suite's shared Ray, if it was up, starts again without them."""
-    import ray
-
-    from pipeline.cluster.runtime import init_ray
-
-    was_running = ray.is_initialized()
-    with pytest.MonkeyPatch.context() as patch:
-        for var in (*storage.ENDPOINT_VARS, "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-            patch.delenv(var, raising=False)
-        for name, value in s3_server.env().items():
-            patch.setenv(name, value)
-        patch.setattr(storage, "_configured", None)
-        ray.shutdown()
-        init_ray(RayConfig(num_cpus=2))
-        yield s3_server
-        ray.shutdown()
-    if was_running:
-        init_ray(RayConfig(num_cpus=2))
 
 
 @pytest.fixture(scope="module")

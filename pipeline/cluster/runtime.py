@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from pipeline.core import storage
 from pipeline.core.config import RayConfig
 from pipeline.core.errors import ConfigError
 
@@ -53,7 +54,7 @@ def init_ray(ray_cfg: RayConfig | None = None) -> dict[str, float]:
         hooks = {k: os.environ[k] for k in HOOK_ENVS if os.environ.get(k)}
         kwargs["runtime_env"] = {
             "py_modules": sorted(SHIPPED_PACKAGES),
-            "env_vars": {**WORKER_MALLOC_ENV, **hooks},
+            "env_vars": {**WORKER_MALLOC_ENV, **hooks, **storage.worker_env()},
             "worker_process_setup_hook": "pipeline.cluster.worker_setup.join_own_cluster",
         }
         # Workers log errors only (all levels with --verbose): Ray Train's controller actors

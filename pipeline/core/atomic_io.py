@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from pipeline.core.schemas import optional_columns, to_arrow
 if TYPE_CHECKING:
     from pipeline.core.storage import Location
 
+# A URI mangled by pathlib (s3://b/k -> s3:/b/k).
+_MANGLED_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/[^/]")
 # Errors that mean the filesystem is out of space (or the user out of quota).
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -101,7 +104,13 @@ def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[
     """Yield a temporary path beside `path`; rename it over `path` only on success, so a
     reader never sees a partial file and a failed write leaves nothing behind. A write
     that runs out of space raises DiskFullError; `needed` (bytes, when the caller knows
-    them) goes into its message."""
+    them) goes into its message. On object storage the temporary file is local (the
+    system's temporary folder) and goes up as one PUT on success."""
+    path, remote = _object_store(path)
+    if remote is not None:
+        with _staged_upload(remote) as tmp:
+            yield tmp
+        return
     path = Path(path)
     tmp: str | None = None
     try:
@@ -126,11 +135,35 @@ def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[
         raise full from exc
 
 
+@contextlib.contextmanager
+def _staged_upload(remote: Location) -> Iterator[Path]:
+    """A local temporary file for a writer that needs a path (torch.save, zip, csv),
+    uploaded whole to `remote` when it finished: a single PUT, so the object appears
+    whole or not at all."""
+    from pipeline.core import storage
+
+    fd, tmp = tempfile.mkstemp(prefix="posetransfer-", suffix=".upload")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        storage.write_bytes(remote, Path(tmp).read_bytes())
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def _object_store(path: str | os.PathLike) -> tuple[str | os.PathLike, Location | None]:
     """(`path`, None) for a local path, unchanged; (the local path, None) for a file://
     URI; (`path`, its storage Location) for an object-store URI. Only URI strings import
     the storage layer (which imports this module for its local writes)."""
+    if hasattr(path, "location"):  # an object_path.ObjectPath
+        return path, path.location
     if not (isinstance(path, str) and "://" in path):
+        if _MANGLED_URI.match(os.fspath(path)):
+            raise DataError(
+                f"{os.fspath(path)!r} is a URI that went through a Path (which keeps one "
+                "'/'): refused, never written as a local folder"
+            )
         return path, None
     from pipeline.core import storage
 

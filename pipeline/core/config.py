@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -200,6 +201,10 @@ class StorageConfig(Section):
     endpoint_override: str | None = None
     # None: the AWS SDK's own choice (AWS_REGION, AWS_DEFAULT_REGION, ~/.aws/config, us-east-1).
     region: str | None = Field(None, min_length=1)
+    # Local state kept for object-storage roots, which cannot hold it: the run lock and
+    # the content-digest cache. Never data or outputs. None: $XDG_CACHE_HOME/posetransfer
+    # (~/.cache/posetransfer).
+    cache_dir: str | None = Field(None, min_length=1)
 
     @field_validator("endpoint_override")
     @classmethod
@@ -237,11 +242,18 @@ class Config(Section):
         return _digest(self)
 
 
-def dataset_path(cfg: Config, path: str | Path) -> Path:
+def dataset_path(cfg: Config, path: str | Path):
     """A config path that belongs to the dataset (keypoints.annotations, keypoints.compare,
     generate.pairs): relative paths resolve against dataset.root, not the working
-    directory, so one config serves every copy of a dataset."""
-    return Path(cfg.dataset.root) / path
+    directory, so one config serves every copy of a dataset. A Path, or an ObjectPath on
+    object storage (pipeline.core.object_path)."""
+    from pipeline.core import storage
+    from pipeline.core.object_path import data_path
+
+    text = str(path)
+    if storage.scheme(text) is not None or os.path.isabs(text):
+        return data_path(text, cfg.storage)
+    return data_path(cfg.dataset.root, cfg.storage) / text
 
 
 def _digest(obj: BaseModel) -> str:

@@ -9,6 +9,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+from pipeline.core import storage
+
 CHUNK = 1 << 20
 
 
@@ -23,6 +25,11 @@ def file_digest(path: str | os.PathLike) -> str:
 def file_stat(path: str | os.PathLike) -> tuple[int, int, int]:
     """(size, mtime_ns, inode): changes whenever the file's bytes may have (the stages
     replace files atomically, so a rewrite is a new inode)."""
+    if not storage.is_local(path):  # an object: its HEAD (no inode; a PUT is a new mtime)
+        found = storage.stat(path)
+        if found is None:
+            raise FileNotFoundError(f"no object {path}")
+        return (found.size, found.mtime_ns, 0)
     st = os.stat(path)
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
@@ -73,7 +80,13 @@ class ContentCache:
             self._new = []
 
     def digest(self, path: str | os.PathLike) -> str:
-        """The content digest of a file; read only when its stat differs from the cached one."""
+        """The content digest of a file; read only when its stat differs from the cached one.
+        On object storage, the listed_digest of its HEAD: no object is read."""
+        if not storage.is_local(path):
+            st = storage.stat(path)
+            if st is None:
+                raise FileNotFoundError(f"no object {path}")
+            return listed_digest(st.path, st.size, st.mtime_ns)
         key = os.path.abspath(path)
         stat = file_stat(key)
         known = self._known.get(key)
@@ -86,7 +99,14 @@ class ContentCache:
         return digest
 
     def tree(self, root: str | os.PathLike) -> dict[str, str]:
-        """Relative path -> digest of every file under `root` (hidden names skipped)."""
+        """Relative path -> digest of every file under `root` (hidden names skipped); on
+        object storage from LIST calls alone."""
+        if not storage.is_local(root):
+            return {
+                f.rel: listed_digest(f.path, f.size, f.mtime_ns)
+                for f in storage.list_files(root)
+                if not any(part.startswith(".") for part in f.rel.split("/"))
+            }
         root = Path(root)
         out = {}
         for dirpath, dirnames, filenames in os.walk(root):

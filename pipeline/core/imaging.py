@@ -27,7 +27,15 @@ JPEG_QUALITY = 95
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open an image as RGB: grey (16-bit grey scaled to 8 bits), palette, alpha
     (composited on white) and CMYK are converted; empty, truncated and non-image files, and
-    32-bit integer or float pixels, raise ImageError with the reason."""
+    32-bit integer or float pixels, raise ImageError with the reason. An object-store URI
+    is read whole (one GET) and decoded the same way."""
+    from pipeline.core import storage
+
+    if not storage.is_local(path):
+        try:
+            return decode_rgb(storage.read_bytes(path))
+        except FileNotFoundError as exc:
+            raise ImageError(f"cannot read: {exc}") from exc
     try:
         size = os.path.getsize(path)
     except OSError as exc:
@@ -59,10 +67,11 @@ def decode_rgb(data: bytes) -> Image.Image:
 def read_rgb(root: Target, rel: str, storage_cfg: StorageConfig | None = None) -> Image.Image:
     """The image `rel` under `root` (a local folder, an s3:// URI or a storage Location) as
     RGB: a local file as `load_rgb` opens it, an object read whole into memory and decoded;
-    a missing object is an ImageError, as a missing file is."""
+    a missing object is an ImageError, as a missing file is. A `rel` that escapes `root`
+    raises DataError (storage.safe_join)."""
     from pipeline.core import storage
 
-    loc = storage.resolve(root, storage_cfg).join(rel)
+    loc = storage.safe_join(storage.resolve(root, storage_cfg), rel)
     if loc.is_local:
         return load_rgb(loc.path)
     try:

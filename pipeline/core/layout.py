@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from pipeline.core import storage
 from pipeline.core.errors import DataError
+from pipeline.core.object_path import DataPath, data_path
 from pipeline.core.paths import checkpoint_sort_key
 
 if TYPE_CHECKING:
@@ -33,8 +34,8 @@ class DatasetLayout:
         train_list: str = "train_img_list.csv",
         test_list: str = "test_img_list.csv",
     ):
-        self.root = Path(root)
-        self.tables = Path(tables_dir) if tables_dir else self.root / "tables"
+        self.root = data_path(root)
+        self.tables = data_path(tables_dir) if tables_dir else self.root / "tables"
         self.lists = {"train": train_list, "test": test_list}
 
     @classmethod
@@ -44,48 +45,48 @@ class DatasetLayout:
         return cls(dataset.root, train_list=dataset.train_list, test_list=dataset.test_list)
 
     @property
-    def images(self) -> Path:
+    def images(self) -> DataPath:
         return self.root / "img"
 
     @property
-    def keypoints_table(self) -> Path:
+    def keypoints_table(self) -> DataPath:
         return self.tables / "keypoints.parquet"
 
     @property
-    def keypoints_parts(self) -> Path:
+    def keypoints_parts(self) -> DataPath:
         """Finished batches of an estimation run, merged into the table at its end."""
         return self.tables / "keypoints.parts"
 
     @property
-    def keypoints_sources(self) -> Path:
+    def keypoints_sources(self) -> DataPath:
         """Content digest of the image behind each keypoints row (what a rerun compares)."""
         return self.tables / "keypoints_sources.parquet"
 
     @property
-    def keypoints_qa(self) -> Path:
+    def keypoints_qa(self) -> DataPath:
         """Estimated keypoints scored against a reference CSV (annotation QA)."""
         return self.tables / "keypoints_qa.parquet"
 
     @property
-    def posemap_index(self) -> Path:
+    def posemap_index(self) -> DataPath:
         """Digest of the keypoints row behind each pose map (what a rerun compares)."""
         return self.tables / "posemaps_index.parquet"
 
     @property
-    def pairs_table(self) -> Path:
+    def pairs_table(self) -> DataPath:
         return self.tables / "pairs.parquet"
 
-    def image_list(self, split: str) -> Path:
+    def image_list(self, split: str) -> DataPath:
         """The split's image list (relative names under the root; an absolute one as is)."""
         return self.root / self.lists[split]
 
-    def keypoints_csv(self, split: str) -> Path:
+    def keypoints_csv(self, split: str) -> DataPath:
         return self.root / f"{split}_img_keypoints.csv"
 
-    def posemap_dir(self, split: str) -> Path:
+    def posemap_dir(self, split: str) -> DataPath:
         return self.root / f"{split}_pose_maps"
 
-    def posemap(self, split: str, fid: str) -> Path:
+    def posemap(self, split: str, fid: str) -> DataPath:
         return self.root / self.posemap_name(split, fid)
 
     @staticmethod
@@ -93,7 +94,7 @@ class DatasetLayout:
         """A pose map's path relative to the dataset root (what the map index stores)."""
         return f"{split}_pose_maps/{fid}.npz"
 
-    def pairs_csv(self, split: str) -> Path:
+    def pairs_csv(self, split: str) -> DataPath:
         return self.root / f"{split}_img_pairs.csv"
 
 
@@ -101,47 +102,62 @@ class OutputLayout:
     """The stages' outputs under `output.root`."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        self.root = data_path(root)
 
     @property
-    def train(self) -> Path:
+    def train(self) -> DataPath:
         return self.root / "train"
 
     @property
-    def checkpoints(self) -> Path:
+    def checkpoints(self) -> DataPath:
         return self.train / "checkpoints"
 
     @property
-    def generated(self) -> Path:
+    def generated(self) -> DataPath:
         return self.root / "generated"
 
     @property
-    def manifest(self) -> Path:
+    def manifest(self) -> DataPath:
         return self.generated / GenerationLayout.MANIFEST
 
     @property
-    def evaluation(self) -> Path:
+    def evaluation(self) -> DataPath:
         return self.root / "evaluation"
 
-    def report(self, name: str) -> Path:
+    def report(self, name: str) -> DataPath:
         return self.root / "reports" / name
 
     @property
-    def state(self) -> Path:
+    def state(self) -> DataPath:
         """The DAG's fingerprints and the content-hash cache."""
         return self.root / "_state"
 
     @property
-    def lock(self) -> Path:
-        """Held by the one run that may write under this root (pipeline/core/run_lock.py)."""
-        return self.state / "run.lock"
+    def _local_state(self) -> Path:
+        """State that needs a local filesystem (a lock, SQLite): in the state folder, or
+        for an object-storage root in this host's storage.cache_dir."""
+        if isinstance(self.root, Path):
+            return self.state
+        return storage.local_state_dir(self.root)
 
-    def previous(self, stage: str, run_id: str) -> Path:
+    @property
+    def lock(self) -> Path:
+        """Held by the one run that may write under this root (pipeline/core/run_lock.py).
+        Object storage has no lock: there it is this host's, and runs on other hosts go
+        unseen."""
+        return self._local_state / "run.lock"
+
+    @property
+    def content_cache(self) -> Path:
+        """The content-digest cache (pipeline/core/content_state.py)."""
+        return self._local_state / "content.sqlite"
+
+    def previous(self, stage: str, run_id: str) -> DataPath:
         """Where a rerun moves a stage's earlier outputs instead of deleting them."""
         return self.root / f"{stage}.prev" / run_id
 
     @property
-    def run_manifest(self) -> Path:
+    def run_manifest(self) -> DataPath:
         return self.root / "run_manifest.parquet"
 
 
@@ -152,20 +168,20 @@ class TrainLayout:
     STATE_DIR_PREFIX = "state_"
 
     def __init__(self, out: str | os.PathLike):
-        self.root = Path(out).resolve()
+        self.root = data_path(out).resolve()
         self.checkpoints = self.root / "checkpoints"
         self.samples = self.root / "samples"
         self.log = self.root / "log.parquet"
         self.meta = self.root / "run_meta.json"
         self.ray_storage = self.root / "ray"  # Ray Train runs and resumable states
 
-    def net_checkpoint(self, net: str, iteration: int) -> Path:
+    def net_checkpoint(self, net: str, iteration: int) -> DataPath:
         return self.checkpoints / f"{net}_{iteration}.pth"
 
-    def sample_grid(self, iteration: int) -> Path:
+    def sample_grid(self, iteration: int) -> DataPath:
         return self.samples / f"iter_{iteration}.png"
 
-    def latest_state(self) -> tuple[int, Path] | None:
+    def latest_state(self) -> tuple[int, DataPath] | None:
         """The resumable state with the highest iteration over all runs, if any."""
         found = []
         for state in self.ray_storage.glob(f"*/{self.STATE_DIR_PREFIX}*/{self.STATE_FILE}"):
@@ -223,21 +239,21 @@ class EvaluationLayout:
     """Where the evaluate stage writes under its output directory."""
 
     def __init__(self, out: str | os.PathLike):
-        self.root = Path(out)
+        self.root = data_path(out)
 
-    def per_image(self, metric: str) -> Path:
+    def per_image(self, metric: str) -> DataPath:
         return self.root / "per_image" / f"{metric}.parquet"
 
     @property
-    def summary(self) -> Path:
+    def summary(self) -> DataPath:
         return self.root / "summary.parquet"
 
     @property
-    def pairs(self) -> Path:
+    def pairs(self) -> DataPath:
         return self.root / "pairs.parquet"
 
     @property
-    def meta(self) -> Path:
+    def meta(self) -> DataPath:
         return self.root / "evaluation.json"
 
 

@@ -4,6 +4,7 @@ columns and paths checked, written atomically. Their columns are declared here o
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pandas as pd
 
 from pipeline.core.atomic_io import atomic_path
 from pipeline.core.errors import DataError
+from pipeline.core.object_path import data_path
 from pipeline.core.paths import check_paths, file_id, identity_group
 from pipeline.pose.skeleton import N_KEYPOINTS
 
@@ -29,10 +31,11 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike, columns: list[str]) -> 
 
 
 def _read_csv_checked(path: str | os.PathLike, columns: list[str]) -> pd.DataFrame:
-    path = Path(path)
+    path = data_path(path)
     if not path.exists():
         raise FileNotFoundError(f"CSV not found: {path}")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    source = path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
+    df = pd.read_csv(source, dtype=str, keep_default_na=False)
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing columns {missing} (header is {list(df.columns)})")

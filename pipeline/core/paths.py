@@ -70,10 +70,12 @@ def relative_under(path: str | os.PathLike, root: str | os.PathLike) -> str | No
 
 def check_paths(root: str | os.PathLike, paths: list[str], source: str) -> None:
     """Check every path of a table/CSV; one error lists all bad rows (1-based data rows)."""
+    from pipeline.core import storage  # which imports this module
+
     bad = []
     for i, rel in enumerate(paths, start=1):
         try:
-            safe_path(root, rel)
+            storage.safe_join(root, rel)
         except DataError as exc:
             bad.append(f"row {i}: {exc}")
     if bad:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
 from pipeline.core.atomic_io import read_table, write_table
+from pipeline.core.object_path import DataPath, data_path
 
 _last_counter = 0
 
@@ -25,7 +25,7 @@ def part_counter() -> int:
     return _last_counter
 
 
-def part_order(path: Path) -> tuple[int, str]:
+def part_order(path: DataPath) -> tuple[int, str]:
     """A part's place among the parts: its counter prefix (zero-padded, so names list in the
     same order; unpadded ones of older runs compare by value too), then its name."""
     head = path.name.partition("-")[0]
@@ -44,7 +44,7 @@ class ResumableTable:
         flush_rows: int = 256,
         flush_seconds: float = 30.0,
     ):
-        self.path = Path(path)
+        self.path = data_path(path)
         self.parts = self.path.with_suffix(".parts")
         self.schema, self.key = schema, key
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds

@@ -1,10 +1,10 @@
-"""One storage layer for every data location: local paths and `file://` / `s3://` URIs,
-on pyarrow.fs. Local files keep what works today (atomic_io's temporary name and rename,
-hard links). On object storage a single PUT is atomic and there is no rename, so final
-keys are written directly from memory (a failed write leaves no object; a multi-file
-result commits by writing its index last), copies are server-side (CopyObject: the dedup
-that hard links give locally), and a listing's sizes and mtimes come from LIST calls
-alone, so an up-to-date check never reads an object.
+"""One storage layer for every data location: local paths and `file://`, `s3://` and
+`gs://` URIs, on pyarrow.fs. Local files keep what works today (atomic_io's temporary
+name and rename, hard links). On object storage a single PUT is atomic and there is no
+rename, so final keys are written directly from memory (a failed write leaves no
+object), copies are server-side (CopyObject: the dedup that hard links give locally),
+and a listing's sizes and mtimes come from LIST calls alone, so an up-to-date check
+never reads an object.
 
 S3-compatible servers: `storage.endpoint_override` in the config, else the standard
 AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL; credentials and region from the standard AWS
@@ -13,8 +13,10 @@ variables and files (pyarrow's AWS SDK chain), never from the config."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -50,6 +52,8 @@ _MANGLED_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/[^/]")
 # link limit: the copy then is a real copy.
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)
 _LOCAL = pafs.LocalFileSystem()
+# pyarrow filesystem type -> the scheme its URIs are written with.
+URI_SCHEMES = {"s3": "s3", "gcs": "gs"}
 
 _configured: StorageConfig | None = None
 
@@ -75,7 +79,8 @@ class Location(NamedTuple):
     @property
     def uri(self) -> str:
         """As a user writes it: the local path itself, else scheme://bucket/key."""
-        return self.path if self.is_local else f"{self.fs.type_name}://{self.path}"
+        kind = URI_SCHEMES.get(self.fs.type_name, self.fs.type_name)
+        return self.path if self.is_local else f"{kind}://{self.path}"
 
     @property
     def bucket(self) -> str | None:
@@ -107,7 +112,9 @@ Target = str | os.PathLike | Location
 def scheme(target: Target) -> str | None:
     """The URI scheme of `target` in lower case, or None for a plain local path."""
     if isinstance(target, Location):
-        return None if target.is_local else target.fs.type_name
+        return None if target.is_local else URI_SCHEMES[target.fs.type_name]
+    if isinstance(loc := getattr(target, "location", None), Location):
+        return None if loc.is_local else URI_SCHEMES[loc.fs.type_name]
     found = _SCHEME.match(os.fspath(target)) if isinstance(target, str) else None
     return found.group(1).lower() if found else None
 
@@ -132,6 +139,26 @@ def endpoint(storage_cfg: StorageConfig | None = None) -> str | None:
     return None
 
 
+def local_state_dir(root: Target, storage_cfg: StorageConfig | None = None) -> Path:
+    """Where this host keeps the local state of the object-storage root `root` (run lock,
+    content cache): a folder per root under storage.cache_dir."""
+    cfg = storage_cfg or _configured or StorageConfig()
+    base = cfg.cache_dir or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "posetransfer"
+    )
+    uri = resolve(root, cfg).uri
+    return Path(base) / "roots" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def worker_env() -> dict[str, str]:
+    """What Ray workers need to reach the same S3 endpoint and region as this process (the
+    config's settings, which workers on other nodes never read): AWS variables for their
+    environment. Credentials stay each node's own (its variables, profile or role)."""
+    cfg = _configured or StorageConfig()
+    env = {"AWS_ENDPOINT_URL_S3": url} if (url := endpoint(cfg)) else {}
+    return env | ({"AWS_REGION": cfg.region} if cfg.region else {})
+
+
 def s3_filesystem(storage_cfg: StorageConfig | None = None) -> pafs.S3FileSystem:
     """The S3 client for these settings and the current AWS variables (one per set)."""
     cfg = storage_cfg or _configured or StorageConfig()
@@ -150,11 +177,13 @@ def _s3_filesystem(url: str | None, region: str | None, aws_env: tuple) -> pafs.
 
 
 def _s3_path(uri: str) -> str:
-    """bucket/key of an s3:// URI; refuses what S3 would store under a surprising key."""
-    path = uri[len("s3://") :].rstrip("/")
+    """bucket/key of an s3:// or gs:// URI; refuses what object storage would keep under
+    a surprising key."""
+    kind, _, path = uri.partition("://")
+    path = path.rstrip("/")
     parts = path.split("/")
     if not parts[0]:
-        raise DataError(f"{uri!r}: an s3:// URI needs a bucket (s3://bucket/prefix)")
+        raise DataError(f"{uri!r}: a {kind}:// URI needs a bucket ({kind}://bucket/prefix)")
     bad = [p for p in parts[1:] if p in ("", ".", "..")]
     if bad:
         raise DataError(
@@ -164,10 +193,18 @@ def _s3_path(uri: str) -> str:
     return path
 
 
+@functools.lru_cache(maxsize=1)
+def _gcs_filesystem() -> pafs.GcsFileSystem:
+    # The client's own default retries an unreachable service for 15 minutes.
+    return pafs.GcsFileSystem(retry_time_limit=datetime.timedelta(seconds=30))
+
+
 def resolve(target: Target, storage_cfg: StorageConfig | None = None) -> Location:
     """The filesystem and path of a local path, file:// URI or s3:// URI."""
     if isinstance(target, Location):
         return target
+    if isinstance(loc := getattr(target, "location", None), Location):
+        return loc  # an object_path.ObjectPath
     text = os.fspath(target)
     kind = scheme(text)
     if kind is None:
@@ -184,9 +221,13 @@ def resolve(target: Target, storage_cfg: StorageConfig | None = None) -> Locatio
         return Location(_LOCAL, unquote(parts.path))
     if kind == "s3":
         return Location(s3_filesystem(storage_cfg), _s3_path(text))
+    if kind in ("gs", "gcs"):
+        # pyarrow's GCS client: credentials from GOOGLE_APPLICATION_CREDENTIALS or the
+        # metadata server. Not tested here (no GCS server offline); S3 is.
+        return Location(_gcs_filesystem(), _s3_path(text))
     raise DataError(
         f"{text!r}: storage scheme {kind!r} is not supported; use a local path, "
-        "file:///path or s3://bucket/prefix"
+        "file:///path, s3://bucket/prefix or gs://bucket/prefix"
     )
 
 
@@ -226,10 +267,17 @@ def location_problem(key: str, target: str, storage_cfg: StorageConfig | None = 
     return None
 
 
+def absolute(target: Target, storage_cfg: StorageConfig | None = None) -> str:
+    """What workers on any node are given for a location: a local path made absolute
+    (symlinks resolved), else the URI."""
+    loc = resolve(target, storage_cfg)
+    return str(Path(loc.path).resolve()) if loc.is_local else loc.uri
+
+
 def join(base: str | os.PathLike, *parts: str) -> str:
     """`parts` under `base` (unchecked: for the pipeline's own names; safe_join for
     names read from data), as a URI when `base` is one."""
-    text = os.fspath(base)
+    text = str(base) if hasattr(base, "location") else os.fspath(base)  # ObjectPath: its URI
     if is_local(text) and scheme(text) is None:
         return os.path.join(text, *parts)
     return "/".join([text.rstrip("/"), *(p.strip("/") for p in parts)])
@@ -240,6 +288,8 @@ def safe_join(root: Target, rel: str, where: str = "") -> Target:
     bucket or scheme) and, locally, symlinks leading outside (paths.safe_path). Returns a
     Location for a Location, else a string: an s3:// URI, or a local path (file:// too)."""
     at = f" ({where})" if where else ""
+    if isinstance(loc := getattr(root, "location", None), Location):
+        root = loc  # an object_path.ObjectPath
     base = root.uri if isinstance(root, Location) else os.fspath(root).rstrip("/")
     if isinstance(rel, str) and scheme(rel) is not None:
         raise DataError(
@@ -249,7 +299,7 @@ def safe_join(root: Target, rel: str, where: str = "") -> Target:
     if is_local(root):
         full = str(safe_path(resolve(root).path, rel, where))
         return Location(_LOCAL, full) if isinstance(root, Location) else full
-    if scheme(base) != "s3":
+    if scheme(base) not in ("s3", "gs", "gcs"):
         raise DataError(f"{base!r}: storage scheme {scheme(base)!r} is not supported")
     _s3_path(base)  # the root itself must be a usable S3 location
     # The checks of paths.safe_path, on keys: S3 has no symlinks and no normalisation.
@@ -375,10 +425,10 @@ def _link_local(src: str, dst: str) -> bool:
         raise
     try:
         os.replace(tmp, dst)
-    except BaseException:
+    finally:
+        # Renaming a link onto another link of the same file is a no-op that leaves `tmp`.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
     return True
 
 
@@ -396,10 +446,33 @@ def copy(
     if a.is_local and b.is_local:
         if link and _link_local(a.path, b.path):
             return
+        os.makedirs(os.path.dirname(os.path.abspath(b.path)), exist_ok=True)
         with atomic_path(b.path, needed=os.path.getsize(a.path)) as tmp:
             shutil.copyfile(a.path, tmp)
         return
     write_bytes(b, read_bytes(a))
+
+
+def move(src: Target, dst: Target, storage_cfg: StorageConfig | None = None) -> None:
+    """Move a file or folder (prefix) to `dst`. Local: a rename (shutil.move across
+    filesystems). Object storage has no rename: each object is copied server-side, then
+    the originals are deleted, so an interrupted move leaves every object in one place
+    or both, never none."""
+    a, b = resolve(src, storage_cfg), resolve(dst, storage_cfg)
+    if a.is_local and b.is_local:
+        os.makedirs(os.path.dirname(os.path.abspath(b.path)), exist_ok=True)
+        shutil.move(a.path, b.path)
+        return
+    info = a.fs.get_file_info(a.path)
+    files = (
+        [FileState(a.uri, "", info.size, info.mtime_ns)]
+        if info.type == pafs.FileType.File
+        else list_files(a)
+    )
+    for f in files:
+        copy(f.path, b.join(f.rel) if f.rel else b, storage_cfg=storage_cfg)
+    for f in files:
+        delete(f.path, storage_cfg)
 
 
 def write_table(table: pa.Table, target: Target, storage_cfg: StorageConfig | None = None) -> None:

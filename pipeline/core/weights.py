@@ -3,6 +3,7 @@ anything else (a pickle carrying code, a whole pickled module) is refused."""
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.core.errors import WeightsError
+from pipeline.core.object_path import data_path
 from pipeline.core.paths import checkpoint_sort_key
 
 CHECKPOINT_RE = re.compile(r"^netG_(\d+)\.pth$")
@@ -62,12 +64,13 @@ def safe_torch_load(
     """torch.load with weights_only=True (and only the `allowed` classes besides tensors),
     the one place files are unpickled. A file it refuses raises WeightsError naming the
     file, saying it is not `what`, and `fix`."""
-    path = Path(path)
+    path = data_path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
+    source = path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
     try:
         with torch.serialization.safe_globals(list(allowed)):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(source, map_location=map_location, weights_only=True)
     except LOAD_FAILURES as exc:
         # Not chained: torch's message advises loading the file unsafely.
         raise WeightsError(
@@ -78,7 +81,6 @@ def safe_torch_load(
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a plain state dict on CPU with `weights_only=True`."""
-    path = Path(path)
     obj = safe_torch_load(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
@@ -115,19 +117,19 @@ def load_into(net: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 def checkpoint_id(path: str | os.PathLike) -> str:
     """`netG_257500.pth` -> `257500`; other names -> their stem."""
-    name = Path(path).name
+    name = os.path.basename(str(path))  # a local path or an object key
     m = CHECKPOINT_RE.match(name)
-    return m.group(1) if m else Path(path).stem
+    return m.group(1) if m else os.path.splitext(name)[0]
 
 
 def resolve_checkpoint(ref: str, checkpoint_dir: str | os.PathLike | None = None) -> Path:
     """A generator checkpoint by path, or by id (`257500` -> `netG_257500.pth` in
     `checkpoint_dir`)."""
-    path = Path(ref)
+    path = data_path(ref)
     if path.is_file():
         return path
     if checkpoint_dir is not None and re.fullmatch(r"\d+", ref):
-        candidate = Path(checkpoint_dir) / f"netG_{ref}.pth"
+        candidate = data_path(checkpoint_dir) / f"netG_{ref}.pth"
         if candidate.is_file():
             return candidate
         raise WeightsError(f"checkpoint id {ref}: {candidate} not found")
@@ -141,7 +143,7 @@ def expand_checkpoints(
     """Paths, ids, or directories (every netG_<iter>.pth inside, by iteration)."""
     out: list[Path] = []
     for ref in refs:
-        p = Path(ref)
+        p = data_path(ref)
         if p.is_dir():
             found = sorted(
                 (q for q in p.iterdir() if CHECKPOINT_RE.match(q.name)),
@@ -252,6 +254,10 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks (weight files are hundreds of MB)."""
     import hashlib
 
+    from pipeline.core import storage
+
+    if not storage.is_local(path):  # an object: read whole (checkpoints, tens of MB)
+        return hashlib.sha256(storage.read_bytes(path)).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):

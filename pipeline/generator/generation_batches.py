@@ -4,17 +4,17 @@ encode and write the generated JPEGs. Failures of a job's data become its error.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline.core import storage
 from pipeline.core.content_state import file_stat
 from pipeline.core.errors import DataError
 from pipeline.core.layout import GenerationLayout
-from pipeline.core.paths import safe_path
+from pipeline.core.object_path import data_path
 from pipeline.core.schemas import MANIFEST_SCHEMA
 from pipeline.generator.generation_plan import JOB_COLUMNS
 from pipeline.pose.posemap import one_hot_coords as posemap_coords
@@ -23,8 +23,8 @@ from pipeline.pose.posemap import one_hot_coords as posemap_coords
 def _read_map(npz_path: str, keypoints, fid: str) -> np.ndarray:
     from pipeline.pose.posemap import load_posemap, render_map
 
-    if os.path.exists(npz_path):
-        return load_posemap(Path(npz_path))
+    if storage.exists(npz_path):
+        return load_posemap(npz_path)
     if keypoints is not None:
         h, w = int(keypoints[0]), int(keypoints[1])
         return render_map(keypoints[2:20], keypoints[20:38], h, w)
@@ -155,7 +155,7 @@ def load_inputs(
     errors = [""] * n  # "" = fine: an all-null column would not survive Ray's Arrow blocks
     for i in range(n):
         try:
-            image = load_rgb(safe_path(root, batch["source_path"][i]))
+            image = load_rgb(storage.safe_join(root, batch["source_path"][i]))
             roles = [
                 (batch[f"{role}_map"][i], batch[f"{role}_keypoints"][i], batch[f"{role}_id"][i])
                 for role in ("source", "target")
@@ -182,9 +182,10 @@ def load_inputs(
                 pair = np.concatenate(
                     [m if m.shape[:2] == frame else fit_map(m, frame) for m in dense], axis=2
                 )
-            real = Path(out_dir) / batch["real_path"][i]
+            real = data_path(out_dir) / batch["real_path"][i]
             if not real.is_file():
-                write_real(real, safe_path(root, batch["target_path"][i]), out_dir, minmax, frame)
+                target = storage.safe_join(root, batch["target_path"][i])
+                write_real(real, target, out_dir, minmax, frame)
         except (DataError, OSError, ValueError, zipfile.BadZipFile) as exc:  # this job's data
             errors[i] = f"{type(exc).__name__}: {exc}"
             continue
@@ -286,7 +287,7 @@ def write_outputs(batch: dict[str, np.ndarray], out_dir: str, minmax: bool = Fal
         if error is None:
             try:
                 jpeg = encode_jpeg(batch["fake"][i], jpeg_quality(minmax))
-                write_bytes_atomic(Path(out_dir) / rel, jpeg)
+                write_bytes_atomic(data_path(out_dir) / rel, jpeg)
             except OSError as exc:
                 error = f"{type(exc).__name__}: {exc}"
         rows.append(

@@ -4,20 +4,19 @@ identical jobs (B->A of (b, a) is A->B of (a, b)) made once and linked."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline.core import storage
 from pipeline.core.atomic_io import read_table
 from pipeline.core.errors import DataError
 from pipeline.core.layout import DatasetLayout, GenerationLayout
 from pipeline.core.legacy_csv import read_pairs_csv
-from pipeline.core.paths import safe_path
+from pipeline.core.object_path import DataPath, data_path
 from pipeline.core.resumable import ResumableTable
 from pipeline.core.schemas import MANIFEST_SCHEMA
 
@@ -48,7 +47,7 @@ def read_test_pairs(
     the dataset's pairs table (split test), else its legacy `test_img_pairs.csv`."""
     layout = DatasetLayout(root)
     if pairs_file is not None:
-        path = Path(pairs_file)
+        path = data_path(pairs_file)
     elif layout.pairs_table.exists():
         path = layout.pairs_table
     elif layout.pairs_csv(TEST_SPLIT).exists():
@@ -102,7 +101,9 @@ def attach_map_sources(jobs: pd.DataFrame, root: str | os.PathLike) -> pd.DataFr
     layout = DatasetLayout(root)
     fids = pd.unique(pd.concat([jobs["source_id"], jobs["target_id"]]))
     npz = {f: str(layout.posemap(TEST_SPLIT, f)) for f in fids}
-    lacking = [f for f in fids if not os.path.exists(npz[f])]
+    # One listing of the maps folder (on S3: LIST calls, no HEAD per map).
+    listed = {f.rel for f in storage.list_files(layout.posemap_dir(TEST_SPLIT), recursive=False)}
+    lacking = [f for f in fids if f"{f}.npz" not in listed]
     keypoints: dict[str, np.ndarray] = {}
     if lacking and layout.keypoints_table.exists():
         table = read_table(layout.keypoints_table)
@@ -123,7 +124,7 @@ MANIFEST_KEY = ["checkpoint", "direction", "index"]
 def manifest_output(out_dir: str | os.PathLike) -> ResumableTable:
     """The generation manifest, one row per output file, resumable (manifest.parts)."""
     return ResumableTable(
-        Path(out_dir) / MANIFEST,
+        data_path(out_dir) / MANIFEST,
         MANIFEST_SCHEMA,
         MANIFEST_KEY,
         flush_rows=1 << 30,
@@ -156,12 +157,12 @@ def input_digests(jobs: pd.DataFrame, root: str, cache) -> list[str]:
 
     def image(rel: str) -> str:
         try:
-            return cache.digest(safe_path(root, rel))
+            return cache.digest(storage.safe_join(root, rel))
         except (OSError, DataError):
             return "missing"
 
     def pose(npz: str, keypoints) -> str:
-        if os.path.exists(npz):
+        if storage.exists(npz):
             return cache.digest(npz)
         return "none" if keypoints is None else hashlib.blake2b(keypoints.tobytes()).hexdigest()
 
@@ -257,27 +258,15 @@ def remove_outputs(manifest: pd.DataFrame, stale: pd.DataFrame, out_dir: Path) -
     flags = manifest[key].merge(stale[key].assign(_stale=True), on=key, how="left")["_stale"]
     kept = manifest[flags.isna().to_numpy()].reset_index(drop=True)
     # Through safe_path: a manifest row never deletes outside the generation folder.
-    for rel in stale["output_path"]:
-        safe_path(out_dir, rel, "generation manifest").unlink(missing_ok=True)
-    for rel in set(stale["real_path"]) - set(kept["real_path"]):
-        safe_path(out_dir, rel, "generation manifest").unlink(missing_ok=True)
+    for rel in [*stale["output_path"], *(set(stale["real_path"]) - set(kept["real_path"]))]:
+        storage.delete(storage.safe_join(out_dir, rel, "generation manifest"))
     return kept
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: DataPath, dst: DataPath) -> None:
     """`dst` gets `src`'s bytes, atomically: a hard link where the filesystem allows one
-    (no second copy on disk), else a copy."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:  # another filesystem, or one without hard links (FAT, some network mounts)
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    # Renaming a link onto another link of the same file is a no-op that leaves `tmp`.
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+    (no second copy on disk), else a copy; on object storage a server-side copy."""
+    storage.copy(src, dst, link=True)
 
 
 def write_identical(links: pd.DataFrame, sources: pd.DataFrame, out_dir: Path) -> pd.DataFrame:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.core import storage
 from pipeline.core.atomic_io import write_bytes_atomic
 from pipeline.core.errors import DataError
+from pipeline.core.object_path import data_path
 
 if TYPE_CHECKING:
     from pipeline.core.config import StorageConfig
@@ -76,7 +76,8 @@ def record_generation(
         "checkpoints": {**meta.get("checkpoints", {}), **dict.fromkeys(checkpoints, mode)},
     }
     if updated != meta:  # an unchanged record keeps its mtime, like every up-to-date output
-        write_bytes_atomic(Path(gen_root) / GENERATION_META, json.dumps(updated, indent=2).encode())
+        meta = data_path(gen_root) / GENERATION_META
+        write_bytes_atomic(meta, json.dumps(updated, indent=2).encode())
 
 
 def mixed_modes_message(modes: dict[str, str]) -> str | None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import io
 import zipfile
-from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.atomic_io import write_bytes_atomic
+from pipeline.core import storage
 from pipeline.pose.skeleton import N_KEYPOINTS, valid_mask
 
 
@@ -61,12 +60,15 @@ def npz_bytes(pose_map: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_posemap(path: Path, x, y, height: int, width: int, sigma: float | None = None) -> None:
-    write_bytes_atomic(path, npz_bytes(render_map(x, y, height, width, sigma)))
+def write_posemap(path, x, y, height: int, width: int, sigma: float | None = None) -> None:
+    """Write a map's npz atomically to a local path or an object-store key."""
+    storage.write_bytes(path, npz_bytes(render_map(x, y, height, width, sigma)))
 
 
-def load_posemap(path: Path) -> np.ndarray:
-    with np.load(path) as data:
+def load_posemap(path) -> np.ndarray:
+    """A map's array from a local path or an object-store key (read whole)."""
+    source = path if storage.is_local(path) else io.BytesIO(storage.read_bytes(path))
+    with np.load(source) as data:
         return data["arr_0"]
 
 

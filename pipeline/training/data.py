@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +13,6 @@ import pandas as pd
 from pipeline.core.atomic_io import read_table
 from pipeline.core.errors import DataError
 from pipeline.core.layout import DatasetLayout
-from pipeline.core.paths import safe_path
 
 # Failures of one pair's files: the pair is skipped and counted, training goes on.
 PAIR_ERRORS = (OSError, ValueError, KeyError, zipfile.BadZipFile)
@@ -43,11 +41,11 @@ def load_train_pairs(root: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFram
 
 def training_size(root: str | os.PathLike, pairs: pd.DataFrame) -> tuple[int, int]:
     """(H, W) of the first readable condition image; both must be divisible by 16."""
-    from pipeline.core.imaging import ImageError, load_rgb
+    from pipeline.core.imaging import ImageError, read_rgb
 
     for rel in pairs["imgA"].head(50):
         try:
-            im = load_rgb(safe_path(root, rel))
+            im = read_rgb(root, rel)
         except (ImageError, DataError):
             continue
         if im.height % 16 or im.width % 16:
@@ -71,7 +69,7 @@ class PairImages:
         keypoints: pd.DataFrame | None,
         size: tuple[int, int],
     ):
-        self.root = Path(root)
+        self.root = str(root)
         self.layout = DatasetLayout(root)
         self.pairs = pairs.reset_index(drop=True)
         self.keypoints = (
@@ -102,9 +100,9 @@ class PairImages:
 
     def image_array(self, rel: str) -> np.ndarray:
         """(H, W, 3) uint8 of one image at the training size."""
-        from pipeline.core.imaging import load_rgb
+        from pipeline.core.imaging import read_rgb
 
-        im = load_rgb(safe_path(self.root, rel))
+        im = read_rgb(self.root, rel)
         if (im.height, im.width) != self.size:
             raise DataError(
                 f"{rel} is {im.height}x{im.width}, training size is {self.size[0]}x{self.size[1]}"

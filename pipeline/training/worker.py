@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.core.config import TrainConfig
 from pipeline.core.layout import TrainLayout
+from pipeline.core.object_path import data_path
 from pipeline.training.board import TrainBoard
 from pipeline.training.checkpoints import (
     load_init_checkpoints,
@@ -73,10 +74,14 @@ class WorkerLoop:
         self.nets = build_nets(self.tc, str(self.device))
         self.start, cursors, self.skipped_before = 0, [(0, 0)] * self.world, 0
         checkpoint = ray.train.get_checkpoint()
-        state_dir = checkpoint.path if checkpoint else config.get("resume_from")
-        if state_dir:
+        if checkpoint:  # a restarted worker: Ray's copy, fetched from wherever it is kept
+            with checkpoint.as_directory() as state_dir:
+                self.start, cursors, self.skipped_before = load_train_state(
+                    self.nets, Path(state_dir), self.world, self.device
+                )
+        elif state_dir := config.get("resume_from"):
             self.start, cursors, self.skipped_before = load_train_state(
-                self.nets, Path(state_dir), self.world, self.device
+                self.nets, data_path(state_dir), self.world, self.device
             )
         elif config.get("init"):
             self.start = load_init_checkpoints(self.nets, config["init"])

@@ -1,0 +1,142 @@
+"""Benchmark of the storage layer: the same stages on the same synthetic images, once on
+local disk and once with the dataset and the outputs on S3 (SeaweedFS's `weed mini` on
+loopback, started here and stopped by its pid, as the tests do), side by side in one run;
+then the requests an up-to-date rerun on S3 makes, counted by a recording proxy.
+
+Stages timed: keypoints (imported from the synthetic ground truth CSV, as a dataset with
+annotations is), posemaps, pairs, generate (a random NetG, ngf 8; test pairs capped per
+identity so that generation does not dominate) and evaluate (SSIM, PSNR).
+
+Usage: python bench/storage.py [--images 2000]
+Prints one JSON object: per stage local s, S3 s and throughput ratio (local / S3), and the
+up-to-date run's LIST, GET (of data), HEAD and PUT counts next to the number of prefixes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import unquote
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+STAGES = ["keypoints", "posemaps", "pairs", "generate", "evaluate"]
+POSES = 6
+
+
+def overrides(data: str, out: str, ckpt: Path, endpoint: str | None = None) -> list[str]:
+    sets = [
+        f"dataset.root={data}",
+        f"output.root={out}",
+        "keypoints.annotations=ground_truth_keypoints.csv",
+        "keypoints.compare=null",
+        "pairs.max_pairs_per_identity=2",
+        f"generate.checkpoints=[{ckpt}]",
+        "generate.ngf=8",
+        "generate.batch_size=16",
+        "evaluate.metrics=[ssim,psnr]",
+        "ray.num_cpus=2",
+    ]
+    return sets + ([f"storage.endpoint_override={endpoint}"] if endpoint else [])
+
+
+def run(sets: list[str]) -> dict[str, float]:
+    """Seconds per stage of one `run` of STAGES (the DAG's own timing of each)."""
+    from pipeline.core.config import load_config
+    from stages.dag import RunPlan, run_dag
+
+    rows = run_dag(load_config(None, sets), RunPlan(list(STAGES)), echo=lambda s: None)
+    assert set(rows["status"]) <= {"ran", "skipped"}, rows[["stage", "status", "reason"]]
+    return dict(zip(rows["stage"], rows["seconds"].astype(float), strict=True))
+
+
+def upload(local: Path, uri: str) -> float:
+    from pipeline.core import storage
+
+    t0 = time.perf_counter()
+    for f in storage.list_files(local):
+        storage.write_bytes(storage.join(uri, f.rel), storage.read_bytes(f.path))
+    return time.perf_counter() - t0
+
+
+def classify(requests: list[tuple[str, str]]) -> dict[str, int]:
+    """Requests by kind: LIST (ListObjectsV2), GET of an object's bytes, HEAD, PUT, other."""
+    kinds: collections.Counter = collections.Counter()
+    for method, target in requests:
+        if method == "GET" and "list-type=2" in target:
+            kinds["LIST"] += 1
+        elif method == "GET" and "?" not in unquote(target).rsplit("/", 1)[-1]:
+            kinds["GET"] += 1
+        else:
+            kinds[method] += 1
+    return dict(kinds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    args = parser.parse_args()
+
+    import torch
+    from s3_server import RequestLog, running_server
+
+    from pipeline.core import storage
+    from pipeline.generator.networks import build_generator
+    from pipeline.synthetic.tree import write_synthetic_tree
+
+    with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp_name:
+        tmp = Path(tmp_name)
+        identities = -(-args.images // POSES)
+        write_synthetic_tree(tmp / "data", identities=identities, poses_per_identity=POSES)
+        torch.manual_seed(0)
+        ckpt = tmp / "netG_1.pth"
+        torch.save(build_generator(8).state_dict(), ckpt)
+
+        with running_server(tmp / "s3") as server:
+            os.environ.update(server.env())
+            storage.configure(None)
+            data, out = f"s3://{server.bucket}/bench/data", f"s3://{server.bucket}/bench/out"
+            uploaded = upload(tmp / "data", data)
+            local = run(overrides(str(tmp / "data"), str(tmp / "out"), ckpt))
+            remote = run(overrides(data, out, ckpt, server.endpoint))
+            with RequestLog(server.endpoint) as proxy:
+                again = run(overrides(data, out, ckpt, proxy.endpoint))
+                requests = list(proxy.requests)
+            assert all(s < 5 for s in again.values()), again
+            prefixes = {
+                os.path.dirname(unquote(t.split("?")[0]))
+                for m, t in requests
+                if m == "GET" and "list-type=2" in t
+            }
+            listed = [unquote(t) for m, t in requests if m == "GET" and "list-type=2" in t]
+
+    result = {
+        "images": identities * POSES,
+        "upload_s": round(uploaded, 1),
+        "stages": {
+            s: {
+                "local_s": round(local[s], 2),
+                "s3_s": round(remote[s], 2),
+                "ratio": round(local[s] / remote[s], 2),
+            }
+            for s in STAGES
+        },
+        "up_to_date_run": {
+            "requests": classify(requests),
+            "listed_prefixes": len(listed),
+            "distinct_list_targets": len(set(listed)),
+            "buckets_listed": len(prefixes),
+        },
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
