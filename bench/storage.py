@@ -130,6 +130,20 @@ def main() -> None:
         },
         "up_to_date_run": {
             "requests": classify(requests),
+            "objects_read": sorted(
+                {
+                    unquote(t).split("/bench/", 1)[-1]
+                    for m, t in requests
+                    if m == "GET" and "list-type" not in t
+                }
+            ),
+            "heads_by_kind": dict(
+                collections.Counter(
+                    os.path.splitext(unquote(t).split("?")[0])[1] or "folder"
+                    for m, t in requests
+                    if m == "HEAD"
+                )
+            ),
             "listed_prefixes": len(listed),
             "distinct_list_targets": len(set(listed)),
             "buckets_listed": len(prefixes),

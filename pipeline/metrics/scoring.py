@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from pipeline.core.imaging import ImageError, read_rgb
+from pipeline.core.imaging import ImageError, read_rgb_many
 from pipeline.metrics.registry import COPY, REAL
 
 if TYPE_CHECKING:
@@ -38,10 +38,25 @@ def condition_copies(pairs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def load_image(gen_root: str, rel: str, storage_cfg: StorageConfig | None) -> np.ndarray:
-    """`rel` under the generation root (a local folder or an s3:// URI, always a string)."""
-    # A writable copy: torch refuses read-only arrays.
-    return np.array(read_rgb(gen_root, rel, storage_cfg))
+def load_images(
+    gen_root: str, rels: list[str], storage_cfg: StorageConfig | None
+) -> dict[str, np.ndarray | ImageError]:
+    """Each distinct one of `rels` under the generation root (a local folder or an s3://
+    URI, always a string) as an array, or the ImageError it raised; read concurrently on
+    object storage (imaging.read_rgb_many)."""
+    distinct = list(dict.fromkeys(rels))
+    loaded = read_rgb_many(gen_root, distinct, storage_cfg)
+    # Writable copies: torch refuses read-only arrays.
+    return {
+        rel: im if isinstance(im, ImageError) else np.array(im)
+        for rel, im in zip(distinct, loaded, strict=True)
+    }
+
+
+def _image(loaded: dict[str, np.ndarray | ImageError], rel: str) -> np.ndarray:
+    if isinstance(found := loaded[rel], ImageError):
+        raise found
+    return found
 
 
 def _load_pairs(
@@ -49,10 +64,12 @@ def _load_pairs(
 ) -> tuple[list, list, dict[int, str]]:
     """Real and fake images of `rows`; failures are returned by row position."""
     real, fake, errors = [], [], {}
+    rels = [r[side] for r in rows for side in ("real_path", "fake_path")]
+    loaded = load_images(gen_root, rels, storage_cfg)
     for i, r in enumerate(rows):
         try:
-            a = load_image(gen_root, r["real_path"], storage_cfg)
-            b = load_image(gen_root, r["fake_path"], storage_cfg)
+            a = _image(loaded, r["real_path"])
+            b = _image(loaded, r["fake_path"])
             if a.shape != b.shape:
                 raise ImageError(
                     f"real {a.shape[1]}x{a.shape[0]} and generated "
@@ -101,10 +118,11 @@ def score_network_batch(
         real, fake, errors = _load_pairs(gen_root, rows, storage_cfg)
         return _with_errors(rows, errors, scorer(real, fake) if real else [])
     images, errors = [], {}
-    for i, r in enumerate(rows):
-        rel = r["fake_path"] if r["fake_path"] else r["real_path"]
+    rels = [r["fake_path"] if r["fake_path"] else r["real_path"] for r in rows]
+    loaded = load_images(gen_root, rels, storage_cfg)
+    for i, rel in enumerate(rels):
         try:
-            images.append(load_image(gen_root, rel, storage_cfg))
+            images.append(_image(loaded, rel))
         except ImageError as exc:
             errors[i] = f"{rel}: {exc}"
     return _with_errors(rows, errors, scorer(images, None) if images else [])
