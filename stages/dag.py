@@ -247,6 +247,8 @@ class DagRun:
         except BaseException as exc:
             self._failed(spec, exc, row, t0)
             raise
+        finally:
+            self.cache.forget_objects()
         result.finish()
         self.echo(result.summary())
         # The fingerprint was taken before running, from the inputs this run used.

@@ -71,13 +71,12 @@ def take_fingerprint(spec: StageSpec, cfg: Config, cache: ContentCache) -> Finge
     inputs, listings = {}, {}
     for path in spec.inputs(cfg):
         key = input_key(cfg, path)
-        if path.is_dir():
-            listings[key] = cache.tree(path)
-            inputs[key] = listing_digest(listings[key])
-        elif path.is_file():
-            inputs[key] = cache.digest(path)
+        found = cache.state(path)
+        if isinstance(found, dict):
+            listings[key] = found
+            inputs[key] = listing_digest(found)
         else:
-            inputs[key] = "missing"
+            inputs[key] = found
     config = {k: _plain(config_value(cfg, k)) for k in spec.config_keys}
     return Fingerprint(spec.version, config, inputs, listings, spec.record(cfg))
 
