@@ -307,3 +307,39 @@ def test_an_unusable_location_stops_the_cli_before_anything_is_written(
     # Asked with the server's own settings: some cases spoilt the environment's.
     listing = pafs.FileSelector(f"{s3_server.bucket}/data", allow_not_found=True, recursive=True)
     assert s3_server.filesystem().get_file_info(listing) == []
+
+
+def test_an_object_path_answers_as_a_local_path_does(s3_server, aws_env, tmp_path):
+    """The pathlib calls the layouts use, on S3 and on the same tree on disk."""
+    from pipeline.core.object_path import ObjectPath, data_path
+
+    aws_env(s3_server)
+    uri = f"s3://{s3_server.bucket}/objpath-{uuid.uuid4().hex[:6]}"
+    roots = {"s3": data_path(uri), "local": data_path(str(tmp_path / "tree"))}
+    assert isinstance(roots["s3"], ObjectPath) and isinstance(roots["local"], Path)
+    for root in roots.values():
+        (root / "a" / "b").mkdir(parents=True, exist_ok=True)  # nothing to make on S3
+        (root / "a" / "x.npz").write_bytes(b"1")
+        (root / "a" / "b" / "y.npz").write_bytes(b"22")
+        (root / "a" / "z.json").write_text("{}")
+    for kind, root in roots.items():
+        folder = root / "a"
+        assert folder.is_dir() and not folder.is_file() and folder.exists(), kind
+        assert (folder / "x.npz").is_file() and not (folder / "nope.npz").exists(), kind
+        assert sorted(p.name for p in folder.glob("*.npz")) == ["x.npz"], kind
+        assert sorted(p.name for p in folder.glob("*/*.npz")) == ["y.npz"], kind
+        assert sorted(p.name for p in folder.iterdir()) == ["b", "x.npz", "z.json"], kind
+        assert (folder / "b" / "y.npz").read_bytes() == b"22", kind
+        assert (folder / "x.npz").stat().st_size == 1, kind
+        assert (folder / "x.npz").with_suffix(".json").name == "x.json", kind
+        assert (folder / "x.npz").parent == folder and folder.parent == root, kind
+        (folder / "x.npz").unlink()
+        (folder / "x.npz").unlink(missing_ok=True)
+        assert not (folder / "x.npz").exists(), kind
+    # A URI kept whole on the way through; the bucket is its own top.
+    assert str(roots["s3"] / "a") == f"{uri}/a"
+    bucket = data_path(f"s3://{s3_server.bucket}")
+    assert bucket.parent == bucket
+    # Not a path for open(): a call never moved onto the storage layer fails loudly.
+    with pytest.raises(TypeError):
+        open(roots["s3"] / "a" / "z.json")  # noqa: SIM115
