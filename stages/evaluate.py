@@ -55,7 +55,7 @@ from pipeline.metrics.summary import (
     sort_key,
     summarise,
 )
-from stages.spec import CACHE_DIR_KEY, OUTPUT_ROOT, RAY_KEYS, STALL_KEY, STORAGE_KEYS, StageSpec
+from stages.spec import CACHED_STORAGE_KEYS, OUTPUT_ROOT, STREAMED_KEYS, StageSpec
 
 UNIT_KEY = ["checkpoint", "direction", "name"]
 UNIT_COLUMNS = [*UNIT_KEY, "real_path", "fake_path", "inputs"]
@@ -322,12 +322,6 @@ def write_legacy(legacy: dict[str, pd.DataFrame], root: Path) -> dict[str, pd.Da
     return legacy
 
 
-def generation_root(generated: str | os.PathLike, storage_cfg: StorageConfig) -> str:
-    """The generation root as the workers get it: a local folder as an absolute path, an
-    object-store prefix as its URI (a string: a Path would mangle s3://)."""
-    return storage.absolute(generated, storage_cfg)
-
-
 def recorded_root(gen_root: str, paths: EvaluationLayout, outputs: OutputLayout) -> str:
     """The generation root as evaluation.json keeps it: relative to the evaluation folder
     when both sit in the output root (a copied root's report then shows its own images),
@@ -354,7 +348,8 @@ def run_evaluate(
     )
 
     outputs = OutputLayout(cfg.output.root)
-    gen_root = generation_root(generated or outputs.generated, cfg.storage)
+    # As the workers get it: a local folder absolute, an object-store prefix its URI.
+    gen_root = storage.absolute(generated or outputs.generated, cfg.storage)
     paths = EvaluationLayout(out or outputs.evaluation)
     names = expand_metrics(metrics or cfg.evaluate.metrics)
     mode = cfg.evaluate.network_weights
@@ -434,10 +429,8 @@ STAGE = StageSpec(
         "keypoints.min_visibility",
     ),
     ignored_keys={
-        **STORAGE_KEYS,
-        **CACHE_DIR_KEY,
-        **RAY_KEYS,
-        **STALL_KEY,
+        **CACHED_STORAGE_KEYS,
+        **STREAMED_KEYS,
         **OUTPUT_ROOT,
         "dataset.root": "where the keypoints QA table is (an input, digested by content)",
         "evaluate.batch_size": "images per network call: batching only",

@@ -52,15 +52,7 @@ from pipeline.generator.generation_plan import (
     write_identical,
 )
 from pipeline.generator.save_modes import SAVE_MODES, record_generation, save_mode
-from stages.spec import (
-    CACHE_DIR_KEY,
-    DATASET_ROOT,
-    OUTPUT_ROOT,
-    RAY_KEYS,
-    STALL_KEY,
-    STORAGE_KEYS,
-    StageSpec,
-)
+from stages.spec import CACHED_STORAGE_KEYS, DATASET_ROOT, OUTPUT_ROOT, STREAMED_KEYS, StageSpec
 
 # --- the Ray wrapper -------------------------------------------------------------------
 
@@ -285,10 +277,8 @@ STAGE = StageSpec(
         "generate.pairs",
     ),
     ignored_keys={
-        **STORAGE_KEYS,
-        **CACHE_DIR_KEY,
-        **RAY_KEYS,
-        **STALL_KEY,
+        **CACHED_STORAGE_KEYS,
+        **STREAMED_KEYS,
         **DATASET_ROOT,
         **OUTPUT_ROOT,
         "weights.checkpoint_dir": "where checkpoint ids are looked up; the files found are "

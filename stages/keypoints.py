@@ -23,15 +23,7 @@ from pipeline.core.paths import check_paths, file_id
 from pipeline.core.resumable import ResumableTable
 from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.pose.skeleton import MISSING, N_KEYPOINTS, valid_mask
-from stages.spec import (
-    CACHE_DIR_KEY,
-    DATASET_ROOT,
-    OUTPUT_ROOT,
-    RAY_KEYS,
-    STALL_KEY,
-    STORAGE_KEYS,
-    StageSpec,
-)
+from stages.spec import CACHED_STORAGE_KEYS, DATASET_ROOT, OUTPUT_ROOT, STREAMED_KEYS, StageSpec
 
 IMPORTED = "imported"
 DEFAULT_GLOB = "img/**/*.jpg"
@@ -407,10 +399,8 @@ STAGE = StageSpec(
         "keypoints.compare",
     ),
     ignored_keys={
-        **STORAGE_KEYS,
-        **CACHE_DIR_KEY,
-        **RAY_KEYS,
-        **STALL_KEY,
+        **CACHED_STORAGE_KEYS,
+        **STREAMED_KEYS,
         **DATASET_ROOT,
         **OUTPUT_ROOT,
         "keypoints.batch_size": "images per estimator call: batching only",

@@ -21,7 +21,7 @@ from pipeline.core.layout import SPLITS, DatasetLayout
 from pipeline.core.paths import relative_under
 from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.pose.posemap import load_posemap, out_of_image, write_posemap
-from stages.spec import DATASET_ROOT, RAY_KEYS, STALL_KEY, STORAGE_KEYS, StageSpec
+from stages.spec import DATASET_ROOT, STORAGE_KEYS, STREAMED_KEYS, StageSpec
 
 POSEMAP_META = "pose_maps.json"  # beside the maps: which kind the stage wrote there
 
@@ -244,8 +244,7 @@ STAGE = StageSpec(
     config_keys=("posemaps.gaussian_sigma",),
     ignored_keys={
         **STORAGE_KEYS,
-        **RAY_KEYS,
-        **STALL_KEY,
+        **STREAMED_KEYS,
         **DATASET_ROOT,
         "posemaps.batch_size": "maps per Ray task: scheduling only",
     },

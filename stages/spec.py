@@ -19,9 +19,10 @@ RAY_KEYS = {
     "ray.num_cpus": "the CPUs of a local Ray: scheduling only",
     "ray.num_gpus": "the GPUs of a local Ray: scheduling only",
 }
-# Read by the stages whose batches go through batch_stream.consume.
-STALL_KEY = {
-    "ray.stall_timeout_s": "how long a stage waits for a batch before it stops: a watchdog"
+# Read by the stages whose batches stream through batch_stream.consume on Ray.
+STREAMED_KEYS = {
+    **RAY_KEYS,
+    "ray.stall_timeout_s": "how long a stage waits for a batch before it stops: a watchdog",
 }
 DATASET_ROOT = {
     "dataset.root": "where the dataset is: the files the stage reads there are its inputs, "
@@ -33,8 +34,9 @@ STORAGE_KEYS = {
     "storage.endpoint_override": "which S3-compatible server holds the files, not what they hold",
     "storage.region": "the region of the bucket that holds the files, not what they hold",
 }
-# Read by the stages that keep content digests (ContentCache) of an output root.
-CACHE_DIR_KEY = {
+# Read by the stages that also keep content digests (ContentCache) of an output root.
+CACHED_STORAGE_KEYS = {
+    **STORAGE_KEYS,
     "storage.cache_dir": "where this host keeps the digest cache of an object-storage root, "
     "not what the outputs hold",
 }

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,13 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import DataError, DiskFullError, UnreadableTableError
+from pipeline.core.paths import MANGLED_URI
 from pipeline.core.schemas import optional_columns, to_arrow
 
 if TYPE_CHECKING:
     from pipeline.core.storage import Location
 
-# A URI mangled by pathlib (s3://b/k -> s3:/b/k).
-_MANGLED_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/[^/]")
 # Errors that mean the filesystem is out of space (or the user out of quota).
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -159,7 +157,7 @@ def _object_store(path: str | os.PathLike) -> tuple[str | os.PathLike, Location 
     if hasattr(path, "location"):  # an object_path.ObjectPath
         return path, path.location
     if not (isinstance(path, str) and "://" in path):
-        if _MANGLED_URI.match(os.fspath(path)):
+        if MANGLED_URI.match(os.fspath(path)):
             raise DataError(
                 f"{os.fspath(path)!r} is a URI that went through a Path (which keeps one "
                 "'/'): refused, never written as a local folder"

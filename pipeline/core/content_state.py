@@ -87,10 +87,9 @@ class ContentCache:
         """The content digest of a file; read only when its stat differs from the cached one.
         On object storage, the listed_digest of its HEAD: no object is read."""
         if not storage.is_local(path):
-            st = storage.stat(path)
-            if st is None:
+            if (found := self._as_file(path)) is None:
                 raise FileNotFoundError(f"no object {path}")
-            return listed_digest(st.path, st.size, st.mtime_ns)
+            return found
         key = os.path.abspath(path)
         stat = file_stat(key)
         known = self._known.get(key)
@@ -119,7 +118,8 @@ class ContentCache:
             self._objects[uri] = asks[0](uri) or asks[1](uri) or "missing"
         return self._objects[uri]
 
-    def _as_file(self, uri: str) -> str | None:
+    def _as_file(self, uri) -> str | None:
+        """An object's listed_digest from its HEAD; None when there is none."""
         found = storage.stat(uri)
         return None if found is None else listed_digest(found.path, found.size, found.mtime_ns)
 

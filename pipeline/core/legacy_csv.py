@@ -4,13 +4,12 @@ columns and paths checked, written atomically. Their columns are declared here o
 from __future__ import annotations
 
 import csv
-import io
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline.core import storage
 from pipeline.core.atomic_io import atomic_path
 from pipeline.core.errors import DataError
 from pipeline.core.object_path import data_path
@@ -34,8 +33,7 @@ def _read_csv_checked(path: str | os.PathLike, columns: list[str]) -> pd.DataFra
     path = data_path(path)
     if not path.exists():
         raise FileNotFoundError(f"CSV not found: {path}")
-    source = path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
-    df = pd.read_csv(source, dtype=str, keep_default_na=False)
+    df = pd.read_csv(storage.readable(path), dtype=str, keep_default_na=False)
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing columns {missing} (header is {list(df.columns)})")

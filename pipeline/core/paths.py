@@ -4,9 +4,13 @@ dataset-root path checks that refuse absolute paths, `..` and symlinks leading o
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path, PurePosixPath
 
 from pipeline.core.errors import DataError
+
+# A URI that went through pathlib (s3://b/k -> s3:/b/k): refused, never written as a folder.
+MANGLED_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/[^/]")
 
 
 def file_id(rel_path: str) -> str:

@@ -39,10 +39,6 @@ def _read_holder(fh) -> dict:
         return {}
 
 
-def _shown(root: str | os.PathLike) -> str:
-    return str(Path(root).resolve()) if storage.is_local(root) else str(root)
-
-
 @contextlib.contextmanager
 def output_lock(
     root: str | os.PathLike,
@@ -61,11 +57,11 @@ def output_lock(
             holder = describe_holder(_read_holder(fh))
             if not wait:
                 raise OutputLockedError(
-                    f"the output root {_shown(root)} is in use by {holder}. Two runs "
+                    f"the output root {storage.absolute(root)} is in use by {holder}. Two runs "
                     "on one output root would do the same work twice; wait for it to finish, "
                     "pass --wait to start when it has, or choose another output.root."
                 ) from None
-            echo(f"waiting for {holder} to release {_shown(root)} ...")
+            echo(f"waiting for {holder} to release {storage.absolute(root)} ...")
             fcntl.flock(fh, fcntl.LOCK_EX)
         else:
             left = _read_holder(fh)

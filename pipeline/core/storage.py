@@ -17,6 +17,7 @@ import datetime
 import errno
 import functools
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -32,8 +33,8 @@ import pyarrow.parquet as pq
 from pipeline.core.atomic_io import atomic_path, write_bytes_atomic
 from pipeline.core.config import StorageConfig, check_endpoint
 from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.paths import MANGLED_URI, safe_path
 from pipeline.core.paths import relative_under as local_relative_under
-from pipeline.core.paths import safe_path
 
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # the AWS tools' order
 # Read by pyarrow's AWS SDK: a change of any makes a new client (see _s3_filesystem).
@@ -46,8 +47,6 @@ _AWS_VARS = (
     "AWS_DEFAULT_REGION",
 )
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-# A URI that went through pathlib (s3://b/k -> s3:/b/k): refused, never written as a folder.
-_MANGLED_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/[^/]")
 # Local hard links fail across filesystems, on filesystems without them, or past the
 # link limit: the copy then is a real copy.
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)
@@ -109,11 +108,17 @@ class FileState(NamedTuple):
 Target = str | os.PathLike | Location
 
 
+def _location_of(target) -> Location | None:
+    """`target` itself when a Location, an object_path.ObjectPath's, else None."""
+    if isinstance(target, Location):
+        return target
+    loc = getattr(target, "location", None)
+    return loc if isinstance(loc, Location) else None
+
+
 def scheme(target: Target) -> str | None:
     """The URI scheme of `target` in lower case, or None for a plain local path."""
-    if isinstance(target, Location):
-        return None if target.is_local else URI_SCHEMES[target.fs.type_name]
-    if isinstance(loc := getattr(target, "location", None), Location):
+    if (loc := _location_of(target)) is not None:
         return None if loc.is_local else URI_SCHEMES[loc.fs.type_name]
     found = _SCHEME.match(os.fspath(target)) if isinstance(target, str) else None
     return found.group(1).lower() if found else None
@@ -201,14 +206,12 @@ def _gcs_filesystem() -> pafs.GcsFileSystem:
 
 def resolve(target: Target, storage_cfg: StorageConfig | None = None) -> Location:
     """The filesystem and path of a local path, file:// URI or s3:// URI."""
-    if isinstance(target, Location):
-        return target
-    if isinstance(loc := getattr(target, "location", None), Location):
-        return loc  # an object_path.ObjectPath
+    if (loc := _location_of(target)) is not None:
+        return loc
     text = os.fspath(target)
     kind = scheme(text)
     if kind is None:
-        if not isinstance(target, str) and _MANGLED_URI.match(text):
+        if not isinstance(target, str) and MANGLED_URI.match(text):
             raise DataError(
                 f"{text!r} looks like a URI that went through a Path (which keeps one '/'); "
                 "pass URIs as strings"
@@ -277,7 +280,8 @@ def absolute(target: Target, storage_cfg: StorageConfig | None = None) -> str:
 def join(base: str | os.PathLike, *parts: str) -> str:
     """`parts` under `base` (unchecked: for the pipeline's own names; safe_join for
     names read from data), as a URI when `base` is one."""
-    text = str(base) if hasattr(base, "location") else os.fspath(base)  # ObjectPath: its URI
+    loc = _location_of(base)
+    text = loc.uri if loc is not None else os.fspath(base)
     if is_local(text) and scheme(text) is None:
         return os.path.join(text, *parts)
     return "/".join([text.rstrip("/"), *(p.strip("/") for p in parts)])
@@ -288,8 +292,7 @@ def safe_join(root: Target, rel: str, where: str = "") -> Target:
     bucket or scheme) and, locally, symlinks leading outside (paths.safe_path). Returns a
     Location for a Location, else a string: an s3:// URI, or a local path (file:// too)."""
     at = f" ({where})" if where else ""
-    if isinstance(loc := getattr(root, "location", None), Location):
-        root = loc  # an object_path.ObjectPath
+    root = _location_of(root) or root
     base = root.uri if isinstance(root, Location) else os.fspath(root).rstrip("/")
     if isinstance(rel, str) and scheme(rel) is not None:
         raise DataError(
@@ -379,6 +382,14 @@ def read_bytes(target: Target, storage_cfg: StorageConfig | None = None) -> byte
         return Path(loc.path).read_bytes()
     with loc.fs.open_input_stream(loc.path) as stream:
         return stream.read()
+
+
+def readable(target: Target, storage_cfg: StorageConfig | None = None):
+    """What a reader that takes a path or a file object (pandas, numpy, torch, PIL) opens:
+    a local file's path as it is, an object read whole (one GET) into memory. A missing
+    one raises FileNotFoundError when read."""
+    loc = resolve(target, storage_cfg)
+    return loc.path if loc.is_local else io.BytesIO(read_bytes(loc))
 
 
 def _put(loc: Location, data: bytes | pa.Buffer) -> None:

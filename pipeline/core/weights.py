@@ -3,7 +3,6 @@ anything else (a pickle carrying code, a whole pickled module) is refused."""
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import re
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.core import storage
 from pipeline.core.errors import WeightsError
 from pipeline.core.object_path import data_path
 from pipeline.core.paths import checkpoint_sort_key
@@ -67,7 +67,7 @@ def safe_torch_load(
     path = data_path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
-    source = path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
+    source = storage.readable(path)
     try:
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(source, map_location=map_location, weights_only=True)
@@ -253,8 +253,6 @@ def require_weight(name: str, extra_dir: str | os.PathLike | None = None) -> Pat
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks (weight files are hundreds of MB)."""
     import hashlib
-
-    from pipeline.core import storage
 
     if not storage.is_local(path):  # an object: read whole (checkpoints, tens of MB)
         return hashlib.sha256(storage.read_bytes(path)).hexdigest()

@@ -23,8 +23,10 @@ from pipeline.pose.posemap import one_hot_coords as posemap_coords
 def _read_map(npz_path: str, keypoints, fid: str) -> np.ndarray:
     from pipeline.pose.posemap import load_posemap, render_map
 
-    if storage.exists(npz_path):
+    try:  # one read, no existence check first (on S3 each is a request)
         return load_posemap(npz_path)
+    except FileNotFoundError:
+        pass
     if keypoints is not None:
         h, w = int(keypoints[0]), int(keypoints[1])
         return render_map(keypoints[2:20], keypoints[20:38], h, w)
@@ -144,7 +146,7 @@ def load_inputs(
     `sparse`, one-hot map pairs travel as coordinates (`coords`) and the model actor
     rebuilds them; else dense float32 maps (gaussian maps, and one-hot ones rendered for
     missing files, side by side)."""
-    from pipeline.core.imaging import fit_frame, load_rgb
+    from pipeline.core.imaging import fit_frame, read_rgb
     from pipeline.pose.posemap import fit_coords, fit_map
 
     n = len(batch["index"])
@@ -155,7 +157,7 @@ def load_inputs(
     errors = [""] * n  # "" = fine: an all-null column would not survive Ray's Arrow blocks
     for i in range(n):
         try:
-            image = load_rgb(storage.safe_join(root, batch["source_path"][i]))
+            image = read_rgb(root, batch["source_path"][i])
             roles = [
                 (batch[f"{role}_map"][i], batch[f"{role}_keypoints"][i], batch[f"{role}_id"][i])
                 for role in ("source", "target")

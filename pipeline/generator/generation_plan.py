@@ -162,8 +162,10 @@ def input_digests(jobs: pd.DataFrame, root: str, cache) -> list[str]:
             return "missing"
 
     def pose(npz: str, keypoints) -> str:
-        if storage.exists(npz):
+        try:  # no existence check first: on S3 each is a request
             return cache.digest(npz)
+        except FileNotFoundError:
+            pass
         return "none" if keypoints is None else hashlib.blake2b(keypoints.tobytes()).hexdigest()
 
     images = {p: image(p) for p in pd.unique(pd.concat([jobs["source_path"], jobs["target_path"]]))}

@@ -67,8 +67,7 @@ def write_posemap(path, x, y, height: int, width: int, sigma: float | None = Non
 
 def load_posemap(path) -> np.ndarray:
     """A map's array from a local path or an object-store key (read whole)."""
-    source = path if storage.is_local(path) else io.BytesIO(storage.read_bytes(path))
-    with np.load(source) as data:
+    with np.load(storage.readable(path)) as data:
         return data["arr_0"]
 
 

@@ -5,7 +5,6 @@ event file to the same folder; TensorBoard merges them by step."""
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import shutil
@@ -46,7 +45,7 @@ class TrainBoard:
         """The sample grid (condition | target | generated rows) as saved beside the log."""
         from PIL import Image
 
-        with Image.open(io.BytesIO(storage.read_bytes(grid_png))) as im:
+        with Image.open(storage.readable(grid_png)) as im:
             self.writer.add_image("samples", np.asarray(im.convert("RGB")), it, dataformats="HWC")
 
     def flush(self) -> None:
