@@ -127,11 +127,14 @@ def run_dag(
     this run's manifest rows. Stages start Ray themselves when they have work, so an
     up-to-date run never starts it."""
     storage.configure(cfg.storage)
-    preflight(cfg, plan.selected)
-    if dry_run:
-        return _run_stages(cfg, plan, echo, dry_run=True)
-    with output_lock(cfg.output.root, f"run {' '.join(plan.selected)}", wait, echo):
-        return _run_stages(cfg, plan, echo, dry_run=False)
+    # The checks of many stages ask about the same folders: on object storage each LIST
+    # is asked once (forgotten whenever a stage runs).
+    with storage.remembering():
+        preflight(cfg, plan.selected)
+        if dry_run:
+            return _run_stages(cfg, plan, echo, dry_run=True)
+        with output_lock(cfg.output.root, f"run {' '.join(plan.selected)}", wait, echo):
+            return _run_stages(cfg, plan, echo, dry_run=False)
 
 
 def _run_stages(
@@ -242,13 +245,13 @@ class DagRun:
         cfg = self.cfg
         self.cache.save()  # the digests survive a failing stage
         try:
-            self._move_aside(spec, decision, row)
-            result = spec.run(cfg, decision.fresh)
+            # The stage's own reads must see what its workers write.
+            with storage.remembering(False):
+                self._move_aside(spec, decision, row)
+                result = spec.run(cfg, decision.fresh)
         except BaseException as exc:
             self._failed(spec, exc, row, t0)
             raise
-        finally:
-            self.cache.forget_objects()
         result.finish()
         self.echo(result.summary())
         # The fingerprint was taken before running, from the inputs this run used.

@@ -154,11 +154,13 @@ def unreadable_tables(paths: list[Path]) -> dict[Path, str]:
     cannot be read, with why: a truncated table makes its stage stale instead of crashing
     the next reader."""
     tables = set()
-    for path in paths:
-        if path.is_file() and path.suffix == ".parquet":
+    # Outer paths first, the deep pattern first: on object storage a folder's one
+    # recursive listing then answers the shallow pattern and every path inside it.
+    for path in sorted(paths, key=lambda p: len(p.parts)):
+        if path.is_dir():
+            tables.update([*path.glob("*/*.parquet"), *path.glob("*.parquet")])
+        elif path.suffix == ".parquet" and path.is_file():
             tables.add(path)
-        elif path.is_dir():
-            tables.update([*path.glob("*.parquet"), *path.glob("*/*.parquet")])
     return {t: why for t in sorted(tables) if (why := table_damage(t))}
 
 

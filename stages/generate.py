@@ -41,14 +41,15 @@ from pipeline.generator.generation_plan import (
     error_reasons,
     generation_jobs,
     identical_jobs,
-    input_digests,
     manifest_output,
     pending_jobs,
     read_test_pairs,
+    reals_to_write,
     remove_outputs,
     same_inputs,
     stale_rows,
     with_checkpoint,
+    with_input_states,
     write_identical,
 )
 from pipeline.generator.save_modes import SAVE_MODES, record_generation, save_mode
@@ -181,27 +182,34 @@ def run_generate(
         "generate", outputs={"generated": str(out_dir), "manifest": str(out_dir / MANIFEST)}
     )
     paths, ids = checked_checkpoints(cfg, checkpoints)
-    pairs = read_test_pairs(root, pairs_file or (gc.pairs and dataset_path(cfg, gc.pairs)))
-    if limit is not None:
-        pairs = pairs.head(limit)
-    jobs = attach_map_sources(generation_jobs(pairs), root)
     output = manifest_output(out_dir)
     manifest = output.done()
     mode = save_mode(gc.minmax)
-    with ContentCache(OutputLayout(cfg.output.root).content_cache) as cache:
-        base = input_digests(jobs, root, cache)
-        per_ckpt = [with_checkpoint(jobs, base, c, cache.digest(p), mode).assign(
-                    checkpoint_path=str(p)) for p, c in zip(paths, ids, strict=True)]  # fmt: skip
-    stale = stale_rows(manifest, pd.concat(per_ckpt, ignore_index=True), ids)
-    if len(stale):
-        manifest = remove_outputs(manifest, stale, out_dir)
-        output.commit(manifest)
-        result.notes.append(f"{len(stale)} earlier image(s) of changed or removed pairs removed")
-    todo_parts = []
-    for ckpt_jobs, ckpt in zip(per_ckpt, ids, strict=True):
-        todo = pending_jobs(ckpt_jobs, manifest, ckpt, out_dir)
-        result.skipped += len(jobs) - len(todo)
-        todo_parts.append(todo)
+    # Planning asks about every input and output file: on object storage each folder is
+    # listed once instead of a HEAD per file. Nothing else writes here until it is done.
+    with storage.remembering():
+        pairs = read_test_pairs(root, pairs_file or (gc.pairs and dataset_path(cfg, gc.pairs)))
+        if limit is not None:
+            pairs = pairs.head(limit)
+        jobs = attach_map_sources(generation_jobs(pairs), root)
+        with ContentCache(OutputLayout(cfg.output.root).content_cache) as cache:
+            jobs = with_input_states(jobs, root, cache)
+            per_ckpt = [
+                with_checkpoint(jobs, c, cache.digest(p), mode).assign(checkpoint_path=str(p))
+                for p, c in zip(paths, ids, strict=True)
+            ]
+        stale = stale_rows(manifest, pd.concat(per_ckpt, ignore_index=True), ids)
+        if len(stale):
+            manifest = remove_outputs(manifest, stale, out_dir)
+            output.commit(manifest)
+            result.notes.append(
+                f"{len(stale)} earlier image(s) of changed or removed pairs removed"
+            )
+        todo_parts = []
+        for ckpt_jobs, ckpt in zip(per_ckpt, ids, strict=True):
+            todo = pending_jobs(ckpt_jobs, manifest, ckpt, out_dir)
+            result.skipped += len(jobs) - len(todo)
+            todo_parts.append(todo)
     result.rows_in = len(jobs) * len(paths)
     todo = pd.concat(todo_parts, ignore_index=True)
     kind = recorded_posemap_kind(DatasetLayout(root).posemap_dir(TEST_SPLIT))
@@ -212,6 +220,7 @@ def run_generate(
     if dedup:
         todo, links = link_identical(todo, manifest, output, out_dir, result)
     if not todo.empty:
+        todo = todo.assign(write_real=reals_to_write(todo, out_dir))
         label = f"generate ({len(paths)} checkpoint(s))"
         generated = generate_pending(cfg, todo, links, output, out_dir, sparse, label, result)
     manifest = output.done().sort_values(MANIFEST_KEY, ignore_index=True)

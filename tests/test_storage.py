@@ -343,3 +343,52 @@ def test_an_object_path_answers_as_a_local_path_does(s3_server, aws_env, tmp_pat
     # Not a path for open(): a call never moved onto the storage layer fails loudly.
     with pytest.raises(TypeError):
         open(roots["s3"] / "a" / "z.json")  # noqa: SIM115
+
+
+def test_remembering_lists_each_prefix_once_answers_alike_and_forgets_on_a_write(
+    s3_server, aws_env
+):
+    """While remembering, questions about keys and folders are answered from one LIST per
+    folder (no HEAD), the same answers as asked afresh; a write forgets them, and so does
+    a suspended block (what other processes may have written meanwhile)."""
+    aws_env(s3_server)
+    base = f"s3://{s3_server.bucket}/memo-{uuid.uuid4().hex[:6]}"
+    for rel in ("a/x.npz", "a/b/y.npz", "a/z.json", "c.bin"):
+        storage.write_bytes(storage.join(base, rel), rel.encode())
+
+    def answers(cfg: StorageConfig) -> list:
+        at = [storage.resolve(storage.join(base, rel), cfg) for rel in ("a/x.npz", "a/nope", "a/b")]
+        return [
+            [storage.info(loc).type for loc in at],
+            storage.stat(at[0]).size,
+            [(f.rel, f.size) for f in storage.list_files(storage.join(base, "a"), storage_cfg=cfg)],
+            [f.rel for f in storage.list_files(at[2], storage_cfg=cfg)],
+            [f.rel for f in storage.list_files(at[2], recursive=False, storage_cfg=cfg)],
+            storage.exists(at[2].join("y.npz")),
+            [i.path.rsplit("/", 1)[1] for i in storage.children(storage.join(base, "a"))],
+        ]
+
+    with RequestLog(s3_server.endpoint) as proxy:
+        cfg = recorded(s3_server, proxy)
+        fresh = answers(cfg)
+        asked_fresh = len(proxy.requests)
+        proxy.requests.clear()
+        with storage.remembering():
+            remembered = answers(cfg)
+            again = answers(cfg)
+        requests = list(proxy.requests)
+    assert remembered == again == fresh
+    assert fresh[0] == [pafs.FileType.File, pafs.FileType.NotFound, pafs.FileType.Directory]
+    assert fresh[3:5] == [["y.npz"], ["y.npz"]]
+    assert all("list-type=2" in target for _, target in requests), requests
+    prefixes = [(t.split("prefix=")[1].split("&")[0], "delimiter" in t) for _, t in requests]
+    assert len(prefixes) == len(set(prefixes)) < asked_fresh, requests
+
+    new = storage.join(base, "a", "new.bin")
+    with storage.remembering():
+        assert not storage.exists(new)
+        storage.write_bytes(new, b"1")
+        assert storage.exists(new)  # the write forgot what was listed
+        with storage.remembering(False):
+            storage.resolve(new).fs.delete_file(storage.resolve(new).path)  # as a worker would
+        assert not storage.exists(new)  # the suspended block's end forgot it too

@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+
+import pyarrow.fs as pafs
 
 from pipeline.core import storage
 
@@ -44,10 +46,6 @@ class ContentCache:
         self._known: dict[str, tuple] = {}
         self._new: list[tuple] = []
         self.files_read = 0
-        # Object-storage answers of this run (URI -> listing or digest): several stages
-        # read the same folders, and a LIST or HEAD is a round trip. Forgotten whenever a
-        # stage may have written (forget_objects).
-        self._objects: dict[str, dict[str, str] | str] = {}
         self._conn = None
         if readonly:
             if self.db.exists():
@@ -103,32 +101,21 @@ class ContentCache:
 
     def state(self, path) -> dict[str, str] | str:
         """What an input is now: a folder's listing (relative path -> digest), a file's
-        digest, or "missing". On object storage, once per URI until forget_objects: a name
-        with a suffix is asked for as a file first (one HEAD), others as a folder (one
-        LIST), the other way only when the first finds nothing."""
+        digest, or "missing". On object storage from listings alone (asked once per
+        folder while the storage layer is remembering, as a DAG run's checks are)."""
         if storage.is_local(path):
             if os.path.isdir(path):
                 return self.tree(path)
             return self.digest(path) if os.path.isfile(path) else "missing"
-        uri = str(path)
-        if uri not in self._objects:
-            asks = [self._as_file, self._as_folder]
-            if not PurePosixPath(uri).suffix:
-                asks.reverse()
-            self._objects[uri] = asks[0](uri) or asks[1](uri) or "missing"
-        return self._objects[uri]
+        found = storage.info(path)
+        if found.type == pafs.FileType.File:
+            return listed_digest(str(path), found.size, found.mtime_ns)
+        return (found.type == pafs.FileType.Directory and self.tree(path)) or "missing"
 
     def _as_file(self, uri) -> str | None:
         """An object's listed_digest from its HEAD; None when there is none."""
         found = storage.stat(uri)
         return None if found is None else listed_digest(found.path, found.size, found.mtime_ns)
-
-    def _as_folder(self, uri: str) -> dict[str, str] | None:
-        return self.tree(uri) or None
-
-    def forget_objects(self) -> None:
-        """Drop the remembered object-storage answers (a stage ran: they may be stale)."""
-        self._objects.clear()
 
     def tree(self, root: str | os.PathLike) -> dict[str, str]:
         """Relative path -> digest of every file under `root` (hidden names skipped); on

@@ -102,7 +102,7 @@ class ObjectPath:
 
     # -- state -----------------------------------------------------------------------
     def _info(self) -> pafs.FileInfo:
-        return self.location.fs.get_file_info(self.location.path)
+        return storage.info(self.location)
 
     def exists(self) -> bool:
         return self._info().type != pafs.FileType.NotFound
@@ -120,9 +120,8 @@ class ObjectPath:
         return ObjectStat(info.size, info.mtime_ns)
 
     def iterdir(self) -> list[ObjectPath]:
-        selector = pafs.FileSelector(self.location.path, recursive=False, allow_not_found=True)
-        infos = self.location.fs.get_file_info(selector)
-        return sorted(ObjectPath(self.location._replace(path=i.path)) for i in infos)
+        infos = storage.children(self.location)
+        return [ObjectPath(self.location._replace(path=i.path)) for i in infos]
 
     def glob(self, pattern: str) -> list[ObjectPath]:
         """The files under this prefix whose relative key matches `pattern` part by part

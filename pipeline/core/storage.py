@@ -12,6 +12,7 @@ variables and files (pyarrow's AWS SDK chain), never from the config."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime
 import errno
@@ -22,6 +23,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -106,6 +108,103 @@ class FileState(NamedTuple):
 
 
 Target = str | os.PathLike | Location
+
+
+class _Remembered:
+    """Object-storage metadata this process has asked for while remembering: recursive
+    listings (prefix URI -> its files) and folders' direct children (folder URI -> name
+    -> FileInfo). A question about a key is answered from a remembered listing of a
+    prefix above it, else from one LIST of its folder, which answers every sibling too:
+    the DAG's up-to-date checks ask about dozens of files and folders in a few folders."""
+
+    def __init__(self) -> None:
+        self.trees: dict[str, list[FileState]] = {}
+        self.folders: dict[str, dict[str, pafs.FileInfo]] = {}
+
+    def clear(self) -> None:
+        self.trees.clear()
+        self.folders.clear()
+
+    def tree_holding(self, uri: str) -> tuple[str, list[FileState]] | None:
+        for prefix, files in self.trees.items():
+            if uri == prefix or uri.startswith(prefix + "/"):
+                return prefix, files
+        return None
+
+    def files_under(self, loc: Location) -> list[FileState] | None:
+        """The files under `loc` from what is remembered; None when that cannot tell."""
+        uri = loc.uri
+        if (held := self.tree_holding(uri)) is not None:
+            prefix, files = held
+            if uri == prefix:
+                return files
+            sub = uri[len(prefix) + 1 :] + "/"
+            start = bisect.bisect_left([f.rel for f in files], sub)
+            return [
+                f._replace(rel=f.rel[len(sub) :]) for f in files[start:] if f.rel.startswith(sub)
+            ] or []
+        parent, _, name = uri.rpartition("/")
+        siblings = self.folders.get(parent)
+        if siblings is not None:
+            found = siblings.get(name)
+            if found is None or found.type != pafs.FileType.Directory:
+                return []  # its folder's listing has no such prefix
+        return None
+
+    def info(self, loc: Location) -> pafs.FileInfo:
+        uri = loc.uri
+        if (held := self.tree_holding(uri)) is not None:
+            prefix, files = held
+            rel = uri[len(prefix) + 1 :] if uri != prefix else ""
+            rels = [f.rel for f in files]
+            at = bisect.bisect_left(rels, rel)
+            if rel and at < len(files) and rels[at] == rel:
+                f = files[at]
+                return pafs.FileInfo(loc.path, pafs.FileType.File, size=f.size, mtime_ns=f.mtime_ns)
+            below = bisect.bisect_left(rels, rel + "/" if rel else "")
+            inside = below < len(rels) and (not rel or rels[below].startswith(rel + "/"))
+            kind = pafs.FileType.Directory if inside else pafs.FileType.NotFound
+            return pafs.FileInfo(loc.path, kind)
+        folder, _, name = loc.path.rpartition("/")
+        if not folder:  # a bucket itself
+            return loc.fs.get_file_info(loc.path)
+        siblings = self.children(Location(loc.fs, folder))
+        return siblings.get(name) or pafs.FileInfo(loc.path, pafs.FileType.NotFound)
+
+    def children(self, loc: Location) -> dict[str, pafs.FileInfo]:
+        """Name -> FileInfo of the files and folders directly under `loc` (one LIST)."""
+        uri = loc.uri
+        if uri not in self.folders:
+            selector = pafs.FileSelector(loc.path, recursive=False, allow_not_found=True)
+            self.folders[uri] = {
+                PurePosixPath(i.path).name: i for i in loc.fs.get_file_info(selector)
+            }
+        return self.folders[uri]
+
+
+_memo: _Remembered | None = None
+
+
+@contextlib.contextmanager
+def remembering(on: bool = True) -> Iterator[None]:
+    """Within: object-storage metadata (listings, existence, sizes) is asked for once and
+    remembered, and a write through this layer forgets it all. `on=False` suspends an
+    outer remembering (code whose other processes write, such as a stage and its Ray
+    workers) and forgets it on the way out. Local paths are always asked afresh."""
+    global _memo
+    outer = _memo
+    _memo = (outer or _Remembered()) if on else None
+    try:
+        yield
+    finally:
+        _memo = outer
+        if outer is not None and not on:
+            outer.clear()
+
+
+def _written() -> None:
+    if _memo is not None:
+        _memo.clear()
 
 
 def _location_of(target) -> Location | None:
@@ -337,19 +436,40 @@ def relative_under(target: Target, root: Target) -> str | None:
     return t[len(r) + 1 :] if t.startswith(r + "/") else None
 
 
+def info(target: Target, storage_cfg: StorageConfig | None = None) -> pafs.FileInfo:
+    """What is at `target`: a file (with size and mtime), a folder or non-empty prefix,
+    or nothing. S3: a HEAD (and a LIST when no object has the key); while remembering,
+    from a listing asked for once."""
+    loc = resolve(target, storage_cfg)
+    if _memo is None or loc.is_local:
+        return loc.fs.get_file_info(loc.path)
+    return _memo.info(loc)
+
+
+def children(target: Target, storage_cfg: StorageConfig | None = None) -> list[pafs.FileInfo]:
+    """The files and folders directly under `target`, sorted by path (S3: LIST with a
+    delimiter)."""
+    loc = resolve(target, storage_cfg)
+    if _memo is None or loc.is_local:
+        selector = pafs.FileSelector(loc.path, recursive=False, allow_not_found=True)
+        found = loc.fs.get_file_info(selector)
+    else:
+        found = list(_memo.children(loc).values())
+    return sorted(found, key=lambda i: i.path)
+
+
 def exists(target: Target, storage_cfg: StorageConfig | None = None) -> bool:
     """A file, folder or non-empty prefix is there."""
-    loc = resolve(target, storage_cfg)
-    return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
+    return info(target, storage_cfg).type != pafs.FileType.NotFound
 
 
 def stat(target: Target, storage_cfg: StorageConfig | None = None) -> FileState | None:
     """The size and mtime of one file (S3: a HEAD), or None when there is none."""
     loc = resolve(target, storage_cfg)
-    info = loc.fs.get_file_info(loc.path)
-    if info.type != pafs.FileType.File:
+    info_ = info(loc)
+    if info_.type != pafs.FileType.File:
         return None
-    return FileState(loc.uri, PurePosixPath(info.path).name, info.size, info.mtime_ns)
+    return FileState(loc.uri, PurePosixPath(info_.path).name, info_.size, info_.mtime_ns)
 
 
 def list_files(
@@ -359,6 +479,25 @@ def list_files(
     S3 from LIST calls only (1,000 keys each), no object read or HEAD. A missing prefix
     lists nothing."""
     loc = resolve(prefix, storage_cfg)
+    if _memo is not None and not loc.is_local:
+        files = _memo.files_under(loc)
+        if files is not None:
+            return files if recursive else [f for f in files if "/" not in f.rel]
+        if recursive:
+            files = _memo.trees[loc.uri] = _list_files(loc, recursive=True)
+            return files
+        return sorted(
+            (
+                FileState(Location(loc.fs, i.path).uri, name, i.size, i.mtime_ns)
+                for name, i in _memo.children(loc).items()
+                if i.type == pafs.FileType.File
+            ),
+            key=lambda f: f.rel,
+        )
+    return _list_files(loc, recursive)
+
+
+def _list_files(loc: Location, recursive: bool) -> list[FileState]:
     base = loc.path.rstrip("/") or "/"
     selector = pafs.FileSelector(base, recursive=recursive, allow_not_found=True)
     start = len(base.rstrip("/")) + 1
@@ -396,6 +535,7 @@ def _put(loc: Location, data: bytes | pa.Buffer) -> None:
     """One upload of bytes already in memory: a single PUT (multipart beyond one part),
     so the object appears whole or not at all. Never stream a producer into an S3
     output stream: closing it, even on an error, completes the upload with what it got."""
+    _written()
     with loc.fs.open_output_stream(loc.path) as out:
         out.write(data)
 
@@ -415,6 +555,7 @@ def write_bytes(
 def delete(target: Target, storage_cfg: StorageConfig | None = None) -> bool:
     """Remove one file; False when there was none."""
     loc = resolve(target, storage_cfg)
+    _written()
     try:
         loc.fs.delete_file(loc.path)
     except FileNotFoundError:
@@ -452,6 +593,7 @@ def copy(
     name. Across filesystems: read whole, then written as above."""
     a, b = resolve(src, storage_cfg), resolve(dst, storage_cfg)
     if not a.is_local and not b.is_local and a.fs.equals(b.fs):
+        _written()
         a.fs.copy_file(a.path, b.path)
         return
     if a.is_local and b.is_local:
@@ -474,10 +616,10 @@ def move(src: Target, dst: Target, storage_cfg: StorageConfig | None = None) -> 
         os.makedirs(os.path.dirname(os.path.abspath(b.path)), exist_ok=True)
         shutil.move(a.path, b.path)
         return
-    info = a.fs.get_file_info(a.path)
+    found = info(a)
     files = (
-        [FileState(a.uri, "", info.size, info.mtime_ns)]
-        if info.type == pafs.FileType.File
+        [FileState(a.uri, "", found.size, found.mtime_ns)]
+        if found.type == pafs.FileType.File
         else list_files(a)
     )
     for f in files:

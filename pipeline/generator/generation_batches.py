@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core import storage
-from pipeline.core.content_state import file_stat
 from pipeline.core.errors import DataError
 from pipeline.core.layout import GenerationLayout
 from pipeline.core.object_path import data_path
@@ -50,16 +49,15 @@ def _remember(cache: dict, key: tuple, value) -> None:
     cache[key] = value
 
 
-def map_coords(npz_path: str, keypoints, fid: str) -> tuple[tuple[int, int], np.ndarray]:
+def map_coords(
+    npz_path: str, keypoints, fid: str, state: str
+) -> tuple[tuple[int, int], np.ndarray]:
     """(H, W) and (18, 2) int16 (y, x) coordinates of one one-hot pose map
     (`posemap.one_hot_coords`): twelve bytes per keypoint travel from the load tasks to
     the model actors instead of 810 KB per map; `maps_from_coords` rebuilds the array.
-    Cached by the npz file's stat (`content_state.file_stat`) or by the keypoints it is
-    rendered from."""
-    try:
-        key = (npz_path, *file_stat(npz_path))
-    except FileNotFoundError:
-        key = (fid, None if keypoints is None else keypoints.tobytes())
+    Cached by the map's `state` as the plan recorded it (generation_plan.STATE_COLUMNS),
+    so a map used by many pairs is read once and never asked about again."""
+    key = (npz_path, fid, state)
     if key not in _COORDS:
         pose = _read_map(npz_path, keypoints, fid)
         _remember(_COORDS, key, (pose.shape[:2], posemap_coords(pose)))
@@ -96,7 +94,12 @@ def jpeg_quality(minmax: bool) -> int | None:
 
 
 def write_real(
-    real: Path, target: Path, out_dir: str, minmax: bool, frame: tuple[int, int] | None = None
+    real: Path,
+    target: Path,
+    target_state: str,
+    out_dir: str,
+    minmax: bool,
+    frame: tuple[int, int] | None = None,
 ) -> None:
     """The target image at `real` as the save mode writes real images, brought to `frame`
     like the condition images (`imaging.fit_frame`) when it has another size. The
@@ -113,10 +116,7 @@ def write_real(
     )
     from pipeline.generator.generation_plan import link_or_copy
 
-    try:
-        key = (str(target), *file_stat(target), minmax, out_dir, frame)
-    except OSError:  # load_rgb says what is wrong with the file
-        key = None
+    key = (str(target), target_state, minmax, out_dir, frame)
     made = _REALS.get(key)
     if made is not None and made.is_file():
         link_or_copy(made, real)
@@ -127,8 +127,7 @@ def write_real(
     # The published script stretched real images too; keep them comparable.
     arr = published_uint8(published_input_tensor(image)) if minmax else np.asarray(image)
     write_bytes_atomic(real, encode_jpeg(arr, jpeg_quality(minmax)))
-    if key is not None:
-        _remember(_REALS, key, real)
+    _remember(_REALS, key, real)
 
 
 def load_inputs(
@@ -163,7 +162,8 @@ def load_inputs(
                 for role in ("source", "target")
             ]
             if sparse:
-                parts = [map_coords(*role) for role in roles]
+                states = (batch["source_map_state"][i], batch["target_map_state"][i])
+                parts = [map_coords(*role, s) for role, s in zip(roles, states, strict=True)]
                 sizes = [shape for shape, _ in parts]
             else:
                 dense = [_read_map(*role) for role in roles]
@@ -184,10 +184,10 @@ def load_inputs(
                 pair = np.concatenate(
                     [m if m.shape[:2] == frame else fit_map(m, frame) for m in dense], axis=2
                 )
-            real = data_path(out_dir) / batch["real_path"][i]
-            if not real.is_file():
+            if batch["write_real"][i]:  # the plan's reals_to_write
+                real = data_path(out_dir) / batch["real_path"][i]
                 target = storage.safe_join(root, batch["target_path"][i])
-                write_real(real, target, out_dir, minmax, frame)
+                write_real(real, target, batch["target_state"][i], out_dir, minmax, frame)
         except (DataError, OSError, ValueError, zipfile.BadZipFile) as exc:  # this job's data
             errors[i] = f"{type(exc).__name__}: {exc}"
             continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 from pathlib import Path
 
 import numpy as np
@@ -151,9 +152,15 @@ def same_inputs(done: pd.DataFrame, jobs: pd.DataFrame, key: list[str]) -> pd.Da
     return rows[keep.to_numpy()].drop(columns="inputs_now")
 
 
-def input_digests(jobs: pd.DataFrame, root: str, cache) -> list[str]:
-    """Per job, a digest of its two images and two pose maps (the npz file, else the
-    keypoints row it is rendered from), by content through the stat-keyed `cache`."""
+# Per job, the state of each input (a content digest; on object storage the listed URI,
+# size and mtime): what makes its image, and what workers key their caches on.
+STATE_COLUMNS = ["source_state", "target_state", "source_map_state", "target_map_state"]
+
+
+def with_input_states(jobs: pd.DataFrame, root: str, cache) -> pd.DataFrame:
+    """`jobs` with STATE_COLUMNS: the digests of each job's two images and two pose maps
+    (the npz file, else the keypoints row it is rendered from), by content through the
+    stat-keyed `cache`."""
 
     def image(rel: str) -> str:
         try:
@@ -175,24 +182,33 @@ def input_digests(jobs: pd.DataFrame, root: str, cache) -> list[str]:
                                 strict=True):  # fmt: skip
             if fid not in maps:
                 maps[fid] = pose(npz, kp)
-    return [
-        "|".join((images[s], images[t], maps[sf], maps[tf]))
-        for s, t, sf, tf in zip(
-            jobs["source_path"],
-            jobs["target_path"],
-            jobs["source_id"],
-            jobs["target_id"],
-            strict=True,
-        )  # fmt: skip
-    ]
+    return jobs.assign(
+        source_state=jobs["source_path"].map(images),
+        target_state=jobs["target_path"].map(images),
+        source_map_state=jobs["source_id"].map(maps),
+        target_map_state=jobs["target_id"].map(maps),
+    )
 
 
-def with_checkpoint(jobs: pd.DataFrame, base: list[str], ckpt: str, ckpt_digest: str,
-                    mode: str) -> pd.DataFrame:  # fmt: skip
+def with_checkpoint(jobs: pd.DataFrame, ckpt: str, ckpt_digest: str, mode: str) -> pd.DataFrame:
     """The jobs of one checkpoint, each with the digest of everything that makes its image."""
+    base = ["|".join(states) for states in zip(*(jobs[c] for c in STATE_COLUMNS), strict=True)]
     digests = [hashlib.blake2b(f"{b}|{ckpt_digest}|{mode}".encode(), digest_size=12).hexdigest()
                for b in base]  # fmt: skip
     return jobs.assign(checkpoint=ckpt, inputs=digests)
+
+
+def reals_to_write(todo: pd.DataFrame, out_dir: DataPath) -> np.ndarray:
+    """Per job, whether it writes its real image: the file is not there yet and no job
+    before it writes the same one (checkpoints share one real file per pair and
+    direction). One listing per real folder, so workers ask nothing per image."""
+    folders = pd.unique(todo["real_path"].map(posixpath.dirname))
+    present = {
+        posixpath.join(folder, f.rel)
+        for folder in folders
+        for f in storage.list_files(out_dir / folder, recursive=False)
+    }
+    return (~todo["real_path"].isin(present) & ~todo["real_path"].duplicated()).to_numpy()
 
 
 def stale_rows(manifest: pd.DataFrame, jobs: pd.DataFrame, ckpts: list[str]) -> pd.DataFrame:
