@@ -9,6 +9,7 @@ import io
 import os
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -110,6 +111,10 @@ def test_the_whole_dag_on_s3_equals_the_local_run(s3, tmp_path, workdir):
         assert set(again["status"]) == {"skipped"}, again[["stage", "status", "reason"]]
         gets = [t for m, t in proxy.requests if m == "GET" and ".jpg" in t]
         assert not gets, gets
+        # Each prefix listed once (a listing past 1,000 keys goes on over further pages).
+        lists = [parse_qs(urlsplit(t).query) for _, t in proxy.requests if "list-type=2" in t]
+        firsts = [q.get("prefix", [""])[0] for q in lists if "continuation-token" not in q]
+        assert firsts and len(firsts) == len(set(firsts)), sorted(firsts)
 
     # Raising train.iterations continues from Ray Train's resumable state in the bucket.
     more = _overrides(data, out, s3.endpoint) + ["train.iterations=4"]
