@@ -85,19 +85,6 @@ def disk_full_error(
 
 
 @contextlib.contextmanager
-def disk_full_as_data_error(path: str | os.PathLike, needed: int | None = None) -> Iterator[None]:
-    """Turn a failed write to `path` for want of space into a DiskFullError. For writes
-    that clean up after themselves (a temporary directory); atomic_path does both."""
-    try:
-        yield
-    except Exception as exc:
-        full = disk_full_error(exc, path, needed)
-        if full is None:
-            raise
-        raise full from exc
-
-
-@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only on success, so a
     reader never sees a partial file and a failed write leaves nothing behind. A write

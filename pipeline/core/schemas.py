@@ -87,7 +87,3 @@ def to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
             raise DataError(f"column {field.name!r} does not fit {field.type}: {exc}") from exc
     return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def empty_frame(schema: pa.Schema) -> pd.DataFrame:
-    return schema.empty_table().to_pandas()
