@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, unquote, urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,6 +112,9 @@ def main() -> None:
                 requests = list(proxy.requests)
             assert all(s < 5 for s in again.values()), again
             lists = [parse_qs(urlsplit(t).query) for m, t in requests if "list-type=2" in t]
+            # Every prefix (folder) of the dataset and output trees, at every depth.
+            keys = [f.rel for f in storage.list_files(f"s3://{server.bucket}/bench")]
+            tree_prefixes = {str(folder) for k in keys for folder in PurePosixPath(k).parents}
 
     result = {
         "images": identities * POSES,
@@ -143,6 +146,7 @@ def main() -> None:
             # A listing of more than 1,000 keys goes on over further pages (S3's limit),
             # each a LIST of the same prefix with a continuation token.
             "list_prefixes": len({q["prefix"][0] for q in lists}),
+            "prefixes_in_tree": len(tree_prefixes),
             "list_continuation_pages": sum("continuation-token" in q for q in lists),
         },
     }
