@@ -118,32 +118,38 @@ class _Remembered:
     the DAG's up-to-date checks ask about dozens of files and folders in a few folders."""
 
     def __init__(self) -> None:
-        self.trees: dict[str, list[FileState]] = {}
+        # prefix URI -> (its files, their relative paths): sorted, searched by bisection.
+        self.trees: dict[str, tuple[list[FileState], list[str]]] = {}
         self.folders: dict[str, dict[str, pafs.FileInfo]] = {}
 
     def clear(self) -> None:
         self.trees.clear()
         self.folders.clear()
 
-    def tree_holding(self, uri: str) -> tuple[str, list[FileState]] | None:
-        for prefix, files in self.trees.items():
-            if uri == prefix or uri.startswith(prefix + "/"):
-                return prefix, files
+    def remember_tree(self, uri: str, files: list[FileState]) -> list[FileState]:
+        self.trees[uri] = (files, [f.rel for f in files])
+        return files
+
+    def _held(self, uri: str) -> tuple[str, list[FileState], list[str]] | None:
+        """The remembered recursive listing at or above `uri`: (path of `uri` in it, "" for
+        its prefix itself; its files; their relative paths)."""
+        for prefix, (files, rels) in self.trees.items():
+            if uri == prefix:
+                return "", files, rels
+            if uri.startswith(prefix + "/"):
+                return uri[len(prefix) + 1 :], files, rels
         return None
 
     def files_under(self, loc: Location) -> list[FileState] | None:
         """The files under `loc` from what is remembered; None when that cannot tell."""
-        uri = loc.uri
-        if (held := self.tree_holding(uri)) is not None:
-            prefix, files = held
-            if uri == prefix:
+        if (held := self._held(loc.uri)) is not None:
+            rel, files, rels = held
+            if not rel:
                 return files
-            sub = uri[len(prefix) + 1 :] + "/"
-            start = bisect.bisect_left([f.rel for f in files], sub)
-            return [
-                f._replace(rel=f.rel[len(sub) :]) for f in files[start:] if f.rel.startswith(sub)
-            ] or []
-        parent, _, name = uri.rpartition("/")
+            # Keys under rel/: from rel + "/" up to rel + "0" ("0" sorts right after "/").
+            start, end = bisect.bisect_left(rels, rel + "/"), bisect.bisect_left(rels, rel + "0")
+            return [f._replace(rel=f.rel[len(rel) + 1 :]) for f in files[start:end]]
+        parent, _, name = loc.uri.rpartition("/")
         siblings = self.folders.get(parent)
         if siblings is not None:
             found = siblings.get(name)
@@ -152,13 +158,10 @@ class _Remembered:
         return None
 
     def info(self, loc: Location) -> pafs.FileInfo:
-        uri = loc.uri
-        if (held := self.tree_holding(uri)) is not None:
-            prefix, files = held
-            rel = uri[len(prefix) + 1 :] if uri != prefix else ""
-            rels = [f.rel for f in files]
+        if (held := self._held(loc.uri)) is not None:
+            rel, files, rels = held
             at = bisect.bisect_left(rels, rel)
-            if rel and at < len(files) and rels[at] == rel:
+            if rel and at < len(rels) and rels[at] == rel:
                 f = files[at]
                 return pafs.FileInfo(loc.path, pafs.FileType.File, size=f.size, mtime_ns=f.mtime_ns)
             below = bisect.bisect_left(rels, rel + "/" if rel else "")
@@ -484,8 +487,7 @@ def list_files(
         if files is not None:
             return files if recursive else [f for f in files if "/" not in f.rel]
         if recursive:
-            files = _memo.trees[loc.uri] = _list_files(loc, recursive=True)
-            return files
+            return _memo.remember_tree(loc.uri, _list_files(loc, recursive=True))
         return sorted(
             (
                 FileState(Location(loc.fs, i.path).uri, name, i.size, i.mtime_ns)
