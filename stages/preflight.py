@@ -62,8 +62,11 @@ def local_train_problem(cfg: Config) -> str | None:
     import os
 
     from pipeline.training.resources import ClusterResources, check_train_resources
+    from stages.train import STAGE as TRAIN
 
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+    # Not needed (generate.checkpoints names checkpoints from elsewhere): nothing to place,
+    # and the GPU count below would import torch for nothing.
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS") or TRAIN.needed(cfg):
         return None
     cpus = cfg.ray.num_cpus or len(os.sched_getaffinity(0))
     gpus = cfg.ray.num_gpus

@@ -30,3 +30,28 @@ def test_same_size_rewrite_in_place_is_read_again_and_mtime_only_digests_the_sam
         assert cache.digest(path) == second
     with ContentCache(db) as again:  # the digests were saved with their stat
         assert again.digest(path) == second and again.files_read == 0
+
+
+def test_a_tree_lists_what_os_walk_finds_in_its_order_with_the_same_digests(tmp_path):
+    """The walk behind every up-to-date check of a local folder: files by name before each
+    sub-folder's, hidden names and symlinked folders passed over, symlinked files kept;
+    a file's digest is its content's, read once while its stat holds."""
+    root = tmp_path / "img"
+    for rel in ("b/2.jpg", "b/1.jpg", "a.jpg", "c/d/e.jpg", ".hidden/x.jpg", "b/.tmp.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    (root / "linked").symlink_to(root / "c", target_is_directory=True)
+    (root / "z.jpg").symlink_to(root / "a.jpg")
+    with ContentCache(tmp_path / "cache.sqlite") as cache:
+        tree = cache.tree(root)
+        assert list(tree) == ["a.jpg", "z.jpg", "b/1.jpg", "b/2.jpg", "c/d/e.jpg"]
+        expected = {}
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(f for f in files if not f.startswith(".")):
+                path = os.path.join(folder, name)
+                expected[os.path.relpath(path, root)] = file_digest(path)
+        assert tree == expected
+        assert tree["z.jpg"] == tree["a.jpg"]
+        read = cache.files_read
+        assert cache.tree(str(root)) == tree and cache.files_read == read

@@ -89,7 +89,10 @@ class ContentCache:
                 raise FileNotFoundError(f"no object {path}")
             return found
         key = os.path.abspath(path)
-        stat = file_stat(key)
+        return self._local_digest(key, file_stat(key))
+
+    def _local_digest(self, key: str, stat: tuple[int, int, int]) -> str:
+        """The digest of the local file at the absolute path `key` with `stat`."""
         known = self._known.get(key)
         if known is not None and tuple(known[:3]) == stat:
             return known[3]
@@ -126,15 +129,33 @@ class ContentCache:
                 for f in storage.list_files(root)
                 if not any(part.startswith(".") for part in f.rel.split("/"))
             }
-        root = Path(root)
-        out = {}
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if not name.startswith("."):
-                    path = os.path.join(dirpath, name)
-                    out[os.path.relpath(path, root)] = self.digest(path)
+        out: dict[str, str] = {}
+        self._walk(os.path.abspath(root), "", out)
         return out
+
+    def _walk(self, folder: str, rel: str, out: dict[str, str]) -> None:
+        """os.walk's order and choices (a folder's files by name, then its sub-folders;
+        hidden names and symlinked folders skipped) with one stat per file and no path
+        arithmetic per file: a million-image tree is walked in seconds."""
+        try:
+            with os.scandir(folder) as found:
+                entries = sorted(
+                    (e for e in found if not e.name.startswith(".")), key=lambda e: e.name
+                )
+        except OSError:  # gone or unreadable: os.walk passes over it the same way
+            return
+        folders = []
+        for entry in entries:
+            if entry.is_dir():
+                if not entry.is_symlink():
+                    folders.append(entry)
+                continue
+            st = entry.stat()
+            out[rel + entry.name] = self._local_digest(
+                entry.path, (st.st_size, st.st_mtime_ns, st.st_ino)
+            )
+        for entry in folders:
+            self._walk(entry.path, rel + entry.name + os.sep, out)
 
 
 def listed_digest(uri: str, size: int, mtime_ns: int | None) -> str:
