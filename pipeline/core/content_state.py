@@ -85,9 +85,9 @@ class ContentCache:
         """The content digest of a file; read only when its stat differs from the cached one.
         On object storage, the listed_digest of its HEAD: no object is read."""
         if not storage.is_local(path):
-            if (found := self._as_file(path)) is None:
+            if (found := storage.stat(path)) is None:
                 raise FileNotFoundError(f"no object {path}")
-            return found
+            return listed_digest(found.path, found.size, found.mtime_ns)
         key = os.path.abspath(path)
         return self._local_digest(key, file_stat(key))
 
@@ -114,11 +114,6 @@ class ContentCache:
         if found.type == pafs.FileType.File:
             return listed_digest(str(path), found.size, found.mtime_ns)
         return (found.type == pafs.FileType.Directory and self.tree(path)) or "missing"
-
-    def _as_file(self, uri) -> str | None:
-        """An object's listed_digest from its HEAD; None when there is none."""
-        found = storage.stat(uri)
-        return None if found is None else listed_digest(found.path, found.size, found.mtime_ns)
 
     def tree(self, root: str | os.PathLike) -> dict[str, str]:
         """Relative path -> digest of every file under `root` (hidden names skipped); on

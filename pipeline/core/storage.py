@@ -469,10 +469,10 @@ def exists(target: Target, storage_cfg: StorageConfig | None = None) -> bool:
 def stat(target: Target, storage_cfg: StorageConfig | None = None) -> FileState | None:
     """The size and mtime of one file (S3: a HEAD), or None when there is none."""
     loc = resolve(target, storage_cfg)
-    info_ = info(loc)
-    if info_.type != pafs.FileType.File:
+    found = info(loc)
+    if found.type != pafs.FileType.File:
         return None
-    return FileState(loc.uri, PurePosixPath(info_.path).name, info_.size, info_.mtime_ns)
+    return FileState(loc.uri, PurePosixPath(found.path).name, found.size, found.mtime_ns)
 
 
 def list_files(
