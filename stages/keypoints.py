@@ -45,8 +45,13 @@ def keypoints_from_csv(csv_path, images: pd.DataFrame, estimator: str = IMPORTED
             f"{csv_path}: no keypoints for {len(missing)} listed image(s), e.g. {missing[0]}"
         )
     rows = legacy.loc[fids.tolist()]
-    x = [np.asarray(v, np.int32) for v in rows["x"]]
-    y = [np.asarray(v, np.int32) for v in rows["y"]]
+    xs, ys = (
+        np.stack(rows[c].to_numpy()).astype(np.int32)
+        if len(rows)
+        else np.zeros((0, N_KEYPOINTS), np.int32)
+        for c in ("x", "y")
+    )
+    valid = valid_mask(xs, ys)
     return pd.DataFrame(
         {
             "path": images["path"].tolist(),
@@ -54,10 +59,10 @@ def keypoints_from_csv(csv_path, images: pd.DataFrame, estimator: str = IMPORTED
             "split": images["split"].tolist(),
             "img_h": rows["img_h"].to_numpy(np.int32),
             "img_w": rows["img_w"].to_numpy(np.int32),
-            "x": x,
-            "y": y,
-            "score": [valid_mask(a, b).astype(np.float32) for a, b in zip(x, y, strict=True)],
-            "n_valid": [int(valid_mask(a, b).sum()) for a, b in zip(x, y, strict=True)],
+            "x": list(xs),
+            "y": list(ys),
+            "score": list(valid.astype(np.float32)),
+            "n_valid": valid.sum(axis=1).astype(np.int64),
             "estimator": estimator,
             "error": None,
             "node": None,

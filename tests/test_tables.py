@@ -14,7 +14,7 @@ from pipeline.core.legacy_csv import (
     write_keypoints_csv,
     write_pairs_csv,
 )
-from pipeline.core.paths import file_id, identity_group, safe_path
+from pipeline.core.paths import RootGuard, file_id, identity_group, safe_path
 from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
 
 
@@ -113,6 +113,20 @@ def test_paths_escaping_the_root_are_refused(tmp_path):
     (root / "img" / "link").symlink_to(tmp_path / "outside")
     with pytest.raises(DataError, match="outside the dataset root"):
         safe_path(root, "img/link/x.jpg")
+    # One guard for many paths resolves each folder once and must agree with resolving
+    # each path whole, symlinked leaves and folders included.
+    (root / "img" / "inner").mkdir()
+    (root / "img" / "inner" / "a.jpg").write_bytes(b"")
+    (root / "img" / "leaf_in.jpg").symlink_to(root / "img" / "inner" / "a.jpg")
+    (root / "img" / "leaf_out.jpg").symlink_to(tmp_path / "outside")
+    (root / "img" / "alias").symlink_to(root / "img" / "inner")
+    guard = RootGuard(root)
+    for rel in ["img/inner/a.jpg", "img/./inner//a.jpg", "img/leaf_in.jpg", "img/alias/a.jpg",
+                "img/alias/new.jpg", "img/missing/x.jpg", "img", "."]:  # fmt: skip
+        assert guard(rel) == str((root / rel).resolve()), rel
+    for rel in ["img/leaf_out.jpg", "img/link/x.jpg", "img/link/deeper/x.jpg"]:
+        with pytest.raises(DataError, match="outside the dataset root"):
+            guard(rel)
     pd.DataFrame({"imgA": ["img/a.jpg", "../b.jpg"], "imgB": ["/abs.jpg", "img/c.jpg"]}).to_csv(
         tmp_path / "pairs.csv", index=False
     )

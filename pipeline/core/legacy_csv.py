@@ -109,9 +109,11 @@ def write_keypoints_csv(keypoints: pd.DataFrame, path: str | os.PathLike) -> Non
     if "error" in keypoints.columns:
         ok = keypoints[keypoints["error"].isna()]
     rows = []
-    for r in ok.itertuples(index=False):
-        xy = np.stack([np.asarray(r.x), np.asarray(r.y)], axis=1).reshape(-1)
-        rows.append([r.file_id, int(r.img_h), int(r.img_w), *(int(v) for v in xy)])
+    if len(ok):
+        # Whole columns at once: a row per image at a time was seconds at 50,000 images.
+        xy = np.stack([np.stack(ok["x"].to_numpy()), np.stack(ok["y"].to_numpy())], axis=2)
+        values = np.column_stack([ok["img_h"], ok["img_w"], xy.reshape(len(ok), -1)])
+        rows = [[f, *v] for f, v in zip(ok["file_id"], values.astype(np.int64).tolist())]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(KEYPOINT_CSV_COLUMNS)

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from pipeline.core.atomic_io import atomic_path, write_bytes_atomic
 from pipeline.core.config import StorageConfig, check_endpoint
 from pipeline.core.errors import ConfigError, DataError
-from pipeline.core.paths import MANGLED_URI, safe_path
+from pipeline.core.paths import MANGLED_URI, RootGuard
 from pipeline.core.paths import relative_under as local_relative_under
 
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # the AWS tools' order
@@ -389,10 +389,11 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return "/".join([text.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def safe_join(root: Target, rel: str, where: str = "") -> Target:
+def safe_join(root: Target, rel: str, where: str = "", guard: RootGuard | None = None) -> Target:
     """`rel` under the dataset root `root`, refusing absolute paths, `..`, URIs (another
-    bucket or scheme) and, locally, symlinks leading outside (paths.safe_path). Returns a
-    Location for a Location, else a string: an s3:// URI, or a local path (file:// too)."""
+    bucket or scheme) and, locally, symlinks leading outside (paths.RootGuard; pass one
+    `guard` of the root to check many paths). Returns a Location for a Location, else a
+    string: an s3:// URI, or a local path (file:// too)."""
     at = f" ({where})" if where else ""
     root = _location_of(root) or root
     base = root.uri if isinstance(root, Location) else os.fspath(root).rstrip("/")
@@ -402,12 +403,12 @@ def safe_join(root: Target, rel: str, where: str = "") -> Target:
             f"dataset root {base} (no other bucket or scheme)"
         )
     if is_local(root):
-        full = str(safe_path(resolve(root).path, rel, where))
+        full = (guard or RootGuard(resolve(root).path))(rel, where)
         return Location(_LOCAL, full) if isinstance(root, Location) else full
     if scheme(base) not in ("s3", "gs", "gcs"):
         raise DataError(f"{base!r}: storage scheme {scheme(base)!r} is not supported")
     _s3_path(base)  # the root itself must be a usable S3 location
-    # The checks of paths.safe_path, on keys: S3 has no symlinks and no normalisation.
+    # The checks of paths.RootGuard, on keys: S3 has no symlinks and no normalisation.
     if not isinstance(rel, str) or not rel.strip():
         raise DataError(f"empty path{at}")
     norm = rel.replace("\\", "/")
