@@ -136,10 +136,15 @@ def plan_posemaps(
     todo = rows
     if not force:
         index = read_index(layout)["digest"].to_dict()
+        # One listing per folder, not a stat (on S3 a request) per map.
+        listed = {
+            s: {f.rel for f in storage.list_files(layout.posemap_dir(s), recursive=False)}
+            for s in SPLITS
+        }
         up_to_date = np.array(
             [
-                index.get(t) == d and (layout.root / t).exists()
-                for t, d in zip(rows["target"], rows["digest"], strict=True)
+                index.get(t) == d and os.path.basename(t) in listed[s]
+                for t, d, s in zip(rows["target"], rows["digest"], rows["split"], strict=True)
             ],
             bool,
         )
@@ -148,13 +153,16 @@ def plan_posemaps(
     return todo, rows, {k: v for k, v in excluded.items() if v}
 
 
-def write_in_tasks(
+def write_maps(
     rows: pd.DataFrame, layout: DatasetLayout, sigma: float | None, cfg: Config, progress: bool
-) -> tuple[int, pd.Series]:
-    """Write the maps of `rows` in Ray tasks of `size` maps: (keypoints that fell outside
-    their image, the node that wrote each map by target)."""
-    from pipeline.cluster.batch_stream import Tasks, run_batches
+) -> tuple[int, pd.Series, str]:
+    """Write the maps of `rows` in batches of posemaps.batch_size, in Ray tasks or in this
+    process (`choose_executor`): (keypoints that fell outside their image, the node that
+    wrote each map by target, where they were written)."""
+    from pipeline.cluster.batch_stream import Tasks, choose_executor, run_batches
+    from pipeline.cluster.runtime import init_ray
 
+    pc = cfg.posemaps
     outside, written = 0, []
 
     def record(done: pd.DataFrame) -> int:
@@ -163,12 +171,34 @@ def write_in_tasks(
         written.append(done.set_index("target")["node"])
         return len(done)
 
-    step = Tasks(write_posemaps, {"sigma": sigma, "root": storage.absolute(layout.root)},
-                 batch_format="pandas", num_cpus=1)  # fmt: skip
-    run_batches(rows[MAP_COLUMNS], cfg.posemaps.batch_size, [step], label="posemaps",
-                unit="map", handle=record, progress=progress,
-                stall_timeout=cfg.ray.stall_timeout_s)  # fmt: skip
-    return outside, pd.concat(written) if written else pd.Series(name="node", dtype=object)
+    root = storage.absolute(layout.root)
+    executor = choose_executor(pc.executor, len(rows), pc.in_process_max_maps, None,
+                               cfg.ray.address)  # fmt: skip
+    if executor.name == "ray":
+        init_ray(cfg.ray)
+        step = Tasks(write_posemaps, {"sigma": sigma, "root": root}, batch_format="pandas",
+                     num_cpus=1)  # fmt: skip
+        run_batches(rows[MAP_COLUMNS], pc.batch_size, [step], label="posemaps",
+                    unit="map", handle=record, progress=progress,
+                    stall_timeout=cfg.ray.stall_timeout_s)  # fmt: skip
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm import tqdm
+
+        batches = [rows[MAP_COLUMNS].iloc[i : i + pc.batch_size]
+                   for i in range(0, len(rows), pc.batch_size)]  # fmt: skip
+        # zlib releases the GIL: threads compress maps side by side.
+        with (
+            ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool,
+            tqdm(
+                total=len(rows), desc="posemaps", unit="map", disable=not progress, leave=False
+            ) as bar,
+        ):
+            for done in pool.map(lambda b: write_posemaps(b, sigma, root), batches):
+                bar.update(record(done))
+    nodes = pd.concat(written) if written else pd.Series(name="node", dtype=object)
+    return outside, nodes, executor.reason
 
 
 def run_posemaps(
@@ -178,9 +208,8 @@ def run_posemaps(
     out: str | None = None,
     progress: bool = True,
 ) -> StageResult:
-    """Write the pose map of every keypoints row without an error, in parallel Ray tasks."""
-    from pipeline.cluster.runtime import init_ray
-
+    """Write the pose map of every keypoints row without an error, in parallel Ray tasks
+    (a few in this process: posemaps.executor)."""
     result = StageResult("posemaps")
     source = DatasetLayout(cfg.dataset.root)
     layout = DatasetLayout(out or cfg.dataset.root)
@@ -195,8 +224,8 @@ def run_posemaps(
     result.rows_in, result.skipped = len(table), excluded.get("up to date", 0)
     outside, nodes = 0, read_index(layout)["node"]
     if len(rows):
-        init_ray(cfg.ray)
-        outside, written = write_in_tasks(rows, layout, sigma, cfg, progress)
+        outside, written, where = write_maps(rows, layout, sigma, cfg, progress)
+        result.notes.append(f"written {where}")
         nodes = pd.concat([nodes, written])
         nodes = nodes[~nodes.index.duplicated(keep="last")]
     # Maps of images no longer in the table go; the index records what each map holds and
@@ -247,6 +276,8 @@ STAGE = StageSpec(
         **STREAMED_KEYS,
         **DATASET_ROOT,
         "posemaps.batch_size": "maps per Ray task: scheduling only",
+        "posemaps.executor": "in this process or in Ray tasks: the maps are identical",
+        "posemaps.in_process_max_maps": "when the in-process executor is picked: identical",
     },
     inputs=lambda cfg: [DatasetLayout(cfg.dataset.root).keypoints_table],
     outputs=lambda cfg: [DatasetLayout(cfg.dataset.root).posemap_dir(s) for s in SPLITS],

@@ -200,9 +200,11 @@ def test_killed_workers_are_retried_and_outputs_equal_a_clean_run(tmp_path, faul
     finish(run_cli([*args, "--only", "keypoints"]))
     # posemaps runs Ray tasks (retried when their worker dies); generate runs NetG in Ray
     # Data actors (restarted, their batches resubmitted). The plain `run` does the rest.
-    ray_generate = ["--set", "generate.executor=ray"]  # a small run would stay in the driver
+    # Small runs would stay in the driver.
+    ray_generate = ["--set", "generate.executor=ray"]
+    ray_posemaps = ["--only", "posemaps", "--set", "posemaps.executor=ray"]
     for stage, nth, extra in (
-        ("posemaps", 1, ["--only", "posemaps"]),
+        ("posemaps", 1, ray_posemaps),
         ("generate", 2, ray_generate),
     ):
         marker = tmp_path / f"{stage}.killed"

@@ -87,3 +87,23 @@ def test_stage_writes_skips_and_counts(annotated_root, tmp_path, ray_session):
     assert not layout.posemap(gone.split, gone.file_id).exists()  # its image left the table
     table = table.drop(index=3)
     assert run_posemaps(cfg, force=True, progress=False).rows_out == len(table) - 1
+
+
+def test_maps_written_in_ray_tasks_equal_those_written_in_process(
+    annotated_root, tmp_path, ray_session
+):
+    written = {}
+    for executor in ("in_process", "ray"):
+        root = tmp_path / executor
+        shutil.copytree(annotated_root, root, ignore=shutil.ignore_patterns("*_pose_maps"))
+        cfg = load_config(
+            overrides=[f"dataset.root={root}", f"posemaps.executor={executor}",
+                       "posemaps.batch_size=3"]
+        )  # fmt: skip
+        result = run_posemaps(cfg, progress=False)
+        assert f"written {executor} as configured" in result.notes
+        index = read_table(DatasetLayout(root).posemap_index)
+        if executor == "ray":
+            assert index["node"].notna().all()  # the node of the task that wrote each map
+        written[executor] = {t: load_posemap(root / t).tobytes() for t in sorted(index["target"])}
+    assert written["in_process"] == written["ray"] and len(written["ray"]) > 5

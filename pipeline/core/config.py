@@ -70,9 +70,17 @@ class KeypointsConfig(Section):
     min_score: float = Field(0.0, ge=0.0)
 
 
+ExecutorName = Literal["auto", "ray", "in_process"]  # generate.executor, posemaps.executor
+
+
 class PosemapsConfig(Section):
     gaussian_sigma: float | None = Field(None, ge=0.0)
     batch_size: int = Field(64, ge=1)
+    # auto: in this process when the run stays on one machine and writes at most
+    # in_process_max_maps maps (an update's new images: no Ray start-up, which costs more
+    # than a few thousand maps); else Ray tasks. The maps are identical.
+    executor: ExecutorName = "auto"
+    in_process_max_maps: int = Field(2000, ge=0)
 
 
 class PairsConfig(Section):
@@ -114,9 +122,6 @@ class TrainConfig(Section):
     # NHWC nets and batches (bench/train.py: faster on the 2-core CPU at ngf 8).
     channels_last: bool = True
     seed: int = 0
-
-
-ExecutorName = Literal["auto", "ray", "in_process"]  # generate.executor
 
 
 class GenerateConfig(Section):

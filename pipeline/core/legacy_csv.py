@@ -113,7 +113,8 @@ def write_keypoints_csv(keypoints: pd.DataFrame, path: str | os.PathLike) -> Non
         # Whole columns at once: a row per image at a time was seconds at 50,000 images.
         xy = np.stack([np.stack(ok["x"].to_numpy()), np.stack(ok["y"].to_numpy())], axis=2)
         values = np.column_stack([ok["img_h"], ok["img_w"], xy.reshape(len(ok), -1)])
-        rows = [[f, *v] for f, v in zip(ok["file_id"], values.astype(np.int64).tolist())]
+        values = values.astype(np.int64).tolist()
+        rows = [[f, *v] for f, v in zip(ok["file_id"], values, strict=True)]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(KEYPOINT_CSV_COLUMNS)
