@@ -165,9 +165,12 @@ def add_identities(root: Path, images: int) -> int:
     the tree is), listed and with ground truth rows; returns how many."""
     identities = max(1, round(images * DEEPFASHION_IDENTITIES / DEEPFASHION_IMAGES))
     poses = deepfashion_poses(images, identities)
+    # After the identities added before: a tree can grow more than once.
+    added = root / "img" / "MEN" / "Added"
+    first = len(os.listdir(added)) if added.is_dir() else 0
     plan = [
         (f"MEN/Added/id_9{i:07d}", "test" if i % 5 == 0 else "train", 77_000_000 + i, n)
-        for i, n in enumerate(poses)
+        for i, n in enumerate(poses, start=first)
     ]
     added = write_identities(str(root), plan)
     for split in ("train", "test"):

@@ -70,15 +70,12 @@ def default_checkpoints(cfg: Config) -> list[str]:
     return [str(ckpt_dir)]
 
 
-def checked_checkpoints(cfg: Config, checkpoints: list[str] | None) -> tuple[list[Path], list[str]]:
-    """The checkpoint files to generate with and their ids; a bad file fails here, before
-    any work, naming it, and so do two files of one id."""
+def checkpoint_files(cfg: Config, checkpoints: list[str] | None) -> tuple[list[Path], list[str]]:
+    """The checkpoint files to generate with and their ids; two files of one id fail here,
+    naming them. Their contents are checked (`check_checkpoints`) once there is work."""
     from pipeline.core.weights import checkpoint_id, expand_checkpoints
-    from pipeline.generator.inference_api import check_checkpoint
 
     paths = expand_checkpoints(checkpoints or default_checkpoints(cfg), cfg.weights.checkpoint_dir)
-    for path in paths:
-        check_checkpoint(path, cfg.generate.ngf)
     ids = [checkpoint_id(p) for p in paths]
     if len(set(ids)) < len(ids):
         raise DataError(
@@ -86,6 +83,16 @@ def checked_checkpoints(cfg: Config, checkpoints: list[str] | None) -> tuple[lis
             "output folder fake_images/iter_<id>; pass each checkpoint once"
         )
     return paths, ids
+
+
+def check_checkpoints(paths: list[Path], ngf: int) -> None:
+    """A file that is not a NetG of `ngf` fails here, naming it, before any image is made.
+    Not when every image is already made from the same file (the digest says so): loading
+    a checkpoint costs the torch import."""
+    from pipeline.generator.inference_api import check_checkpoint
+
+    for path in paths:
+        check_checkpoint(path, ngf)
 
 
 def link_identical(
@@ -181,7 +188,7 @@ def run_generate(
     result = StageResult(
         "generate", outputs={"generated": str(out_dir), "manifest": str(out_dir / MANIFEST)}
     )
-    paths, ids = checked_checkpoints(cfg, checkpoints)
+    paths, ids = checkpoint_files(cfg, checkpoints)
     output = manifest_output(out_dir)
     manifest = output.done()
     mode = save_mode(gc.minmax)
@@ -212,6 +219,8 @@ def run_generate(
             todo_parts.append(todo)
     result.rows_in = len(jobs) * len(paths)
     todo = pd.concat(todo_parts, ignore_index=True)
+    if not todo.empty:
+        check_checkpoints(paths, gc.ngf)
     kind = recorded_posemap_kind(DatasetLayout(root).posemap_dir(TEST_SPLIT))
     sparse = map_transport(gc.sparse_maps, kind)
     maps_text = describe_posemap_kind(kind)

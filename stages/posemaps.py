@@ -173,7 +173,7 @@ def write_maps(
 
     root = storage.absolute(layout.root)
     executor = choose_executor(pc.executor, len(rows), pc.in_process_max_maps, None,
-                               cfg.ray.address)  # fmt: skip
+                               cfg.ray.address, models=False)  # fmt: skip
     if executor.name == "ray":
         init_ray(cfg.ray)
         step = Tasks(write_posemaps, {"sigma": sigma, "root": root}, batch_format="pandas",

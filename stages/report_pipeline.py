@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 
+from pipeline.core import storage
 from pipeline.core.atomic_io import read_table
 from pipeline.core.config import Config
 from pipeline.core.layout import SPLITS, DatasetLayout, OutputLayout, TrainLayout
@@ -37,7 +38,7 @@ def stage_overview(cfg: Config) -> list[dict[str, str]]:
             }
         )
     maps = [
-        len(list(layout.posemap_dir(s).glob("*.npz")))
+        sum(f.rel.endswith(".npz") for f in storage.list_files(layout.posemap_dir(s), False))
         for s in SPLITS
         if layout.posemap_dir(s).is_dir()
     ]

@@ -40,6 +40,11 @@ def keypoint_rows(n=3):
 def test_file_id_as_published():
     assert file_id("img/MEN/Denim/id_00000080/01_1_front.jpg") == "imgMENDenimid_0000008001_1_front"
     assert identity_group("img/MEN/Denim/id_00000080/01_1_front.jpg") == "MEN/Denim/id_00000080"
+    # Paths to normalise first (doubled or leading slashes, '.', backslashes) group alike.
+    for odd in ["img//MEN/./Denim/id_00000080/a.jpg", "img\\MEN\\Denim\\id_00000080\\a.jpg",
+                "./img/MEN/Denim/id_00000080/a.jpg"]:  # fmt: skip
+        assert identity_group(odd) == "MEN/Denim/id_00000080", odd
+    assert identity_group("a.jpg") == ""
 
 
 def test_parquet_round_trip_keeps_schema(tmp_path):

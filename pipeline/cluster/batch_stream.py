@@ -148,10 +148,10 @@ class Executor:
 
 
 def choose_executor(setting: str, jobs: int, max_in_process: int, concurrency: int | None,
-                    address: str | None) -> Executor:  # fmt: skip
+                    address: str | None, models: bool = True) -> Executor:  # fmt: skip
     """`auto`: this process when the work stays on this machine (no cluster address, one
-    Ray node if Ray is up, at most one GPU, no actor count asked for) and there are at most
-    `max_in_process` jobs; else Ray."""
+    Ray node if Ray is up, at most one GPU for work that runs `models`, no actor count
+    asked for) and there are at most `max_in_process` jobs; else Ray."""
     from pipeline.cluster.runtime import available_gpus, cpu_nodes
 
     if setting != "auto":
@@ -159,7 +159,8 @@ def choose_executor(setting: str, jobs: int, max_in_process: int, concurrency: i
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
-    gpus = available_gpus()
+    # Counting GPUs without Ray imports torch (seconds): only where a model would use them.
+    gpus = available_gpus() if models else 0
     blockers = [
         (address, f"a cluster address ({address})"),
         (ray.is_initialized() and cpu_nodes() > 1, "a multi-node Ray cluster"),

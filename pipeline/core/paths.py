@@ -27,7 +27,10 @@ def checkpoint_sort_key(ckpt_id: str) -> tuple:
 
 def identity_group(rel_path: str) -> str:
     """Identity folder of an image: img/MEN/Denim/id_00000080/x.jpg -> MEN/Denim/id_00000080."""
-    parts = PurePosixPath(rel_path.replace("\\", "/")).parts
+    norm = rel_path.replace("\\", "/")
+    parts = norm.split("/")
+    if norm.startswith("/") or "" in parts or "." in parts:
+        parts = PurePosixPath(norm).parts  # the rare path to normalise first
     if parts and parts[0] == "img":
         parts = parts[1:]
     return "/".join(parts[:-1])
@@ -41,7 +44,7 @@ class RootGuard:
 
     def __init__(self, root: str | os.PathLike):
         self.root = os.path.realpath(root)
-        self._folders: dict[str, str] = {}
+        self._folders: dict[str, tuple[str, frozenset[str] | None]] = {}
 
     def __call__(self, rel: str, where: str = "") -> str:
         at = f" ({where})" if where else ""
@@ -56,18 +59,32 @@ class RootGuard:
             raise DataError(f"path {rel!r} escapes the dataset root{at}: '..' is not allowed")
         # Without '..', normalising is lexical and exact: it drops '.' and doubled slashes.
         folder, leaf = os.path.split(os.path.normpath(norm))
-        real = self._folders.get(folder)
-        if real is None:
-            real = self._folders[folder] = os.path.realpath(os.path.join(self.root, folder))
+        known = self._folders.get(folder)
+        if known is None:
+            known = self._folders[folder] = _folder_links(os.path.join(self.root, folder))
+        real, links = known
         full = real if leaf == "." else os.path.join(real, leaf)
         # realpath(folder/leaf) is realpath(folder)/leaf unless the leaf is a symlink.
-        if os.path.islink(full):
+        if os.path.islink(full) if links is None else leaf in links:
             full = os.path.realpath(full)
         if full != self.root and not full.startswith(self.root.rstrip(os.sep) + os.sep):
             raise DataError(
                 f"path {rel!r} resolves outside the dataset root {self.root}{at} (symlink?)"
             )
         return full
+
+
+def _folder_links(folder: str) -> tuple[str, frozenset[str] | None]:
+    """A folder's real path and the names of the symlinks in it (one listing, no stat per
+    entry: the directory entry says what it is); None when it cannot be listed."""
+    real = os.path.realpath(folder)
+    try:
+        with os.scandir(real) as entries:
+            return real, frozenset(e.name for e in entries if e.is_symlink())
+    except (FileNotFoundError, NotADirectoryError):
+        return real, frozenset()
+    except PermissionError:
+        return real, None
 
 
 def safe_path(root: str | os.PathLike, rel: str, where: str = "") -> Path:

@@ -9,21 +9,27 @@ import re
 import struct
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core import storage
 from pipeline.core.errors import WeightsError
 from pipeline.core.object_path import data_path
 from pipeline.core.paths import checkpoint_sort_key
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch is imported where a file is loaded: listing, naming and digesting checkpoints
+# (an up-to-date generate) costs no torch import (seconds).
+
 CHECKPOINT_RE = re.compile(r"^netG_(\d+)\.pth$")
 
 
 def torch_cache_dir() -> Path:
     """The standard torch hub cache (`$TORCH_HOME`, default ~/.cache/torch)."""
+    import torch
+
     return Path(torch.hub.get_dir()).parent
 
 
@@ -64,6 +70,8 @@ def safe_torch_load(
     """torch.load with weights_only=True (and only the `allowed` classes besides tensors),
     the one place files are unpickled. A file it refuses raises WeightsError naming the
     file, saying it is not `what`, and `fix`."""
+    import torch
+
     path = data_path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
@@ -81,6 +89,8 @@ def safe_torch_load(
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a plain state dict on CPU with `weights_only=True`."""
+    import torch
+
     obj = safe_torch_load(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
