@@ -29,11 +29,11 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike, columns: list[str]) -> 
         df.to_csv(tmp, columns=columns, index=False)
 
 
-def _read_csv_checked(path: str | os.PathLike, columns: list[str]) -> pd.DataFrame:
+def _read_csv_checked(path: str | os.PathLike, columns: list[str], dtype=str) -> pd.DataFrame:
     path = data_path(path)
     if not path.exists():
         raise FileNotFoundError(f"CSV not found: {path}")
-    df = pd.read_csv(storage.readable(path), dtype=str, keep_default_na=False)
+    df = pd.read_csv(storage.readable(path), dtype=dtype, keep_default_na=False)
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing columns {missing} (header is {list(df.columns)})")
@@ -75,10 +75,16 @@ def write_pairs_csv(pairs: pd.DataFrame, path: str | os.PathLike) -> None:
 def read_keypoints_csv(path: str | os.PathLike) -> pd.DataFrame:
     """Legacy keypoints CSV -> DataFrame with file_id, img_h, img_w and (18,) x / y arrays.
     Values must be integers; a bad row is named in the error."""
-    df = _read_csv_checked(path, KEYPOINT_CSV_COLUMNS)
+    numbers = KEYPOINT_CSV_COLUMNS[1:]
     try:
-        values = df[KEYPOINT_CSV_COLUMNS[1:]].astype(np.int64).to_numpy()
+        # Integers straight from the CSV reader: read as text first, every value is a
+        # Python string (about 50 bytes; 2 GB for a million rows of 39 values).
+        df = _read_csv_checked(
+            path, KEYPOINT_CSV_COLUMNS, {"file_id": str, **dict.fromkeys(numbers, np.int64)}
+        )
+        values = df[numbers].to_numpy()
     except ValueError:
+        df = _read_csv_checked(path, KEYPOINT_CSV_COLUMNS)
         for i, row in enumerate(df[KEYPOINT_CSV_COLUMNS[1:]].itertuples(index=False), start=1):
             for col, v in zip(KEYPOINT_CSV_COLUMNS[1:], row, strict=True):
                 try:
