@@ -198,7 +198,7 @@ def run_generate(
         pairs = read_test_pairs(root, pairs_file or (gc.pairs and dataset_path(cfg, gc.pairs)))
         if limit is not None:
             pairs = pairs.head(limit)
-        jobs = attach_map_sources(generation_jobs(pairs), root)
+        jobs = attach_map_sources(generation_jobs(pairs), root, cfg.posemaps.export)
         with ContentCache(OutputLayout(cfg.output.root).content_cache) as cache:
             jobs = with_input_states(jobs, root, cache)
             per_ckpt = [
@@ -221,7 +221,8 @@ def run_generate(
     todo = pd.concat(todo_parts, ignore_index=True)
     if not todo.empty:
         check_checkpoints(paths, gc.ngf)
-    kind = recorded_posemap_kind(DatasetLayout(root).posemap_dir(TEST_SPLIT))
+    maps = DatasetLayout(root).posemap_dir(TEST_SPLIT)
+    kind = recorded_posemap_kind(maps) if cfg.posemaps.export else None
     sparse = map_transport(gc.sparse_maps, kind)
     maps_text = describe_posemap_kind(kind)
     record_generation(out_dir, mode, ids, maps_text)
@@ -269,7 +270,7 @@ def _generate_inputs(cfg: Config) -> list[Path]:
     return [
         layout.pairs_table,
         layout.keypoints_table,
-        layout.posemap_dir(TEST_SPLIT),
+        *([layout.posemap_dir(TEST_SPLIT)] if cfg.posemaps.export else []),
         layout.images,
         *ckpts,
         *([dataset_path(cfg, cfg.generate.pairs)] if cfg.generate.pairs else []),
@@ -306,6 +307,8 @@ STAGE = StageSpec(
         "generate.sparse_maps": "how the pose maps travel to the actors, not their values",
         "generate.executor": "in this process or on Ray: the outputs are identical",
         "generate.in_process_max_jobs": "when the in-process executor is picked: identical",
+        "posemaps.export": "whether maps are read from the npz files or rendered from the "
+        "keypoints rows they hold: the same maps; the one read is the input",
     },
     inputs=_generate_inputs,
     outputs=lambda cfg: [OutputLayout(cfg.output.root).manifest],

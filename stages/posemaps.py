@@ -1,5 +1,6 @@
 """Pose-maps stage: one `<file_id>.npz` per image (legacy one-hot uint8 H x W x 18 under
-`arr_0`, or gaussian), written atomically in parallel Ray tasks."""
+`arr_0`, or gaussian), written atomically by threads of this process on one machine or by
+Ray tasks on a cluster (posemaps.executor)."""
 
 from __future__ import annotations
 
@@ -172,8 +173,8 @@ def write_maps(
         return len(done)
 
     root = storage.absolute(layout.root)
-    executor = choose_executor(pc.executor, len(rows), pc.in_process_max_maps, None,
-                               cfg.ray.address, models=False)  # fmt: skip
+    executor = choose_executor(pc.executor, len(rows), None, None, cfg.ray.address,
+                               models=False)  # fmt: skip
     if executor.name == "ray":
         init_ray(cfg.ray)
         step = Tasks(write_posemaps, {"sigma": sigma, "root": root}, batch_format="pandas",
@@ -208,8 +209,7 @@ def run_posemaps(
     out: str | None = None,
     progress: bool = True,
 ) -> StageResult:
-    """Write the pose map of every keypoints row without an error, in parallel Ray tasks
-    (a few in this process: posemaps.executor)."""
+    """Write the pose map of every keypoints row without an error (posemaps.executor)."""
     result = StageResult("posemaps")
     source = DatasetLayout(cfg.dataset.root)
     layout = DatasetLayout(out or cfg.dataset.root)
@@ -271,13 +271,18 @@ STAGE = StageSpec(
         + ") per keypoints row that has none or whose keypoints changed"
     ),
     config_keys=("posemaps.gaussian_sigma",),
+    needed=lambda cfg: (
+        None
+        if cfg.posemaps.export
+        else "posemaps.export is off: generate and train render each pose map from the keypoints "
+        "table as they load it"
+    ),
     ignored_keys={
         **STORAGE_KEYS,
         **STREAMED_KEYS,
         **DATASET_ROOT,
         "posemaps.batch_size": "maps per Ray task: scheduling only",
         "posemaps.executor": "in this process or in Ray tasks: the maps are identical",
-        "posemaps.in_process_max_maps": "when the in-process executor is picked: identical",
     },
     inputs=lambda cfg: [DatasetLayout(cfg.dataset.root).keypoints_table],
     outputs=lambda cfg: [DatasetLayout(cfg.dataset.root).posemap_dir(s) for s in SPLITS],

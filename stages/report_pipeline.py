@@ -7,10 +7,9 @@ import json
 
 import pandas as pd
 
-from pipeline.core import storage
 from pipeline.core.atomic_io import read_table
 from pipeline.core.config import Config
-from pipeline.core.layout import SPLITS, DatasetLayout, OutputLayout, TrainLayout
+from pipeline.core.layout import DatasetLayout, OutputLayout, TrainLayout
 
 
 def _reasons(errors: pd.Series, limit: int = 5) -> str:
@@ -37,13 +36,10 @@ def stage_overview(cfg: Config) -> list[dict[str, str]]:
                 "errors": _reasons(kp["error"]),
             }
         )
-    maps = [
-        sum(f.rel.endswith(".npz") for f in storage.list_files(layout.posemap_dir(s), False))
-        for s in SPLITS
-        if layout.posemap_dir(s).is_dir()
-    ]
-    if maps:
-        rows.append({"stage": "posemaps", "produced": f"{sum(maps)} pose maps", "errors": "0"})
+    # The stage's index of the maps it wrote: no listing of a folder per image.
+    if layout.posemap_index.is_file():
+        maps = len(read_table(layout.posemap_index))
+        rows.append({"stage": "posemaps", "produced": f"{maps} pose maps", "errors": "0"})
     if layout.pairs_table.exists():
         pairs = read_table(layout.pairs_table)[["split"]]
         per = ", ".join(f"{s} {n}" for s, n in pairs["split"].value_counts().sort_index().items())

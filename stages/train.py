@@ -66,6 +66,7 @@ class Setup:
     perceptual_note: str
     gpu: bool
     size: tuple[int, int] = (0, 0)  # the images' (H, W): read once run_meta.json is written
+    map_files: bool = True  # posemaps.export: read the npz maps (else render them)
 
 
 def run_train(
@@ -151,7 +152,8 @@ def prepare(cfg: Config, root: str, pairs) -> Setup:
     if problem:
         raise ConfigError(problem)
     gpu = use_gpu_for(cfg.train)
-    return Setup(root, len(pairs), vgg_path, perceptual_note, gpu)
+    return Setup(root, len(pairs), vgg_path, perceptual_note, gpu,
+                 map_files=cfg.posemaps.export)  # fmt: skip
 
 
 def initial_meta(cfg: Config, setup: Setup, start: Start) -> dict:
@@ -190,6 +192,7 @@ def build_trainer(tc: TrainConfig, layout: TrainLayout, setup: Setup, start: Sta
             "out": str(layout.root),
             "root": setup.root,
             "size": setup.size,
+            "map_files": setup.map_files,
             "loader_workers": loader_workers_for(tc, cpus),
             "vgg_weights": str(setup.vgg_path) if setup.vgg_path else None,
             "resume_from": str(start.resume_from) if start.resume_from else None,
@@ -273,7 +276,9 @@ def finish(
     if tc.quality_pairs and final.is_file():
         from pipeline.training.quality import training_quality
 
-        meta["test_quality"] = training_quality(setup.root, tc, final, setup.size, tc.quality_pairs)
+        meta["test_quality"] = training_quality(
+            setup.root, tc, final, setup.size, tc.quality_pairs, setup.map_files
+        )
         if meta["test_quality"]:
             result.notes.append(quality_line(meta["test_quality"]))
     write_meta(layout, meta)
@@ -350,10 +355,15 @@ STAGE = StageSpec(
         "train.memory_mb": "whether pairs are decoded once into memory or on every use",
         "train.use_gpu": "the device: scheduling only",
         "train.channels_last": "the memory format of nets and batches: same arithmetic",
+        "posemaps.export": "whether maps are read from the npz files or rendered from the "
+        "keypoints rows they hold: the same maps; the one read is the input",
     },
     inputs=lambda cfg: [
         DatasetLayout(cfg.dataset.root).pairs_table,
-        DatasetLayout(cfg.dataset.root).posemap_dir("train"),
+        # The maps, or with posemaps.export off the keypoints rows they are rendered from.
+        DatasetLayout(cfg.dataset.root).posemap_dir("train")
+        if cfg.posemaps.export
+        else DatasetLayout(cfg.dataset.root).keypoints_table,
     ],
     outputs=lambda cfg: [OutputLayout(cfg.output.root).checkpoints],
     previous=lambda cfg: [OutputLayout(cfg.output.root).train],

@@ -43,6 +43,9 @@ def test_overrides_parse_and_validate():
         load_config(None, ["generate.dtype=int4"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["train.iterations"])
+    # Maps rendered where they are used are one-hot: a sigma needs the exported files.
+    with pytest.raises(ConfigError, match=r"posemaps.*gaussian_sigma needs export: true"):
+        load_config(None, ["posemaps.export=false", "posemaps.gaussian_sigma=2.0"])
 
 
 def test_floats_accept_ints_but_bools_are_not_ints():

@@ -8,14 +8,18 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from test_pipeline_run import TINY
+from test_pipeline_run import TINY, random_checkpoint, tiny_overrides
 
 from pipeline.core.config import load_config
+from pipeline.core.errors import DataError
 from pipeline.core.layout import DatasetLayout, OutputLayout
 from pipeline.core.legacy_csv import read_image_list, write_image_list
+from pipeline.pose.posemap import render_map
 from pipeline.synthetic.tree import GROUND_TRUTH_CSV, write_synthetic_tree
+from pipeline.training.data import PairImages, load_train_pairs
 from stages.dag import StaleStageError, plan_run, run_dag
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,3 +168,53 @@ def test_fingerprints_digest_the_configured_image_lists_and_what_pckh_uses(tmp_p
             ("keypoints.min_score", 0.2),
         ):
             assert fingerprint("evaluate", f"{key}={value}").digest() != evaluate, key
+
+
+@pytest.mark.slow
+def test_without_exported_maps_generation_makes_the_same_images(tmp_path, ray_session):
+    """posemaps.export off: the posemaps stage is not needed and writes no npz; generate
+    renders each map from the keypoints table and makes the bytes it makes from the npz
+    files; training renders them too, and a stale map file is never read."""
+    source = tmp_path / "source"
+    write_synthetic_tree(source, identities=3, poses_per_identity=3, seed=12)
+    ckpt = random_checkpoint(tmp_path / "ckpt" / "netG_5.pth")
+    images = {}
+    for export in (True, False):
+        root, out = tmp_path / f"data_{export}", tmp_path / f"out_{export}"
+        shutil.copytree(source, root)
+        sets = tiny_overrides(root, out, [f"generate.checkpoints=[{ckpt}]",
+                                          f"posemaps.export={str(export).lower()}"])  # fmt: skip
+        rows = run(load_config(REPO / "configs" / "demo.yaml", sets))
+        maps = sorted(DatasetLayout(root).root.glob("*_pose_maps/*.npz"))
+        if export:
+            assert rows.loc["posemaps", "status"] == "ran" and maps
+        else:
+            assert rows.loc["posemaps", "status"] == "not needed", rows.attrs["echo"]
+            assert "posemaps.export is off" in rows.loc["posemaps", "reason"]
+            assert maps == []
+        generated = OutputLayout(out).generated
+        images[export] = {
+            p.relative_to(generated).as_posix(): p.read_bytes() for p in generated.rglob("*.jpg")
+        }
+    assert images[True] == images[False] and len(images[False]) >= 12
+
+    # Training without map files renders every map from the keypoints: a stale map file
+    # is not read.
+    root, out = tmp_path / "data_False", tmp_path / "out_train"
+    layout = DatasetLayout(root)
+    pairs, keypoints = load_train_pairs(root)
+    fid = pairs["fidA"].iloc[0]
+    layout.posemap_dir("train").mkdir()
+    np.savez_compressed(layout.posemap("train", fid), np.zeros((8, 8, 18), np.uint8))
+    row = keypoints.set_index("file_id").loc[fid]
+    rendered = render_map(row["x"], row["y"], 256, 176)
+    assert np.array_equal(
+        PairImages(root, pairs, keypoints, (256, 176), False).pose_map("train", fid), rendered
+    )
+    with pytest.raises(DataError, match="has shape"):
+        PairImages(root, pairs, keypoints, (256, 176)).pose_map("train", fid)
+    layout.posemap("train", fid).unlink()
+    sets = tiny_overrides(root, out, ["posemaps.export=false"])
+    rows = run(load_config(REPO / "configs" / "demo.yaml", sets), only="train")
+    assert rows.loc["train", "status"] == "ran", rows.attrs["echo"]
+    assert (OutputLayout(out).train / "log.parquet").exists()

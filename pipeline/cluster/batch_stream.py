@@ -147,11 +147,12 @@ class Executor:
     reason: str  # why, for the stage's notes
 
 
-def choose_executor(setting: str, jobs: int, max_in_process: int, concurrency: int | None,
-                    address: str | None, models: bool = True) -> Executor:  # fmt: skip
+def choose_executor(setting: str, jobs: int, max_in_process: int | None,
+                    concurrency: int | None, address: str | None,
+                    models: bool = True) -> Executor:  # fmt: skip
     """`auto`: this process when the work stays on this machine (no cluster address, one
     Ray node if Ray is up, at most one GPU for work that runs `models`, no actor count
-    asked for) and there are at most `max_in_process` jobs; else Ray."""
+    asked for) and there are at most `max_in_process` jobs (None: any number); else Ray."""
     from pipeline.cluster.runtime import available_gpus, cpu_nodes
 
     if setting != "auto":
@@ -166,15 +167,15 @@ def choose_executor(setting: str, jobs: int, max_in_process: int, concurrency: i
         (ray.is_initialized() and cpu_nodes() > 1, "a multi-node Ray cluster"),
         (gpus > 1, f"{gpus} GPUs"),
         (concurrency is not None and concurrency > 1, f"{concurrency} model actors asked for"),
-        (jobs > max_in_process, f"{jobs} jobs > {max_in_process}"),
+        (max_in_process is not None and jobs > max_in_process, f"{jobs} jobs > {max_in_process}"),
     ]
     why = [text for blocked, text in blockers if blocked]
     if why:
         return Executor("ray", "Ray: " + ", ".join(why))
+    cap = "" if max_in_process is None else f" <= {max_in_process}"
     return Executor(
         "in_process",
-        f"in this process ({jobs} jobs <= {max_in_process} on one machine and device): "
-        "no Ray worker start-up",
+        f"in this process ({jobs} jobs{cap} on one machine and device): no Ray worker start-up",
     )
 
 

@@ -19,11 +19,12 @@ from pipeline.generator.generation_plan import JOB_COLUMNS
 from pipeline.pose.posemap import one_hot_coords as posemap_coords
 
 
-def _read_map(npz_path: str, keypoints, fid: str) -> np.ndarray:
+def _read_map(npz_path: str | None, keypoints, fid: str) -> np.ndarray:
     from pipeline.pose.posemap import load_posemap, render_map
 
     try:  # one read, no existence check first (on S3 each is a request)
-        return load_posemap(npz_path)
+        if npz_path is not None:  # None: maps are not exported (posemaps.export)
+            return load_posemap(npz_path)
     except FileNotFoundError:
         pass
     if keypoints is not None:

@@ -96,14 +96,18 @@ def generation_jobs(pairs: pd.DataFrame) -> pd.DataFrame:
     return jobs
 
 
-def attach_map_sources(jobs: pd.DataFrame, root: str | os.PathLike) -> pd.DataFrame:
-    """Where each job's two pose maps come from: the legacy npz when it exists, else the
-    keypoints table's row (rendered on the fly), else nothing (the job becomes an error)."""
+def attach_map_sources(
+    jobs: pd.DataFrame, root: str | os.PathLike, map_files: bool = True
+) -> pd.DataFrame:
+    """Where each job's two pose maps come from: the legacy npz when it exists (and
+    `map_files`: posemaps.export), else the keypoints table's row (rendered on the fly),
+    else nothing (the job becomes an error)."""
     layout = DatasetLayout(root)
     fids = pd.unique(pd.concat([jobs["source_id"], jobs["target_id"]]))
-    npz = {f: str(layout.posemap(TEST_SPLIT, f)) for f in fids}
+    npz = {f: str(layout.posemap(TEST_SPLIT, f)) for f in fids} if map_files else {}
     # One listing of the maps folder (on S3: LIST calls, no HEAD per map).
-    listed = {f.rel for f in storage.list_files(layout.posemap_dir(TEST_SPLIT), recursive=False)}
+    folder = layout.posemap_dir(TEST_SPLIT)
+    listed = {f.rel for f in storage.list_files(folder, recursive=False)} if map_files else ()
     lacking = [f for f in fids if f"{f}.npz" not in listed]
     keypoints: dict[str, np.ndarray] = {}
     if lacking and layout.keypoints_table.exists():
@@ -114,7 +118,7 @@ def attach_map_sources(jobs: pd.DataFrame, root: str | os.PathLike) -> pd.DataFr
             keypoints[r.file_id] = np.concatenate([[r.img_h, r.img_w], r.x, r.y]).astype(np.int32)
     out = jobs.copy()
     for role in ("source", "target"):
-        out[f"{role}_map"] = out[f"{role}_id"].map(npz)
+        out[f"{role}_map"] = [npz.get(f) for f in out[f"{role}_id"]]
         out[f"{role}_keypoints"] = [keypoints.get(f) for f in out[f"{role}_id"]]
     return out
 
@@ -168,9 +172,10 @@ def with_input_states(jobs: pd.DataFrame, root: str, cache) -> pd.DataFrame:
         except (OSError, DataError):
             return "missing"
 
-    def pose(npz: str, keypoints) -> str:
+    def pose(npz: str | None, keypoints) -> str:
         try:  # no existence check first: on S3 each is a request
-            return cache.digest(npz)
+            if npz is not None:
+                return cache.digest(npz)
         except FileNotFoundError:
             pass
         return "none" if keypoints is None else hashlib.blake2b(keypoints.tobytes()).hexdigest()

@@ -59,8 +59,8 @@ def training_size(root: str | os.PathLike, pairs: pd.DataFrame) -> tuple[int, in
 class PairImages:
     """Map-style dataset over the train pairs: item i is (A, B, maps) as float tensors
     (A, B in [-1, 1], maps = concat(mapA, mapB) channels-first), or a string saying why
-    the pair could not be loaded. Pose maps come from the npz files when present, else
-    are rendered from the keypoints table."""
+    the pair could not be loaded. Pose maps come from the npz files when present (and
+    `map_files`: posemaps.export), else are rendered from the keypoints table."""
 
     def __init__(
         self,
@@ -68,8 +68,10 @@ class PairImages:
         pairs: pd.DataFrame,
         keypoints: pd.DataFrame | None,
         size: tuple[int, int],
+        map_files: bool = True,
     ):
         self.root = str(root)
+        self.map_files = map_files
         self.layout = DatasetLayout(root)
         self.pairs = pairs.reset_index(drop=True)
         self.keypoints = (
@@ -113,7 +115,7 @@ class PairImages:
         from pipeline.pose.posemap import load_posemap, render_map
 
         path = self.layout.posemap(split, fid)
-        if path.is_file():
+        if self.map_files and path.is_file():
             pose = load_posemap(path)
         elif fid in self.keypoints:
             pose = render_map(*self.keypoints[fid], *self.size)

@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.core.atomic_io import read_table
 from pipeline.core.config import TrainConfig
 from pipeline.core.layout import DatasetLayout
-from pipeline.core.schemas import PAIRS_SCHEMA
+from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
 from pipeline.training.data import PairImages
 
 CANDIDATES = ("trained", "untrained", "copy_condition")
@@ -47,6 +47,7 @@ def training_quality(
     checkpoint: Path,
     size: tuple[int, int],
     max_pairs: int,
+    map_files: bool = True,
 ) -> dict | None:
     """{"pairs", "ssim": {trained, untrained, copy_condition}, "l1": {...}, "verdict"} over
     up to `max_pairs` test pairs (a seeded sample); None when the dataset has no test pair."""
@@ -55,12 +56,15 @@ def training_quality(
     from pipeline.core.weights import load_into
     from pipeline.generator.networks import build_generator
 
-    pairs = read_table(DatasetLayout(root).pairs_table, PAIRS_SCHEMA)
+    layout = DatasetLayout(root)
+    pairs = read_table(layout.pairs_table, PAIRS_SCHEMA)
     pairs = pairs[pairs["split"] == "test"]
     if pairs.empty:
         return None
     pairs = pairs.sample(n=min(max_pairs, len(pairs)), random_state=0)
-    data = PairImages(root, pairs, None, size)
+    # Without map files (posemaps.export off) the maps are rendered from the keypoints.
+    keypoints = None if map_files else read_table(layout.keypoints_table, KEYPOINTS_SCHEMA)
+    data = PairImages(root, pairs, keypoints, size, map_files)
     torch.manual_seed(tc.seed)  # the same init the training started from
     untrained = pair_scores(build_generator(tc.ngf), data)
     trained = pair_scores(load_into(build_generator(tc.ngf, init=False), checkpoint), data)

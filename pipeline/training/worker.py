@@ -106,7 +106,9 @@ class WorkerLoop:
         without loader processes), and this rank's stream of batches from `cursor` on."""
         tc = self.tc
         pairs, keypoints = load_train_pairs(config["root"])
-        dataset = PairImages(config["root"], pairs, keypoints, tuple(config["size"]))
+        dataset = PairImages(
+            config["root"], pairs, keypoints, tuple(config["size"]), config["map_files"]
+        )
         in_memory = decode_in_memory(dataset, tc.memory_mb * 2**20) if tc.memory_mb else None
         loader_workers = 0 if in_memory is not None else config["loader_workers"]
         dataset = dataset if in_memory is None else in_memory
