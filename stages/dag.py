@@ -244,6 +244,7 @@ class DagRun:
         failure or Ctrl-C is recorded in its row and raised on."""
         cfg = self.cfg
         self.cache.save()  # the digests survive a failing stage
+        self.cache.forget_trees()  # the stage writes: later checks walk again
         try:
             # The stage's own reads must see what its workers write.
             with storage.remembering(False):

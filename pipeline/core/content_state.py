@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+from functools import cached_property
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -45,6 +46,7 @@ class ContentCache:
         self.readonly = readonly
         self._known: dict[str, tuple] = {}
         self._new: list[tuple] = []
+        self._trees: dict[str, Listing] = {}
         self.files_read = 0
         self._conn = None
         if readonly:
@@ -102,7 +104,7 @@ class ContentCache:
         self._new.append((key, *stat, digest))
         return digest
 
-    def state(self, path) -> dict[str, str] | str:
+    def state(self, path) -> Listing | str:
         """What an input is now: a folder's listing (relative path -> digest), a file's
         digest, or "missing". On object storage from listings alone (asked once per
         folder while the storage layer is remembering, as a DAG run's checks are)."""
@@ -115,18 +117,26 @@ class ContentCache:
             return listed_digest(str(path), found.size, found.mtime_ns)
         return (found.type == pafs.FileType.Directory and self.tree(path)) or "missing"
 
-    def tree(self, root: str | os.PathLike) -> dict[str, str]:
+    def tree(self, root: str | os.PathLike) -> Listing:
         """Relative path -> digest of every file under `root` (hidden names skipped); on
-        object storage from LIST calls alone."""
+        object storage from LIST calls alone. A local folder is walked once until
+        `forget_trees` (several stages read the images: one walk of a million files)."""
         if not storage.is_local(root):
-            return {
-                f.rel: listed_digest(f.path, f.size, f.mtime_ns)
+            return Listing(
+                (f.rel, listed_digest(f.path, f.size, f.mtime_ns))
                 for f in storage.list_files(root)
                 if not any(part.startswith(".") for part in f.rel.split("/"))
-            }
-        out: dict[str, str] = {}
-        self._walk(os.path.abspath(root), "", out)
-        return out
+            )
+        key = os.path.abspath(root)
+        if key not in self._trees:
+            out = Listing()
+            self._walk(key, "", out)
+            self._trees[key] = out
+        return self._trees[key]
+
+    def forget_trees(self) -> None:
+        """Walk local folders again when next asked: something may have written there."""
+        self._trees.clear()
 
     def _walk(self, folder: str, rel: str, out: dict[str, str]) -> None:
         """os.walk's order and choices (a folder's files by name, then its sub-folders;
@@ -157,6 +167,15 @@ def listed_digest(uri: str, size: int, mtime_ns: int | None) -> str:
     """What an object-store file stands for in up-to-date checks: its URI, size and
     modification time as a listing gives them (its content would cost a GET per object)."""
     return hashlib.blake2b(f"{uri}|{size}|{mtime_ns}".encode(), digest_size=16).hexdigest()
+
+
+class Listing(dict):
+    """A folder's files (relative path -> digest) whose digest as a whole
+    (`listing_digest`) is computed once."""
+
+    @cached_property
+    def digest(self) -> str:
+        return listing_digest(self)
 
 
 def listing_digest(files: dict[str, str]) -> str:
