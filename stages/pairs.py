@@ -3,21 +3,26 @@ both pass `min_valid_keypoints`, per split; the pairs table plus legacy CSVs."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from pipeline.cluster.stage_result import StageResult
-from pipeline.core.atomic_io import read_table, write_table
+from pipeline.core.atomic_io import atomic_path, read_table
 from pipeline.core.config import Config
 from pipeline.core.errors import DataError
 from pipeline.core.layout import SPLITS, DatasetLayout
-from pipeline.core.legacy_csv import read_image_list, write_pairs_csv
+from pipeline.core.legacy_csv import PAIRS_CSV_COLUMNS, read_image_list
 from pipeline.core.paths import identity_group
-from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
+from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, to_arrow
 from stages.spec import DATASET_ROOT, STORAGE_KEYS, StageSpec
+
+PAIRING_COLUMNS = ["path", "file_id", "n_valid", "error"]
 
 
 @dataclass
@@ -57,7 +62,9 @@ def pairs_for_split(
 ) -> pd.DataFrame:
     """All ordered pairs of distinct images per identity folder; optionally a seeded,
     deterministic sample of at most `max_per_identity` pairs per identity."""
-    images = images.assign(group=images["path"].map(identity_group)).sort_values(["group", "path"])
+    if "group" not in images:
+        images = images.assign(group=images["path"].map(identity_group))
+    images = images.sort_values(["group", "path"])
     paths, fids = images["path"].to_numpy(), images["file_id"].to_numpy()
     groups, sizes = np.unique(images["group"].to_numpy(), return_counts=True)
     a, b = ordered_pairs(sizes)
@@ -86,6 +93,42 @@ def pairs_for_split(
     )
 
 
+# Identities paired at a time: the pairs of a million images (5.6 million, each a row of
+# strings) are never all in memory; the table and the CSVs are written block by block.
+IDENTITY_BLOCK = 20_000
+
+
+def pair_blocks(
+    keypoints: pd.DataFrame,
+    splits: dict[str, list[str]],
+    min_valid: int,
+    max_per_identity: int | None = None,
+    seed: int = 0,
+    block: int = IDENTITY_BLOCK,
+    counts: PairCounts | None = None,
+) -> Iterator[pd.DataFrame]:
+    """The pure core: keypoints table + image lists (split -> paths) -> the pairs table in
+    order (split by split, identity folder by identity folder), `block` identities at a
+    time; `counts` (when given) is filled in as they go."""
+    counts = counts if counts is not None else PairCounts()
+    counts.images = len(keypoints)
+    ok, counts.excluded = eligible_images(keypoints, min_valid)
+    for split, paths in splits.items():
+        images = ok[ok["path"].isin(set(paths))]
+        images = images.assign(group=images["path"].map(identity_group))
+        images = images.sort_values(["group", "path"], ignore_index=True)
+        # Row where each `block`-th identity starts.
+        starts = np.flatnonzero(images["group"].ne(images["group"].shift()).to_numpy())
+        bounds = [*starts[::block], len(images)]
+        counts.pairs[split] = 0
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            part = pairs_for_split(images.iloc[lo:hi], split, max_per_identity, seed)
+            counts.pairs[split] += len(part)
+            yield part
+        if len(images) == 0:
+            yield pairs_for_split(images, split, max_per_identity, seed)
+
+
 def make_pairs(
     keypoints: pd.DataFrame,
     splits: dict[str, list[str]],
@@ -93,18 +136,39 @@ def make_pairs(
     max_per_identity: int | None = None,
     seed: int = 0,
 ) -> tuple[pd.DataFrame, PairCounts]:
-    """The pure core: keypoints table + image lists (split -> paths) -> pairs table."""
-    counts = PairCounts(images=len(keypoints))
-    ok, counts.excluded = eligible_images(keypoints, min_valid)
-    frames = []
-    for split, paths in splits.items():
-        part = pairs_for_split(ok[ok["path"].isin(set(paths))], split, max_per_identity, seed)
-        counts.pairs[split] = len(part)
-        frames.append(part)
+    """The whole pairs table at once (`pair_blocks`, for tables that fit in memory)."""
+    counts = PairCounts()
+    frames = list(pair_blocks(keypoints, splits, min_valid, max_per_identity, seed,
+                              counts=counts))  # fmt: skip
     table = (
         pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAIRS_SCHEMA.names)
     )
     return table, counts
+
+
+def write_pair_blocks(
+    blocks: Iterable[pd.DataFrame], layout: DatasetLayout, splits: list[str]
+) -> int:
+    """The pairs table and the legacy CSV of each split, written block by block, each
+    file atomically (it appears whole or not at all); returns the pairs written."""
+    written = 0
+    with contextlib.ExitStack() as files:
+        table = files.enter_context(atomic_path(layout.pairs_table))
+        writer = files.enter_context(pq.ParquetWriter(table, PAIRS_SCHEMA))
+        csvs = {}
+        for split in splits:
+            tmp = files.enter_context(atomic_path(layout.pairs_csv(split)))
+            csvs[split] = files.enter_context(open(tmp, "w", newline=""))
+            pd.DataFrame(columns=PAIRS_CSV_COLUMNS).to_csv(csvs[split], index=False)
+        for part in blocks:
+            if len(part):
+                writer.write_table(to_arrow(part, PAIRS_SCHEMA))
+                split = part["split"].iloc[0]
+                part.to_csv(csvs[split], columns=PAIRS_CSV_COLUMNS, header=False, index=False)
+                written += len(part)
+        if written == 0:
+            writer.write_table(PAIRS_SCHEMA.empty_table())
+    return written
 
 
 def pairs_report(counts: PairCounts) -> list[str]:
@@ -129,7 +193,8 @@ def run_pairs(
         raise DataError(
             f"no keypoints table at {source.keypoints_table}: run the keypoints stage first"
         )
-    keypoints = read_table(source.keypoints_table, KEYPOINTS_SCHEMA)
+    # What pairing needs: no keypoint coordinates (most of the table's memory).
+    keypoints = read_table(source.keypoints_table, KEYPOINTS_SCHEMA, PAIRING_COLUMNS)
     lists = {s: DatasetLayout.of(cfg.dataset).image_list(s) for s in SPLITS}
     splits = {s: read_image_list(f, root) for s, f in lists.items() if f.is_file()}
     if not splits:
@@ -138,16 +203,17 @@ def run_pairs(
         )
     min_valid = cfg.pairs.min_valid_keypoints if min_valid is None else min_valid
     max_per_identity = max_per_identity or cfg.pairs.max_pairs_per_identity
-    table, counts = make_pairs(keypoints, splits, min_valid, max_per_identity, cfg.pairs.seed)
+    counts = PairCounts()
+    blocks = pair_blocks(keypoints, splits, min_valid, max_per_identity, cfg.pairs.seed,
+                         counts=counts)  # fmt: skip
+    written = write_pair_blocks(blocks, layout, list(splits))
     unlisted = len(set().union(*splits.values()) - set(keypoints["path"]))
     if unlisted:
         counts.excluded["listed but not in the keypoints table"] = unlisted
-    write_table(table, layout.pairs_table, PAIRS_SCHEMA)
     result.outputs = {"pairs_table": str(layout.pairs_table)}
     for split in splits:
-        write_pairs_csv(table[table["split"] == split], layout.pairs_csv(split))
         result.outputs[f"{split}_csv"] = str(layout.pairs_csv(split))
-    result.rows_in, result.rows_out = len(keypoints), len(table)
+    result.rows_in, result.rows_out = len(keypoints), written
     result.skipped = sum(counts.excluded.values())
     result.notes += pairs_report(counts)
     return result.finish()

@@ -7,13 +7,14 @@ from itertools import permutations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline.core.atomic_io import read_table
 from pipeline.core.config import load_config
 from pipeline.core.layout import DatasetLayout
 from pipeline.core.paths import identity_group
 from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
-from stages.pairs import make_pairs, ordered_pairs, run_pairs
+from stages.pairs import make_pairs, ordered_pairs, pair_blocks, run_pairs
 
 
 def test_ordered_pairs_lists_every_pair_within_groups():
@@ -112,3 +113,18 @@ def test_exactly_min_valid_keypoints_is_enough_and_one_fewer_is_not(annotated_ro
     paired = set(table["imgA"]) | set(table["imgB"])
     assert kp.loc[at, "path"] in paired and kp.loc[below, "path"] not in paired
     assert counts.excluded == {"fewer than 8 valid keypoints": 1}
+
+
+@pytest.mark.parametrize("block", [1, 2, 3])
+def test_pairs_made_a_few_identities_at_a_time_equal_the_whole_table(annotated_root, block):
+    """run_pairs writes the pairs block by block (bounded memory at a million images):
+    the blocks, in order, are the table made at once, with or without sampling."""
+    kp = read_table(DatasetLayout(annotated_root).keypoints_table, KEYPOINTS_SCHEMA)
+    splits = splits_of(annotated_root)
+    for sample in (None, 3):
+        whole, counts = make_pairs(kp, splits, 8, max_per_identity=sample, seed=4)
+        parts = list(pair_blocks(kp, splits, 8, max_per_identity=sample, seed=4, block=block))
+        assert len(parts) > len(splits)  # really made in blocks
+        joined = pd.concat(parts, ignore_index=True)
+        pd.testing.assert_frame_equal(joined, whole)
+        assert sum(counts.pairs.values()) == len(whole)

@@ -202,8 +202,11 @@ def table_damage(path: str | os.PathLike) -> str | None:
     return None
 
 
-def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd.DataFrame:
-    """Read a Parquet table; with `schema`, check the columns it must have."""
+def read_table(
+    path: str | os.PathLike, schema: pa.Schema | None = None, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """Read a Parquet table (only `columns`, when given); with `schema`, check the columns
+    it must have."""
     path, remote = _object_store(path)
     if remote is None:
         path = Path(path)
@@ -215,13 +218,15 @@ def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd.D
     if not found:
         raise FileNotFoundError(f"table not found: {path}")
     try:
-        table = read(path if remote is None else remote)
+        table = read(path if remote is None else remote, columns=columns)
     except UNREADABLE_PARQUET as exc:
         raise UnreadableTableError(
             f"{path} is not a readable Parquet table ({exc}); it was damaged or cut short. "
             "Rerun the stage that writes it with --force (the damaged file is moved aside)."
         ) from None
     if schema is not None:
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
         missing = [n for n in schema.names if n not in table.schema.names]
         # Columns added later (`schema` metadata "optional") read as nulls from older files.
         if [n for n in missing if n not in optional_columns(schema)]:
