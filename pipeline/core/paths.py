@@ -36,6 +36,22 @@ def identity_group(rel_path: str) -> str:
     return "/".join(parts[:-1])
 
 
+def relative_posix(rel: str, where: str = "") -> str:
+    """`rel` with POSIX separators, refused (DataError) when empty, absolute or climbing
+    out with '..': the checks of a path read from data that need no filesystem."""
+    at = f" ({where})" if where else ""
+    if not isinstance(rel, str) or not rel.strip():
+        raise DataError(f"empty path{at}")
+    norm = rel.replace("\\", "/")
+    if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
+        raise DataError(
+            f"absolute path {rel!r} refused{at}: paths must be relative to the dataset root"
+        )
+    if ".." in norm.split("/"):
+        raise DataError(f"path {rel!r} escapes the dataset root{at}: '..' is not allowed")
+    return norm
+
+
 class RootGuard:
     """Resolves paths under one dataset root, refusing absolute paths, `..` and symlinks
     that lead outside it. Each folder is resolved once: a table's 50,000 paths share a few
@@ -48,15 +64,7 @@ class RootGuard:
 
     def __call__(self, rel: str, where: str = "") -> str:
         at = f" ({where})" if where else ""
-        if not isinstance(rel, str) or not rel.strip():
-            raise DataError(f"empty path{at}")
-        norm = rel.replace("\\", "/")
-        if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
-            raise DataError(
-                f"absolute path {rel!r} refused{at}: paths must be relative to the dataset root"
-            )
-        if ".." in norm.split("/"):
-            raise DataError(f"path {rel!r} escapes the dataset root{at}: '..' is not allowed")
+        norm = relative_posix(rel, where)
         # Without '..', normalising is lexical and exact: it drops '.' and doubled slashes.
         folder, leaf = os.path.split(os.path.normpath(norm))
         known = self._folders.get(folder)

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from pipeline.core.atomic_io import atomic_path, write_bytes_atomic
 from pipeline.core.config import StorageConfig, check_endpoint
 from pipeline.core.errors import ConfigError, DataError
-from pipeline.core.paths import MANGLED_URI, RootGuard
+from pipeline.core.paths import MANGLED_URI, RootGuard, relative_posix
 from pipeline.core.paths import relative_under as local_relative_under
 
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # the AWS tools' order
@@ -409,16 +409,7 @@ def safe_join(root: Target, rel: str, where: str = "", guard: RootGuard | None =
         raise DataError(f"{base!r}: storage scheme {scheme(base)!r} is not supported")
     _s3_path(base)  # the root itself must be a usable S3 location
     # The checks of paths.RootGuard, on keys: S3 has no symlinks and no normalisation.
-    if not isinstance(rel, str) or not rel.strip():
-        raise DataError(f"empty path{at}")
-    norm = rel.replace("\\", "/")
-    if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
-        raise DataError(
-            f"absolute path {rel!r} refused{at}: paths must be relative to the dataset root"
-        )
-    parts = [p for p in PurePosixPath(norm).parts if p != "."]
-    if ".." in parts:
-        raise DataError(f"path {rel!r} escapes the dataset root{at}: '..' is not allowed")
+    parts = [p for p in PurePosixPath(relative_posix(rel, where)).parts if p != "."]
     if not parts:
         raise DataError(f"path {rel!r} names the dataset root itself{at}, not a file in it")
     if isinstance(root, Location):
