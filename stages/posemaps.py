@@ -160,7 +160,7 @@ def write_maps(
     """Write the maps of `rows` in batches of posemaps.batch_size, in Ray tasks or in this
     process (`choose_executor`): (keypoints that fell outside their image, the node that
     wrote each map by target, where they were written)."""
-    from pipeline.cluster.batch_stream import Tasks, choose_executor, run_batches
+    from pipeline.cluster.batch_stream import Tasks, choose_executor, consume, run_batches
     from pipeline.cluster.runtime import init_ray
 
     pc = cfg.posemaps
@@ -185,19 +185,17 @@ def write_maps(
     else:
         from concurrent.futures import ThreadPoolExecutor
 
-        from tqdm import tqdm
-
         batches = [rows[MAP_COLUMNS].iloc[i : i + pc.batch_size]
                    for i in range(0, len(rows), pc.batch_size)]  # fmt: skip
-        # zlib releases the GIL: threads compress maps side by side.
-        with (
-            ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool,
-            tqdm(
-                total=len(rows), desc="posemaps", unit="map", disable=not progress, leave=False
-            ) as bar,
-        ):
-            for done in pool.map(lambda b: write_posemaps(b, sigma, root), batches):
-                bar.update(record(done))
+        # zlib releases the GIL: threads compress maps side by side. Ctrl-C cancels the
+        # batches not started and lets each thread finish the one it writes.
+        pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1))
+        try:
+            consume(pool.map(lambda b: write_posemaps(b, sigma, root), batches),
+                    total=len(rows), label="posemaps", unit="map", handle=record,
+                    progress=progress, stall_timeout=cfg.ray.stall_timeout_s)  # fmt: skip
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     nodes = pd.concat(written) if written else pd.Series(name="node", dtype=object)
     return outside, nodes, executor.reason
 
