@@ -60,11 +60,9 @@ def ordered_pairs(group_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def pairs_for_split(
     images: pd.DataFrame, split: str, max_per_identity: int | None, seed: int
 ) -> pd.DataFrame:
-    """All ordered pairs of distinct images per identity folder; optionally a seeded,
-    deterministic sample of at most `max_per_identity` pairs per identity."""
-    if "group" not in images:
-        images = images.assign(group=images["path"].map(identity_group))
-    images = images.sort_values(["group", "path"])
+    """All ordered pairs of distinct images per identity folder (`images` sorted by its
+    `group` column, then path); optionally a seeded, deterministic sample of at most
+    `max_per_identity` pairs per identity."""
     paths, fids = images["path"].to_numpy(), images["file_id"].to_numpy()
     groups, sizes = np.unique(images["group"].to_numpy(), return_counts=True)
     a, b = ordered_pairs(sizes)
@@ -117,16 +115,14 @@ def pair_blocks(
         images = ok[ok["path"].isin(set(paths))]
         images = images.assign(group=images["path"].map(identity_group))
         images = images.sort_values(["group", "path"], ignore_index=True)
-        # Row where each `block`-th identity starts.
+        # Row where each `block`-th identity starts (an empty split: one empty block).
         starts = np.flatnonzero(images["group"].ne(images["group"].shift()).to_numpy())
-        bounds = [*starts[::block], len(images)]
+        bounds = [0, *starts[block::block], len(images)]
         counts.pairs[split] = 0
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
             part = pairs_for_split(images.iloc[lo:hi], split, max_per_identity, seed)
             counts.pairs[split] += len(part)
             yield part
-        if len(images) == 0:
-            yield pairs_for_split(images, split, max_per_identity, seed)
 
 
 def make_pairs(
