@@ -39,7 +39,7 @@ def keypoints_from_csv(csv_path, images: pd.DataFrame, estimator: str = IMPORTED
         read_keypoints_csv(csv_path).drop_duplicates("file_id", keep="last").set_index("file_id")
     )
     fids = images["path"].map(file_id)
-    missing = [p for p, f in zip(images["path"], fids, strict=True) if f not in legacy.index]
+    missing = images["path"][~fids.isin(legacy.index)].tolist()
     if missing:
         raise DataError(
             f"{csv_path}: no keypoints for {len(missing)} listed image(s), e.g. {missing[0]}"

@@ -136,19 +136,14 @@ def plan_posemaps(
     rows["digest"] = row_digests(rows, sigma)
     todo = rows
     if not force:
-        index = read_index(layout)["digest"].to_dict()
+        indexed = rows["target"].map(read_index(layout)["digest"])
         # One listing per folder, not a stat (on S3 a request) per map.
-        listed = {
-            s: {f.rel for f in storage.list_files(layout.posemap_dir(s), recursive=False)}
-            for s in SPLITS
-        }
-        up_to_date = np.array(
-            [
-                index.get(t) == d and os.path.basename(t) in listed[s]
-                for t, d, s in zip(rows["target"], rows["digest"], rows["split"], strict=True)
-            ],
-            bool,
-        )
+        names = rows["target"].str.rpartition("/")[2]
+        present = np.zeros(len(rows), bool)
+        for split in SPLITS:
+            mine = (rows["split"] == split).to_numpy()
+            present[mine] = names[mine].isin(storage.file_names(layout.posemap_dir(split)))
+        up_to_date = (indexed == rows["digest"]).to_numpy() & present
         excluded["up to date"] = int(up_to_date.sum())
         todo = rows[~up_to_date]
     return todo, rows, {k: v for k, v in excluded.items() if v}

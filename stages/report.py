@@ -129,10 +129,12 @@ def build_report(
     generated: str | os.PathLike | None = None,
     poses: dict | None = None,
     storage_cfg: StorageConfig | None = None,
+    plots: Path | None = None,
 ) -> Report:
     """Collect the report's content from an evaluation directory (the pure core). `poses`:
     file id -> (x, y, image height, image width) of the keypoints the generator was given,
-    drawn as the target pose in the grids; `storage_cfg`: where an s3:// generation is."""
+    drawn as the target pose in the grids; `storage_cfg`: where an s3:// generation is;
+    `plots`: where plots are kept by what they draw (report_figures.cached_plot)."""
     poses = poses or {}
     paths = EvaluationLayout(eval_dir)
     summary, meta = read_evaluation(paths, eval_dir)
@@ -146,14 +148,14 @@ def build_report(
     report.table = metrics_table(summary)
     report.notes += scale_notes(summary) + symmetric_note(summary)
     ckpts = sorted(generated_only(summary)["checkpoint"].unique(), key=checkpoint_sort_key)
-    report.figures += metrics_figures(summary, ckpts)
+    report.figures += metrics_figures(summary, ckpts, plots)
     pairs = read_table(paths.pairs, PAIRS_INDEX_SCHEMA) if paths.pairs.exists() else None
     images = gen_root if storage.exists(gen_root) else None
     if pairs is not None and images is not None:
         report.figures += gallery_figures(images, pairs, ckpts, poses, grid_pairs)
     if paths.per_image("ssim").exists():
         ssim = generated_only(read_table(paths.per_image("ssim"), PER_IMAGE_SCHEMA))
-        report.figures += ssim_figures(ssim, pairs, images, ckpts, poses, grid_pairs)
+        report.figures += ssim_figures(ssim, pairs, images, ckpts, poses, grid_pairs, plots)
     else:
         report.warnings.append(
             "SSIM was not scored, so there are no SSIM histogram and image grids."
@@ -199,16 +201,18 @@ def skipped_metrics(summary: pd.DataFrame, meta: dict) -> dict[str, str]:
     return skipped
 
 
-def metrics_figures(summary: pd.DataFrame, ckpts: list[str]) -> list[tuple[str, str, bytes]]:
+def metrics_figures(
+    summary: pd.DataFrame, ckpts: list[str], plots: Path | None = None
+) -> list[tuple[str, str, bytes]]:
     """Each scored metric of the generated images across checkpoints."""
-    from stages.report_figures import metrics_plot
+    from stages.report_figures import cached_plot, metrics_plot
 
     generated = generated_only(summary)
     scored = [m for m in SPECS if m in set(generated.loc[generated["status"] == "ok", "metric"])]
     if not scored:
         return []
     caption = "Each metric across checkpoints (band: ± std over images)"
-    return [("metrics.png", caption, metrics_plot(generated, scored, ckpts))]
+    return [("metrics.png", caption, cached_plot(plots, metrics_plot, generated, scored, ckpts))]
 
 
 def gallery_figures(
@@ -239,13 +243,15 @@ def ssim_figures(
     ckpts: list[str],
     poses: dict,
     grid_pairs: int,
+    plots: Path | None = None,
 ) -> list[tuple[str, str, bytes]]:
     """The per-image SSIM histogram, and the best, median and worst pairs by SSIM of the
     last checkpoint in each direction (when the generated images are there to draw:
     `images`, their root; None when it is not there)."""
-    from stages.report_figures import pair_grid, ssim_histogram
+    from stages.report_figures import cached_plot, pair_grid, ssim_histogram
 
-    figures = [("ssim_hist.png", "Per-image SSIM by checkpoint", ssim_histogram(ssim, ckpts))]
+    histogram = cached_plot(plots, ssim_histogram, ssim, ckpts)
+    figures = [("ssim_hist.png", "Per-image SSIM by checkpoint", histogram)]
     last = ckpts[-1]
     for direction in ("AB", "BA"):
         for label, rows in grid_rows(ssim, pairs, last, direction, grid_pairs).items():
@@ -317,8 +323,9 @@ def run_report(
     eval_dir = data_path(evaluation or outputs.evaluation)
     out = data_path(out or outputs.report(cfg.report.name))
     report = build_report(
-        eval_dir, cfg.report.name, cfg.report.grid_pairs, generated, target_poses(cfg), cfg.storage
-    )
+        eval_dir, cfg.report.name, cfg.report.grid_pairs, generated, target_poses(cfg),
+        cfg.storage, outputs.plot_cache,
+    )  # fmt: skip
     report.stages = stage_overview(cfg)
     report.figures += training_figures(cfg)
     from stages.report_annotations import annotations_section

@@ -3,13 +3,19 @@ histogram, condition | target pose | generated | real target grids and the galle
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from pipeline.core.atomic_io import write_bytes_atomic
 from pipeline.core.imaging import FRAME, ImageError, frame_box, keypoints_to_canvas, read_rgb
 from pipeline.core.layout import GenerationLayout
 from pipeline.pose.drawing import draw_skeleton
@@ -21,6 +27,33 @@ DIRECTION_STYLE = {
     "AB": ("tab:blue", "o-", "A→B (fake_B)"),
     "BA": ("tab:orange", "s--", "B→A (fake_A)"),
 }
+
+
+def cached_plot(folder: Path | None, draw: Callable[..., bytes], *args) -> bytes:
+    """`draw(*args)`, kept in `folder` under the digest of its arguments, this module's
+    code and matplotlib's version: a report rebuilt because another of its inputs changed
+    (a keypoints row) neither redraws the plots of unchanged numbers nor imports
+    matplotlib (seconds). Each plot keeps its last version only."""
+    if folder is None:
+        return draw(*args)
+    key = hashlib.blake2b(digest_size=16)
+    key.update(Path(__file__).read_bytes())
+    key.update(f"{draw.__name__}|{version('matplotlib')}".encode())
+    for arg in args:
+        if isinstance(arg, pd.DataFrame):
+            header = [list(map(str, arg.columns)), list(map(str, arg.dtypes))]
+            key.update(json.dumps(header).encode())
+            key.update(pd.util.hash_pandas_object(arg, index=False).to_numpy().tobytes())
+        else:
+            key.update(json.dumps(arg).encode())
+    path = folder / f"{draw.__name__}.{key.hexdigest()}.png"
+    if path.is_file():
+        return path.read_bytes()
+    png = draw(*args)
+    for old in folder.glob(f"{draw.__name__}.*.png"):
+        old.unlink(missing_ok=True)
+    write_bytes_atomic(path, png)
+    return png
 
 
 def _png(fig) -> bytes:

@@ -80,16 +80,17 @@ def stage_overview(cfg: Config) -> list[dict[str, str]]:
 
 def training_figures(cfg: Config) -> list[tuple[str, str, bytes]]:
     """The loss curves and the last training sample grid, when training ran."""
-    from stages.report_figures import loss_plot
+    from stages.report_figures import cached_plot, loss_plot
 
-    train = TrainLayout(OutputLayout(cfg.output.root).train)
+    outputs = OutputLayout(cfg.output.root)
+    train = TrainLayout(outputs.train)
     figures = []
     if train.log.exists():
         figures.append(
             (
                 "train_losses.png",
                 "Training losses per iteration",
-                loss_plot(read_table(train.log)),
+                cached_plot(outputs.plot_cache, loss_plot, read_table(train.log)),
             )
         )
     samples = sorted(train.samples.glob("iter_*.png"), key=lambda p: int(p.stem.split("_")[1]))

@@ -80,3 +80,26 @@ def test_the_target_pose_is_drawn_where_the_network_frame_puts_it():
     assert abs(cols.mean() - 88) < 2 and rows.min() >= 47 and rows.max() <= 203
     blank = np.asarray(pose_tile(None, 256))
     assert not ((blank[..., 0] > 150) & (blank[..., 1] < 100)).any()
+
+
+def test_plots_of_unchanged_numbers_are_not_redrawn(tmp_path):
+    import pandas as pd
+
+    from stages.report_figures import cached_plot, ssim_histogram
+
+    calls = []
+
+    def histogram(ssim, ckpts):
+        calls.append(len(ssim))
+        return ssim_histogram(ssim, ckpts)
+
+    ssim = pd.DataFrame({"checkpoint": ["1"] * 3, "value": [0.2, 0.5, 0.9], "error": None})
+    first = cached_plot(tmp_path, histogram, ssim, ["1"])
+    assert first.startswith(b"\x89PNG")
+    assert cached_plot(tmp_path, histogram, ssim.copy(), ["1"]) == first and calls == [3]
+    changed = ssim.assign(value=[0.2, 0.5, 0.8])
+    assert cached_plot(tmp_path, histogram, changed, ["1"]) != first and calls == [3, 3]
+    # One kept version per plot; without a folder nothing is kept.
+    assert len(list(tmp_path.glob("histogram.*.png"))) == 1
+    cached_plot(None, histogram, ssim, ["1"])
+    assert calls == [3, 3, 3]

@@ -14,6 +14,7 @@ executor); a run on one device that the start-up would dominate takes this proce
 from __future__ import annotations
 
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -157,14 +158,14 @@ def choose_executor(setting: str, jobs: int, max_in_process: int | None,
 
     if setting != "auto":
         return Executor(setting, f"{setting} as configured")
-    import ray
-
+    # Not imported, Ray is not up here: importing it only to ask costs a second.
+    ray = sys.modules.get("ray")
     address = address or os.environ.get("RAY_ADDRESS")
     # Counting GPUs without Ray imports torch (seconds): only where a model would use them.
     gpus = available_gpus() if models else 0
     blockers = [
         (address, f"a cluster address ({address})"),
-        (ray.is_initialized() and cpu_nodes() > 1, "a multi-node Ray cluster"),
+        (ray is not None and ray.is_initialized() and cpu_nodes() > 1, "a multi-node Ray cluster"),
         (gpus > 1, f"{gpus} GPUs"),
         (concurrency is not None and concurrency > 1, f"{concurrency} model actors asked for"),
         (max_in_process is not None and jobs > max_in_process, f"{jobs} jobs > {max_in_process}"),

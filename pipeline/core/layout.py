@@ -152,6 +152,11 @@ class OutputLayout:
         """The content-digest cache (pipeline/core/content_state.py)."""
         return self._local_state / "content.sqlite"
 
+    @property
+    def plot_cache(self) -> Path:
+        """Report plots by the digest of what they draw (stages/report_figures.py)."""
+        return self._local_state / "plots"
+
     def previous(self, stage: str, run_id: str) -> DataPath:
         """Where a rerun moves a stage's earlier outputs instead of deleting them."""
         return self.root / f"{stage}.prev" / run_id

@@ -491,6 +491,19 @@ def list_files(
     return _list_files(loc, recursive)
 
 
+def file_names(folder: Target, storage_cfg: StorageConfig | None = None) -> set[str]:
+    """The names of the files directly in `folder` (none when it is missing): locally one
+    directory read, without the stat per file of list_files; on S3 its LIST calls."""
+    loc = resolve(folder, storage_cfg)
+    if not loc.is_local:
+        return {f.rel for f in list_files(loc, recursive=False)}
+    try:
+        with os.scandir(loc.path) as entries:
+            return {e.name for e in entries if e.is_file()}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
 def _list_files(loc: Location, recursive: bool) -> list[FileState]:
     base = loc.path.rstrip("/") or "/"
     selector = pafs.FileSelector(base, recursive=recursive, allow_not_found=True)

@@ -107,7 +107,7 @@ def attach_map_sources(
     npz = {f: str(layout.posemap(TEST_SPLIT, f)) for f in fids} if map_files else {}
     # One listing of the maps folder (on S3: LIST calls, no HEAD per map).
     folder = layout.posemap_dir(TEST_SPLIT)
-    listed = {f.rel for f in storage.list_files(folder, recursive=False)} if map_files else ()
+    listed = storage.file_names(folder) if map_files else ()
     lacking = [f for f in fids if f"{f}.npz" not in listed]
     keypoints: dict[str, np.ndarray] = {}
     if lacking and layout.keypoints_table.exists():
@@ -209,9 +209,9 @@ def reals_to_write(todo: pd.DataFrame, out_dir: DataPath) -> np.ndarray:
     direction). One listing per real folder, so workers ask nothing per image."""
     folders = pd.unique(todo["real_path"].map(posixpath.dirname))
     present = {
-        posixpath.join(folder, f.rel)
+        posixpath.join(folder, name)
         for folder in folders
-        for f in storage.list_files(out_dir / folder, recursive=False)
+        for name in storage.file_names(out_dir / folder)
     }
     return (~todo["real_path"].isin(present) & ~todo["real_path"].duplicated()).to_numpy()
 
