@@ -64,9 +64,16 @@ from stages.generate import run_generate
     help="ray, in_process, or auto: this process for a run on one machine and device of at "
     "most generate.in_process_max_jobs images (default generate.executor).",
 )
+@click.option(
+    "--dry-run",
+    "-n",
+    is_flag=True,
+    help="Plan every test pair (100,000 at a time, so millions of pairs fit in memory) and "
+    "say how many images would be made and how many earlier ones removed; write nothing.",
+)
 @click.pass_obj
 def generate_command(
-    obj, checkpoints, ngf, out, minmax, batch_size, pairs_file, limit, executor
+    obj, checkpoints, ngf, out, minmax, batch_size, pairs_file, limit, executor, dry_run
 ) -> None:
     """Generate every test pair with one or more checkpoints, both directions.
 
@@ -111,5 +118,5 @@ def generate_command(
             "--executor": ("generate.executor", executor),
         }
     )
-    result = run_generate(cfg, list(checkpoints) or None, out, pairs_file, limit)
+    result = run_generate(cfg, list(checkpoints) or None, out, pairs_file, limit, dry_run=dry_run)
     click.echo(result.summary())

@@ -36,18 +36,18 @@ from pipeline.generator.generation_plan import (
     MANIFEST,
     MANIFEST_KEY,
     TEST_SPLIT,
-    attach_map_sources,
+    MapSources,
     done_rows,
     error_reasons,
     generation_jobs,
     identical_jobs,
     manifest_output,
     pending_jobs,
-    read_test_pairs,
     reals_to_write,
     remove_outputs,
     same_inputs,
     stale_rows,
+    test_pair_blocks,
     with_checkpoint,
     with_input_states,
     write_identical,
@@ -170,6 +170,29 @@ def generate_pending(
     return generated
 
 
+def plan_block(
+    cfg: Config, pairs: pd.DataFrame, paths: list[Path], ids: list[str],
+    manifest: pd.DataFrame, mode: str, out_dir: Path, cache: ContentCache, maps: MapSources,
+) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """(the pending jobs of every checkpoint, the stale manifest rows) of a block of test
+    pairs, against `manifest`'s rows of the same pair indexes."""
+    root = storage.absolute(cfg.dataset.root)
+    # Planning asks about every input and output file: on object storage each folder is
+    # listed once instead of a HEAD per file. Nothing else writes here until it is done.
+    with storage.remembering():
+        jobs = maps(generation_jobs(pairs))
+        jobs = with_input_states(jobs, root, cache)
+        per_ckpt = [
+            with_checkpoint(jobs, c, cache.digest(p), mode).assign(checkpoint_path=str(p))
+            for p, c in zip(paths, ids, strict=True)
+        ]
+        cache.save()
+        stale = stale_rows(manifest, pd.concat(per_ckpt, ignore_index=True), ids)
+        current = manifest.drop(stale.index)
+        todo = [pending_jobs(j, current, c, out_dir) for j, c in zip(per_ckpt, ids, strict=True)]
+    return pd.concat(todo, ignore_index=True), stale
+
+
 def run_generate(
     cfg: Config,
     checkpoints: list[str] | None = None,
@@ -177,9 +200,11 @@ def run_generate(
     pairs_file: str | None = None,
     limit: int | None = None,
     dedup: bool = True,
+    dry_run: bool = False,
 ) -> StageResult:
     """Generate every pending (checkpoint, direction, pair) image; see the module doc.
-    `dedup` False runs identical jobs again (for benchmarks of the deduplication)."""
+    `dedup` False runs identical jobs again (for benchmarks of the deduplication);
+    `dry_run` plans every pair and says what would be done, writing and removing nothing."""
     from stages.posemaps import describe_posemap_kind, recorded_posemap_kind
 
     gc = cfg.generate
@@ -192,53 +217,68 @@ def run_generate(
     output = manifest_output(out_dir)
     manifest = output.done()
     mode = save_mode(gc.minmax)
-    # Planning asks about every input and output file: on object storage each folder is
-    # listed once instead of a HEAD per file. Nothing else writes here until it is done.
-    with storage.remembering():
-        pairs = read_test_pairs(root, pairs_file or (gc.pairs and dataset_path(cfg, gc.pairs)))
-        if limit is not None:
-            pairs = pairs.head(limit)
-        jobs = attach_map_sources(generation_jobs(pairs), root, cfg.posemaps.export)
-        with ContentCache(OutputLayout(cfg.output.root).content_cache) as cache:
-            jobs = with_input_states(jobs, root, cache)
-            per_ckpt = [
-                with_checkpoint(jobs, c, cache.digest(p), mode).assign(checkpoint_path=str(p))
-                for p, c in zip(paths, ids, strict=True)
-            ]
-        stale = stale_rows(manifest, pd.concat(per_ckpt, ignore_index=True), ids)
-        if len(stale):
-            manifest = remove_outputs(manifest, stale, out_dir)
-            output.commit(manifest)
-            result.notes.append(
-                f"{len(stale)} earlier image(s) of changed or removed pairs removed"
-            )
-        todo_parts = []
-        for ckpt_jobs, ckpt in zip(per_ckpt, ids, strict=True):
-            todo = pending_jobs(ckpt_jobs, manifest, ckpt, out_dir)
-            result.skipped += len(jobs) - len(todo)
-            todo_parts.append(todo)
-    result.rows_in = len(jobs) * len(paths)
-    todo = pd.concat(todo_parts, ignore_index=True)
-    if not todo.empty:
-        check_checkpoints(paths, gc.ngf)
     maps = DatasetLayout(root).posemap_dir(TEST_SPLIT)
     kind = recorded_posemap_kind(maps) if cfg.posemaps.export else None
     sparse = map_transport(gc.sparse_maps, kind)
     maps_text = describe_posemap_kind(kind)
-    record_generation(out_dir, mode, ids, maps_text)
-    links, generated = todo.iloc[:0], 0
-    if dedup:
-        todo, links = link_identical(todo, manifest, output, out_dir, result)
-    if not todo.empty:
-        todo = todo.assign(write_real=reals_to_write(todo, out_dir))
-        label = f"generate ({len(paths)} checkpoint(s))"
-        generated = generate_pending(cfg, todo, links, output, out_dir, sparse, label, result)
+    label = f"generate ({len(paths)} checkpoint(s))"
+    blocks = test_pair_blocks(root, pairs_file or (gc.pairs and dataset_path(cfg, gc.pairs)), limit)
+    pairs_seen, generated, stale_removed, pending, checked = 0, 0, 0, 0, False
+    map_sources = MapSources(root, cfg.posemaps.export)
+    # A block of test pairs at a time: planned, then generated, so that the driver holds
+    # one block's jobs however many pairs there are.
+    with ContentCache(OutputLayout(cfg.output.root).content_cache, readonly=dry_run) as cache:
+        for pairs in blocks:
+            lo, pairs_seen = pairs_seen, pairs_seen + len(pairs)
+            block = manifest[manifest["index"].between(lo, pairs_seen - 1)]
+            todo, stale = plan_block(cfg, pairs, paths, ids, block, mode, out_dir, cache,
+                                     map_sources)  # fmt: skip
+            result.rows_in += len(pairs) * 2 * len(paths)
+            result.skipped += len(pairs) * 2 * len(paths) - len(todo)
+            pending += len(todo)
+            if dry_run:
+                stale_removed += len(stale)
+            elif len(stale) or len(todo):
+                if len(stale):
+                    manifest = remove_outputs(manifest, stale, out_dir)
+                    output.commit(manifest)
+                    stale_removed += len(stale)
+                if not checked and len(todo):
+                    check_checkpoints(paths, gc.ngf)  # before anything is written
+                    record_generation(out_dir, mode, ids, maps_text)
+                    checked = True
+                links = todo.iloc[:0]
+                if dedup:
+                    # Against every block: B->A of (b, a) may be in a block done before.
+                    todo, links = link_identical(todo, manifest, output, out_dir, result)
+                if not todo.empty:
+                    todo = todo.assign(write_real=reals_to_write(todo, out_dir))
+                    generated += generate_pending(cfg, todo, links, output, out_dir, sparse, label,
+                                                  result)  # fmt: skip
+                manifest = output.done()
+    # Rows of pairs past the end of the table (it shrank) no longer describe a pair.
+    stale = manifest[manifest["checkpoint"].isin(ids) & (manifest["index"] >= pairs_seen)]
+    pairs_note = f"{len(paths)} checkpoint(s) x {pairs_seen} test pairs x 2 directions -> {out_dir}"
+    if dry_run:
+        result.notes += [
+            pairs_note,
+            f"dry run: {pending} image(s) to make (generated, or written from an identical "
+            f"job), {stale_removed + len(stale)} earlier image(s) of changed or removed pairs "
+            "to remove; nothing was written",
+        ]
+        return result.finish()
+    if not checked:
+        record_generation(out_dir, mode, ids, maps_text)
+    if len(stale):
+        manifest = remove_outputs(manifest, stale, out_dir)
+        output.commit(manifest)
+        stale_removed += len(stale)
+    if stale_removed:
+        result.notes.append(f"{stale_removed} earlier image(s) of changed or removed pairs removed")
     manifest = output.done().sort_values(MANIFEST_KEY, ignore_index=True)
     if output.unmerged or not output.path.exists():
         output.commit(manifest)
-    result.notes.append(
-        f"{len(paths)} checkpoint(s) x {len(pairs)} test pairs x 2 directions -> {out_dir}"
-    )
+    result.notes.append(pairs_note)
     copied = result.rows_out - generated
     result.notes.append(
         f"{generated} image(s) generated, {copied} written from an identical job "

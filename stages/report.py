@@ -350,6 +350,8 @@ STAGE = StageSpec(
     ignored_keys={
         **STORAGE_KEYS,
         **OUTPUT_ROOT,
+        "storage.cache_dir": "where this host keeps plots by what they draw (a cache), not "
+        "what the report holds",
         "dataset.root": "which dataset's annotation tables are summarised (only the keypoints "
         "table, whose poses the grids draw, is among the inputs)",
         "dataset.train_list": "the annotation section's split counts: summary only",

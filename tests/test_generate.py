@@ -113,6 +113,42 @@ def test_the_ray_executor_writes_what_the_in_process_one_writes(
     assert manifests[1]["node"].notna().any()
 
 
+def test_pairs_planned_and_generated_in_blocks_make_the_same_files(
+    two_checkpoint_run, tmp_path, monkeypatch
+):
+    """Blocks of 2 test pairs (a million images plan 100,000 at a time): the same files and
+    manifest; then a shorter pair table removes the rows past its end and nothing else."""
+    from pipeline.generator import generation_plan
+
+    cfg, out, _ = two_checkpoint_run
+    monkeypatch.setattr(generation_plan, "PAIR_BLOCK", 2)
+    blocks = make_cfg(Path(cfg.dataset.root), tmp_path)
+    blocks.generate.checkpoints = cfg.generate.checkpoints
+    result = run_generate(blocks, limit=PAIRS)
+    assert result.rows_in == len(ITERS) * 2 * PAIRS and result.errors == 0
+    assert files_under(tmp_path / "generated") == files_under(out)
+    # Which of two identical jobs runs and which is linked to it may differ (node).
+    manifests = [
+        read_table(d / MANIFEST, MANIFEST_SCHEMA).drop(columns="node")
+        for d in (out, tmp_path / "generated")
+    ]
+    assert manifests[0].equals(manifests[1])
+    past_end = int((manifests[0]["index"] >= PAIRS - 2).sum())
+    planned = run_generate(blocks, limit=PAIRS - 2, dry_run=True)
+    assert "0 image(s) to make (generated" in " ".join(planned.notes)
+    assert f"{past_end} earlier image(s) of changed or removed pairs to remove" in " ".join(
+        planned.notes
+    )
+    assert files_under(tmp_path / "generated") == files_under(out)
+    shorter = run_generate(blocks, limit=PAIRS - 2)
+    kept = read_table(tmp_path / "generated" / MANIFEST, MANIFEST_SCHEMA).drop(columns="node")
+    assert shorter.rows_out == 0 and kept["index"].max() == PAIRS - 3
+    assert kept.equals(manifests[0][manifests[0]["index"] < PAIRS - 2].reset_index(drop=True))
+    assert any("removed" in n for n in shorter.notes), shorter.notes
+    for rel in manifests[0].loc[manifests[0]["index"] >= PAIRS - 2, "output_path"]:
+        assert not (tmp_path / "generated" / rel).exists()
+
+
 def test_auto_executor_takes_this_process_only_for_one_machine_and_a_small_run(ray_session):
     from pipeline.cluster.batch_stream import choose_executor
 

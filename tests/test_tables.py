@@ -126,17 +126,17 @@ def test_paths_escaping_the_root_are_refused(tmp_path):
     (root / "img" / "leaf_out.jpg").symlink_to(tmp_path / "outside")
     (root / "img" / "alias").symlink_to(root / "img" / "inner")
     # Twice each: the second call of a plain name takes the known folder's fast path.
-    guard = RootGuard(root)
-    for rel in 2 * ["img/inner/a.jpg", "img/./inner//a.jpg", "img/leaf_in.jpg", "img/alias/a.jpg",
-                    "img/alias/new.jpg", "img/missing/x.jpg", "img", ".", "./img/inner/b.jpg",
-                    "img/alias/inner2/c.jpg"]:  # fmt: skip
-        assert guard(rel) == str((root / rel).resolve()), rel
-    for rel in 2 * ["img/leaf_out.jpg", "img/link/x.jpg", "img/link/deeper/x.jpg"]:
-        with pytest.raises(DataError, match="outside the dataset root"):
-            guard(rel)
-    for rel in ["/img/inner/a.jpg", "/a.jpg", "img/inner/.."]:
-        with pytest.raises(DataError):
-            guard(rel)
+    for guard in (RootGuard(root), RootGuard(root, listings=True)):
+        for rel in 2 * ["img/inner/a.jpg", "img/./inner//a.jpg", "img/leaf_in.jpg",
+                        "img/alias/a.jpg", "img/alias/new.jpg", "img/missing/x.jpg", "img", ".",
+                        "./img/inner/b.jpg", "img/alias/inner2/c.jpg"]:  # fmt: skip
+            assert guard(rel) == str((root / rel).resolve()), rel
+        for rel in 2 * ["img/leaf_out.jpg", "img/link/x.jpg", "img/link/deeper/x.jpg"]:
+            with pytest.raises(DataError, match="outside the dataset root"):
+                guard(rel)
+        for rel in ["/img/inner/a.jpg", "/a.jpg", "img/inner/.."]:
+            with pytest.raises(DataError):
+                guard(rel)
     pd.DataFrame({"imgA": ["img/a.jpg", "../b.jpg"], "imgB": ["/abs.jpg", "img/c.jpg"]}).to_csv(
         tmp_path / "pairs.csv", index=False
     )

@@ -202,6 +202,40 @@ def table_damage(path: str | os.PathLike) -> str | None:
     return None
 
 
+def _unreadable(path, exc: Exception) -> UnreadableTableError:
+    return UnreadableTableError(
+        f"{path} is not a readable Parquet table ({exc}); it was damaged or cut short. "
+        "Rerun the stage that writes it with --force (the damaged file is moved aside)."
+    )
+
+
+def read_table_batches(
+    path: str | os.PathLike, schema: pa.Schema, columns: list[str], rows: int
+) -> Iterator[pd.DataFrame]:
+    """A Parquet table's `columns`, `rows` at a time, in table order: its row groups are
+    read one after another, so a table of millions of rows is never whole in memory (on
+    object storage: ranged reads of the object)."""
+    from pipeline.core import storage
+
+    loc = storage.resolve(path)
+    with contextlib.ExitStack() as stack:
+        try:
+            source = (
+                loc.path if loc.is_local else stack.enter_context(loc.fs.open_input_file(loc.path))
+            )
+            parquet = stack.enter_context(pq.ParquetFile(source))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"table not found: {path}") from None
+        except UNREADABLE_PARQUET as exc:
+            raise _unreadable(path, exc) from None
+        missing = [c for c in columns if c not in parquet.schema_arrow.names]
+        if missing:
+            raise DataError(f"{path}: missing columns {missing}")
+        wanted = pa.schema([schema.field(c) for c in columns])
+        for batch in parquet.iter_batches(batch_size=rows, columns=columns):
+            yield pa.Table.from_batches([batch]).cast(wanted).to_pandas()
+
+
 def read_table(
     path: str | os.PathLike, schema: pa.Schema | None = None, columns: list[str] | None = None
 ) -> pd.DataFrame:
@@ -220,10 +254,7 @@ def read_table(
     try:
         table = read(path if remote is None else remote, columns=columns)
     except UNREADABLE_PARQUET as exc:
-        raise UnreadableTableError(
-            f"{path} is not a readable Parquet table ({exc}); it was damaged or cut short. "
-            "Rerun the stage that writes it with --force (the damaged file is moved aside)."
-        ) from None
+        raise _unreadable(path, exc) from None
     if schema is not None:
         if columns is not None:
             schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)

@@ -39,20 +39,21 @@ def file_stat(path: str | os.PathLike) -> tuple[int, int, int]:
 
 class ContentCache:
     """(path, size, mtime_ns, inode) -> content digest. Use as a context manager: new digests
-    are saved on exit. `readonly` never writes (a dry run changes nothing on disk)."""
+    are saved on exit. `readonly` never writes (a dry run changes nothing on disk). Rows
+    are looked up in SQLite as they are asked for, a folder's at a time when a tree is
+    walked: memory does not grow with the million paths a cache may hold."""
 
     def __init__(self, db: str | os.PathLike, readonly: bool = False):
         self.db = Path(db)
         self.readonly = readonly
-        self._known: dict[str, tuple] = {}
-        self._new: list[tuple] = []
+        # Digests computed since the last save, found again before they are saved.
+        self._new: dict[str, tuple] = {}
         self._trees: dict[str, Listing] = {}
         self.files_read = 0
         self._conn = None
         if readonly:
             if self.db.exists():
-                with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as conn:
-                    self._known = {r[0]: r[1:] for r in conn.execute("SELECT * FROM files")}
+                self._conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
             return
         self.db.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.db)
@@ -60,7 +61,6 @@ class ContentCache:
             "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
             "mtime_ns INTEGER, inode INTEGER, digest TEXT)"
         )
-        self._known = {row[0]: row[1:] for row in self._conn.execute("SELECT * FROM files")}
 
     def __enter__(self) -> ContentCache:
         return self
@@ -78,10 +78,11 @@ class ContentCache:
     def save(self) -> None:
         """Write the digests computed since the last save (a read-only cache keeps them in
         memory only)."""
-        if self._new and self._conn is not None:
-            self._conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)", self._new)
+        if self._new and self._conn is not None and not self.readonly:
+            rows = [(path, *row) for path, row in self._new.items()]
+            self._conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)", rows)
             self._conn.commit()
-            self._new = []
+            self._new = {}
 
     def digest(self, path: str | os.PathLike) -> str:
         """The content digest of a file; read only when its stat differs from the cached one.
@@ -93,16 +94,37 @@ class ContentCache:
         key = os.path.abspath(path)
         return self._local_digest(key, file_stat(key))
 
-    def _local_digest(self, key: str, stat: tuple[int, int, int]) -> str:
-        """The digest of the local file at the absolute path `key` with `stat`."""
-        known = self._known.get(key)
+    def _local_digest(
+        self, key: str, stat: tuple[int, int, int], known: tuple | None = None
+    ) -> str:
+        """The digest of the local file at the absolute path `key` with `stat` (`known`: its
+        cached row when the caller fetched it already)."""
+        known = known or self._new.get(key) or self._cached(key)
         if known is not None and tuple(known[:3]) == stat:
             return known[3]
         digest = file_digest(key)
         self.files_read += 1
-        self._known[key] = (*stat, digest)
-        self._new.append((key, *stat, digest))
+        self._new[key] = (*stat, digest)
         return digest
+
+    def _cached(self, key: str) -> tuple | None:
+        if self._conn is None:
+            return None
+        return self._conn.execute(
+            "SELECT size, mtime_ns, inode, digest FROM files WHERE path = ?", (key,)
+        ).fetchone()
+
+    def _cached_in(self, folder: str) -> dict[str, tuple]:
+        """The cached rows of the files directly in `folder` (one range query on the
+        primary key; '0' follows the separator '/')."""
+        if self._conn is None:
+            return {}
+        start = folder.rstrip(os.sep) + os.sep
+        rows = self._conn.execute(
+            "SELECT path, size, mtime_ns, inode, digest FROM files WHERE path > ? AND path < ?",
+            (start, start[:-1] + chr(ord(os.sep) + 1)),
+        )
+        return {r[0]: r[1:] for r in rows if os.sep not in r[0][len(start) :]}
 
     def state(self, path) -> Listing | str:
         """What an input is now: a folder's listing (relative path -> digest), a file's
@@ -150,14 +172,18 @@ class ContentCache:
         except OSError:  # gone or unreadable: os.walk passes over it the same way
             return
         folders = []
+        cached = None
         for entry in entries:
             if entry.is_dir():
                 if not entry.is_symlink():
                     folders.append(entry)
                 continue
+            if cached is None:
+                cached = self._cached_in(folder)
             st = entry.stat()
+            key = entry.path
             out[rel + entry.name] = self._local_digest(
-                entry.path, (st.st_size, st.st_mtime_ns, st.st_ino)
+                key, (st.st_size, st.st_mtime_ns, st.st_ino), self._new.get(key) or cached.get(key)
             )
         for entry in folders:
             self._walk(entry.path, rel + entry.name + os.sep, out)

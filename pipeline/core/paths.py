@@ -54,13 +54,17 @@ def relative_posix(rel: str, where: str = "") -> str:
 
 class RootGuard:
     """Resolves paths under one dataset root, refusing absolute paths, `..` and symlinks
-    that lead outside it. Each folder is resolved once, from its parent's listing: a
-    table's 50,000 paths share a few thousand folders, and resolving every path (a stat
-    per component) was most of the time of importing or pairing a DeepFashion-size table.
-    A plain file name in a folder seen before costs a dictionary lookup."""
+    that lead outside it. Each folder is resolved once: a table's 50,000 paths share a
+    few thousand folders, and resolving every path (a stat per component) was most of the
+    time of importing or pairing a DeepFashion-size table. With `listings`, a plain file
+    name in a folder seen before costs a dictionary lookup."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, listings: bool = False):
+        """`listings`: for many paths, learn each folder's symlinks from one listing of it
+        (and its real path from its parent's); without, a path costs a realpath of its
+        folder and a lstat, and nothing is listed (a folder may hold a million entries)."""
         self.root = os.path.realpath(root)
+        self._listings = listings
         self._under = self.root.rstrip(os.sep) + os.sep
         # normalised relative folder -> (real path, symlink names in it or None, inside root)
         self._folders: dict[str, tuple[str, frozenset[str] | None, bool]] = {}
@@ -98,7 +102,10 @@ class RootGuard:
         root. Its real path is its parent's plus its name unless the parent's listing
         says the name is a symlink."""
         known = self._folders.get(folder)
-        if known is None:
+        if known is None and not self._listings:
+            real = os.path.realpath(os.path.join(self.root, folder))
+            known = self._folders[folder] = (real, None, self._inside(real))
+        elif known is None:
             if folder == ".":
                 real = self.root
             else:
@@ -147,7 +154,7 @@ def check_paths(root: str | os.PathLike, paths: list[str], source: str) -> None:
     from pipeline.core import storage  # which imports this module
 
     bad = []
-    guard = RootGuard(storage.resolve(root).path) if storage.is_local(root) else None
+    guard = RootGuard(storage.resolve(root).path, listings=True) if storage.is_local(root) else None
     for i, rel in enumerate(paths, start=1):
         try:
             if guard is not None and isinstance(rel, str) and ":" not in rel:

@@ -7,19 +7,23 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core import storage
-from pipeline.core.atomic_io import read_table
+from pipeline.core.atomic_io import read_table, read_table_batches
 from pipeline.core.errors import DataError
 from pipeline.core.layout import DatasetLayout, GenerationLayout
 from pipeline.core.legacy_csv import read_pairs_csv
 from pipeline.core.object_path import DataPath, data_path
+from pipeline.core.paths import RootGuard
 from pipeline.core.resumable import ResumableTable
-from pipeline.core.schemas import MANIFEST_SCHEMA
+from pipeline.core.schemas import MANIFEST_SCHEMA, PAIRS_SCHEMA
 
 DIRECTIONS = tuple(GenerationLayout.DIRECTIONS)
 MANIFEST = GenerationLayout.MANIFEST
@@ -41,38 +45,78 @@ JOB_COLUMNS = [
 IDENTITY_KEY = ["checkpoint", "source_id", "target_id"]  # same network, same inputs: same image
 
 
+# Test pairs planned (and then generated) at a time: the driver holds one block's jobs,
+# whatever the number of test pairs (a million images have about 1.2 million).
+PAIR_BLOCK = 100_000
+PAIR_COLUMNS = ["imgA", "imgB", "fidA", "fidB", "group", "split"]
+
+
+def test_pairs_source(root: str | os.PathLike, pairs_file: str | os.PathLike | None = None):
+    """Where the test pairs are read from: `pairs_file` (Parquet pairs table or legacy CSV),
+    else the dataset's pairs table (split test), else its legacy `test_img_pairs.csv`."""
+    layout = DatasetLayout(root)
+    if pairs_file is not None:
+        return data_path(pairs_file)
+    if layout.pairs_table.exists():
+        return layout.pairs_table
+    if layout.pairs_csv(TEST_SPLIT).exists():
+        return layout.pairs_csv(TEST_SPLIT)
+    raise DataError(
+        f"no pairs under {root}: neither {layout.pairs_table} nor "
+        f"{layout.pairs_csv(TEST_SPLIT)} exists; run the pairs stage first"
+    )
+
+
+def test_pair_blocks(
+    root: str | os.PathLike,
+    pairs_file: str | os.PathLike | None = None,
+    limit: int | None = None,
+    block: int | None = None,
+) -> Iterator[pd.DataFrame]:
+    """The (first `limit`) test pairs in table order, `block` at a time, each indexed by its
+    0-based position among the test pairs (what the published test script counts). A
+    table whose splits are all empty holds test pairs only; a legacy CSV is read whole."""
+    path = test_pairs_source(root, pairs_file)
+    block = block or PAIR_BLOCK
+    seen = 0
+    if path.suffix.lower() == ".csv":
+        whole = read_pairs_csv(path, root)
+        parts = (whole.iloc[i : i + block] for i in range(0, len(whole), block))
+    else:
+        present = storage.read_metadata(path).schema.to_arrow_schema().names
+        # imgA, imgB, fidA and fidB are required (read_table_batches names those missing).
+        columns = [c for c in PAIR_COLUMNS if c in present or c not in ("group", "split")]
+        only_test = "split" in present and bool(
+            (read_table(path, columns=["split"])["split"] != "").any()
+        )
+        parts = (
+            rows[rows["split"] == TEST_SPLIT] if only_test else rows
+            for rows in read_table_batches(path, PAIRS_SCHEMA, columns, block)
+        )
+    for rows in parts:
+        if limit is not None:
+            rows = rows.head(limit - seen)
+        if len(rows):
+            yield rows.set_axis(pd.RangeIndex(seen, seen + len(rows)))
+        seen += len(rows)
+        if limit is not None and seen >= limit:
+            break
+    if not seen:
+        raise DataError(f"{path}: no test pairs to generate")
+
+
 def read_test_pairs(
     root: str | os.PathLike, pairs_file: str | os.PathLike | None = None
 ) -> pd.DataFrame:
-    """The test pairs in table order: `pairs_file` (Parquet pairs table or legacy CSV), else
-    the dataset's pairs table (split test), else its legacy `test_img_pairs.csv`."""
-    layout = DatasetLayout(root)
-    if pairs_file is not None:
-        path = data_path(pairs_file)
-    elif layout.pairs_table.exists():
-        path = layout.pairs_table
-    elif layout.pairs_csv(TEST_SPLIT).exists():
-        path = layout.pairs_csv(TEST_SPLIT)
-    else:
-        raise DataError(
-            f"no pairs under {root}: neither {layout.pairs_table} nor "
-            f"{layout.pairs_csv(TEST_SPLIT)} exists; run the pairs stage first"
-        )
-    if path.suffix.lower() == ".csv":
-        pairs = read_pairs_csv(path, root)
-    else:
-        pairs = read_table(path)
-        if "split" in pairs and (pairs["split"] != "").any():
-            pairs = pairs[pairs["split"] == TEST_SPLIT]
-    if pairs.empty:
-        raise DataError(f"{path}: no test pairs to generate")
-    return pairs.reset_index(drop=True)
+    """Every test pair in table order (test_pair_blocks in one frame)."""
+    return pd.concat(list(test_pair_blocks(root, pairs_file)))
 
 
 def generation_jobs(pairs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (direction, n): n is the pair's 0-based position in the table, as the
-    published test script counts it; B->A swaps the roles of A and B."""
-    n = np.arange(len(pairs))
+    """One row per (direction, n): n is the pair's index, its 0-based position among the
+    test pairs (test_pair_blocks), as the published test script counts it; B->A swaps the
+    roles of A and B."""
+    n = pairs.index.to_numpy()
     frames = []
     for direction in DIRECTIONS:
         src, dst = ("A", "B") if direction == "AB" else ("B", "A")
@@ -96,31 +140,52 @@ def generation_jobs(pairs: pd.DataFrame) -> pd.DataFrame:
     return jobs
 
 
-def attach_map_sources(
-    jobs: pd.DataFrame, root: str | os.PathLike, map_files: bool = True
-) -> pd.DataFrame:
+class MapSources:
     """Where each job's two pose maps come from: the legacy npz when it exists (and
     `map_files`: posemaps.export), else the keypoints table's row (rendered on the fly),
-    else nothing (the job becomes an error)."""
-    layout = DatasetLayout(root)
-    fids = pd.unique(pd.concat([jobs["source_id"], jobs["target_id"]]))
-    npz = {f: str(layout.posemap(TEST_SPLIT, f)) for f in fids} if map_files else {}
-    # One listing of the maps folder (on S3: LIST calls, no HEAD per map).
-    folder = layout.posemap_dir(TEST_SPLIT)
-    listed = storage.file_names(folder) if map_files else ()
-    lacking = [f for f in fids if f"{f}.npz" not in listed]
-    keypoints: dict[str, np.ndarray] = {}
-    if lacking and layout.keypoints_table.exists():
-        table = read_table(layout.keypoints_table)
-        table = table[table["file_id"].isin(set(lacking)) & table["error"].isna()]
-        for r in table.itertuples(index=False):
-            # height, width, 18 x, 18 y: what posemap.render_map needs, in one flat array.
-            keypoints[r.file_id] = np.concatenate([[r.img_h, r.img_w], r.x, r.y]).astype(np.int32)
-    out = jobs.copy()
-    for role in ("source", "target"):
-        out[f"{role}_map"] = [npz.get(f) for f in out[f"{role}_id"]]
-        out[f"{role}_keypoints"] = [keypoints.get(f) for f in out[f"{role}_id"]]
-    return out
+    else nothing (the job becomes an error). The maps folder is listed, and the keypoints
+    table read (coordinates only, kept in Arrow), once for every block of jobs."""
+
+    KEYPOINT_COLUMNS = ["file_id", "img_h", "img_w", "x", "y", "error"]
+
+    def __init__(self, root: str | os.PathLike, map_files: bool = True):
+        self.layout, self.map_files = DatasetLayout(root), map_files
+        self._listed: set[str] | None = None
+        self._keypoints: pa.Table | None = None
+
+    def __call__(self, jobs: pd.DataFrame) -> pd.DataFrame:
+        fids = pd.unique(pd.concat([jobs["source_id"], jobs["target_id"]]))
+        npz = {}
+        if self.map_files:
+            if self._listed is None:  # one listing (on S3: LIST calls, no HEAD per map)
+                self._listed = storage.file_names(self.layout.posemap_dir(TEST_SPLIT))
+            npz = {f: str(self.layout.posemap(TEST_SPLIT, f)) for f in fids
+                   if f"{f}.npz" in self._listed}  # fmt: skip
+        lacking = [f for f in fids if f not in npz]
+        keypoints = self._keypoint_rows(lacking) if lacking else {}
+        out = jobs.copy()
+        for role in ("source", "target"):
+            out[f"{role}_map"] = [npz.get(f) for f in out[f"{role}_id"]]
+            out[f"{role}_keypoints"] = [keypoints.get(f) for f in out[f"{role}_id"]]
+        return out
+
+    def _keypoint_rows(self, fids: list[str]) -> dict[str, np.ndarray]:
+        """file id -> height, width, 18 x, 18 y (what posemap.render_map needs, in one flat
+        array) of the rows without an error."""
+        if self._keypoints is None:
+            if not self.layout.keypoints_table.exists():
+                return {}
+            table = storage.read_table(self.layout.keypoints_table, self.KEYPOINT_COLUMNS)
+            self._keypoints = table.filter(pc.is_null(table["error"]))
+        rows = self._keypoints.filter(pc.is_in(self._keypoints["file_id"], pa.array(fids)))
+        flat = np.column_stack(
+            [rows["img_h"].to_numpy(), rows["img_w"].to_numpy()]
+            + [
+                rows[c].combine_chunks().flatten().to_numpy().reshape(len(rows), -1)
+                for c in ("x", "y")
+            ]  # fmt: skip
+        ).astype(np.int32)
+        return dict(zip(rows["file_id"].to_pylist(), flat, strict=True))
 
 
 MANIFEST_KEY = ["checkpoint", "direction", "index"]
@@ -166,9 +231,12 @@ def with_input_states(jobs: pd.DataFrame, root: str, cache) -> pd.DataFrame:
     (the npz file, else the keypoints row it is rendered from), by content through the
     stat-keyed `cache`."""
 
+    local = storage.is_local(root)
+    guard = RootGuard(storage.resolve(root).path, listings=True) if local else None
+
     def image(rel: str) -> str:
         try:
-            return cache.digest(storage.safe_join(root, rel))
+            return cache.digest(storage.safe_join(root, rel, guard=guard))
         except (OSError, DataError):
             return "missing"
 
