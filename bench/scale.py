@@ -13,6 +13,8 @@ Prints one JSON object; each stage has wall_s, driver_peak_mib, workers_peak_mib
 largest Ray worker) and workers (how many Ray worker processes were seen); then
 up_to_date_s (the up-to-date run), incremental_ratio (the run after adding 1% against a
 full keypoints import + posemaps run; with --no-map-export, keypoints import + pairs),
+generate_plan_all (generate --dry-run over every test pair: the driver's memory for
+millions of jobs),
 incremental_ratio_blazepose (the same with BlazePose estimating the images, from its cost
 per image measured on a sample: the sample's wall time less that of half of it) and
 driver_peak_gib (the largest driver of any stage).
@@ -282,6 +284,22 @@ def main() -> None:
         )  # fmt: skip
     )
     report["generate"]["pairs"] = len(test)
+    # Planning every test pair (millions of jobs at a million images) with the forward pass
+    # limited to the sample above: what a full generation's driver holds.
+    report["generate_plan_all"] = measure(
+        cli(
+            work,
+            "generate",
+            "--checkpoint",
+            str(ckpt),
+            "--ngf",
+            "8",
+            "--out",
+            str(gen),
+            "--dry-run",
+        )  # fmt: skip
+    )
+    report["generate_plan_all"]["jobs"] = 2 * int((pairs.split == "test").sum())
     report["evaluate"] = measure(
         cli(
             work,
