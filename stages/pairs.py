@@ -17,7 +17,7 @@ from pipeline.core.atomic_io import atomic_path, read_table
 from pipeline.core.config import Config
 from pipeline.core.errors import DataError
 from pipeline.core.layout import SPLITS, DatasetLayout
-from pipeline.core.legacy_csv import PAIRS_CSV_COLUMNS, read_image_list
+from pipeline.core.legacy_csv import PAIRS_CSV_COLUMNS, append_rows, csv_text, read_image_list
 from pipeline.core.paths import identity_group
 from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, to_arrow
 from stages.spec import DATASET_ROOT, STORAGE_KEYS, StageSpec
@@ -154,13 +154,15 @@ def write_pair_blocks(
         csvs = {}
         for split in splits:
             tmp = files.enter_context(atomic_path(layout.pairs_csv(split)))
-            csvs[split] = files.enter_context(open(tmp, "w", newline=""))
-            pd.DataFrame(columns=PAIRS_CSV_COLUMNS).to_csv(csvs[split], index=False)
+            csvs[split] = files.enter_context(open(tmp, "wb"))
+            # As pandas' to_csv wrote them: "\n" line ends, minimal quoting.
+            csvs[split].write(csv_text([PAIRS_CSV_COLUMNS], "\n").encode())
         for part in blocks:
             if len(part):
-                writer.write_table(to_arrow(part, PAIRS_SCHEMA))
-                split = part["split"].iloc[0]
-                part.to_csv(csvs[split], columns=PAIRS_CSV_COLUMNS, header=False, index=False)
+                rows = to_arrow(part, PAIRS_SCHEMA)
+                writer.write_table(rows)
+                columns = {c: rows[c] for c in PAIRS_CSV_COLUMNS}
+                append_rows(csvs[part["split"].iloc[0]], columns, "\n")
                 written += len(part)
         if written == 0:
             writer.write_table(PAIRS_SCHEMA.empty_table())

@@ -143,3 +143,23 @@ def test_paths_escaping_the_root_are_refused(tmp_path):
     with pytest.raises(DataError) as err:
         read_pairs_csv(tmp_path / "pairs.csv", root)
     assert "row 2" in str(err.value) and "row 3" in str(err.value) and "2 path(s)" in str(err.value)
+
+
+def test_csv_rows_are_the_bytes_of_the_csv_module_and_pandas():
+    import csv
+    import io
+
+    from pipeline.core.legacy_csv import append_rows
+
+    for names in (["img/a.jpg", "img/b.jpg"], ["img/a.jpg", "b,c.jpg", 'd"e.jpg', "f\ng.jpg"]):
+        df = pd.DataFrame({"imgA": names, "imgB": names[::-1]})
+        out = io.BytesIO()
+        append_rows(out, {c: df[c].to_numpy(dtype=object) for c in df}, "\n")
+        assert out.getvalue() == df.to_csv(index=False, header=False).encode()
+        numbers = np.arange(len(names) * 3).reshape(-1, 3) - 1
+        out = io.BytesIO()
+        columns = {"f": np.array(names, object), **{str(i): numbers[:, i] for i in range(3)}}
+        append_rows(out, columns, "\r\n")
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows([n, *v] for n, v in zip(names, numbers.tolist(), strict=True))
+        assert out.getvalue() == text.getvalue().encode()
