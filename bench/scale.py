@@ -269,36 +269,12 @@ def main() -> None:
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save(build_generator(8).state_dict(), ckpt)
     gen = work / "generated"
-    report["generate"] = measure(
-        cli(
-            work,
-            "generate",
-            "--checkpoint",
-            str(ckpt),
-            "--ngf",
-            "8",
-            "--out",
-            str(gen),
-            "--pairs",
-            str(work / "sample_pairs.csv"),
-        )  # fmt: skip
-    )
+    generate = ["generate", "--checkpoint", str(ckpt), "--ngf", "8", "--out", str(gen)]
+    report["generate"] = measure(cli(work, *generate, "--pairs", str(work / "sample_pairs.csv")))
     report["generate"]["pairs"] = len(test)
     # Planning every test pair (millions of jobs at a million images) with the forward pass
     # limited to the sample above: what a full generation's driver holds.
-    report["generate_plan_all"] = measure(
-        cli(
-            work,
-            "generate",
-            "--checkpoint",
-            str(ckpt),
-            "--ngf",
-            "8",
-            "--out",
-            str(gen),
-            "--dry-run",
-        )  # fmt: skip
-    )
+    report["generate_plan_all"] = measure(cli(work, *generate, "--dry-run"))
     report["generate_plan_all"]["jobs"] = 2 * int((pairs.split == "test").sum())
     report["evaluate"] = measure(
         cli(
