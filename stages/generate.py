@@ -109,8 +109,8 @@ def link_identical(
     if len(linked):
         output.add(linked)
         output.flush()
-        result.rows_out = int((linked["status"] == "ok").sum())
-        result.errors = int((linked["status"] == "error").sum())
+        result.rows_out += int((linked["status"] == "ok").sum())
+        result.errors += int((linked["status"] == "error").sum())
     return todo, links
 
 
@@ -128,7 +128,8 @@ def generate_pending(
     root, generated = storage.absolute(cfg.dataset.root), 0
     executor = choose_executor(gc.executor, len(todo), gc.in_process_max_jobs,
                                gc.concurrency, cfg.ray.address)  # fmt: skip
-    result.notes.append(f"ran {executor.reason}")
+    if f"ran {executor.reason}" not in result.notes:  # once, not per block of pairs
+        result.notes.append(f"ran {executor.reason}")
     # The published script ran NetG in the default memory format; channels_last changes
     # the last bits, which the published save's truncation turns into grey levels.
     steps = BatchSteps(

@@ -136,7 +136,8 @@ def plan_posemaps(
     rows["digest"] = row_digests(rows, sigma)
     todo = rows
     if not force:
-        indexed = rows["target"].map(read_index(layout)["digest"])
+        index = read_index(layout)["digest"]
+        indexed = rows["target"].map(index[~index.index.duplicated(keep="last")])
         # One listing per folder, not a stat (on S3 a request) per map.
         names = rows["target"].str.rpartition("/")[2]
         present = np.zeros(len(rows), bool)

@@ -55,3 +55,21 @@ def test_a_tree_lists_what_os_walk_finds_in_its_order_with_the_same_digests(tmp_
         assert tree["z.jpg"] == tree["a.jpg"]
         read = cache.files_read
         assert cache.tree(str(root)) == tree and cache.files_read == read
+
+
+def test_a_cached_tree_is_looked_up_a_few_sibling_folders_at_a_time(tmp_path):
+    """Sibling names that sort apart from their paths ("a" < "a-b" but "a-b/x" < "a/x")
+    still come from the siblings' one query: walking a cached tree asks for no single file."""
+    names = ["a", "a-b", "a.b", "b", "b c"]
+    for name in names:
+        (tmp_path / "img" / name).mkdir(parents=True)
+        (tmp_path / "img" / name / "x.jpg").write_bytes(name.encode())
+    db = tmp_path / "cache.sqlite"
+    with ContentCache(db) as cache:
+        first = cache.tree(tmp_path / "img")
+    with ContentCache(db) as cache:
+        asked = []
+        cache._conn.set_trace_callback(asked.append)
+        assert cache.tree(tmp_path / "img") == first and cache.files_read == 0
+    assert sorted(first) == sorted(f"{n}/x.jpg" for n in names)
+    assert not [q for q in asked if "path = ?" in q or "WHERE path =" in q], asked

@@ -125,7 +125,8 @@ def test_pairs_planned_and_generated_in_blocks_make_the_same_files(
     blocks = make_cfg(Path(cfg.dataset.root), tmp_path)
     blocks.generate.checkpoints = cfg.generate.checkpoints
     result = run_generate(blocks, limit=PAIRS)
-    assert result.rows_in == len(ITERS) * 2 * PAIRS and result.errors == 0
+    # Every image counted once, made or written from an identical job of an earlier block.
+    assert result.rows_in == result.rows_out == len(ITERS) * 2 * PAIRS and result.errors == 0
     assert files_under(tmp_path / "generated") == files_under(out)
     # Which of two identical jobs runs and which is linked to it may differ (node).
     manifests = [
@@ -147,6 +148,22 @@ def test_pairs_planned_and_generated_in_blocks_make_the_same_files(
     assert any("removed" in n for n in shorter.notes), shorter.notes
     for rel in manifests[0].loc[manifests[0]["index"] >= PAIRS - 2, "output_path"]:
         assert not (tmp_path / "generated" / rel).exists()
+
+
+def test_map_sources_of_images_without_keypoints_are_none(annotated_root):
+    """A block whose images have neither a map file nor a keypoints row: its jobs have no
+    map source (they become error rows), the block does not fail."""
+    from pipeline.generator.generation_plan import MapSources
+
+    pairs = pd.DataFrame(
+        {"imgA": ["img/a.jpg"], "imgB": ["img/b.jpg"], "fidA": ["nowhere_a"], "fidB": ["nowhere_b"]}
+    )
+    jobs = MapSources(annotated_root, map_files=False)(generation_jobs(pairs))
+    assert jobs[["source_map", "source_keypoints", "target_keypoints"]].isna().all().all()
+    known = read_test_pairs(annotated_root).head(1)
+    found = MapSources(annotated_root, map_files=False)(generation_jobs(known))
+    assert found["source_map"].isna().all() and found["source_keypoints"].notna().all()
+    assert found["source_keypoints"].iloc[0].shape == (2 + 2 * 18,)
 
 
 def test_auto_executor_takes_this_process_only_for_one_machine_and_a_small_run(ray_session):

@@ -122,11 +122,14 @@ class ContentCache:
             return {}
         base = parent.rstrip(os.sep) + os.sep
         depth = 0 if folders == [parent] else 1  # separators after `base`
+        # Paths sort by "name/", not by name ("a" < "a-b" but "a-b/x" < "a/x"): the range
+        # runs from the least folder prefix to past the greatest.
+        starts = [f.rstrip(os.sep) + os.sep for f in folders]
         rows = self._conn.execute(
             "SELECT path, size, mtime_ns, inode, digest FROM files WHERE path > ? AND path < ? "
             "AND length(substr(path, ?)) - length(replace(substr(path, ?), ?, '')) = ?",
-            (folders[0].rstrip(os.sep) + os.sep, folders[-1].rstrip(os.sep) + chr(ord(os.sep) + 1),
-             len(base) + 1, len(base) + 1, os.sep, depth),
+            (min(starts), max(starts) + chr(0x10FFFF), len(base) + 1, len(base) + 1, os.sep,
+             depth),
         )  # fmt: skip
         return {r[0]: r[1:] for r in rows}
 

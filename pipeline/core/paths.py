@@ -60,14 +60,16 @@ class RootGuard:
     name in a folder seen before costs a dictionary lookup."""
 
     def __init__(self, root: str | os.PathLike, listings: bool = False):
-        """`listings`: for many paths, learn each folder's symlinks from one listing of it
-        (and its real path from its parent's); without, a path costs a realpath of its
-        folder and a lstat, and nothing is listed (a folder may hold a million entries)."""
+        """`listings`: for many paths, learn from one listing of each folder whether it
+        holds any symlink (and its real path from its parent's); without, a path costs a
+        realpath of its folder and a lstat, and nothing is listed (a folder may hold a
+        million entries)."""
         self.root = os.path.realpath(root)
         self._listings = listings
         self._under = self.root.rstrip(os.sep) + os.sep
-        # normalised relative folder -> (real path, symlink names in it or None, inside root)
-        self._folders: dict[str, tuple[str, frozenset[str] | None, bool]] = {}
+        # normalised relative folder -> (real path, whether it holds symlinks (None: not
+        # known), whether it lies inside the root)
+        self._folders: dict[str, tuple[str, bool | None, bool]] = {}
 
     def __call__(self, rel: str, where: str = "") -> str:
         if isinstance(rel, str):
@@ -75,17 +77,20 @@ class RootGuard:
             # Keys are normalised relative folders ("." for the root, so that "/x" matches
             # none): a match makes `folder` clean as written.
             known = self._folders.get(folder)
-            if known is not None and known[2] and known[1] is not None and leaf not in known[1]:
-                if leaf not in ("", ".", "..") and "\\" not in leaf:
+            # A known folder inside the root without any symlink: nothing to resolve.
+            if known is not None and known[2] and known[1] is False:
+                if leaf not in ("", ".", "..") and "\\" not in leaf and rel[1:2] != ":":
                     return os.path.join(known[0], leaf)
         at = f" ({where})" if where else ""
         norm = relative_posix(rel, where)
         # Without '..', normalising is lexical and exact: it drops '.' and doubled slashes.
         folder, leaf = os.path.split(os.path.normpath(norm))
-        real, links, _ = self._folder(folder or ".")
+        real, has_links, _ = self._folder(folder or ".")
         full = real if leaf == "." else os.path.join(real, leaf)
-        # realpath(folder/leaf) is realpath(folder)/leaf unless the leaf is a symlink.
-        if os.path.islink(full) if links is None else leaf in links:
+        # realpath(folder/leaf) is realpath(folder)/leaf unless the leaf is a symlink; in a
+        # folder with symlinks it is asked of the filesystem, not matched by name (a
+        # case-insensitive one finds the link "a.jpg" for "A.JPG").
+        if has_links is not False and os.path.islink(full):
             full = os.path.realpath(full)
         if not self._inside(full):
             raise DataError(
@@ -96,11 +101,11 @@ class RootGuard:
     def _inside(self, full: str) -> bool:
         return full == self.root or full.startswith(self._under)
 
-    def _folder(self, folder: str) -> tuple[str, frozenset[str] | None, bool]:
-        """A normalised folder's real path, the names of the symlinks in it (one listing,
-        no stat per entry; None when it cannot be listed) and whether it lies inside the
-        root. Its real path is its parent's plus its name unless the parent's listing
-        says the name is a symlink."""
+    def _folder(self, folder: str) -> tuple[str, bool | None, bool]:
+        """A normalised folder's real path, whether it holds any symlink (one listing, no
+        stat per entry; None when not known) and whether it lies inside the root. Its
+        real path is its parent's plus its name unless the parent holds symlinks and the
+        filesystem says the name is one."""
         known = self._folders.get(folder)
         if known is None and not self._listings:
             real = os.path.realpath(os.path.join(self.root, folder))
@@ -112,20 +117,20 @@ class RootGuard:
                 parent, name = os.path.split(folder)
                 parent_real, parent_links, _ = self._folder(parent or ".")
                 real = os.path.join(parent_real, name)
-                if parent_links is None or name in parent_links:
+                if parent_links is not False and os.path.islink(real):
                     real = os.path.realpath(real)
-            known = self._folders[folder] = (real, _symlinks_in(real), self._inside(real))
+            known = self._folders[folder] = (real, _holds_symlinks(real), self._inside(real))
         return known
 
 
-def _symlinks_in(folder: str) -> frozenset[str] | None:
-    """The names of the symlinks in a real folder (the directory entry says what each is);
-    empty when the folder does not exist, None when it cannot be listed."""
+def _holds_symlinks(folder: str) -> bool | None:
+    """Whether a real folder holds any symlink (each directory entry says what it is);
+    False when the folder does not exist, None when it cannot be listed."""
     try:
         with os.scandir(folder) as entries:
-            return frozenset(e.name for e in entries if e.is_symlink())
+            return any(e.is_symlink() for e in entries)
     except (FileNotFoundError, NotADirectoryError):
-        return frozenset()
+        return False
     except PermissionError:
         return None
 

@@ -178,13 +178,12 @@ class MapSources:
             table = storage.read_table(self.layout.keypoints_table, self.KEYPOINT_COLUMNS)
             self._keypoints = table.filter(pc.is_null(table["error"]))
         rows = self._keypoints.filter(pc.is_in(self._keypoints["file_id"], pa.array(fids)))
-        flat = np.column_stack(
-            [rows["img_h"].to_numpy(), rows["img_w"].to_numpy()]
-            + [
-                rows[c].combine_chunks().flatten().to_numpy().reshape(len(rows), -1)
-                for c in ("x", "y")
-            ]  # fmt: skip
-        ).astype(np.int32)
+        if not len(rows):
+            return {}
+        xy = [np.stack(rows[c].to_numpy(zero_copy_only=False)) for c in ("x", "y")]
+        flat = np.column_stack([rows["img_h"].to_numpy(), rows["img_w"].to_numpy(), *xy]).astype(
+            np.int32
+        )
         return dict(zip(rows["file_id"].to_pylist(), flat, strict=True))
 
 
