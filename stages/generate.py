@@ -226,6 +226,14 @@ def run_generate(
     blocks = test_pair_blocks(root, pairs_file or (gc.pairs and dataset_path(cfg, gc.pairs)), limit)
     pairs_seen, generated, stale_removed, pending, checked = 0, 0, 0, 0, False
     map_sources = MapSources(root, cfg.posemaps.export)
+
+    def remove_stale(manifest: pd.DataFrame, stale: pd.DataFrame) -> pd.DataFrame:
+        nonlocal stale_removed
+        stale_removed += len(stale)
+        manifest = remove_outputs(manifest, stale, out_dir)
+        output.commit(manifest)
+        return manifest
+
     # A block of test pairs at a time: planned, then generated, so that the driver holds
     # one block's jobs however many pairs there are.
     with ContentCache(OutputLayout(cfg.output.root).content_cache, readonly=dry_run) as cache:
@@ -241,9 +249,7 @@ def run_generate(
                 stale_removed += len(stale)
             elif len(stale) or len(todo):
                 if len(stale):
-                    manifest = remove_outputs(manifest, stale, out_dir)
-                    output.commit(manifest)
-                    stale_removed += len(stale)
+                    manifest = remove_stale(manifest, stale)
                 if not checked and len(todo):
                     check_checkpoints(paths, gc.ngf)  # before anything is written
                     record_generation(out_dir, mode, ids, maps_text)
@@ -271,9 +277,7 @@ def run_generate(
     if not checked:
         record_generation(out_dir, mode, ids, maps_text)
     if len(stale):
-        manifest = remove_outputs(manifest, stale, out_dir)
-        output.commit(manifest)
-        stale_removed += len(stale)
+        manifest = remove_stale(manifest, stale)
     if stale_removed:
         result.notes.append(f"{stale_removed} earlier image(s) of changed or removed pairs removed")
     manifest = output.done().sort_values(MANIFEST_KEY, ignore_index=True)

@@ -159,13 +159,10 @@ def check_paths(root: str | os.PathLike, paths: list[str], source: str) -> None:
     from pipeline.core import storage  # which imports this module
 
     bad = []
-    guard = RootGuard(storage.resolve(root).path, listings=True) if storage.is_local(root) else None
+    guard = storage.root_guard(root)
     for i, rel in enumerate(paths, start=1):
         try:
-            if guard is not None and isinstance(rel, str) and ":" not in rel:
-                guard(rel)  # no scheme without ':': the guard's checks are all there are
-            else:
-                storage.safe_join(root, rel, guard=guard)
+            storage.safe_join(root, rel, guard=guard)
         except DataError as exc:
             bad.append(f"row {i}: {exc}")
     if bad:

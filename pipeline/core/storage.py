@@ -394,6 +394,8 @@ def safe_join(root: Target, rel: str, where: str = "", guard: RootGuard | None =
     bucket or scheme) and, locally, symlinks leading outside (paths.RootGuard; pass one
     `guard` of the root to check many paths). Returns a Location for a Location, else a
     string: an s3:// URI, or a local path (file:// too)."""
+    if guard is not None and isinstance(rel, str) and ":" not in rel and _location_of(root) is None:
+        return guard(rel)  # a local root, and no scheme without ':': the guard checks it all
     at = f" ({where})" if where else ""
     root = _location_of(root) or root
     base = root.uri if isinstance(root, Location) else os.fspath(root).rstrip("/")
@@ -489,6 +491,12 @@ def list_files(
             key=lambda f: f.rel,
         )
     return _list_files(loc, recursive)
+
+
+def root_guard(root: Target) -> RootGuard | None:
+    """One RootGuard (listing mode) of a local dataset root, for safe_join over many paths;
+    None for object storage."""
+    return RootGuard(resolve(root).path, listings=True) if is_local(root) else None
 
 
 def file_names(folder: Target, storage_cfg: StorageConfig | None = None) -> set[str]:

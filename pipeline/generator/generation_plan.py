@@ -21,7 +21,6 @@ from pipeline.core.errors import DataError
 from pipeline.core.layout import DatasetLayout, GenerationLayout
 from pipeline.core.legacy_csv import read_pairs_csv
 from pipeline.core.object_path import DataPath, data_path
-from pipeline.core.paths import RootGuard
 from pipeline.core.resumable import ResumableTable
 from pipeline.core.schemas import MANIFEST_SCHEMA, PAIRS_SCHEMA
 
@@ -230,8 +229,7 @@ def with_input_states(jobs: pd.DataFrame, root: str, cache) -> pd.DataFrame:
     (the npz file, else the keypoints row it is rendered from), by content through the
     stat-keyed `cache`."""
 
-    local = storage.is_local(root)
-    guard = RootGuard(storage.resolve(root).path, listings=True) if local else None
+    guard = storage.root_guard(root)
 
     def image(rel: str) -> str:
         try:
