@@ -9,6 +9,8 @@ DAG with the reason and the two ways on. Every run appends to the run manifest."
 from __future__ import annotations
 
 import json
+import resource
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -63,7 +65,11 @@ RUN_MANIFEST_SCHEMA = pa.schema(
         ("config_hash", pa.string()),
         ("packages", pa.string()),  # JSON {package: version}
         ("moved_aside", pa.string()),  # JSON [paths relative to the output root] moved aside
-    ]
+        # The driver's peak memory so far when the stage ended (it only grows): the stage
+        # that raised it is the one to look at.
+        ("driver_peak_mib", pa.int64()),
+    ],
+    metadata={"optional": "driver_peak_mib"},
 )
 
 ACTIONS_THAT_RUN = ("run", "resume", "update")
@@ -198,8 +204,7 @@ class DagRun:
         if decision.action in ACTIONS_THAT_RUN and spec.does(self.cfg):
             self.echo(f"    does: {spec.does(self.cfg)}")
         if decision.action == "stop":
-            row.update(status="stopped", end=pd.Timestamp.now().floor("s"), seconds=0.0)
-            self.rows.append(row)
+            self._record(row, t0, status="stopped")
             raise StaleStageError(
                 f"{spec.name} is out of date and would lose or mix earlier "
                 "work; nothing was changed:\n  " + "\n  ".join(decision.reasons)
@@ -236,8 +241,7 @@ class DagRun:
             stored = stored_state(cfg, spec.name) or {}
             if set(decision.fingerprint.config) - set(stored.get("config", {})):
                 save_state(cfg, spec.name, decision.fingerprint, stored.get("run_id"))
-        row.update(status=status, end=pd.Timestamp.now().floor("s"), seconds=time.time() - t0)
-        self.rows.append(row)
+        self._record(row, t0, status=status)
 
     def _execute(self, spec: StageSpec, decision: Decision, row: dict, t0: float) -> None:
         """Move aside what the decision says, run the stage and record its fingerprint; a
@@ -257,16 +261,15 @@ class DagRun:
         self.echo(result.summary())
         # The fingerprint was taken before running, from the inputs this run used.
         save_state(cfg, spec.name, decision.fingerprint, self.run_id)
-        row.update(
+        self._record(
+            row,
+            t0,
             status="ran",
             rows_in=result.rows_in,
             rows_out=result.rows_out,
             errors=result.errors,
             reused=result.skipped,
-            end=pd.Timestamp.now().floor("s"),
-            seconds=time.time() - t0,
         )
-        self.rows.append(row)
 
     def _move_aside(self, spec: StageSpec, decision: Decision, row: dict) -> None:
         """Damaged files, and for a fresh run the earlier outputs and their record."""
@@ -288,11 +291,20 @@ class DagRun:
                 f"[{spec.name}] interrupted: its finished batches are kept"
                 + (f"; finished this run: {', '.join(done)}" if done else "")
             )
-        row.update(
+        self._record(
+            row,
+            t0,
             status="interrupted" if interrupted else "failed",
             reason=f"{type(exc).__name__}: {exc}",
+        )
+
+    def _record(self, row: dict, t0: float, **outcome: Any) -> None:
+        """The stage's row, finished with its outcome, end, seconds and the driver's peak."""
+        row.update(
+            outcome,
             end=pd.Timestamp.now().floor("s"),
             seconds=time.time() - t0,
+            driver_peak_mib=peak_rss_mib(),
         )
         self.rows.append(row)
 
@@ -301,6 +313,12 @@ class DagRun:
         self.cache.close(save=not self.dry_run)
         if not self.dry_run:
             _append_manifest(self.cfg, self.rows)
+
+
+def peak_rss_mib() -> int:
+    """This process's peak resident memory so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak >> (20 if sys.platform == "darwin" else 10)  # bytes there, KiB on Linux
 
 
 def _under(path: DataPath, outputs: list[DataPath]) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.cluster.stage_result import StageResult
 from pipeline.core import storage
@@ -17,11 +18,18 @@ from pipeline.core.atomic_io import read_table, write_table
 from pipeline.core.config import Config, KeypointsConfig, dataset_path
 from pipeline.core.errors import DataError
 from pipeline.core.layout import SPLITS, DatasetLayout, OutputLayout
-from pipeline.core.legacy_csv import read_image_list, read_keypoints_csv, write_keypoints_csv
+from pipeline.core.legacy_csv import (
+    fixed_size_lists,
+    list_values,
+    read_image_list,
+    read_keypoints_csv,
+    read_keypoints_table,
+    write_keypoints_csv,
+)
 from pipeline.core.object_path import DataPath, data_path
 from pipeline.core.paths import check_paths, file_id
 from pipeline.core.resumable import ResumableTable
-from pipeline.core.schemas import KEYPOINTS_SCHEMA
+from pipeline.core.schemas import KEYPOINTS_SCHEMA, to_arrow
 from pipeline.pose.skeleton import MISSING, N_KEYPOINTS, valid_mask
 from stages.spec import CACHED_STORAGE_KEYS, DATASET_ROOT, OUTPUT_ROOT, STREAMED_KEYS, StageSpec
 
@@ -33,41 +41,44 @@ FLUSH_SECONDS = 60.0
 
 
 def keypoints_from_csv(csv_path, images: pd.DataFrame, estimator: str = IMPORTED) -> pd.DataFrame:
-    """Import a legacy keypoints CSV for `images` (columns path, split). Every image must
-    have a row; rows for images not listed are ignored."""
-    legacy = (
-        read_keypoints_csv(csv_path).drop_duplicates("file_id", keep="last").set_index("file_id")
-    )
+    """keypoints_table_from_csv as a DataFrame (x, y and score as arrays per row)."""
+    return keypoints_table_from_csv(csv_path, images, estimator).to_pandas()
+
+
+def keypoints_table_from_csv(csv_path, images: pd.DataFrame, estimator: str = IMPORTED) -> pa.Table:
+    """Import a legacy keypoints CSV for `images` (columns path, split) as the keypoints
+    table, sorted by path. Every image must have a row; rows for images not listed are
+    ignored, and of a file_id listed twice the last row counts. Arrow throughout: no
+    Python object per keypoint row (a million rows as arrays per row took gigabytes)."""
+    legacy = read_keypoints_table(csv_path)
+    known = pd.Index(legacy["file_id"].to_numpy(zero_copy_only=False))
+    last = np.flatnonzero(~known.duplicated(keep="last"))
+    images = images.sort_values("path", ignore_index=True)
     fids = images["path"].map(file_id)
-    missing = images["path"][~fids.isin(legacy.index)].tolist()
-    if missing:
+    at = pd.Index(known[last]).get_indexer(fids)
+    if (at < 0).any():
+        missing = images["path"][at < 0]
         raise DataError(
-            f"{csv_path}: no keypoints for {len(missing)} listed image(s), e.g. {missing[0]}"
+            f"{csv_path}: no keypoints for {len(missing)} listed image(s), e.g. {missing.iloc[0]}"
         )
-    rows = legacy.loc[fids.tolist()]
-    xs, ys = (
-        np.stack(rows[c].to_numpy()).astype(np.int32)
-        if len(rows)
-        else np.zeros((0, N_KEYPOINTS), np.int32)
-        for c in ("x", "y")
-    )
-    valid = valid_mask(xs, ys)
-    return pd.DataFrame(
-        {
-            "path": images["path"].tolist(),
-            "file_id": fids.tolist(),
-            "split": images["split"].tolist(),
-            "img_h": rows["img_h"].to_numpy(np.int32),
-            "img_w": rows["img_w"].to_numpy(np.int32),
-            "x": list(xs),
-            "y": list(ys),
-            "score": list(valid.astype(np.float32)),
-            "n_valid": valid.sum(axis=1).astype(np.int64),
-            "estimator": estimator,
-            "error": None,
-            "node": None,
-        }
-    ).sort_values("path", ignore_index=True)
+    rows = legacy.take(last[at])
+    valid = valid_mask(list_values(rows["x"]), list_values(rows["y"]))
+    n = len(images)
+    columns = {
+        "path": pa.array(images["path"], pa.string()),
+        "file_id": pa.array(fids, pa.string()),
+        "split": pa.array(images["split"], pa.string()),
+        "img_h": rows["img_h"],
+        "img_w": rows["img_w"],
+        "x": rows["x"],
+        "y": rows["y"],
+        "score": fixed_size_lists(valid.astype(np.float32)),
+        "n_valid": pa.array(valid.sum(axis=1, dtype=np.int32)),
+        "estimator": pa.repeat(estimator, n),
+        "error": pa.nulls(n, pa.string()),
+        "node": pa.nulls(n, pa.string()),
+    }
+    return pa.Table.from_pydict(columns, schema=KEYPOINTS_SCHEMA)
 
 
 def list_images(cfg: Config, pattern: str | None = None) -> pd.DataFrame:
@@ -204,12 +215,12 @@ def estimate_keypoints(
                        stall_timeout=cfg.ray.stall_timeout_s)  # fmt: skip
 
 
-def write_outputs(table: pd.DataFrame, layout: DatasetLayout) -> dict[str, str]:
+def write_outputs(table: pa.Table, layout: DatasetLayout) -> dict[str, str]:
     """The keypoints table (sorted by path) and the legacy CSV of each split."""
     keypoints_output(layout).commit(table)
     outputs = {"keypoints_table": str(layout.keypoints_table)}
     for split in SPLITS:
-        rows = table[table["split"] == split]
+        rows = table.filter(pc.equal(table["split"], split))
         if len(rows):
             write_keypoints_csv(rows, layout.keypoints_csv(split))
             outputs[f"{split}_csv"] = str(layout.keypoints_csv(split))
@@ -330,27 +341,29 @@ def run_keypoints(
     result.rows_in = len(images)
     annotations = annotations or _dataset_file(cfg, cfg.keypoints.annotations)
     if annotations:
-        table = keypoints_from_csv(
+        table = keypoints_table_from_csv(
             annotations, images, estimator=f"{IMPORTED}:{Path(annotations).name}"
         )
         result.notes.append(f"imported {len(table)} rows from {annotations}")
     else:
-        table, digests = estimate_pending(cfg, kc, layout, images, force, progress, result)
+        estimated, digests = estimate_pending(cfg, kc, layout, images, force, progress, result)
+        table = to_arrow(estimated, KEYPOINTS_SCHEMA)
+        del estimated
     result.rows_out = len(table)
-    result.errors = int(table["error"].notna().sum())
+    found = pc.is_null(table["error"])
+    result.errors = len(table) - pc.sum(found).as_py() if len(table) else 0
     result.outputs = write_outputs(table, layout)
     if not annotations:
+        paths = table["path"].to_pandas()
         write_table(
-            pd.DataFrame({"path": table["path"], "digest": table["path"].map(digests)}),
+            pd.DataFrame({"path": paths, "digest": paths.map(digests)}),
             layout.keypoints_sources,
             SOURCES_SCHEMA,
         )
-    found = table[table["error"].isna()]
-    result.notes.append(
-        f"{int((found['n_valid'] == 0).sum())} image(s) without a person; "
-        f"{result.errors} error row(s)"
-    )
-    for reason, n in table["error"].dropna().str.split(":").str[0].value_counts().items():
+    no_person = pc.sum(pc.and_(found, pc.equal(table["n_valid"], 0))).as_py() or 0
+    result.notes.append(f"{no_person} image(s) without a person; {result.errors} error row(s)")
+    errors = table.filter(pc.invert(found))["error"].to_pandas()
+    for reason, n in errors.str.split(":").str[0].value_counts().items():
         result.notes.append(f"  error {reason}: {n}")
     compare = compare or _dataset_file(cfg, kc.compare)
     if compare:
@@ -360,12 +373,14 @@ def run_keypoints(
 
 
 def write_keypoint_qa(
-    table: pd.DataFrame, reference_csv: str, layout: DatasetLayout
+    table: pa.Table | pd.DataFrame, reference_csv: str, layout: DatasetLayout
 ) -> tuple[str, list[str]]:
     """Score the keypoints table against a reference legacy CSV into tables/keypoints_qa.parquet;
     returns its path and the summary lines."""
     from pipeline.pose.keypoint_qa import KEYPOINT_QA_SCHEMA, compare_keypoints, qa_summary
 
+    if isinstance(table, pa.Table):
+        table = table.to_pandas()
     qa = compare_keypoints(table, read_keypoints_csv(reference_csv))
     path = layout.keypoints_qa
     write_table(qa, path, KEYPOINT_QA_SCHEMA)

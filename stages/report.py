@@ -11,18 +11,28 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.cluster.stage_result import StageResult
 from pipeline.core import storage
-from pipeline.core.atomic_io import read_table
+from pipeline.core.atomic_io import read_arrow_batches, read_table
 from pipeline.core.config import Config, StorageConfig
 from pipeline.core.errors import DataError
-from pipeline.core.layout import PAIRS_INDEX_SCHEMA, DatasetLayout, EvaluationLayout, OutputLayout
-from pipeline.core.object_path import data_path
+from pipeline.core.layout import (
+    PAIRS_INDEX_SCHEMA,
+    DatasetLayout,
+    EvaluationLayout,
+    GenerationLayout,
+    OutputLayout,
+)
+from pipeline.core.object_path import DataPath, data_path
 from pipeline.core.paths import checkpoint_sort_key
+from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.generator.save_modes import MIXED, SAVE_MODES, UNKNOWN
 from pipeline.metrics.registry import BY_DEFINITION, COPY, REAL, SPECS
 from pipeline.metrics.summary import PER_IMAGE_SCHEMA, SUMMARY_SCHEMA, generated_only
+from stages.report_annotations import BATCH_ROWS, annotations_section
 from stages.report_pipeline import stage_overview, training_check_section, training_figures
 from stages.report_render import ROW_LABELS, Report, write_report
 from stages.spec import OUTPUT_ROOT, STORAGE_KEYS, StageSpec
@@ -300,14 +310,25 @@ def report_save_mode(meta: dict) -> str:
     return f"{UNKNOWN} save mode: {SAVE_MODES[UNKNOWN]}"
 
 
-def target_poses(cfg: Config) -> dict:
-    """file id -> (x, y, image height, image width) from the keypoints table, if any."""
+def target_poses(cfg: Config, eval_dir: DataPath) -> dict:
+    """file id -> (x, y, image height, image width) from the keypoints table, for the
+    targets of the evaluated pairs only: the table may hold millions of rows."""
     table = DatasetLayout.of(cfg.dataset).keypoints_table
-    if not table.exists():
+    pairs = EvaluationLayout(eval_dir).pairs
+    if not table.exists() or not pairs.exists():
         return {}
+    names = read_table(pairs, columns=["name"])["name"].unique()
+    targets = sorted({t[1] for t in map(GenerationLayout.parse_name, names) if t})
+    if not targets:
+        return {}
+    wanted = pa.array(targets, pa.string())
     cols = ["file_id", "x", "y", "img_h", "img_w", "error"]
-    kp = read_table(table).loc[:, cols]
-    kp = kp[kp["error"].isna()]
+    kp = pd.concat(
+        b.filter(
+            pc.and_(pc.is_in(b["file_id"], value_set=wanted), pc.is_null(b["error"]))
+        ).to_pandas()
+        for b in read_arrow_batches(table, KEYPOINTS_SCHEMA, cols, BATCH_ROWS)
+    )
     return {r[0]: r[1:5] for r in kp.itertuples(index=False, name=None)}
 
 
@@ -323,13 +344,11 @@ def run_report(
     eval_dir = data_path(evaluation or outputs.evaluation)
     out = data_path(out or outputs.report(cfg.report.name))
     report = build_report(
-        eval_dir, cfg.report.name, cfg.report.grid_pairs, generated, target_poses(cfg),
+        eval_dir, cfg.report.name, cfg.report.grid_pairs, generated, target_poses(cfg, eval_dir),
         cfg.storage, outputs.plot_cache,
     )  # fmt: skip
     report.stages = stage_overview(cfg)
     report.figures += training_figures(cfg)
-    from stages.report_annotations import annotations_section
-
     found = (training_check_section(cfg), annotations_section(cfg))
     report.sections += [s for s in found if s is not None]
     result.outputs = write_report(report, out)

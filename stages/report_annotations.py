@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image, ImageDraw
 
-from pipeline.core.atomic_io import read_table
+from pipeline.core.atomic_io import read_arrow_batches, read_table, table_rows
 from pipeline.core.config import Config, dataset_path
 from pipeline.core.layout import DatasetLayout
-from pipeline.core.legacy_csv import read_keypoints_csv
+from pipeline.core.legacy_csv import list_values, read_keypoints_csv
 from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.pose.skeleton import N_KEYPOINTS, OP18_NAMES
 from stages.report_render import figure_html
@@ -77,16 +79,10 @@ def overlay_grid(
     return _png(grid([cells[i : i + width] for i in range(0, len(cells), width)]))
 
 
-def keypoint_rates(keypoints: pd.DataFrame, qa: pd.DataFrame | None) -> pd.DataFrame:
-    """Per OpenPose-18 keypoint: the share of (readable) images where it was found, and
+def keypoint_rates(detection_rate: np.ndarray, qa: pd.DataFrame | None) -> pd.DataFrame:
+    """Per OpenPose-18 keypoint: the share of the readable images where it was found, and
     with a QA table the reference counts, PCKh and median pixel error."""
-    ok = keypoints[keypoints["error"].isna()]
-    found = (
-        np.stack([np.asarray(x) >= 0 for x in ok["x"]]) if len(ok) else np.zeros((0, N_KEYPOINTS))
-    )
-    rates = pd.DataFrame(
-        {"keypoint": list(OP18_NAMES), "detection_rate": found.mean(0) if len(ok) else np.nan}
-    )
+    rates = pd.DataFrame({"keypoint": list(OP18_NAMES), "detection_rate": detection_rate})
     if qa is not None:
         from pipeline.pose.keypoint_qa import per_keypoint
 
@@ -120,19 +116,46 @@ def _fmt(value) -> str:
 
 @dataclass
 class Annotations:
-    """What the section summarises: the keypoints table, its readable rows, the QA table
-    and the reference keypoints by file id (None without a compared reference)."""
+    """What the section summarises, gathered in one pass over the keypoints table, a
+    batch at a time (a million rows as pandas arrays per row took gigabytes): counts, the
+    rows it draws, the QA table and the reference keypoints by file id (None without a
+    compared reference)."""
 
     root: str
-    keypoints: pd.DataFrame
-    ok: pd.DataFrame  # the rows without an error
-    qa: pd.DataFrame | None
-    reference: pd.DataFrame | None
+    rows: int = 0  # of the keypoints table, error rows included
+    ok: int = 0  # rows without an error
+    estimators: set[str] = field(default_factory=set)
+    valid_sum: int = 0  # keypoints found, over the readable rows
+    found: np.ndarray = field(default_factory=lambda: np.zeros(N_KEYPOINTS, np.int64))
+    nobody: int = 0  # readable images where the estimator found no person
+    listed: list[str] = field(default_factory=list)  # the first of them, by path
+    sample: list[pd.DataFrame] = field(default_factory=list)  # rows spread over the table
+    worst: list[pd.DataFrame] = field(default_factory=list)  # rows agreeing worst (QA)
+    qa: pd.DataFrame | None = None
+    reference: pd.DataFrame | None = None
 
     @property
-    def nobody(self) -> pd.DataFrame:
-        """Readable images where the estimator found no person."""
-        return self.ok[self.ok["n_valid"] == 0]
+    def detection_rate(self) -> np.ndarray:
+        """Per keypoint, the share of the readable images where it was found."""
+        return self.found / self.ok if self.ok else np.full(N_KEYPOINTS, np.nan)
+
+    def count(self, batch: pa.Table) -> pa.Table:
+        """Add a batch of keypoints rows to the counts; its readable rows."""
+        self.rows += len(batch)
+        ok = batch.filter(pc.is_null(batch["error"]))
+        self.ok += len(ok)
+        self.estimators |= set(pc.unique(ok["estimator"]).drop_null().to_pylist())
+        self.valid_sum += pc.sum(ok["n_valid"]).as_py() or 0
+        self.found += (list_values(ok["x"]) >= 0).sum(axis=0)
+        nobody = ok.filter(pc.equal(ok["n_valid"], 0))["path"]
+        self.nobody += len(nobody)
+        self.listed += nobody.slice(0, LISTED_WITHOUT_PERSON - len(self.listed)).to_pylist()
+        return ok
+
+
+# What the section reads of the keypoints table, and how many rows at a time.
+KEYPOINT_COLUMNS = ["path", "file_id", "x", "y", "n_valid", "estimator", "error"]
+BATCH_ROWS = 65_536
 
 
 @dataclass
@@ -154,11 +177,10 @@ def annotations_section(cfg: Config) -> Section | None:
         return None
     summary = summary_lines(found, cfg.keypoints.compare)
     figures = [f for f in overlay_figures(found) if f[2]]
-    rates = keypoint_rates(found.keypoints, found.qa)
-    nobody = found.nobody
-    listed = nobody["path"].head(LISTED_WITHOUT_PERSON).tolist()
-    more = f" (and {len(nobody) - len(listed)} more)" if len(nobody) > len(listed) else ""
-    content = SectionContent(summary, figures, rates, len(nobody), listed, more)
+    rates = keypoint_rates(found.detection_rate, found.qa)
+    listed = found.listed
+    more = f" (and {found.nobody - len(listed)} more)" if found.nobody > len(listed) else ""
+    content = SectionContent(summary, figures, rates, found.nobody, listed, more)
     return Section(
         "Annotations",
         section_html(content),
@@ -168,27 +190,49 @@ def annotations_section(cfg: Config) -> Section | None:
 
 
 def read_annotations(cfg: Config) -> Annotations | None:
-    """The dataset's keypoints and QA tables, and the reference CSV the QA compared with
-    (keypoints.compare) when both are there."""
+    """The counts and drawn rows of the dataset's keypoints table, its QA table, and the
+    reference CSV the QA compared with (keypoints.compare) when both are there."""
     from pipeline.pose.keypoint_qa import KEYPOINT_QA_SCHEMA
 
     root = cfg.dataset.root
     layout = DatasetLayout(root)
     if not layout.keypoints_table.exists():
         return None
-    keypoints = read_table(layout.keypoints_table, KEYPOINTS_SCHEMA)
-    qa = (
-        read_table(layout.keypoints_qa, KEYPOINT_QA_SCHEMA)
-        if layout.keypoints_qa.exists()
-        else None
-    )
-    reference = None
+    found = Annotations(root)
+    if layout.keypoints_qa.exists():
+        found.qa = read_table(layout.keypoints_qa, KEYPOINT_QA_SCHEMA)
     compare = dataset_path(cfg, cfg.keypoints.compare) if cfg.keypoints.compare else None
-    if qa is not None and compare and compare.is_file():
+    if found.qa is not None and compare and compare.is_file():
         reference = read_keypoints_csv(compare).drop_duplicates("file_id", keep="last")
-        reference = reference.set_index("file_id")
-    ok = keypoints[keypoints["error"].isna()]
-    return Annotations(root, keypoints, ok, qa, reference)
+        found.reference = reference.set_index("file_id")
+    worst = pa.array(worst_agreeing(found.qa)["path"] if found.qa is not None else [], pa.string())
+    # The sample: the first readable row at or after each of evenly spaced positions.
+    rows = table_rows(layout.keypoints_table)
+    wanted = list(range(0, rows, max(1, rows // SAMPLE_IMAGES)))[:SAMPLE_IMAGES]
+    start = 0
+    for batch in read_arrow_batches(
+        layout.keypoints_table, KEYPOINTS_SCHEMA, KEYPOINT_COLUMNS, BATCH_ROWS
+    ):
+        readable = np.flatnonzero(pc.is_null(batch["error"]).to_numpy(zero_copy_only=False))
+        ok = found.count(batch)
+        end = start + len(batch)
+        here = np.array([p - start for p in wanted if p < end], dtype=np.int64)
+        at = np.searchsorted(readable, here)  # rows of `ok`
+        if (at < len(readable)).any():
+            found.sample.append(ok.take(np.unique(at[at < len(readable)])).to_pandas())
+        # A position after this batch's last readable row moves on to the next batch.
+        wanted = [end] * int((at >= len(readable)).sum()) + [p for p in wanted if p >= end]
+        found.worst.append(ok.filter(pc.is_in(ok["path"], value_set=worst)).to_pandas())
+        start = end
+    return found
+
+
+def worst_agreeing(qa: pd.DataFrame) -> pd.DataFrame:
+    """The QA rows of the images that agree worst with the reference (lowest PCKh)."""
+    counted = qa[qa["error"].isna()]
+    return counted.sort_values(["pckh", "mean_error_px"], ascending=[True, False]).head(
+        WORST_IMAGES
+    )
 
 
 def summary_lines(found: Annotations, compare: str | None) -> list[str]:
@@ -196,12 +240,12 @@ def summary_lines(found: Annotations, compare: str | None) -> list[str]:
     median pixel error against the reference (`compare`, the reference CSV)."""
     from pipeline.pose.keypoint_qa import overall_pckh
 
-    keypoints, ok, qa = found.keypoints, found.ok, found.qa
-    estimators = ", ".join(sorted(ok["estimator"].dropna().unique())) or "none"
+    qa = found.qa
+    estimators = ", ".join(sorted(found.estimators)) or "none"
+    mean = found.valid_sum / found.ok if found.ok else float("nan")
     summary = [
-        f"{len(keypoints)} images, {len(keypoints) - len(ok)} error rows; estimator: {estimators}; "
-        f"{len(found.nobody)} image(s) without a person; mean {ok['n_valid'].mean():.1f} valid "
-        "keypoints."
+        f"{found.rows} images, {found.rows - found.ok} error rows; estimator: {estimators}; "
+        f"{found.nobody} image(s) without a person; mean {mean:.1f} valid keypoints."
     ]
     if qa is not None:
         counted = qa[qa["error"].isna()]
@@ -223,32 +267,36 @@ def summary_lines(found: Annotations, compare: str | None) -> list[str]:
 def overlay_figures(found: Annotations) -> list[tuple[str, str, bytes]]:
     """(file name, caption, png): a sample spread over the table and, with a QA table, the
     images that agree worst with the reference; a grid with no readable image is empty."""
-    ok, qa, reference = found.ok, found.qa, found.reference
-    step = max(1, len(ok) // SAMPLE_IMAGES)
-    sample = ok.iloc[::step].head(SAMPLE_IMAGES)
+    qa, reference = found.qa, found.reference
     figures = [
         (
             "annotations_sample.png",
             "Sample: estimated keypoints (red)"
             + (" and reference (green)" if reference is not None else ""),
-            overlay_grid(found.root, sample, reference),
+            overlay_grid(found.root, _rows(found.sample), reference),
         )
     ]
     if qa is not None:
-        worst = qa[qa["error"].isna()].sort_values(
-            ["pckh", "mean_error_px"], ascending=[True, False]
-        )
-        worst = worst.head(WORST_IMAGES)
-        rows = ok.set_index("path").loc[worst["path"]].reset_index()
+        worst = worst_agreeing(qa)
+        rows = _rows(found.worst)
+        rows = rows.set_index("path").reindex(worst["path"]).dropna(subset=["file_id"])
         caption = "Worst agreement with the reference (lowest PCKh): " + ", ".join(
             # Identity folder and file: synthetic and DeepFashion names repeat across identities.
             f"{'/'.join(Path(p).parts[-2:])} {v:.2f}"
             for p, v in zip(worst["path"], worst["pckh"], strict=True)
         )
         figures.append(
-            ("annotations_worst.png", caption, overlay_grid(found.root, rows, reference))
+            (
+                "annotations_worst.png",
+                caption,
+                overlay_grid(found.root, rows.reset_index(), reference),
+            )
         )
     return figures
+
+
+def _rows(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=KEYPOINT_COLUMNS)
 
 
 def section_html(c: SectionContent) -> str:

@@ -7,7 +7,8 @@ import json
 
 import pandas as pd
 
-from pipeline.core.atomic_io import read_table
+from pipeline.core import storage
+from pipeline.core.atomic_io import read_table, table_rows
 from pipeline.core.config import Config
 from pipeline.core.layout import DatasetLayout, OutputLayout, TrainLayout
 
@@ -26,7 +27,7 @@ def stage_overview(cfg: Config) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     layout = DatasetLayout(cfg.dataset.root)
     if layout.keypoints_table.exists():
-        kp = read_table(layout.keypoints_table)[["split", "n_valid", "estimator", "error"]]
+        kp = read_table(layout.keypoints_table, columns=["split", "n_valid", "estimator", "error"])
         estimators = ", ".join(sorted(kp["estimator"].dropna().unique()))
         rows.append(
             {
@@ -38,12 +39,15 @@ def stage_overview(cfg: Config) -> list[dict[str, str]]:
         )
     # The stage's index of the maps it wrote: no listing of a folder per image.
     if layout.posemap_index.is_file():
-        maps = len(read_table(layout.posemap_index))
+        maps = table_rows(layout.posemap_index)
         rows.append({"stage": "posemaps", "produced": f"{maps} pose maps", "errors": "0"})
     if layout.pairs_table.exists():
-        pairs = read_table(layout.pairs_table)[["split"]]
-        per = ", ".join(f"{s} {n}" for s, n in pairs["split"].value_counts().sort_index().items())
-        rows.append({"stage": "pairs", "produced": f"{len(pairs)} pairs ({per})", "errors": "0"})
+        # Counted in Arrow: millions of pairs as Python strings took hundreds of MB.
+        counts = storage.read_table(layout.pairs_table, ["split"])["split"].value_counts()
+        per = sorted((c["values"].as_py(), c["counts"].as_py()) for c in counts)
+        total = sum(n for _, n in per)
+        per_split = ", ".join(f"{s} {n}" for s, n in per)
+        rows.append({"stage": "pairs", "produced": f"{total} pairs ({per_split})", "errors": "0"})
     train = TrainLayout(OutputLayout(cfg.output.root).train)
     log = train.log
     if log.exists():
@@ -66,7 +70,7 @@ def stage_overview(cfg: Config) -> list[dict[str, str]]:
         )
     manifest = OutputLayout(cfg.output.root).manifest
     if manifest.exists():
-        m = read_table(manifest)[["checkpoint", "status", "error"]]
+        m = read_table(manifest, columns=["checkpoint", "status", "error"])
         rows.append(
             {
                 "stage": "generate",

@@ -139,6 +139,9 @@ def test_run_twice_does_no_work_the_second_time(tmp_path, ray_session):
     assert {"fingerprint", "config_hash", "packages", "rows_in", "rows_out", "errors"} <= set(
         manifest.columns
     )
+    # The driver's peak so far, recorded as each stage ends: it never falls within a run.
+    for _, peaks in manifest.groupby("run_id", sort=False)["driver_peak_mib"]:
+        assert (peaks > 0).all() and peaks.is_monotonic_increasing, peaks
     # A changed output-defining key reruns that stage from scratch, and what depends on it.
     cfg2 = load_config(
         REPO / "configs" / "demo.yaml",

@@ -54,3 +54,31 @@ def test_annotations_section_shows_overlays_rates_and_images_without_a_person(
     assert "<h2>Annotations</h2>" in open(out["html"]).read()
     per_keypoint = section.html.split("<h3>Per keypoint</h3>")[1]
     assert per_keypoint.count("<tr>") == 1 + 18 and "<th>detection_rate</th>" in per_keypoint
+
+
+def test_annotations_read_in_batches_are_those_read_whole(annotated_root, tmp_path, monkeypatch):
+    """The section is gathered a batch of rows at a time (a million rows whole took
+    gigabytes): batches of 5 rows, with error rows among them, give the same section as
+    one batch, and its sample has readable rows only."""
+    import stages.report_annotations as section_module
+
+    root = tmp_path / "data"
+    shutil.copytree(annotated_root, root)
+    layout = DatasetLayout(root)
+    table = read_table(layout.keypoints_table, KEYPOINTS_SCHEMA)
+    table.loc[[0, 3, 4, 9], "error"] = "unreadable: test"
+    table.at[5, "n_valid"] = 0
+    write_table(table, layout.keypoints_table, KEYPOINTS_SCHEMA)
+    write_keypoint_qa(table, str(root / GROUND_TRUTH_CSV), layout)
+    cfg = load_config(
+        overrides=[f"dataset.root={root}", f"keypoints.compare={root / GROUND_TRUTH_CSV}"]
+    )
+    whole = annotations_section(cfg)
+    monkeypatch.setattr(section_module, "BATCH_ROWS", 5)
+    batched = annotations_section(cfg)
+    assert batched.html == whole.html and batched.files == whole.files
+    assert f"{len(table)} images, 4 error rows" in whole.html
+    sample = section_module.read_annotations(cfg).sample
+    drawn = [p for part in sample for p in part["path"]]
+    assert len(drawn) == len(set(drawn)) == section_module.SAMPLE_IMAGES
+    assert not set(drawn) & set(table.loc[[0, 3, 4, 9], "path"])

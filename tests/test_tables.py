@@ -93,6 +93,37 @@ def test_keypoints_csv_bad_value_names_row(tmp_path):
         read_keypoints_csv(tmp_path / "k.csv")
 
 
+def test_keypoints_csv_empty_value_names_row(tmp_path):
+    write_keypoints_csv(keypoint_rows(2).assign(error=None), tmp_path / "k.csv")
+    text = (tmp_path / "k.csv").read_text().splitlines()
+    text[1] = text[1].replace(",176,", ",,", 1)
+    (tmp_path / "k.csv").write_text("\n".join(text))
+    with pytest.raises(DataError, match="row 1, column img_w: '' is not an integer"):
+        read_keypoints_csv(tmp_path / "k.csv")
+
+
+def test_imported_keypoints_take_the_last_row_of_a_file_id(tmp_path):
+    """An annotations CSV may list an image twice (a corrected row appended): the last
+    row counts, images come out sorted by path, and an image without a row is named."""
+    from stages.keypoints import keypoints_table_from_csv
+
+    rows = keypoint_rows(3).assign(error=None)
+    fixed = rows.iloc[[1]].assign(img_h=300)
+    write_keypoints_csv(pd.concat([rows, fixed]), tmp_path / "k.csv")
+    images = pd.DataFrame({"path": rows["path"][::-1], "split": ["test", "train", "train"]})
+    table = keypoints_table_from_csv(tmp_path / "k.csv", images)
+    assert table.schema.equals(KEYPOINTS_SCHEMA)
+    got = table.to_pandas()
+    assert got["path"].tolist() == sorted(rows["path"]) and got["img_h"].tolist() == [256, 300, 256]
+    assert got["split"].tolist() == ["train", "train", "test"]
+    np.testing.assert_array_equal(np.stack(got["x"]), np.stack(rows["x"]))
+    valid = (np.stack(rows["x"]) >= 0) & (np.stack(rows["y"]) >= 0)
+    assert got["n_valid"].tolist() == valid.sum(axis=1).tolist()
+    extra = pd.concat([images, pd.DataFrame({"path": ["img/WOMEN/x/id_1/1.jpg"], "split": [""]})])
+    with pytest.raises(DataError, match="no keypoints for 1 listed image"):
+        keypoints_table_from_csv(tmp_path / "k.csv", extra)
+
+
 def test_pairs_and_image_list_round_trip(tmp_path):
     paths = ["img/MEN/Denim/id_00000001/01_1_front.jpg", "img/MEN/Denim/id_00000001/01_2_side.jpg"]
     write_image_list(paths, tmp_path / "train_img_list.csv")

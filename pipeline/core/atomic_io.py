@@ -189,17 +189,28 @@ UNREADABLE_PARQUET = (pa.ArrowInvalid, OSError)
 
 def table_damage(path: str | os.PathLike) -> str | None:
     """Why the Parquet file at `path` cannot be read (its footer only is read), or None."""
-    path, remote = _object_store(path)
     try:
-        if remote is None:
-            pq.read_metadata(path)
-        else:
-            from pipeline.core import storage
-
-            storage.read_metadata(remote)
+        _footer(path)
     except UNREADABLE_PARQUET as exc:
         return str(exc).splitlines()[0]
     return None
+
+
+def table_rows(path: str | os.PathLike) -> int:
+    """The rows of a Parquet table, from its footer."""
+    try:
+        return _footer(path).num_rows
+    except UNREADABLE_PARQUET as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _footer(path: str | os.PathLike) -> pq.FileMetaData:
+    path, remote = _object_store(path)
+    if remote is None:
+        return pq.read_metadata(path)
+    from pipeline.core import storage
+
+    return storage.read_metadata(remote)
 
 
 def _unreadable(path, exc: Exception) -> UnreadableTableError:
@@ -212,6 +223,14 @@ def _unreadable(path, exc: Exception) -> UnreadableTableError:
 def read_table_batches(
     path: str | os.PathLike, schema: pa.Schema, columns: list[str], rows: int
 ) -> Iterator[pd.DataFrame]:
+    """read_arrow_batches, each batch a DataFrame."""
+    for batch in read_arrow_batches(path, schema, columns, rows):
+        yield batch.to_pandas()
+
+
+def read_arrow_batches(
+    path: str | os.PathLike, schema: pa.Schema, columns: list[str], rows: int
+) -> Iterator[pa.Table]:
     """A Parquet table's `columns`, `rows` at a time, in table order: its row groups are
     read one after another, so a table of millions of rows is never whole in memory (on
     object storage: ranged reads of the object)."""
@@ -233,7 +252,7 @@ def read_table_batches(
             raise DataError(f"{path}: missing columns {missing}")
         wanted = pa.schema([schema.field(c) for c in columns])
         for batch in parquet.iter_batches(batch_size=rows, columns=columns):
-            yield pa.Table.from_batches([batch]).cast(wanted).to_pandas()
+            yield pa.Table.from_batches([batch]).cast(wanted)
 
 
 def read_table(

@@ -17,8 +17,9 @@ import pyarrow.csv as pacsv
 from pipeline.core import storage
 from pipeline.core.atomic_io import atomic_path
 from pipeline.core.errors import DataError
-from pipeline.core.object_path import data_path
+from pipeline.core.object_path import DataPath, data_path
 from pipeline.core.paths import check_paths, file_id, identity_group
+from pipeline.core.schemas import KEYPOINTS_SCHEMA, to_arrow
 from pipeline.pose.skeleton import N_KEYPOINTS
 
 # Legacy CSV columns of the published scripts.
@@ -109,56 +110,91 @@ def write_pairs_csv(pairs: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def read_keypoints_csv(path: str | os.PathLike) -> pd.DataFrame:
-    """Legacy keypoints CSV -> DataFrame with file_id, img_h, img_w and (18,) x / y arrays.
-    Values must be integers; a bad row is named in the error."""
+    """Legacy keypoints CSV -> DataFrame with file_id, img_h, img_w and (18,) x / y arrays."""
+    return read_keypoints_table(path).to_pandas()
+
+
+def read_keypoints_table(path: str | os.PathLike) -> pa.Table:
+    """Legacy keypoints CSV -> Arrow table: file_id, img_h, img_w and fixed-size lists x, y
+    of KEYPOINTS_SCHEMA's types, parsed by Arrow's C++ reader (no Python object per value:
+    a million rows hold about 170 MB). Values must be integers; a bad row is named."""
     numbers = KEYPOINT_CSV_COLUMNS[1:]
+    path = data_path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"CSV not found: {path}")
+    types = {"file_id": pa.string(), **dict.fromkeys(numbers, pa.int32())}
     try:
-        # Integers straight from the CSV reader: read as text first, every value is a
-        # Python string (about 50 bytes; 2 GB for a million rows of 39 values).
-        df = _read_csv_checked(
-            path, KEYPOINT_CSV_COLUMNS, {"file_id": str, **dict.fromkeys(numbers, np.int64)}
+        raw = pacsv.read_csv(
+            storage.readable(path), convert_options=pacsv.ConvertOptions(column_types=types)
         )
-        values = df[numbers].to_numpy()
-    except ValueError:
-        df = _read_csv_checked(path, KEYPOINT_CSV_COLUMNS)
-        for i, row in enumerate(df[KEYPOINT_CSV_COLUMNS[1:]].itertuples(index=False), start=1):
-            for col, v in zip(KEYPOINT_CSV_COLUMNS[1:], row, strict=True):
-                try:
-                    int(v)
-                except ValueError:
-                    raise DataError(
-                        f"{path}: row {i}, column {col}: {v!r} is not an integer"
-                    ) from None
+    except pa.ArrowInvalid:
+        _name_bad_value(path)
         raise
-    xy = values[:, 2:].reshape(-1, N_KEYPOINTS, 2)
-    if (xy < -1).any():
-        i = int(np.argwhere((xy < -1).any(axis=(1, 2)))[0, 0]) + 1
-        raise DataError(f"{path}: row {i}: keypoint coordinates must be >= 0 or -1 for missing")
-    return pd.DataFrame(
-        {
-            "file_id": df["file_id"].tolist(),
-            "img_h": values[:, 0].astype(np.int32),
-            "img_w": values[:, 1].astype(np.int32),
-            "x": list(xy[:, :, 0].astype(np.int32)),
-            "y": list(xy[:, :, 1].astype(np.int32)),
-        }
+    missing = [c for c in KEYPOINT_CSV_COLUMNS if c not in raw.column_names]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing} (header is {raw.column_names})")
+    if any(raw[c].null_count for c in numbers):  # an empty field
+        _name_bad_value(path)
+    coords = {}
+    for axis in ("x", "y"):
+        values = np.column_stack(
+            [raw[f"p{k}_{axis}"].to_numpy() for k in range(N_KEYPOINTS)]
+        ).reshape(len(raw), N_KEYPOINTS)
+        bad = (values < -1).any(axis=1)
+        if bad.any():
+            raise DataError(
+                f"{path}: row {int(np.argmax(bad)) + 1}: keypoint coordinates must be >= 0 "
+                "or -1 for missing"
+            )
+        coords[axis] = fixed_size_lists(values)
+    return pa.table(
+        {"file_id": raw["file_id"], "img_h": raw["img_h"], "img_w": raw["img_w"], **coords}
     )
 
 
-def write_keypoints_csv(keypoints: pd.DataFrame, path: str | os.PathLike) -> None:
+def fixed_size_lists(values: np.ndarray) -> pa.FixedSizeListArray:
+    """An (N, K) array as N fixed-size lists of K values, without a Python object per row."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+
+
+def list_values(column: pa.ChunkedArray | pa.Array, size: int = N_KEYPOINTS) -> np.ndarray:
+    """Fixed-size lists (sliced or chunked) back to an (N, size) array."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy().reshape(len(column), size)
+
+
+def _name_bad_value(path: DataPath) -> None:
+    """Raise a DataError naming the first value of the CSV that is not an integer."""
+    df = _read_csv_checked(path, KEYPOINT_CSV_COLUMNS)
+    for i, row in enumerate(df[KEYPOINT_CSV_COLUMNS[1:]].itertuples(index=False), start=1):
+        for col, v in zip(KEYPOINT_CSV_COLUMNS[1:], row, strict=True):
+            try:
+                int(v)
+            except ValueError:
+                raise DataError(f"{path}: row {i}, column {col}: {v!r} is not an integer") from None
+
+
+def write_keypoints_csv(keypoints: pd.DataFrame | pa.Table, path: str | os.PathLike) -> None:
     """Legacy keypoints CSV; rows with an error are omitted like the published script."""
-    ok = keypoints
-    if "error" in keypoints.columns:
-        ok = keypoints[keypoints["error"].isna()]
+    table = keypoints if isinstance(keypoints, pa.Table) else _keypoint_columns(keypoints)
+    if "error" in table.column_names:
+        table = table.filter(pc.is_null(table["error"]))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(csv_text([KEYPOINT_CSV_COLUMNS], "\r\n").encode())
         # Whole columns at once, a block of rows at a time (as Python lists a million rows
         # took gigabytes).
-        for start in range(0, len(ok), CSV_BLOCK):
-            block = ok.iloc[start : start + CSV_BLOCK]
-            x, y = np.stack(block["x"].to_numpy()), np.stack(block["y"].to_numpy())
-            xy = np.stack([x, y], axis=2).reshape(len(block), -1)
-            values = np.column_stack([block["img_h"], block["img_w"], xy]).astype(np.int64)
-            columns = {"file_id": block["file_id"].to_numpy(dtype=object)}
+        for start in range(0, len(table), CSV_BLOCK):
+            block = table.slice(start, CSV_BLOCK)
+            xy = np.stack([list_values(block["x"]), list_values(block["y"])], axis=2)
+            sizes = [block[c].to_numpy() for c in ("img_h", "img_w")]
+            values = np.column_stack([*sizes, xy.reshape(len(block), -1)]).astype(np.int64)
+            columns = {"file_id": block["file_id"]}
             columns |= {name: values[:, i] for i, name in enumerate(KEYPOINT_CSV_COLUMNS[1:])}
             append_rows(fh, columns, "\r\n")
+
+
+def _keypoint_columns(df: pd.DataFrame) -> pa.Table:
+    """The columns of a keypoints frame that its legacy CSV writes, as Arrow."""
+    names = ["file_id", "img_h", "img_w", "x", "y"] + (["error"] * ("error" in df.columns))
+    return to_arrow(df[names], pa.schema([KEYPOINTS_SCHEMA.field(n) for n in names]))

@@ -95,7 +95,7 @@ class ResumableTable:
         for part in self.parts.glob("*.parquet"):
             part.unlink()
 
-    def commit(self, table: pd.DataFrame) -> pd.DataFrame:
+    def commit(self, table: pd.DataFrame | pa.Table) -> pd.DataFrame | pa.Table:
         """Write the final table atomically, then drop the parts it holds."""
         write_table(table, self.path, self.schema)
         self.discard()

@@ -661,9 +661,8 @@ def read_table(
 ) -> pa.Table:
     """A whole Parquet table (S3: one GET, then parsed in memory)."""
     loc = resolve(target, storage_cfg)
-    if loc.is_local:
-        return pq.read_table(loc.path, columns=columns)
-    return pq.read_table(pa.BufferReader(read_bytes(loc)), columns=columns)
+    source = loc.path if loc.is_local else pa.BufferReader(read_bytes(loc))
+    return pq.read_table(source, columns=columns)
 
 
 def read_metadata(target: Target, storage_cfg: StorageConfig | None = None) -> pq.FileMetaData:
