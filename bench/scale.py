@@ -126,11 +126,15 @@ def measure(argv: list[str]) -> dict:
 EXTRA_SETS: list[str] = []
 
 
-def cli(work: Path, *args: str, sets: list[str] = ()) -> list[str]:
+def cli(
+    work: Path, *args: str, sets: list[str] = (), roots: tuple[str, str] | None = None
+) -> list[str]:
+    """The CLI's command line; `roots`: the dataset and output roots, when not under `work`."""
     argv = [sys.executable, str(REPO / "run_pipeline.py"), *args]
+    data, out = roots or (work / "data", work / "out")
     base = [
-        f"dataset.root={work / 'data'}",
-        f"output.root={work / 'out'}",
+        f"dataset.root={data}",
+        f"output.root={out}",
         "keypoints.compare=null",
         *EXTRA_SETS,
     ]
@@ -216,6 +220,81 @@ def add_identities(root: Path, images: int) -> int:
     return len(added)
 
 
+def upload_dataset(root: Path, fs, prefix: str) -> dict:
+    """What a run reads of the dataset (images, image lists, annotations) as objects under
+    `prefix`, 32 uploads at a time; a hard-linked image is read once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = sorted((root / "img").rglob("*.jpg"))
+    files += [root / f"{split}_img_list.csv" for split in ("train", "test")]
+    files.append(root / GROUND_TRUTH_CSV)
+    read: dict[int, bytes] = {}
+
+    def put(path: Path) -> None:
+        inode = path.stat().st_ino
+        data = read[inode] if inode in read else read.setdefault(inode, path.read_bytes())
+        with fs.open_output_stream(f"{prefix}/{path.relative_to(root).as_posix()}") as out:
+            out.write(data)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(put, files))
+    return {"objects": len(files), "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def first_test_pairs(root: Path, n: int) -> pd.DataFrame:
+    """`n` test pairs (imgA, imgB) of the first test identities, as the pairs stage pairs."""
+    test = pd.read_csv(root / "test_img_list.csv")["img"]
+    rows = []
+    for _, paths in test.groupby(test.map(os.path.dirname), sort=False):
+        rows += [(a, b) for a in paths for b in paths if a != b]
+        if len(rows) >= n:
+            break
+    return pd.DataFrame(rows[:n], columns=["imgA", "imgB"])
+
+
+def s3_dag(work: Path, root: Path, dag: list[str]) -> dict:
+    """The DAG with the dataset and the outputs on S3 (SeaweedFS's `weed mini` on
+    loopback, started here and stopped by its pid, as the tests do): the upload, a first
+    run, an up-to-date run, and the same up-to-date run through a recording proxy, whose
+    requests are counted by kind (LIST pages, GETs of objects, HEADs, PUTs)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from s3_server import RequestLog, running_server
+
+    report: dict = {}
+    with running_server(work / "s3", bucket="bench-scale") as server:
+        os.environ.update(server.env())
+        bucket = f"s3://{server.bucket}"
+        report["upload"] = upload_dataset(root, server.filesystem(), f"{server.bucket}/data")
+
+        def run(endpoint: str) -> dict:
+            sets = [*dag, f"storage.endpoint_override={endpoint}"]
+            config = ["--config", str(REPO / "configs" / "demo.yaml")]
+            roots = (f"{bucket}/data", f"{bucket}/out")
+            return measure(cli(work, *config, "run", sets=sets, roots=roots))
+
+        report["dag_first_run"] = run(server.endpoint)
+        report["dag_up_to_date"] = run(server.endpoint)
+        with RequestLog(server.endpoint) as proxy:
+            report["dag_up_to_date_recorded"] = run(proxy.endpoint)
+            report["up_to_date_requests"] = proxy.kinds()
+    report["up_to_date_s"] = report["dag_up_to_date"]["wall_s"]
+    return report
+
+
+def random_checkpoint(work: Path) -> Path:
+    """A NetG of ngf 8 with random weights (seeded): generation's cost, not its quality."""
+    import torch
+
+    from pipeline.generator.networks import build_generator
+
+    torch.manual_seed(0)
+    ckpt = work / "ckpt" / "netG_1.pth"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(build_generator(8).state_dict(), ckpt)
+    return ckpt
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_scale"))
@@ -229,10 +308,31 @@ def main() -> None:
         help="posemaps.export false: no npz maps (the scale a million images runs at here); "
         "the full run is then the keypoints import plus the pairs",
     )
+    ap.add_argument(
+        "--storage",
+        choices=["local", "s3"],
+        default="local",
+        help="s3: the DAG only (first run, up to date, and the up-to-date run's requests by "
+        "kind), the dataset uploaded to SeaweedFS on loopback and the outputs there, "
+        "without the npz map export",
+    )
     args = ap.parse_args()
     work, root = args.work, args.work / "data"
     gt = root / GROUND_TRUTH_CSV
     report: dict = {"images": args.images, "synth": build_tree(root, args.images)}
+    if args.storage == "s3":
+        first_test_pairs(root, 200).to_csv(work / "s3_dag_pairs.csv", index=False)
+        dag = [
+            f"keypoints.annotations={GROUND_TRUTH_CSV}",
+            f"generate.checkpoints=[{random_checkpoint(work)}]",
+            "generate.ngf=8",
+            f"generate.pairs={work / 's3_dag_pairs.csv'}",
+            "evaluate.metrics=[ssim,psnr]",
+            "posemaps.export=false",
+        ]
+        report |= {"storage": "s3", **s3_dag(work, root, dag)}
+        print(json.dumps(report, indent=1))
+        return
 
     report["keypoints_import"] = measure(cli(work, "keypoints", "--annotations", str(gt)))
     sample = pd.read_csv(root / "train_img_list.csv").head(args.estimator_images)
@@ -260,14 +360,7 @@ def main() -> None:
     test = pairs[pairs.split == "test"].head(args.sample_pairs)
     test[["imgA", "imgB"]].to_csv(work / "sample_pairs.csv", index=False)
 
-    import torch
-
-    from pipeline.generator.networks import build_generator
-
-    torch.manual_seed(0)
-    ckpt = work / "ckpt" / "netG_1.pth"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(build_generator(8).state_dict(), ckpt)
+    ckpt = random_checkpoint(work)
     gen = work / "generated"
     generate = ["generate", "--checkpoint", str(ckpt), "--ngf", "8", "--out", str(gen)]
     report["generate"] = measure(cli(work, *generate, "--pairs", str(work / "sample_pairs.csv")))

@@ -67,19 +67,6 @@ def upload(local: Path, uri: str) -> float:
     return time.perf_counter() - t0
 
 
-def classify(requests: list[tuple[str, str]]) -> dict[str, int]:
-    """Requests by kind: LIST (ListObjectsV2), GET of an object's bytes, HEAD, PUT, other."""
-    kinds: collections.Counter = collections.Counter()
-    for method, target in requests:
-        if method == "GET" and "list-type=2" in target:
-            kinds["LIST"] += 1
-        elif method == "GET" and "?" not in unquote(target).rsplit("/", 1)[-1]:
-            kinds["GET"] += 1
-        else:
-            kinds[method] += 1
-    return dict(kinds)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -109,7 +96,7 @@ def main() -> None:
             remote = run(overrides(data, out, ckpt, server.endpoint))
             with RequestLog(server.endpoint) as proxy:
                 again = run(overrides(data, out, ckpt, proxy.endpoint))
-                requests = list(proxy.requests)
+                requests, kinds = list(proxy.requests), proxy.kinds()
             assert all(s < 5 for s in again.values()), again
             lists = [parse_qs(urlsplit(t).query) for m, t in requests if "list-type=2" in t]
             # Every prefix (folder) of the dataset and output trees, at every depth.
@@ -128,7 +115,7 @@ def main() -> None:
             for s in STAGES
         },
         "up_to_date_run": {
-            "requests": classify(requests),
+            "requests": kinds,
             "objects_read": sorted(
                 {
                     unquote(t).split("/bench/", 1)[-1]

@@ -62,6 +62,7 @@ def keypoints_table_from_csv(csv_path, images: pd.DataFrame, estimator: str = IM
             f"{csv_path}: no keypoints for {len(missing)} listed image(s), e.g. {missing.iloc[0]}"
         )
     rows = legacy.take(last[at])
+    del legacy, known
     valid = valid_mask(list_values(rows["x"]), list_values(rows["y"]))
     n = len(images)
     columns = {

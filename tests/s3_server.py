@@ -10,6 +10,7 @@ volume, filer and S3 parts all go with it."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import http.client
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 import pyarrow.fs as pafs
 
@@ -328,6 +330,18 @@ class RequestLog:
 
     def clear(self) -> None:
         self.requests.clear()
+
+    def kinds(self) -> dict[str, int]:
+        """Requests by kind: LIST (ListObjectsV2), GET of an object's bytes, HEAD, PUT, other."""
+        kinds: collections.Counter = collections.Counter()
+        for method, target in self.requests:
+            if method == "GET" and "list-type=2" in target:
+                kinds["LIST"] += 1
+            elif method == "GET" and "?" not in unquote(target).rsplit("/", 1)[-1]:
+                kinds["GET"] += 1
+            else:
+                kinds[method] += 1
+        return dict(kinds)
 
     def __enter__(self) -> RequestLog:
         self._thread.start()
