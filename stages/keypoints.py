@@ -51,23 +51,23 @@ def keypoints_table_from_csv(csv_path, images: pd.DataFrame, estimator: str = IM
     ignored, and of a file_id listed twice the last row counts. Arrow throughout: no
     Python object per keypoint row (a million rows as arrays per row took gigabytes)."""
     legacy = read_keypoints_table(csv_path)
-    known = pd.Index(legacy["file_id"].to_numpy(zero_copy_only=False))
-    last = np.flatnonzero(~known.duplicated(keep="last"))
-    images = images.sort_values("path", ignore_index=True)
-    fids = images["path"].map(file_id)
-    at = pd.Index(known[last]).get_indexer(fids)
-    if (at < 0).any():
-        missing = images["path"][at < 0]
+    images = sorted_by_path(images)
+    fids = pa.array(images["path"].map(file_id), pa.string())
+    # A file id's last row is its first in the reversed table (index_in finds the first).
+    backwards = np.arange(len(legacy) - 1, -1, -1)
+    at = pc.index_in(fids, value_set=legacy["file_id"].take(backwards))
+    if at.null_count:
+        missing = images["path"][pc.is_null(at).to_numpy(zero_copy_only=False)]
         raise DataError(
             f"{csv_path}: no keypoints for {len(missing)} listed image(s), e.g. {missing.iloc[0]}"
         )
-    rows = legacy.take(last[at])
-    del legacy, known
+    rows = legacy.take(backwards[at.to_numpy()])
+    del legacy
     valid = valid_mask(list_values(rows["x"]), list_values(rows["y"]))
     n = len(images)
     columns = {
         "path": pa.array(images["path"], pa.string()),
-        "file_id": pa.array(fids, pa.string()),
+        "file_id": fids,
         "split": pa.array(images["split"], pa.string()),
         "img_h": rows["img_h"],
         "img_w": rows["img_w"],
@@ -88,7 +88,12 @@ def list_images(cfg: Config, pattern: str | None = None) -> pd.DataFrame:
     root = data_path(cfg.dataset.root)
     lists = {s: DatasetLayout.of(cfg.dataset).image_list(s) for s in SPLITS}
     if pattern is None and any(p.is_file() for p in lists.values()):
-        rows = [(p, s) for s, f in lists.items() if f.is_file() for p in read_image_list(f, root)]
+        found = [
+            pd.DataFrame({"path": read_image_list(f, root), "split": s})
+            for s, f in lists.items()
+            if f.is_file()
+        ]
+        images = pd.concat(found, ignore_index=True) if len(found) > 1 else found[0]
     else:
         found = sorted(
             p.relative_to(root).as_posix()
@@ -96,17 +101,20 @@ def list_images(cfg: Config, pattern: str | None = None) -> pd.DataFrame:
             if p.is_file()
         )
         check_paths(root, found, f"glob {pattern or DEFAULT_GLOB}")
-        rows = [(p, "") for p in found]
-    if not rows:
+        images = pd.DataFrame({"path": found, "split": ""}, columns=["path", "split"])
+    if not len(images):
         raise DataError(
             f"no images under {root}: no image lists ({', '.join(map(str, lists.values()))}) "
             f"and nothing matches {pattern or DEFAULT_GLOB}"
         )
-    return (
-        pd.DataFrame(rows, columns=["path", "split"])
-        .drop_duplicates("path")
-        .sort_values("path", ignore_index=True)
-    )
+    return sorted_by_path(images.drop_duplicates("path"))
+
+
+def sorted_by_path(images: pd.DataFrame) -> pd.DataFrame:
+    """`images` in path order (image lists usually are: then without a copy)."""
+    if images["path"].is_monotonic_increasing:
+        return images.reset_index(drop=True)
+    return images.sort_values("path", ignore_index=True)
 
 
 def decode_images(batch: dict[str, np.ndarray], root: str) -> dict[str, np.ndarray]:
@@ -221,9 +229,9 @@ def write_outputs(table: pa.Table, layout: DatasetLayout) -> dict[str, str]:
     keypoints_output(layout).commit(table)
     outputs = {"keypoints_table": str(layout.keypoints_table)}
     for split in SPLITS:
-        rows = table.filter(pc.equal(table["split"], split))
-        if len(rows):
-            write_keypoints_csv(rows, layout.keypoints_csv(split))
+        rows = pc.equal(table["split"], split)
+        if pc.any(rows).as_py():
+            write_keypoints_csv(table, layout.keypoints_csv(split), where=rows)
             outputs[f"{split}_csv"] = str(layout.keypoints_csv(split))
     return outputs
 

@@ -77,10 +77,27 @@ def _read_csv_checked(path: str | os.PathLike, columns: list[str], dtype=str) ->
     return df
 
 
+def _read_arrow_csv(path: str | os.PathLike, columns: list[str], types: dict) -> pa.Table:
+    """A CSV parsed by Arrow's C++ reader with these column types (no Python object per
+    value); its `columns` must be there. Unparsable text raises pa.ArrowInvalid."""
+    path = data_path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"CSV not found: {path}")
+    options = pacsv.ConvertOptions(column_types=types)
+    table = pacsv.read_csv(storage.readable(path), convert_options=options)
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing} (header is {table.column_names})")
+    return table
+
+
 def read_image_list(path: str | os.PathLike, root: str | os.PathLike) -> list[str]:
     """Legacy `*_img_list.csv` (header `img`): paths relative to the dataset root."""
-    df = _read_csv_checked(path, IMAGE_LIST_COLUMNS)
-    paths = [p.strip() for p in df["img"].tolist()]
+    try:
+        listed = _read_arrow_csv(path, IMAGE_LIST_COLUMNS, {"img": pa.string()})["img"]
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{path}: not a readable image list ({exc})") from None
+    paths = pc.utf8_trim_whitespace(listed).to_pylist()
     check_paths(root, paths, str(path))
     return paths
 
@@ -120,19 +137,12 @@ def read_keypoints_table(path: str | os.PathLike) -> pa.Table:
     a million rows hold about 170 MB). Values must be integers; a bad row is named."""
     numbers = KEYPOINT_CSV_COLUMNS[1:]
     path = data_path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"CSV not found: {path}")
     types = {"file_id": pa.string(), **dict.fromkeys(numbers, pa.int32())}
     try:
-        raw = pacsv.read_csv(
-            storage.readable(path), convert_options=pacsv.ConvertOptions(column_types=types)
-        )
-    except pa.ArrowInvalid:
+        raw = _read_arrow_csv(path, KEYPOINT_CSV_COLUMNS, types)
+    except pa.ArrowInvalid as exc:
         _name_bad_value(path)
-        raise
-    missing = [c for c in KEYPOINT_CSV_COLUMNS if c not in raw.column_names]
-    if missing:
-        raise DataError(f"{path}: missing columns {missing} (header is {raw.column_names})")
+        raise DataError(f"{path}: not a readable keypoints CSV ({exc})") from None
     if any(raw[c].null_count for c in numbers):  # an empty field
         _name_bad_value(path)
     coords = {}
@@ -175,17 +185,21 @@ def _name_bad_value(path: DataPath) -> None:
                 raise DataError(f"{path}: row {i}, column {col}: {v!r} is not an integer") from None
 
 
-def write_keypoints_csv(keypoints: pd.DataFrame | pa.Table, path: str | os.PathLike) -> None:
-    """Legacy keypoints CSV; rows with an error are omitted like the published script."""
+def write_keypoints_csv(
+    keypoints: pd.DataFrame | pa.Table, path: str | os.PathLike, where: pa.Array | None = None
+) -> None:
+    """Legacy keypoints CSV of the rows `where` is true (all without it); rows with an error
+    are omitted like the published script."""
     table = keypoints if isinstance(keypoints, pa.Table) else _keypoint_columns(keypoints)
+    keep = pa.array(np.ones(len(table), bool)) if where is None else where
     if "error" in table.column_names:
-        table = table.filter(pc.is_null(table["error"]))
+        keep = pc.and_(keep, pc.is_null(table["error"]))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(csv_text([KEYPOINT_CSV_COLUMNS], "\r\n").encode())
-        # Whole columns at once, a block of rows at a time (as Python lists a million rows
-        # took gigabytes).
+        # A block of rows at a time, whole columns at once, never a copy of the table (as
+        # Python lists a million rows took gigabytes).
         for start in range(0, len(table), CSV_BLOCK):
-            block = table.slice(start, CSV_BLOCK)
+            block = table.slice(start, CSV_BLOCK).filter(keep.slice(start, CSV_BLOCK))
             xy = np.stack([list_values(block["x"]), list_values(block["y"])], axis=2)
             sizes = [block[c].to_numpy() for c in ("img_h", "img_w")]
             values = np.column_stack([*sizes, xy.reshape(len(block), -1)]).astype(np.int64)
