@@ -16,13 +16,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core import storage
-from pipeline.core.atomic_io import read_table, read_table_batches
+from pipeline.core.atomic_io import read_arrow_batches, read_table, read_table_batches
 from pipeline.core.errors import DataError
 from pipeline.core.layout import DatasetLayout, GenerationLayout
-from pipeline.core.legacy_csv import read_pairs_csv
+from pipeline.core.legacy_csv import list_values, read_pairs_csv
 from pipeline.core.object_path import DataPath, data_path
 from pipeline.core.resumable import ResumableTable
-from pipeline.core.schemas import MANIFEST_SCHEMA, PAIRS_SCHEMA
+from pipeline.core.schemas import KEYPOINTS_SCHEMA, MANIFEST_SCHEMA, PAIRS_SCHEMA
 
 DIRECTIONS = tuple(GenerationLayout.DIRECTIONS)
 MANIFEST = GenerationLayout.MANIFEST
@@ -174,12 +174,18 @@ class MapSources:
         if self._keypoints is None:
             if not self.layout.keypoints_table.exists():
                 return {}
-            table = storage.read_table(self.layout.keypoints_table, self.KEYPOINT_COLUMNS)
-            self._keypoints = table.filter(pc.is_null(table["error"]))
+            # A batch at a time: the whole table and its filtered copy would both be held.
+            columns = self.KEYPOINT_COLUMNS
+            kept = [pa.schema([KEYPOINTS_SCHEMA.field(c) for c in columns]).empty_table()]
+            for batch in read_arrow_batches(
+                self.layout.keypoints_table, KEYPOINTS_SCHEMA, columns, 1 << 16
+            ):
+                kept.append(batch.filter(pc.is_null(batch["error"])))
+            self._keypoints = pa.concat_tables(kept)
         rows = self._keypoints.filter(pc.is_in(self._keypoints["file_id"], pa.array(fids)))
         if not len(rows):
             return {}
-        xy = [np.stack(rows[c].to_numpy(zero_copy_only=False)) for c in ("x", "y")]
+        xy = [list_values(rows[c]) for c in ("x", "y")]
         flat = np.column_stack([rows["img_h"].to_numpy(), rows["img_w"].to_numpy(), *xy]).astype(
             np.int32
         )
