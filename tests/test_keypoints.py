@@ -230,3 +230,20 @@ def test_annotations_import_gives_ground_truth(synth_root, tmp_path):
         legacy = read_keypoints_csv(DatasetLayout(root).keypoints_csv(split))
         assert len(legacy) == int((table["split"] == split).sum())
         assert (np.stack(legacy["x"]) == np.stack(truth.loc[legacy["file_id"], "x"])).all()
+
+
+def test_images_listed_out_of_order_and_twice_come_out_once_in_path_order(tmp_path):
+    """The image lists are read by Arrow and joined without a two-column sort: a list out
+    of order, with padding spaces and an image in both splits, still gives each image
+    once (its first split), in path order."""
+    root = tmp_path / "data"
+    paths = [f"img/MEN/Denim/id_0000000{i}/01_1_front.jpg" for i in range(4)]
+    for p in paths:
+        (root / p).parent.mkdir(parents=True, exist_ok=True)
+        (root / p).write_bytes(b"")
+    write_image_list([f" {paths[2]} ", paths[0], paths[1]], root / "train_img_list.csv")
+    write_image_list([paths[3], paths[1]], root / "test_img_list.csv")
+    images = list_images(load_config(overrides=[f"dataset.root={root}"]))
+    assert images["path"].tolist() == paths
+    assert images["split"].tolist() == ["train", "train", "train", "test"]
+    assert read_image_list(root / "train_img_list.csv", root) == [paths[2], paths[0], paths[1]]
