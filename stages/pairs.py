@@ -95,8 +95,11 @@ def pairs_for_split(
 
 # Identities paired at a time: the pairs of a million images (5.6 million, each a row of
 # strings) are never all in memory; the table and the CSVs are written block by block
-# (about 220,000 pairs each: 20,000 identities took 300 MB more at a million images).
+# (about 220,000 pairs each: 20,000 identities took 450 MB more at a million images).
 IDENTITY_BLOCK = 5_000
+# Blocks per row group of the pairs table: 20,000 identities, the row groups of tables
+# written before, so that the same pairs give the same bytes (and content digest).
+ROW_GROUP_BLOCKS = 4
 
 
 def pair_blocks(
@@ -133,6 +136,7 @@ def pair_blocks(
         counts.pairs[split] = 0
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
             part = pairs_for_split(images.iloc[lo:hi], split, max_per_identity, seed)
+            part.attrs["split"] = split  # an empty block says its split too
             counts.pairs[split] += len(part)
             yield part
 
@@ -155,10 +159,14 @@ def make_pairs(
 
 
 def write_pair_blocks(
-    blocks: Iterable[pd.DataFrame], layout: DatasetLayout, splits: list[str]
+    blocks: Iterable[pd.DataFrame],
+    layout: DatasetLayout,
+    splits: list[str],
+    per_row_group: int = ROW_GROUP_BLOCKS,
 ) -> int:
     """The pairs table and the legacy CSV of each split, written block by block, each
-    file atomically (it appears whole or not at all); returns the pairs written."""
+    file atomically (it appears whole or not at all), `per_row_group` blocks of a split
+    to a row group; returns the pairs written."""
     written = 0
     with contextlib.ExitStack() as files:
         table = files.enter_context(atomic_path(layout.pairs_table))
@@ -169,13 +177,27 @@ def write_pair_blocks(
             csvs[split] = files.enter_context(open(tmp, "wb"))
             # As pandas' to_csv wrote them: "\n" line ends, minimal quoting.
             csvs[split].write(csv_text([PAIRS_CSV_COLUMNS], "\n").encode())
-        for part in blocks:
-            if len(part):
-                rows = to_arrow(part, PAIRS_SCHEMA)
+        group: list[pa.Table] = []
+        held = (None, 0)  # the split and the blocks of the row group being gathered
+
+        def flush() -> None:
+            # One chunk: page boundaries follow chunks, and the bytes must not change.
+            rows = pa.concat_tables(group).combine_chunks() if group else None
+            if rows is not None and len(rows):
                 writer.write_table(rows)
-                columns = {c: rows[c] for c in PAIRS_CSV_COLUMNS}
-                append_rows(csvs[part["split"].iloc[0]], columns, "\n")
-                written += len(part)
+            group.clear()
+
+        for part in blocks:
+            split = part.attrs["split"]
+            if held[0] != split or held[1] == per_row_group:
+                flush()
+                held = (split, 0)
+            held = (split, held[1] + 1)
+            rows = to_arrow(part, PAIRS_SCHEMA)
+            group.append(rows)
+            append_rows(csvs[split], {c: rows[c] for c in PAIRS_CSV_COLUMNS}, "\n")
+            written += len(part)
+        flush()
         if written == 0:
             writer.write_table(PAIRS_SCHEMA.empty_table())
     return written

@@ -323,12 +323,13 @@ def target_poses(cfg: Config, eval_dir: DataPath) -> dict:
         return {}
     wanted = pa.array(targets, pa.string())
     cols = ["file_id", "x", "y", "img_h", "img_w", "error"]
-    kp = pd.concat(
-        b.filter(
-            pc.and_(pc.is_in(b["file_id"], value_set=wanted), pc.is_null(b["error"]))
-        ).to_pandas()
+    found = [
+        b.filter(pc.and_(pc.is_in(b["file_id"], value_set=wanted), pc.is_null(b["error"])))
         for b in read_arrow_batches(table, KEYPOINTS_SCHEMA, cols, BATCH_ROWS)
-    )
+    ]
+    if not found:  # a table without rows
+        return {}
+    kp = pa.concat_tables(found).to_pandas()
     return {r[0]: r[1:5] for r in kp.itertuples(index=False, name=None)}
 
 

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageDraw
 
-from pipeline.core.atomic_io import read_arrow_batches, read_table, table_rows
+from pipeline.core import storage
+from pipeline.core.atomic_io import read_arrow_batches, read_table
 from pipeline.core.config import Config, dataset_path
 from pipeline.core.layout import DatasetLayout
 from pipeline.core.legacy_csv import list_values, read_keypoints_csv
@@ -206,24 +207,20 @@ def read_annotations(cfg: Config) -> Annotations | None:
         reference = read_keypoints_csv(compare).drop_duplicates("file_id", keep="last")
         found.reference = reference.set_index("file_id")
     worst = pa.array(worst_agreeing(found.qa)["path"] if found.qa is not None else [], pa.string())
-    # The sample: the first readable row at or after each of evenly spaced positions.
-    rows = table_rows(layout.keypoints_table)
-    wanted = list(range(0, rows, max(1, rows // SAMPLE_IMAGES)))[:SAMPLE_IMAGES]
-    start = 0
+    # The sample: every step-th readable row, the step from their count (the error
+    # column alone, read first).
+    readable = storage.read_table(layout.keypoints_table, ["error"])["error"].null_count
+    wanted = np.arange(0, readable, max(1, readable // SAMPLE_IMAGES))[:SAMPLE_IMAGES]
+    seen = 0  # readable rows before the batch
     for batch in read_arrow_batches(
         layout.keypoints_table, KEYPOINTS_SCHEMA, KEYPOINT_COLUMNS, BATCH_ROWS
     ):
-        readable = np.flatnonzero(pc.is_null(batch["error"]).to_numpy(zero_copy_only=False))
         ok = found.count(batch)
-        end = start + len(batch)
-        here = np.array([p - start for p in wanted if p < end], dtype=np.int64)
-        at = np.searchsorted(readable, here)  # rows of `ok`
-        if (at < len(readable)).any():
-            found.sample.append(ok.take(np.unique(at[at < len(readable)])).to_pandas())
-        # A position after this batch's last readable row moves on to the next batch.
-        wanted = [end] * int((at >= len(readable)).sum()) + [p for p in wanted if p >= end]
+        here = wanted[(wanted >= seen) & (wanted < seen + len(ok))] - seen
+        if len(here):
+            found.sample.append(ok.take(here).to_pandas())
         found.worst.append(ok.filter(pc.is_in(ok["path"], value_set=worst)).to_pandas())
-        start = end
+        seen += len(ok)
     return found
 
 

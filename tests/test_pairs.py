@@ -128,3 +128,27 @@ def test_pairs_made_a_few_identities_at_a_time_equal_the_whole_table(annotated_r
         joined = pd.concat(parts, ignore_index=True)
         pd.testing.assert_frame_equal(joined, whole)
         assert sum(counts.pairs.values()) == len(whole)
+
+
+def test_row_groups_gather_blocks_so_the_bytes_do_not_depend_on_the_block_size(
+    annotated_root, tmp_path
+):
+    """Pairs are made a few identities at a time (memory), but written in row groups of
+    ROW_GROUP_BLOCKS blocks of a split, so that a table written before, in blocks that
+    size, keeps its bytes and content digest: blocks of 1 identity gathered by 2 give the
+    same files as blocks of 2 identities one by one."""
+    from stages.pairs import write_pair_blocks
+
+    kp = read_table(DatasetLayout(annotated_root).keypoints_table, KEYPOINTS_SCHEMA)
+    splits = splits_of(annotated_root)
+    written = {}
+    for block, per_group in ((1, 2), (2, 1)):
+        layout = DatasetLayout(tmp_path / f"b{block}")
+        blocks = pair_blocks(kp, splits, 8, block=block)
+        written[block] = write_pair_blocks(blocks, layout, list(splits), per_row_group=per_group)
+    assert written[1] == written[2] > 0
+    for name in ("tables/pairs.parquet", "train_img_pairs.csv", "test_img_pairs.csv"):
+        assert (tmp_path / "b1" / name).read_bytes() == (tmp_path / "b2" / name).read_bytes()
+    single = DatasetLayout(tmp_path / "single")
+    write_pair_blocks(pair_blocks(kp, splits, 8, block=1), single, list(splits), per_row_group=1)
+    assert single.pairs_table.read_bytes() != (tmp_path / "b1/tables/pairs.parquet").read_bytes()

@@ -7,6 +7,7 @@ import pytest
 from pipeline.core.atomic_io import atomic_path, read_table, write_table
 from pipeline.core.errors import DataError
 from pipeline.core.legacy_csv import (
+    KEYPOINT_CSV_COLUMNS,
     read_image_list,
     read_keypoints_csv,
     read_pairs_csv,
@@ -91,6 +92,11 @@ def test_keypoints_csv_bad_value_names_row(tmp_path):
     (tmp_path / "k.csv").write_text("\n".join(text))
     with pytest.raises(DataError, match="row 2, column img_h"):
         read_keypoints_csv(tmp_path / "k.csv")
+
+
+def test_keypoints_csv_of_error_rows_only_is_its_header(tmp_path):
+    write_keypoints_csv(keypoint_rows(3).assign(error="unreadable: x"), tmp_path / "k.csv")
+    assert (tmp_path / "k.csv").read_text() == ",".join(KEYPOINT_CSV_COLUMNS) + "\n"
 
 
 def test_keypoints_csv_empty_value_names_row(tmp_path):

@@ -97,7 +97,8 @@ def read_image_list(path: str | os.PathLike, root: str | os.PathLike) -> list[st
         listed = _read_arrow_csv(path, IMAGE_LIST_COLUMNS, {"img": pa.string()})["img"]
     except pa.ArrowInvalid as exc:
         raise DataError(f"{path}: not a readable image list ({exc})") from None
-    paths = pc.utf8_trim_whitespace(listed).to_pylist()
+    # A line of spaces only is no image (the CSV reader skips only empty lines).
+    paths = [p for p in pc.utf8_trim_whitespace(listed).to_pylist() if p]
     check_paths(root, paths, str(path))
     return paths
 
@@ -145,20 +146,26 @@ def read_keypoints_table(path: str | os.PathLike) -> pa.Table:
         raise DataError(f"{path}: not a readable keypoints CSV ({exc})") from None
     if any(raw[c].null_count for c in numbers):  # an empty field
         _name_bad_value(path)
-    coords = {}
-    for axis in ("x", "y"):
-        values = np.column_stack(
-            [raw[f"p{k}_{axis}"].to_numpy() for k in range(N_KEYPOINTS)]
-        ).reshape(len(raw), N_KEYPOINTS)
-        bad = (values < -1).any(axis=1)
-        if bad.any():
-            raise DataError(
-                f"{path}: row {int(np.argmax(bad)) + 1}: keypoint coordinates must be >= 0 "
-                "or -1 for missing"
-            )
-        coords[axis] = fixed_size_lists(values)
+    x, y = (
+        np.column_stack([raw[f"p{k}_{axis}"].to_numpy() for k in range(N_KEYPOINTS)]).reshape(
+            len(raw), N_KEYPOINTS
+        )
+        for axis in ("x", "y")
+    )
+    bad = (x < -1).any(axis=1) | (y < -1).any(axis=1)
+    if bad.any():
+        raise DataError(
+            f"{path}: row {int(np.argmax(bad)) + 1}: keypoint coordinates must be >= 0 "
+            "or -1 for missing"
+        )
     return pa.table(
-        {"file_id": raw["file_id"], "img_h": raw["img_h"], "img_w": raw["img_w"], **coords}
+        {
+            "file_id": raw["file_id"],
+            "img_h": raw["img_h"],
+            "img_w": raw["img_w"],
+            "x": fixed_size_lists(x),
+            "y": fixed_size_lists(y),
+        }
     )
 
 
@@ -200,6 +207,8 @@ def write_keypoints_csv(
         # Python lists a million rows took gigabytes).
         for start in range(0, len(table), CSV_BLOCK):
             block = table.slice(start, CSV_BLOCK).filter(keep.slice(start, CSV_BLOCK))
+            if not len(block):
+                continue
             xy = np.stack([list_values(block["x"]), list_values(block["y"])], axis=2)
             sizes = [block[c].to_numpy() for c in ("img_h", "img_w")]
             values = np.column_stack([*sizes, xy.reshape(len(block), -1)]).astype(np.int64)
