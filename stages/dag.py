@@ -250,6 +250,7 @@ class DagRun:
         """Move aside what the decision says, run the stage and record its fingerprint; a
         failure or Ctrl-C is recorded in its row and raised on."""
         cfg = self.cfg
+        decision.fingerprint.list_folders()
         self.cache.save()  # the digests survive a failing stage
         self.cache.forget_trees()  # the stage writes: later checks walk again
         try:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.core import storage
 from pipeline.core.atomic_io import atomic_path, table_damage
 from pipeline.core.config import Config
-from pipeline.core.content_state import ContentCache, Listing, listing_digest
+from pipeline.core.content_state import ContentCache, Folder, listing_digest
 from pipeline.core.layout import OutputLayout
 from stages.spec import StageSpec, config_value
 
@@ -30,7 +30,7 @@ class Fingerprint:
     version: int
     config: dict[str, Any]
     inputs: dict[str, str]  # path -> content digest ("missing")
-    listings: dict[str, dict[str, str]]  # folder -> {relative path: digest}
+    listings: dict[str, Folder]  # the folders among the inputs
     record: dict[str, Any]
 
     def digest(self) -> str:
@@ -38,6 +38,12 @@ class Fingerprint:
             {"v": self.version, "c": self.config, "i": self.inputs}, sort_keys=True, default=str
         )
         return listing_digest({"fingerprint": blob})[:20]
+
+    def list_folders(self) -> None:
+        """Make the listings of the input folders now, before a stage that may write
+        there runs: the listings recorded with this fingerprint are of what it digested."""
+        for folder in self.listings.values():
+            folder.listing  # noqa: B018  # a cached property: made here, kept
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,7 +79,7 @@ def take_fingerprint(spec: StageSpec, cfg: Config, cache: ContentCache) -> Finge
     for path in spec.inputs(cfg):
         key = input_key(cfg, path)
         found = cache.state(path)
-        if isinstance(found, Listing):
+        if isinstance(found, Folder):
             listings[key] = found
             inputs[key] = found.digest
         else:
@@ -113,7 +119,7 @@ def save_state(cfg: Config, name: str, fp: Fingerprint, run_id: str) -> None:
     with atomic_path(state_file(cfg, name)) as tmp:
         tmp.write_text(json.dumps({**fp.to_json(), "run_id": run_id}, indent=1, default=str))
     with atomic_path(listing_file(cfg, name)) as tmp:
-        tmp.write_text(json.dumps(fp.listings))
+        tmp.write_text(json.dumps({k: folder.listing for k, folder in fp.listings.items()}))
 
 
 def changes(
@@ -141,7 +147,7 @@ def changes(
         if path in fp.listings and listed is None:
             listed = old_listings()
         if path in fp.listings and path in listed:
-            a, b = listed[path], fp.listings[path]
+            a, b = listed[path], fp.listings[path].listing
             added = len(b.keys() - a.keys())
             removed = len(a.keys() - b.keys())
             changed = sum(1 for k in a.keys() & b.keys() if a[k] != b[k])

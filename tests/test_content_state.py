@@ -73,3 +73,68 @@ def test_a_cached_tree_is_looked_up_a_few_sibling_folders_at_a_time(tmp_path):
         assert cache.tree(tmp_path / "img") == first and cache.files_read == 0
     assert sorted(first) == sorted(f"{n}/x.jpg" for n in names)
     assert not [q for q in asked if "path = ?" in q or "WHERE path =" in q], asked
+
+
+def test_an_unchanged_tree_is_known_by_its_stat_signature_and_a_changed_one_is_digested(
+    tmp_path,
+):
+    """The up-to-date check of a folder: while every file's path, size, mtime and inode
+    are what the digest was recorded with, no file's row is looked up and none is read;
+    a file rewritten in place, added or removed gives the digest of a fresh walk."""
+    root, db = tmp_path / "img", tmp_path / "cache.sqlite"
+    for rel in ("a/1.jpg", "a/2.jpg", "b/1.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    with ContentCache(db) as cache:
+        first = cache.tree(root).digest
+        assert cache.tree_digest(root) == first
+    with ContentCache(db) as cache:
+        asked = []
+        cache._conn.set_trace_callback(asked.append)
+        assert cache.tree_digest(root) == first and cache.files_read == 0
+        assert not [q for q in asked if "FROM files" in q], asked
+
+    def fresh() -> str:
+        with ContentCache(tmp_path / "fresh.sqlite", readonly=True) as other:
+            return other.tree(root).digest
+
+    def rewrite_in_place() -> None:  # same size, same inode, a later mtime
+        (root / "a/1.jpg").write_bytes(b"A/1.JPG")
+        touch(root / "a/1.jpg", 1)
+
+    changes = [
+        rewrite_in_place,
+        lambda: (root / "b/2.jpg").write_bytes(b"new"),
+        lambda: (root / "a/2.jpg").unlink(),
+    ]
+    seen = {first}
+    for change in changes:
+        change()
+        with ContentCache(db) as cache:
+            now = cache.tree_digest(root)
+        assert now == fresh() and now not in seen
+        seen.add(now)
+    with ContentCache(db, readonly=True) as cache:  # what the last walk recorded holds
+        asked = []
+        cache._conn.set_trace_callback(asked.append)
+        assert cache.tree_digest(root) == now
+        assert not [q for q in asked if "FROM files" in q], asked
+
+
+def test_the_stat_signature_is_the_same_from_one_process_or_several(tmp_path):
+    """Workers walk shares of the sub-folders; the records are sorted, so the signature
+    is the one the cache recorded from its own walk, and it changes with any file's stat."""
+    from pipeline.core.tree_signature import tree_signature
+
+    root = tmp_path / "img"
+    for i in range(40):
+        (root / f"g{i % 3}" / f"id_{i:02d}").mkdir(parents=True, exist_ok=True)
+        (root / f"g{i % 3}" / f"id_{i:02d}" / "1.jpg").write_bytes(bytes([i]) * 10)
+    (root / "top.jpg").write_bytes(b"top")
+    (root / "g0" / "gone.jpg").symlink_to(root / "nothing.jpg")  # passed over everywhere
+    with ContentCache(tmp_path / "cache.sqlite") as cache:
+        cache.tree(root)
+        recorded = cache._new_trees[str(root)][0]
+    assert tree_signature(str(root), 1) == tree_signature(str(root), 3) == recorded
+    touch(root / "g2" / "id_38" / "1.jpg", 1)
+    assert tree_signature(str(root), 3) == tree_signature(str(root), 1) != recorded

@@ -1,6 +1,9 @@
 """Content digests of input files with a stat-keyed cache, so a rerun reads only the files
 whose (size, mtime, inode) changed, and a file whose mtime alone changed digests the same.
-The cache is one SQLite file under the output root's state folder."""
+A folder's listing digest is also kept under its stat signature (every file's relative
+path, size, mtime and inode), so that an unchanged folder of a million files is known from
+one stat per file without looking up any file's row. The cache is one SQLite file under
+the output root's state folder."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from pipeline.core import storage
+from pipeline.core.tree_signature import folder_record, scan_folder, signature_of, tree_signature
 
 CHUNK = 1 << 20
 
@@ -49,6 +53,9 @@ class ContentCache:
         # Digests computed since the last save, found again before they are saved.
         self._new: dict[str, tuple] = {}
         self._trees: dict[str, Listing] = {}
+        self._tree_digests: dict[str, str] = {}
+        # Folder -> (stat signature, listing digest, files) learnt since the last save.
+        self._new_trees: dict[str, tuple[str, str, int]] = {}
         self.files_read = 0
         self._conn = None
         if readonly:
@@ -60,6 +67,10 @@ class ContentCache:
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, "
             "mtime_ns INTEGER, inode INTEGER, digest TEXT)"
+        )
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS tree_signatures (root TEXT PRIMARY KEY, signature TEXT, "
+            "digest TEXT, files INTEGER)"
         )
 
     def __enter__(self) -> ContentCache:
@@ -78,11 +89,15 @@ class ContentCache:
     def save(self) -> None:
         """Write the digests computed since the last save (a read-only cache keeps them in
         memory only)."""
-        if self._new and self._conn is not None and not self.readonly:
+        if (self._new or self._new_trees) and self._conn is not None and not self.readonly:
             rows = [(path, *row) for path, row in self._new.items()]
             self._conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)", rows)
+            trees = [(root, *row) for root, row in self._new_trees.items()]
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO tree_signatures VALUES (?, ?, ?, ?)", trees
+            )
             self._conn.commit()
-            self._new = {}
+            self._new, self._new_trees = {}, {}
 
     def digest(self, path: str | os.PathLike) -> str:
         """The content digest of a file; read only when its stat differs from the cached one.
@@ -133,71 +148,124 @@ class ContentCache:
         )  # fmt: skip
         return {r[0]: r[1:] for r in rows}
 
-    def state(self, path) -> Listing | str:
-        """What an input is now: a folder's listing (relative path -> digest), a file's
-        digest, or "missing". On object storage from listings alone (asked once per
-        folder while the storage layer is remembering, as a DAG run's checks are)."""
+    def state(self, path) -> Folder | str:
+        """What an input is now: a folder (its listing digest, and relative path -> digest
+        when asked), a file's digest, or "missing". On object storage from listings alone
+        (asked once per folder while the storage layer is remembering, as a DAG run's
+        checks are)."""
         if storage.is_local(path):
             if os.path.isdir(path):
-                return self.tree(path)
+                return Folder(self, path)
             return self.digest(path) if os.path.isfile(path) else "missing"
         found = storage.info(path)
         if found.type == pafs.FileType.File:
             return listed_digest(str(path), found.size, found.mtime_ns)
-        return (found.type == pafs.FileType.Directory and self.tree(path)) or "missing"
+        if found.type == pafs.FileType.Directory and self.tree(path):
+            return Folder(self, path)
+        return "missing"
 
     def tree(self, root: str | os.PathLike) -> Listing:
         """Relative path -> digest of every file under `root` (hidden names skipped); on
         object storage from LIST calls alone. A local folder is walked once until
         `forget_trees` (several stages read the images: one walk of a million files)."""
         if not storage.is_local(root):
-            return Listing(
-                (f.rel, listed_digest(f.path, f.size, f.mtime_ns))
-                for f in storage.list_files(root)
-                if not any(part.startswith(".") for part in f.rel.split("/"))
-            )
+            key = str(root)
+            if key not in self._trees:
+                self._trees[key] = Listing(
+                    (f.rel, listed_digest(f.path, f.size, f.mtime_ns))
+                    for f in storage.list_files(root)
+                    if not any(part.startswith(".") for part in f.rel.split("/"))
+                )
+            return self._trees[key]
         key = os.path.abspath(root)
         if key not in self._trees:
-            out = Listing()
-            self._walk(key, "", out)
+            out, records = Listing(), []
+            for rel, files, cached in self._scan(key, ""):
+                records.append(folder_record(rel, [(name, stat) for name, _, stat in files]))
+                for name, path, stat in files:
+                    out[rel + name] = self._local_digest(
+                        path, stat, self._new.get(path) or cached.get(path)
+                    )
             self._trees[key] = out
+            self._tree_digests[key] = out.digest
+            self._new_trees[key] = (signature_of(records), out.digest, len(out))
         return self._trees[key]
+
+    def tree_digest(self, root: str | os.PathLike) -> str:
+        """The listing digest of `tree(root)`. A local folder whose stat signature is the
+        one its digest was recorded with is not listed with digests: one stat per file, no
+        file's cached row looked up."""
+        if not storage.is_local(root):
+            return self.tree(root).digest
+        key = os.path.abspath(root)
+        if key not in self._tree_digests:
+            known = self._new_trees.get(key) or self._known_tree(key)
+            if known is not None:
+                processes = min(os.cpu_count() or 1, MAX_PROCESSES)
+                if known[2] < PARALLEL_FILES:
+                    processes = 1  # starting processes costs more than it saves
+                if tree_signature(key, processes) == known[0]:
+                    self._tree_digests[key] = known[1]
+            if key not in self._tree_digests:
+                self.tree(key)
+        return self._tree_digests[key]
+
+    def _known_tree(self, key: str) -> tuple[str, str, int] | None:
+        if self._conn is None:
+            return None
+        return self._conn.execute(
+            "SELECT signature, digest, files FROM tree_signatures WHERE root = ?", (key,)
+        ).fetchone()
 
     def forget_trees(self) -> None:
         """Walk local folders again when next asked: something may have written there."""
         self._trees.clear()
+        self._tree_digests.clear()
 
-    def _walk(self, folder: str, rel: str, out: dict[str, str], cached=None) -> None:
-        """os.walk's order and choices (a folder's files by name, then its sub-folders;
-        hidden names and symlinked folders skipped) with one stat per file and no path
-        arithmetic per file: a million-image tree is walked in seconds. The cached rows
-        of the files of SIBLINGS sub-folders come from one query (`cached`, fetched when
-        first asked)."""
-        try:
-            with os.scandir(folder) as found:
-                entries = sorted(
-                    (e for e in found if not e.name.startswith(".")), key=lambda e: e.name
-                )
-        except OSError:  # gone or unreadable: os.walk passes over it the same way
+    def _scan(self, folder: str, rel: str, cached=None):
+        """(rel, [(name, path, stat)], cached rows) of each folder under `folder`, in
+        os.walk's order and with its choices (a folder's files by name, then its
+        sub-folders; hidden names and symlinked folders skipped), with one stat per file:
+        a million-image tree is walked in seconds. The cached rows of the files of
+        SIBLINGS sub-folders come from one query, made when first asked."""
+        found = scan_folder(folder)
+        if found is None:  # gone or unreadable: os.walk passes over it the same way
             return
-        cached = cached or _Fetched(lambda: self._cached_in(folder, [folder]))
-        folders = []
-        for entry in entries:
-            if entry.is_dir():
-                if not entry.is_symlink():
-                    folders.append(entry)
-                continue
-            st = entry.stat()
-            key = entry.path
-            out[rel + entry.name] = self._local_digest(
-                key, (st.st_size, st.st_mtime_ns, st.st_ino), self._new.get(key) or cached.get(key)
-            )
+        files, folders = found
+        base = folder + os.sep
+        yield (
+            rel,
+            [(name, base + name, stat) for name, stat in sorted(files)],
+            cached or _Fetched(lambda: self._cached_in(folder, [folder])),
+        )
+        folders.sort()
         for start in range(0, len(folders), SIBLINGS):
-            chunk = folders[start : start + SIBLINGS]
-            rows = _Fetched(lambda c=chunk: self._cached_in(folder, [e.path for e in c]))
-            for entry in chunk:
-                self._walk(entry.path, rel + entry.name + os.sep, out, rows)
+            chunk = [base + name for name in folders[start : start + SIBLINGS]]
+            rows = _Fetched(lambda c=chunk: self._cached_in(folder, c))
+            for path in chunk:
+                yield from self._scan(path, rel + os.path.basename(path) + os.sep, rows)
 
+
+class Folder:
+    """A folder as an input: its listing digest (`ContentCache.tree_digest`), and its
+    listing (relative path -> digest) made only when asked for: to say what changed, or to
+    record it once a stage has run."""
+
+    def __init__(self, cache: ContentCache, root):
+        self._cache, self.root = cache, root
+
+    @cached_property
+    def digest(self) -> str:
+        return self._cache.tree_digest(self.root)
+
+    @cached_property
+    def listing(self) -> Listing:
+        return self._cache.tree(self.root)
+
+
+# A folder known to hold this many files has its signature taken by several processes.
+PARALLEL_FILES = 100_000
+MAX_PROCESSES = 8
 
 # Sibling folders whose files' cached rows one query fetches: a million images in 150,000
 # identity folders cost 300 queries, not 150,000, and hold 512 folders' rows at a time.
@@ -234,6 +302,11 @@ class Listing(dict):
 def listing_digest(files: dict[str, str]) -> str:
     """One digest for a listing of (relative path -> content digest)."""
     h = hashlib.blake2b(digest_size=16)
-    for rel in sorted(files):
-        h.update(f"{rel}\0{files[rel]}\n".encode())
+    names = sorted(files)
+    for start in range(0, len(names), DIGEST_ROWS):  # one update per block: fewer calls
+        block = names[start : start + DIGEST_ROWS]
+        h.update("".join(f"{rel}\0{files[rel]}\n" for rel in block).encode())
     return h.hexdigest()
+
+
+DIGEST_ROWS = 65_536
