@@ -250,7 +250,7 @@ class DagRun:
         """Move aside what the decision says, run the stage and record its fingerprint; a
         failure or Ctrl-C is recorded in its row and raised on."""
         cfg = self.cfg
-        decision.fingerprint.list_folders()
+        decision.fingerprint.stage_listings()
         self.cache.save()  # the digests survive a failing stage
         self.cache.forget_trees()  # the stage writes: later checks walk again
         try:
@@ -259,6 +259,7 @@ class DagRun:
                 self._move_aside(spec, decision, row)
                 result = spec.run(cfg, decision.fresh)
         except BaseException as exc:
+            decision.fingerprint.drop_staged()
             self._failed(spec, exc, row, t0)
             raise
         result.finish()
@@ -331,7 +332,13 @@ def release_memory() -> None:
 
 
 def peak_rss_mib() -> int:
-    """This process's peak resident memory so far, in MiB."""
+    """This process's peak resident memory so far, in MiB. On Linux its own high-water mark
+    (VmHWM): getrusage's ru_maxrss keeps the parent's peak across fork and exec, so a `run`
+    started by a process holding gigabytes would report them."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) >> 10
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak >> (20 if sys.platform == "darwin" else 10)  # bytes there, KiB on Linux
 

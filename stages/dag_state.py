@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ class Fingerprint:
     inputs: dict[str, str]  # path -> content digest ("missing")
     listings: dict[str, Folder]  # the folders among the inputs
     record: dict[str, Any]
+    staged: Path | None = None  # the listings, written aside while the stage runs
 
     def digest(self) -> str:
         blob = json.dumps(
@@ -39,11 +42,22 @@ class Fingerprint:
         )
         return listing_digest({"fingerprint": blob})[:20]
 
-    def list_folders(self) -> None:
-        """Make the listings of the input folders now, before a stage that may write
-        there runs: the listings recorded with this fingerprint are of what it digested."""
+    def stage_listings(self) -> None:
+        """Before a stage that may write in its input folders runs: their listings as
+        digested now, written to a local temporary file (put in place by `save_state`) and
+        let go, so that the stage has the memory (a million files' listing is hundreds of
+        MB)."""
+        fd, name = tempfile.mkstemp(prefix="listings.", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump({k: folder.listing for k, folder in self.listings.items()}, fh)
+        self.staged = Path(name)
         for folder in self.listings.values():
-            folder.listing  # noqa: B018  # a cached property: made here, kept
+            folder.forget()
+
+    def drop_staged(self) -> None:
+        if self.staged is not None:
+            self.staged.unlink(missing_ok=True)
+            self.staged = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -119,7 +133,11 @@ def save_state(cfg: Config, name: str, fp: Fingerprint, run_id: str) -> None:
     with atomic_path(state_file(cfg, name)) as tmp:
         tmp.write_text(json.dumps({**fp.to_json(), "run_id": run_id}, indent=1, default=str))
     with atomic_path(listing_file(cfg, name)) as tmp:
-        tmp.write_text(json.dumps({k: folder.listing for k, folder in fp.listings.items()}))
+        if fp.staged is not None:
+            shutil.copyfile(fp.staged, tmp)
+        else:
+            tmp.write_text(json.dumps({k: folder.listing for k, folder in fp.listings.items()}))
+    fp.drop_staged()
 
 
 def changes(

@@ -218,3 +218,36 @@ def test_without_exported_maps_generation_makes_the_same_images(tmp_path, ray_se
     rows = run(load_config(REPO / "configs" / "demo.yaml", sets), only="train")
     assert rows.loc["train", "status"] == "ran", rows.attrs["echo"]
     assert (OutputLayout(out).train / "log.parquet").exists()
+
+
+def test_input_listings_are_set_aside_while_a_stage_runs_and_recorded_after(tmp_path):
+    """A stage runs without its input folders' listings in memory (a million files'
+    listing is hundreds of MB): they wait in a temporary file, become the recorded
+    listings once the stage has run, and a failed run leaves no temporary file."""
+    from pipeline.core.content_state import ContentCache
+    from stages.dag import BY_NAME, take_fingerprint
+    from stages.dag_state import listing_file, save_state, stored_listings
+
+    root = tmp_path / "data"
+    for rel in ("img/a/1.jpg", "img/b/2.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    write_image_list(["img/a/1.jpg"], root / "train_img_list.csv")
+    write_image_list(["img/b/2.jpg"], root / "test_img_list.csv")
+    cfg = load_config(None, [f"dataset.root={root}", f"output.root={tmp_path / 'out'}"])
+    with ContentCache(tmp_path / "content.sqlite") as cache:
+        fp = take_fingerprint(BY_NAME["keypoints"], cfg, cache)
+        listings = {k: dict(folder.listing) for k, folder in fp.listings.items()}
+        assert any(len(v) == 2 for v in listings.values())
+        fp.stage_listings()
+        staged = fp.staged
+        assert staged.is_file()
+        assert all("listing" not in folder.__dict__ for folder in fp.listings.values())
+        save_state(cfg, "keypoints", fp, "run-1")
+        assert not staged.exists() and listing_file(cfg, "keypoints").is_file()
+        assert stored_listings(cfg, "keypoints") == listings
+        failed = take_fingerprint(BY_NAME["keypoints"], cfg, cache)
+        failed.stage_listings()
+        staged = failed.staged
+        failed.drop_staged()
+        assert not staged.exists()

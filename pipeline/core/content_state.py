@@ -262,6 +262,10 @@ class Folder:
     def listing(self) -> Listing:
         return self._cache.tree(self.root)
 
+    def forget(self) -> None:
+        """Let go of the listing (made again if asked for)."""
+        self.__dict__.pop("listing", None)
+
 
 # A folder known to hold this many files has its signature taken by several processes.
 PARALLEL_FILES = 100_000
