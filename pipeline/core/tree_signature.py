@@ -84,23 +84,36 @@ def tree_signature(root: str, processes: int = 1) -> str:
             records_under(folder, rel, records)
         return signature_of(records)
     shares = [frontier[i::processes] for i in range(processes)]
-    # -I: only the standard library, whatever the environment and the script's folder.
-    argv = [sys.executable, "-I", os.path.abspath(__file__)]
-    workers = []
-    for share in shares:
-        worker = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        worker.stdin.write(json.dumps(share).encode())
-        worker.stdin.close()
-        workers.append(worker)
+    workers = [_start_worker(share) for share in shares]
     for worker, share in zip(workers, shares, strict=True):
-        out = worker.stdout.read()
-        worker.stdout.close()
-        if worker.wait() == 0:
+        out = b""
+        if worker is not None:
+            with worker.stdout:
+                out = worker.stdout.read()
+        if worker is not None and worker.wait() == 0:
             records += json.loads(out)
         else:  # walked here instead: the error, if any, is raised here
             for folder, rel in share:
                 records_under(folder, rel, records)
     return signature_of(records)
+
+
+def _start_worker(share: list[tuple[str, str]]) -> subprocess.Popen | None:
+    """A process walking `share`, or None when none can start (its share is walked here)."""
+    # -I: only the standard library, whatever the environment and the script's folder.
+    argv = [sys.executable, "-I", os.path.abspath(__file__)]
+    try:
+        worker = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    except OSError:
+        return None
+    try:
+        worker.stdin.write(json.dumps(share).encode())
+        worker.stdin.close()
+    except OSError:  # it ended before reading
+        worker.kill()
+        worker.wait()
+        return None
+    return worker
 
 
 def _main() -> None:
