@@ -1,4 +1,5 @@
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -15,8 +16,9 @@ from pipeline.core.legacy_csv import (
     write_keypoints_csv,
     write_pairs_csv,
 )
-from pipeline.core.paths import RootGuard, file_id, identity_group, safe_path
+from pipeline.core.paths import RootGuard, check_paths, file_id, identity_group, safe_path
 from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
+from pipeline.core.storage import safe_join
 
 
 def keypoint_rows(n=3):
@@ -174,6 +176,24 @@ def test_paths_escaping_the_root_are_refused(tmp_path):
         for rel in ["/img/inner/a.jpg", "/a.jpg", "img/inner/.."]:
             with pytest.raises(DataError):
                 guard(rel)
+    # A table's paths are checked column-wise, each folder once: the rows refused must be
+    # those a guard refuses path by path, and plain names in clean folders skip the guard.
+    rels = ["img/inner/a.jpg", "img/leaf_in.jpg", "img/leaf_out.jpg", "img/link/x.jpg",
+            "img/alias/a.jpg", "img/./inner/a.jpg", "img//inner/a.jpg", "img/inner/..",
+            "/a.jpg", "a.jpg", "img\\inner\\a.jpg", "s3://other/a.jpg", "img/inner/.", None,
+            "img/inner/", "img/missing/x.jpg", "img/link/deeper/x.jpg",
+            "img/inner/b.jpg"]  # fmt: skip
+    refused = []
+    for i, rel in enumerate(rels, start=1):
+        try:
+            safe_join(root, rel, guard=RootGuard(root, listings=True))
+        except DataError:
+            refused.append(i)
+    assert refused == [3, 4, 8, 9, 12, 14, 17]  # folders named as files pass, as before
+    with pytest.raises(DataError) as err:
+        check_paths(root, rels, "t.csv")
+    assert re.findall(r"row (\d+):", str(err.value)) == [str(i) for i in refused]
+    assert RootGuard(root, listings=True).unchecked(rels[:1] + rels[-2:]).tolist() == [1]
     pd.DataFrame({"imgA": ["img/a.jpg", "../b.jpg"], "imgB": ["/abs.jpg", "img/c.jpg"]}).to_csv(
         tmp_path / "pairs.csv", index=False
     )

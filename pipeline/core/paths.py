@@ -7,6 +7,10 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline.core.errors import DataError
 
 # A URI that went through pathlib (s3://b/k -> s3:/b/k): refused, never written as a folder.
@@ -98,6 +102,41 @@ class RootGuard:
             )
         return full
 
+    def unchecked(self, paths: list) -> np.ndarray:
+        """The indexes of `paths` that __call__ must check one by one: all but plain file
+        names in clean folders inside the root that hold no symlink, which need no check
+        beyond their folder's. Found column-wise, each folder checked once: a million
+        listed images share about 150,000 folders, and a call per path was 9 us."""
+        try:
+            col = pa.array(paths, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return np.arange(len(paths))  # not all strings: each is refused in its turn
+        # [folder, leaf], or [leaf] for a path without a folder (a regex took 6 times as long)
+        split = pc.split_pattern(col, "/", max_splits=1, reverse=True)
+        starts = split.offsets.to_numpy()
+        parts, has_folder = split.flatten(), np.diff(starts) == 2
+        leaf = parts.take(pa.array(starts[1:] - 1))
+        folder = parts.take(pa.array(starts[:-1], mask=~has_folder))  # null: no folder
+        plain = pc.and_(
+            pc.invert(pc.match_substring_regex(col, r"[\\:]")),
+            pc.invert(pc.is_in(leaf, pa.array(["", ".", ".."]))),
+        )
+        encoded = pc.dictionary_encode(folder)
+        clean = np.array([self._clean(f) for f in encoded.dictionary.to_pylist()] + [False])
+        # A path without a folder (its index null) takes the last entry: checked alone.
+        in_clean = clean[encoded.indices.fill_null(len(clean) - 1).to_numpy()]
+        fast = pc.fill_null(plain, False).to_numpy(zero_copy_only=False) & in_clean
+        return np.flatnonzero(~fast)
+
+    def _clean(self, folder: str) -> bool:
+        """Whether a folder as written is normalised, inside the root and without symlinks:
+        its files resolve to it plus their names."""
+        parts = folder.split("/")
+        if folder.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            return False
+        _, links, inside = self._folder(folder)
+        return inside and links is False
+
     def _inside(self, full: str) -> bool:
         return full == self.root or full.startswith(self._under)
 
@@ -160,11 +199,12 @@ def check_paths(root: str | os.PathLike, paths: list[str], source: str) -> None:
 
     bad = []
     guard = storage.root_guard(root)
-    for i, rel in enumerate(paths, start=1):
+    rows = range(len(paths)) if guard is None else guard.unchecked(paths)
+    for i in rows:
         try:
-            storage.safe_join(root, rel, guard=guard)
+            storage.safe_join(root, paths[i], guard=guard)
         except DataError as exc:
-            bad.append(f"row {i}: {exc}")
+            bad.append(f"row {i + 1}: {exc}")
     if bad:
         shown = "\n  ".join(bad[:20]) + (
             f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
