@@ -250,23 +250,25 @@ class DagRun:
         """Move aside what the decision says, run the stage and record its fingerprint; a
         failure or Ctrl-C is recorded in its row and raised on."""
         cfg = self.cfg
-        decision.fingerprint.stage_listings()
-        self.cache.save()  # the digests survive a failing stage
-        self.cache.forget_trees()  # the stage writes: later checks walk again
         try:
-            # The stage's own reads must see what its workers write.
-            with storage.remembering(False):
-                self._move_aside(spec, decision, row)
-                result = spec.run(cfg, decision.fresh)
-        except BaseException as exc:
-            decision.fingerprint.drop_staged()
-            self._failed(spec, exc, row, t0)
-            raise
-        result.finish()
-        release_memory()
-        self.echo(result.summary())
-        # The fingerprint was taken before running, from the inputs this run used.
-        save_state(cfg, spec.name, decision.fingerprint, self.run_id)
+            decision.fingerprint.stage_listings()
+            self.cache.save()  # the digests survive a failing stage
+            self.cache.forget_trees()  # the stage writes: later checks walk again
+            try:
+                # The stage's own reads must see what its workers write.
+                with storage.remembering(False):
+                    self._move_aside(spec, decision, row)
+                    result = spec.run(cfg, decision.fresh)
+            except BaseException as exc:
+                self._failed(spec, exc, row, t0)
+                raise
+            result.finish()
+            release_memory()
+            self.echo(result.summary())
+            # The fingerprint was taken before running, from the inputs this run used.
+            save_state(cfg, spec.name, decision.fingerprint, self.run_id)
+        finally:
+            decision.fingerprint.drop_staged()  # recorded, or the run failed
         self._record(
             row,
             t0,

@@ -48,9 +48,13 @@ class Fingerprint:
         let go, so that the stage has the memory (a million files' listing is hundreds of
         MB)."""
         fd, name = tempfile.mkstemp(prefix="listings.", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({k: folder.listing for k, folder in self.listings.items()}, fh)
         self.staged = Path(name)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump({k: folder.listing for k, folder in self.listings.items()}, fh)
+        except BaseException:  # a walk interrupted or failing: no file left behind
+            self.drop_staged()
+            raise
         for folder in self.listings.values():
             folder.forget()
 

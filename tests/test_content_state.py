@@ -119,6 +119,13 @@ def test_an_unchanged_tree_is_known_by_its_stat_signature_and_a_changed_one_is_d
         cache._conn.set_trace_callback(asked.append)
         assert cache.tree_digest(root) == now
         assert not [q for q in asked if "FROM files" in q], asked
+    # A cache written before signatures were kept, opened read-only (a dry run after an
+    # upgrade): the tree is walked, as then.
+    with ContentCache(db) as cache:
+        cache._conn.execute("DROP TABLE tree_signatures")
+        cache._conn.commit()
+    with ContentCache(db, readonly=True) as cache:
+        assert cache.tree_digest(root) == now
 
 
 def test_the_stat_signature_is_the_same_from_one_process_or_several(tmp_path):

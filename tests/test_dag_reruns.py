@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -220,7 +221,7 @@ def test_without_exported_maps_generation_makes_the_same_images(tmp_path, ray_se
     assert (OutputLayout(out).train / "log.parquet").exists()
 
 
-def test_input_listings_are_set_aside_while_a_stage_runs_and_recorded_after(tmp_path):
+def test_input_listings_are_set_aside_while_a_stage_runs_and_recorded_after(tmp_path, monkeypatch):
     """A stage runs without its input folders' listings in memory (a million files'
     listing is hundreds of MB): they wait in a temporary file, become the recorded
     listings once the stage has run, and a failed run leaves no temporary file."""
@@ -251,3 +252,17 @@ def test_input_listings_are_set_aside_while_a_stage_runs_and_recorded_after(tmp_
         staged = failed.staged
         failed.drop_staged()
         assert not staged.exists()
+
+    # A listing that fails while it is written (a folder gone unreadable, Ctrl-C during a
+    # walk of a million files) leaves no temporary file either.
+    class Interrupted:
+        @property
+        def listing(self):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    failed.listings = {"dataset:img": Interrupted()}
+    with pytest.raises(KeyboardInterrupt):
+        failed.stage_listings()
+    assert failed.staged is None and not list((tmp_path / "tmp").iterdir())

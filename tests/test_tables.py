@@ -193,7 +193,11 @@ def test_paths_escaping_the_root_are_refused(tmp_path):
     with pytest.raises(DataError) as err:
         check_paths(root, rels, "t.csv")
     assert re.findall(r"row (\d+):", str(err.value)) == [str(i) for i in refused]
-    assert RootGuard(root, listings=True).unchecked(rels[:1] + rels[-2:]).tolist() == [1]
+    guard = RootGuard(root, listings=True)
+    assert guard.unchecked(rels[:1] + rels[-2:]).tolist() == [1]
+    # None first, and a name that is not UTF-8 (os.fsdecode's surrogates): checked alone.
+    assert guard.unchecked([None, "img/inner/a.jpg"]).tolist() == [0]
+    assert guard.unchecked(["img/inner/a.jpg", "img/inner/\udcff.jpg"]).tolist() == [0, 1]
     pd.DataFrame({"imgA": ["img/a.jpg", "../b.jpg"], "imgB": ["/abs.jpg", "img/c.jpg"]}).to_csv(
         tmp_path / "pairs.csv", index=False
     )

@@ -213,9 +213,12 @@ class ContentCache:
     def _known_tree(self, key: str) -> tuple[str, str, int] | None:
         if self._conn is None:
             return None
-        return self._conn.execute(
-            "SELECT signature, digest, files FROM tree_signatures WHERE root = ?", (key,)
-        ).fetchone()
+        try:
+            return self._conn.execute(
+                "SELECT signature, digest, files FROM tree_signatures WHERE root = ?", (key,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # a cache from before signatures, opened read-only
+            return None
 
     def forget_trees(self) -> None:
         """Walk local folders again when next asked: something may have written there."""

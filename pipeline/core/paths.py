@@ -109,13 +109,14 @@ class RootGuard:
         listed images share about 150,000 folders, and a call per path was 9 us."""
         try:
             col = pa.array(paths, pa.string())
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            return np.arange(len(paths))  # not all strings: each is refused in its turn
+        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError):
+            # Not all strings, or names that are not UTF-8: each is checked in its turn.
+            return np.arange(len(paths))
         # [folder, leaf], or [leaf] for a path without a folder (a regex took 6 times as long)
         split = pc.split_pattern(col, "/", max_splits=1, reverse=True)
         starts = split.offsets.to_numpy()
         parts, has_folder = split.flatten(), np.diff(starts) == 2
-        leaf = parts.take(pa.array(starts[1:] - 1))
+        leaf = parts.take(pa.array(starts[1:] - 1, mask=np.diff(starts) == 0))  # null: None
         folder = parts.take(pa.array(starts[:-1], mask=~has_folder))  # null: no folder
         plain = pc.and_(
             pc.invert(pc.match_substring_regex(col, r"[\\:]")),

@@ -85,16 +85,22 @@ def tree_signature(root: str, processes: int = 1) -> str:
         return signature_of(records)
     shares = [frontier[i::processes] for i in range(processes)]
     workers = [_start_worker(share) for share in shares]
-    for worker, share in zip(workers, shares, strict=True):
-        out = b""
-        if worker is not None:
-            with worker.stdout:
-                out = worker.stdout.read()
-        if worker is not None and worker.wait() == 0:
-            records += json.loads(out)
-        else:  # walked here instead: the error, if any, is raised here
-            for folder, rel in share:
-                records_under(folder, rel, records)
+    try:
+        for worker, share in zip(workers, shares, strict=True):
+            out = b""
+            if worker is not None:
+                with worker.stdout:
+                    out = worker.stdout.read()
+            if worker is not None and worker.wait() == 0:
+                records += json.loads(out)
+            else:  # walked here instead: the error, if any, is raised here
+                for folder, rel in share:
+                    records_under(folder, rel, records)
+    finally:  # interrupted, or failing here: no worker outlives the call
+        for worker in workers:
+            if worker is not None and worker.poll() is None:
+                worker.kill()
+                worker.wait()
     return signature_of(records)
 
 
