@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from stages.dag_state import (
     decide,
     save_state,
     state_file,
+    stored_listing,
     stored_state,
     take_fingerprint,  # noqa: F401 (tests take fingerprints through here)
 )
@@ -267,6 +269,8 @@ class DagRun:
             self.echo(result.summary())
             # The fingerprint was taken before running, from the inputs this run used.
             save_state(cfg, spec.name, decision.fingerprint, self.run_id)
+            for key, folder in decision.fingerprint.listings.items():
+                self.cache.keep_listing(folder.root, partial(stored_listing, cfg, spec.name, key))
         finally:
             decision.fingerprint.drop_staged()  # recorded, or the run failed
         self._record(

@@ -133,6 +133,11 @@ def stored_listings(cfg: Config, name: str) -> dict[str, dict[str, str]]:
     return {input_key(cfg, k): v for k, v in listings.items()}
 
 
+def stored_listing(cfg: Config, name: str, key: str) -> dict[str, str] | None:
+    """One input folder's listing as the stage recorded it (None: not recorded)."""
+    return stored_listings(cfg, name).get(key)
+
+
 def save_state(cfg: Config, name: str, fp: Fingerprint, run_id: str) -> None:
     with atomic_path(state_file(cfg, name)) as tmp:
         tmp.write_text(json.dumps({**fp.to_json(), "run_id": run_id}, indent=1, default=str))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.core.content_state import ContentCache, file_digest
+from pipeline.core.content_state import ContentCache, file_digest, listing_digest
 
 
 def touch(path, seconds: int) -> None:
@@ -126,6 +126,38 @@ def test_an_unchanged_tree_is_known_by_its_stat_signature_and_a_changed_one_is_d
         cache._conn.commit()
     with ContentCache(db, readonly=True) as cache:
         assert cache.tree_digest(root) == now
+
+
+def test_a_kept_listing_is_reused_while_the_signature_holds_and_walked_again_after(tmp_path):
+    """After a stage, the DAG hands back the listing it recorded (`keep_listing`): the next
+    stage that asks gets it without a walk with digests while the folder's stat signature
+    is the one it was walked with; any change is walked and digested again."""
+    root = tmp_path / "img"
+    for rel in ("a/1.jpg", "a/2.jpg", "b/1.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    loads = []
+
+    def load():
+        loads.append(1)
+        return dict(recorded)
+
+    with ContentCache(tmp_path / "c.sqlite") as cache:
+        recorded = dict(cache.tree(root))
+        cache.keep_listing(root, load)
+        cache.forget_trees()  # a stage ran
+        asked = []
+        cache._conn.set_trace_callback(asked.append)
+        assert cache.tree(root) == recorded and len(loads) == 1
+        assert cache.tree_digest(root) == cache.tree(root).digest
+        assert not [q for q in asked if "FROM files" in q], asked
+        cache.forget_trees()  # another stage ran, and this one wrote in the folder
+        (root / "b/1.jpg").write_bytes(b"changed")
+        touch(root / "b/1.jpg", 5)
+        now = cache.tree(root)
+        assert len(loads) == 1 and now["b/1.jpg"] == file_digest(root / "b/1.jpg")
+    with ContentCache(tmp_path / "fresh.sqlite", readonly=True) as fresh:
+        assert fresh.tree(root).digest == now.digest != listing_digest(recorded)
 
 
 def test_the_stat_signature_is_the_same_from_one_process_or_several(tmp_path):

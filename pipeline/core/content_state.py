@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -56,6 +57,12 @@ class ContentCache:
         self._tree_digests: dict[str, str] = {}
         # Folder -> (stat signature, listing digest, files) learnt since the last save.
         self._new_trees: dict[str, tuple[str, str, int]] = {}
+        # Folder -> (stat signature, listing digest) of the last walk, and the listings a
+        # stage recorded (`keep_listing`): a folder whose signature is still the same is
+        # not walked with digests again after a stage that did not write in it.
+        self._walked: dict[str, tuple[str, str]] = {}
+        self._kept: dict[str, tuple[str, str, Callable[[], dict | None]]] = {}
+        self._signatures: dict[str, str] = {}  # taken since the last forget_trees
         self.files_read = 0
         self._conn = None
         if readonly:
@@ -178,6 +185,8 @@ class ContentCache:
                 )
             return self._trees[key]
         key = os.path.abspath(root)
+        if key not in self._trees and (kept := self._kept_listing(key)) is not None:
+            self._trees[key] = kept
         if key not in self._trees:
             out, records = Listing(), []
             for rel, files, cached in self._scan(key, ""):
@@ -188,8 +197,45 @@ class ContentCache:
                     )
             self._trees[key] = out
             self._tree_digests[key] = out.digest
-            self._new_trees[key] = (signature_of(records), out.digest, len(out))
+            self._signatures[key] = signature_of(records)
+            self._new_trees[key] = (self._signatures[key], out.digest, len(out))
+            self._walked[key] = (self._signatures[key], out.digest)
         return self._trees[key]
+
+    def keep_listing(self, root: str | os.PathLike, load: Callable[[], dict | None]) -> None:
+        """A stage recorded the listing of the local folder `root` as last walked: `load`
+        reads it back, for `tree` to reuse while the folder's stat signature is the one it
+        was walked with (the DAG's later stages ask what changed in the images: a million
+        files, walked with a cached row each, took tens of seconds)."""
+        if not storage.is_local(root):
+            return  # object storage: listed once per run, the listing kept in memory
+        key = os.path.abspath(root)
+        if key in self._walked:
+            self._kept[key] = (*self._walked[key], load)
+
+    def _kept_listing(self, key: str) -> Listing | None:
+        signature, digest, load = self._kept.pop(key, (None, None, None))
+        if signature is None or self._signature(key) != signature:
+            return None
+        files = load()
+        if files is None:
+            return None
+        listing = Listing(files)
+        listing.__dict__["digest"] = digest  # the cached_property, known: not hashed again
+        self._tree_digests[key] = digest
+        self._kept[key] = (signature, digest, load)  # again after the next stage
+        return listing
+
+    def _signature(self, key: str, files: int | None = None) -> str:
+        """The folder's stat signature now (taken once until `forget_trees`), by several
+        processes when it is known to hold PARALLEL_FILES or more."""
+        if key not in self._signatures:
+            processes = min(os.cpu_count() or 1, MAX_PROCESSES)
+            known = files if files is not None else (self._known_tree(key) or (0, 0, 0))[2]
+            if known < PARALLEL_FILES:
+                processes = 1  # starting processes costs more than it saves
+            self._signatures[key] = tree_signature(key, processes)
+        return self._signatures[key]
 
     def tree_digest(self, root: str | os.PathLike) -> str:
         """The listing digest of `tree(root)`. A local folder whose stat signature is the
@@ -200,12 +246,8 @@ class ContentCache:
         key = os.path.abspath(root)
         if key not in self._tree_digests:
             known = self._new_trees.get(key) or self._known_tree(key)
-            if known is not None:
-                processes = min(os.cpu_count() or 1, MAX_PROCESSES)
-                if known[2] < PARALLEL_FILES:
-                    processes = 1  # starting processes costs more than it saves
-                if tree_signature(key, processes) == known[0]:
-                    self._tree_digests[key] = known[1]
+            if known is not None and self._signature(key, known[2]) == known[0]:
+                self._tree_digests[key] = known[1]
             if key not in self._tree_digests:
                 self.tree(key)
         return self._tree_digests[key]
@@ -224,6 +266,7 @@ class ContentCache:
         """Walk local folders again when next asked: something may have written there."""
         self._trees.clear()
         self._tree_digests.clear()
+        self._signatures.clear()
 
     def _scan(self, folder: str, rel: str, cached=None):
         """(rel, [(name, path, stat)], cached rows) of each folder under `folder`, in
