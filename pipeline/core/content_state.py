@@ -214,16 +214,13 @@ class ContentCache:
             self._kept[key] = (*self._walked[key], load)
 
     def _kept_listing(self, key: str) -> Listing | None:
-        signature, digest, load = self._kept.pop(key, (None, None, None))
-        if signature is None or self._signature(key) != signature:
-            return None
-        files = load()
-        if files is None:
+        # Kept after use: the stage after the next may ask again.
+        signature, digest, load = self._kept.get(key, (None, None, None))
+        if signature is None or self._signature(key) != signature or (files := load()) is None:
             return None
         listing = Listing(files)
         listing.__dict__["digest"] = digest  # the cached_property, known: not hashed again
         self._tree_digests[key] = digest
-        self._kept[key] = (signature, digest, load)  # again after the next stage
         return listing
 
     def _signature(self, key: str, files: int | None = None) -> str:

@@ -115,9 +115,9 @@ class RootGuard:
         # [folder, leaf], or [leaf] for a path without a folder (a regex took 6 times as long)
         split = pc.split_pattern(col, "/", max_splits=1, reverse=True)
         starts = split.offsets.to_numpy()
-        parts, has_folder = split.flatten(), np.diff(starts) == 2
-        leaf = parts.take(pa.array(starts[1:] - 1, mask=np.diff(starts) == 0))  # null: None
-        folder = parts.take(pa.array(starts[:-1], mask=~has_folder))  # null: no folder
+        parts, counts = split.flatten(), np.diff(starts)
+        leaf = parts.take(pa.array(starts[1:] - 1, mask=counts == 0))  # null: None
+        folder = parts.take(pa.array(starts[:-1], mask=counts != 2))  # null: no folder
         plain = pc.and_(
             pc.invert(pc.match_substring_regex(col, r"[\\:]")),
             pc.invert(pc.is_in(leaf, pa.array(["", ".", ".."]))),
