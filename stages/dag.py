@@ -255,7 +255,9 @@ class DagRun:
         try:
             decision.fingerprint.stage_listings()
             self.cache.save()  # the digests survive a failing stage
-            self.cache.forget_trees()  # the stage writes: later checks walk again
+            # What the stage writes is walked again by later checks; the folders it only
+            # reads (the images) keep their signatures and listings.
+            self.cache.forget_trees([*spec.outputs(cfg), *spec.previous(cfg)])
             try:
                 # The stage's own reads must see what its workers write.
                 with storage.remembering(False):

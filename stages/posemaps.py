@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.cluster.stage_result import StageResult
 from pipeline.core import storage
@@ -130,20 +131,21 @@ def plan_posemaps(
     no_split = ~has_error & ~table["split"].isin(SPLITS)
     excluded["no train/test split"] = int(no_split.sum())
     rows = table[~has_error & ~no_split].copy()
-    rows["target"] = [
-        layout.posemap_name(s, f) for s, f in zip(rows["split"], rows["file_id"], strict=True)
-    ]
+    rows["target"], names = layout.posemap_names(rows["split"], rows["file_id"])
     rows["digest"] = row_digests(rows, sigma)
     todo = rows
     if not force:
         index = read_index(layout)["digest"]
         indexed = rows["target"].map(index[~index.index.duplicated(keep="last")])
-        # One listing per folder, not a stat (on S3 a request) per map.
-        names = rows["target"].str.rpartition("/")[2]
+        # One listing per folder, not a stat (on S3 a request) per map; matched in Arrow.
+        names = pa.array(names, pa.string())
         present = np.zeros(len(rows), bool)
         for split in SPLITS:
             mine = (rows["split"] == split).to_numpy()
-            present[mine] = names[mine].isin(storage.file_names(layout.posemap_dir(split)))
+            on_disk = pa.array(storage.file_names(layout.posemap_dir(split)), pa.string())
+            present[mine] = pc.is_in(names.filter(pa.array(mine)), value_set=on_disk).to_numpy(
+                zero_copy_only=False
+            )
         up_to_date = (indexed == rows["digest"]).to_numpy() & present
         excluded["up to date"] = int(up_to_date.sum())
         todo = rows[~up_to_date]
@@ -159,7 +161,7 @@ def write_maps(
     from pipeline.cluster.batch_stream import Tasks, choose_executor, consume, run_batches
     from pipeline.cluster.runtime import init_ray
 
-    pc = cfg.posemaps
+    opts = cfg.posemaps
     outside, written = 0, []
 
     def record(done: pd.DataFrame) -> int:
@@ -169,20 +171,20 @@ def write_maps(
         return len(done)
 
     root = storage.absolute(layout.root)
-    executor = choose_executor(pc.executor, len(rows), None, None, cfg.ray.address,
+    executor = choose_executor(opts.executor, len(rows), None, None, cfg.ray.address,
                                models=False)  # fmt: skip
     if executor.name == "ray":
         init_ray(cfg.ray)
         step = Tasks(write_posemaps, {"sigma": sigma, "root": root}, batch_format="pandas",
                      num_cpus=1)  # fmt: skip
-        run_batches(rows[MAP_COLUMNS], pc.batch_size, [step], label="posemaps",
+        run_batches(rows[MAP_COLUMNS], opts.batch_size, [step], label="posemaps",
                     unit="map", handle=record, progress=progress,
                     stall_timeout=cfg.ray.stall_timeout_s)  # fmt: skip
     else:
         from concurrent.futures import ThreadPoolExecutor
 
-        batches = [rows[MAP_COLUMNS].iloc[i : i + pc.batch_size]
-                   for i in range(0, len(rows), pc.batch_size)]  # fmt: skip
+        batches = [rows[MAP_COLUMNS].iloc[i : i + opts.batch_size]
+                   for i in range(0, len(rows), opts.batch_size)]  # fmt: skip
         # zlib releases the GIL: threads compress maps side by side. Ctrl-C cancels the
         # batches not started and lets each thread finish the one it writes.
         pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1))
@@ -224,7 +226,7 @@ def run_posemaps(
         nodes = nodes[~nodes.index.duplicated(keep="last")]
     # Maps of images no longer in the table go; the index records what each map holds and
     # which node wrote it.
-    gone = set(nodes.index) - set(mapped["target"])
+    gone = nodes.index.difference(mapped["target"])
     for target in gone:
         storage.delete(storage.safe_join(layout.root, target, "pose-map index"))
     index = mapped[["target", "digest"]].assign(node=mapped["target"].map(nodes))
@@ -244,7 +246,7 @@ def run_posemaps(
         f"{outside} out-of-image keypoint(s) treated as missing"
     )
     result.notes += [f"not written ({reason}): {n}" for reason, n in excluded.items()]
-    if gone:
+    if len(gone):
         result.notes.append(
             f"{len(gone)} map(s) of images no longer in the keypoints table removed"
         )

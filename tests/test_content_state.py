@@ -177,3 +177,36 @@ def test_the_stat_signature_is_the_same_from_one_process_or_several(tmp_path):
     assert tree_signature(str(root), 1) == tree_signature(str(root), 3) == recorded
     touch(root / "g2" / "id_38" / "1.jpg", 1)
     assert tree_signature(str(root), 3) == tree_signature(str(root), 1) != recorded
+
+
+def test_a_stage_that_writes_elsewhere_leaves_a_folders_signature_known(tmp_path, monkeypatch):
+    """Between stages the DAG forgets only the folders a stage writes in (its outputs):
+    the images it reads keep their stat signature, taken once per run; a folder that holds
+    or lies inside a written path is signed again, and sees the change."""
+    from pipeline.core import content_state
+
+    taken = []
+
+    def counted(root, processes):
+        taken.append(root)
+        return tree_signature(root, processes)
+
+    tree_signature = content_state.tree_signature
+    monkeypatch.setattr(content_state, "tree_signature", counted)
+    images, maps = tmp_path / "data" / "img", tmp_path / "data" / "maps"
+    for folder in (images, maps):
+        (folder / "a").mkdir(parents=True)
+        (folder / "a" / "1.jpg").write_bytes(b"1")
+    with ContentCache(tmp_path / "c.sqlite") as cache:
+        cache.tree_digest(images), cache.tree_digest(maps)
+        cache.save()
+        cache.forget_trees()  # everything: the first stage
+        first = {k: cache.tree_digest(k) for k in (images, maps)}
+        assert len(taken) == 2
+        (maps / "a" / "2.jpg").write_bytes(b"2")  # the stage writes one map
+        cache.forget_trees([maps / "a" / "2.jpg", tmp_path / "data" / "tables"])
+        assert cache.tree_digest(images) == first[images] and len(taken) == 2
+        assert cache.tree_digest(maps) != first[maps] and len(taken) == 3
+        cache.forget_trees([tmp_path / "data"])  # a folder that holds both
+        cache.tree_digest(images)
+        assert len(taken) == 4
