@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,10 +95,17 @@ def input_key(cfg: Config, path: str | Path) -> str:
 ROOT_PREFIXES = ("dataset:", "output:")
 
 
-def take_fingerprint(spec: StageSpec, cfg: Config, cache: ContentCache) -> Fingerprint:
+def take_fingerprint(
+    spec: StageSpec, cfg: Config, cache: ContentCache, stored: dict[str, Any] | None = None
+) -> Fingerprint:
+    """The stage's fingerprint now; `stored`: its last run's state, whose recorded folder
+    listings the cache may bring up to date instead of walking a changed folder whole."""
     inputs, listings = {}, {}
+    recorded = (stored or {}).get("inputs", {})
     for path in spec.inputs(cfg):
         key = input_key(cfg, path)
+        if key in recorded:
+            cache.listed_before(path, recorded[key], partial(stored_listing, cfg, spec.name, key))
         found = cache.state(path)
         if isinstance(found, Folder):
             listings[key] = found
@@ -254,8 +262,8 @@ def decide(spec: StageSpec, cfg: Config, cache: ContentCache, plan: RunPlan) -> 
     reason = spec.needed(cfg)
     if reason:
         return Decision(spec.name, "not needed", [reason])
-    fp = take_fingerprint(spec, cfg, cache)
     stored = stored_state(cfg, spec.name)
+    fp = take_fingerprint(spec, cfg, cache, stored)
     if spec.name in plan.forced:
         return Decision(spec.name, "run", ["asked for (--force, --from or --only)"], True, fp)
     damaged = unreadable_tables([*spec.outputs(cfg), *spec.previous(cfg)])

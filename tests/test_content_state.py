@@ -189,10 +189,10 @@ def test_a_stage_that_writes_elsewhere_leaves_a_folders_signature_known(tmp_path
 
     def counted(root, processes):
         taken.append(root)
-        return tree_signature(root, processes)
+        return tree_records(root, processes)
 
-    tree_signature = content_state.tree_signature
-    monkeypatch.setattr(content_state, "tree_signature", counted)
+    tree_records = content_state.tree_records
+    monkeypatch.setattr(content_state, "tree_records", counted)
     images, maps = tmp_path / "data" / "img", tmp_path / "data" / "maps"
     for folder in (images, maps):
         (folder / "a").mkdir(parents=True)
@@ -210,3 +210,62 @@ def test_a_stage_that_writes_elsewhere_leaves_a_folders_signature_known(tmp_path
         cache.forget_trees([tmp_path / "data"])  # a folder that holds both
         cache.tree_digest(images)
         assert len(taken) == 4
+
+
+def test_a_recorded_listing_is_brought_up_to_date_by_scanning_only_changed_folders(
+    tmp_path, monkeypatch
+):
+    """A folder that changed since a stage recorded its listing (`listed_before`) is not
+    walked whole: folders whose record (their files' names and stats) is the same keep
+    the recorded digests, the others are scanned. The result is a fresh walk's listing,
+    whatever changed: a file added, a folder added or removed, a rewrite in place."""
+    from pipeline.core import content_state
+
+    root = tmp_path / "img"
+    for ident in range(6):
+        (root / f"id_{ident}").mkdir(parents=True)
+        for pose in range(3):
+            (root / f"id_{ident}" / f"{pose}.jpg").write_bytes(f"{ident}-{pose}".encode())
+    (root / "top.jpg").write_bytes(b"top")
+    db = tmp_path / "c.sqlite"
+    with ContentCache(db) as cache:
+        recorded = dict(cache.tree(root))
+        digest = cache.tree_digest(root)
+    (root / "id_0" / "3.jpg").write_bytes(b"added")  # a file added to a folder
+    (root / "id_9" / "deep").mkdir(parents=True)  # new folders
+    (root / "id_9" / "deep" / "0.jpg").write_bytes(b"new")
+    (root / "id_1" / "0.jpg").write_bytes(b"1-X")  # same size, other bytes
+    touch(root / "id_1" / "0.jpg", 3)
+    for name in os.listdir(root / "id_2"):  # a folder removed
+        os.remove(root / "id_2" / name)
+    os.rmdir(root / "id_2")
+    (root / "id_3" / ".hidden.jpg").write_bytes(b"hidden")  # not a file of the listing
+    scanned = []
+
+    def counted(folder):
+        scanned.append(os.path.relpath(folder, root))
+        return scan_folder(folder)
+
+    scan_folder = content_state.scan_folder
+    monkeypatch.setattr(content_state, "scan_folder", counted)
+    with ContentCache(db) as cache:
+        cache.listed_before(root, digest, lambda: dict(recorded))
+        now = cache.tree(root)
+        assert sorted(scanned) == ["id_0", "id_1", "id_9", "id_9/deep"], scanned
+    with ContentCache(tmp_path / "fresh.sqlite") as fresh:
+        assert dict(now) == dict(fresh.tree(root)) and now.digest == fresh.tree(root).digest
+    # Recorded under another digest (not the last walk's): the folder is walked whole.
+    scanned.clear()
+    (root / "id_4" / "9.jpg").write_bytes(b"9")
+    with ContentCache(db) as cache:
+        cache.listed_before(root, digest, lambda: dict(recorded))
+        walked = cache.tree(root)
+        assert len(scanned) == 8 and walked["id_4/9.jpg"] == file_digest(root / "id_4/9.jpg")
+        cache.save()
+    # The walk recorded the folders' records again: the next change scans one folder.
+    scanned.clear()
+    (root / "id_5" / "9.jpg").write_bytes(b"95")
+    with ContentCache(db) as cache:
+        cache.listed_before(root, walked.digest, lambda: dict(walked))
+        again = cache.tree(root)
+        assert scanned == ["id_5"] and again["id_5/9.jpg"] == file_digest(root / "id_5/9.jpg")

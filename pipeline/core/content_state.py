@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import zlib
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -17,7 +18,13 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from pipeline.core import storage
-from pipeline.core.tree_signature import folder_record, scan_folder, signature_of, tree_signature
+from pipeline.core.tree_signature import (
+    folder_record,
+    record_folder,
+    scan_folder,
+    signature_of,
+    tree_records,
+)
 
 CHUNK = 1 << 20
 
@@ -63,6 +70,12 @@ class ContentCache:
         self._walked: dict[str, tuple[str, str]] = {}
         self._kept: dict[str, tuple[str, str, Callable[[], dict | None]]] = {}
         self._signatures: dict[str, str] = {}  # taken since the last forget_trees
+        # Folder -> its folders' records, taken with the signature; and those of the last
+        # walk to save, with its listing digest. A listing recorded with that digest is
+        # brought up to date by scanning only the folders whose record changed.
+        self._records: dict[str, list[str]] = {}
+        self._new_records: dict[str, tuple[str, list[str]]] = {}
+        self._bases: dict[str, dict[str, Callable[[], dict | None]]] = {}
         self.files_read = 0
         self._conn = None
         if readonly:
@@ -78,6 +91,10 @@ class ContentCache:
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS tree_signatures (root TEXT PRIMARY KEY, signature TEXT, "
             "digest TEXT, files INTEGER)"
+        )
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS tree_records (root TEXT PRIMARY KEY, digest TEXT, "
+            "records BLOB)"
         )
 
     def __enter__(self) -> ContentCache:
@@ -96,15 +113,21 @@ class ContentCache:
     def save(self) -> None:
         """Write the digests computed since the last save (a read-only cache keeps them in
         memory only)."""
-        if (self._new or self._new_trees) and self._conn is not None and not self.readonly:
+        pending = self._new or self._new_trees or self._new_records
+        if pending and self._conn is not None and not self.readonly:
             rows = [(path, *row) for path, row in self._new.items()]
             self._conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)", rows)
             trees = [(root, *row) for root, row in self._new_trees.items()]
             self._conn.executemany(
                 "INSERT OR REPLACE INTO tree_signatures VALUES (?, ?, ?, ?)", trees
             )
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO tree_records VALUES (?, ?, ?)",
+                [(root, digest, _packed(records))
+                 for root, (digest, records) in self._new_records.items()],
+            )  # fmt: skip
             self._conn.commit()
-            self._new, self._new_trees = {}, {}
+            self._new, self._new_trees, self._new_records = {}, {}, {}
 
     def digest(self, path: str | os.PathLike) -> str:
         """The content digest of a file; read only when its stat differs from the cached one.
@@ -188,6 +211,8 @@ class ContentCache:
         if key not in self._trees and (kept := self._kept_listing(key)) is not None:
             self._trees[key] = kept
         if key not in self._trees:
+            self._listing_since(key)
+        if key not in self._trees:
             out, records = Listing(), []
             for rel, files, cached in self._scan(key, ""):
                 records.append(folder_record(rel, [(name, stat) for name, _, stat in files]))
@@ -195,12 +220,78 @@ class ContentCache:
                     out[rel + name] = self._local_digest(
                         path, stat, self._new.get(path) or cached.get(path)
                     )
-            self._trees[key] = out
-            self._tree_digests[key] = out.digest
-            self._signatures[key] = signature_of(records)
-            self._new_trees[key] = (self._signatures[key], out.digest, len(out))
-            self._walked[key] = (self._signatures[key], out.digest)
+            self._walked_now(key, out, records)
         return self._trees[key]
+
+    def _walked_now(self, key: str, out: Listing, records: list[str]) -> None:
+        """Remember the listing `out` of the local folder `key`, walked now, with its
+        folders' `records`."""
+        self._trees[key] = out
+        self._tree_digests[key] = out.digest
+        self._signatures[key] = signature_of(records)
+        self._records[key] = records
+        self._new_trees[key] = (self._signatures[key], out.digest, len(out))
+        self._new_records[key] = (out.digest, records)
+        self._walked[key] = (self._signatures[key], out.digest)
+
+    def listed_before(
+        self, root: str | os.PathLike, digest: str, load: Callable[[], dict | None]
+    ) -> None:
+        """A listing of the local folder `root` recorded earlier (a stage's last run), whose
+        listing digest is `digest` and which `load` reads back: when the folder has changed
+        since, `tree` takes the files of its unchanged folders from it."""
+        if storage.is_local(root):
+            self._bases.setdefault(os.path.abspath(root), {})[digest] = load
+
+    def _listing_since(self, key: str) -> None:
+        """`tree` of `key` from a listing recorded earlier (`listed_before`) whose folders'
+        records are known: the files of folders whose record is the same are taken from
+        it, the others are scanned (and their files digested through the cache). Adding
+        1% of a million images scans 1% of the folders, not all of them."""
+        old = self._stored_records(key)
+        load = self._bases.get(key, {}).get(old[0]) if old else None
+        if load is None or (previous := load()) is None:
+            return
+        before = set(old[1])
+        self._signature(key)
+        same = [r for r in self._records[key] if r in before]
+        kept = {record_folder(r) for r in same}
+        out = Listing(
+            (rel, digest) for rel, digest in previous.items()
+            if rel[: rel.rfind(os.sep) + 1] in kept
+        )  # fmt: skip
+        records = same
+        for record in self._records[key]:
+            if record in before:
+                continue
+            rel = record_folder(record)
+            folder = os.path.join(key, rel) if rel else key
+            found = scan_folder(folder)
+            if found is None:  # gone since the signature was taken
+                continue
+            files = sorted(found[0])
+            records.append(folder_record(rel, files))
+            cached = self._cached_in(folder, [folder])
+            for name, stat in files:
+                path = os.path.join(folder, name)
+                out[rel + name] = self._local_digest(
+                    path, stat, self._new.get(path) or cached.get(path)
+                )
+        self._walked_now(key, out, records)
+
+    def _stored_records(self, key: str) -> tuple[str, list[str]] | None:
+        """(listing digest, folders' records) of the folder's last walk."""
+        if key in self._new_records:
+            return self._new_records[key]
+        if self._conn is None:
+            return None
+        try:
+            row = self._conn.execute(
+                "SELECT digest, records FROM tree_records WHERE root = ?", (key,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # a cache from before records, opened read-only
+            return None
+        return (row[0], zlib.decompress(row[1]).decode().split("\n")) if row else None
 
     def keep_listing(self, root: str | os.PathLike, load: Callable[[], dict | None]) -> None:
         """A stage recorded the listing of the local folder `root` as last walked: `load`
@@ -231,7 +322,8 @@ class ContentCache:
             known = files if files is not None else (self._known_tree(key) or (0, 0, 0))[2]
             if known < PARALLEL_FILES:
                 processes = 1  # starting processes costs more than it saves
-            self._signatures[key] = tree_signature(key, processes)
+            self._records[key] = tree_records(key, processes)
+            self._signatures[key] = signature_of(self._records[key])
         return self._signatures[key]
 
     def tree_digest(self, root: str | os.PathLike) -> str:
@@ -264,7 +356,7 @@ class ContentCache:
         `written` (what a stage is about to write: files and folders), only the folders
         that hold one of them or lie inside one: the images a stage reads but never writes
         keep their signature (at a million files, seconds per stage)."""
-        for known in (self._trees, self._tree_digests, self._signatures):
+        for known in (self._trees, self._tree_digests, self._signatures, self._records):
             for key in list(known):
                 if written is None or not storage.is_local(key) or _touched(key, written):
                     del known[key]
@@ -291,6 +383,10 @@ class ContentCache:
             rows = _Fetched(lambda c=chunk: self._cached_in(folder, c))
             for path in chunk:
                 yield from self._scan(path, rel + os.path.basename(path) + os.sep, rows)
+
+
+def _packed(records: list[str]) -> bytes:
+    return zlib.compress("\n".join(records).encode(), 1)
 
 
 def _touched(folder: str, written: list) -> bool:

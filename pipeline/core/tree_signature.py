@@ -68,6 +68,18 @@ def records_under(folder: str, rel: str, out: list[str]) -> None:
 def tree_signature(root: str, processes: int = 1) -> str:
     """The signature of the tree under `root`, walked by `processes` processes (this one
     when 1)."""
+    return signature_of(tree_records(root, processes))
+
+
+def record_folder(record: str) -> str:
+    """The folder a record is of, relative to the root ("" for the root, else ending in
+    the separator)."""
+    return record.partition("\0")[0]
+
+
+def tree_records(root: str, processes: int = 1) -> list[str]:
+    """The records of every folder under `root` (in no set order), walked by `processes`
+    processes (this one when 1)."""
     records: list[str] = []
     frontier = [(root, "")]
     if processes > 1:  # the top folders here, until there are enough to share out
@@ -82,7 +94,7 @@ def tree_signature(root: str, processes: int = 1) -> str:
     if processes <= 1 or len(frontier) < 2:
         for folder, rel in frontier:
             records_under(folder, rel, records)
-        return signature_of(records)
+        return records
     shares = [frontier[i::processes] for i in range(processes)]
     workers = [_start_worker(share) for share in shares]
     try:
@@ -101,7 +113,7 @@ def tree_signature(root: str, processes: int = 1) -> str:
             if worker is not None and worker.poll() is None:
                 worker.kill()
                 worker.wait()
-    return signature_of(records)
+    return records
 
 
 def _start_worker(share: list[tuple[str, str]]) -> subprocess.Popen | None:
