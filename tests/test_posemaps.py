@@ -76,6 +76,9 @@ def test_stage_writes_skips_and_counts(annotated_root, tmp_path, ray_session):
     old = layout.posemap(table.at[2, "split"], table.at[2, "file_id"])
     os.utime(old, (0, 0))  # an older file with the same content is fine
     assert run_posemaps(cfg, progress=False).rows_out == 0
+    os.remove(old)  # a map deleted by hand is written again, alone
+    assert run_posemaps(cfg, progress=False).rows_out == 1 and old.exists()
+    os.utime(old, (0, 0))
     x2 = np.asarray(table.at[2, "x"]).copy()
     x2[x2 >= 0] -= 1  # one row's keypoints move
     table.at[2, "x"] = x2

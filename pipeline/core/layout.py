@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core import storage
 from pipeline.core.errors import DataError
@@ -95,11 +96,11 @@ class DatasetLayout:
         return f"{split}_pose_maps/{fid}.npz"
 
     @staticmethod
-    def posemap_names(splits: pd.Series, fids: pd.Series) -> tuple[pd.Series, pd.Series]:
-        """`posemap_name` of each row, column-wise, and each map's file name (a million
-        rows formatted one by one took seconds)."""
-        names = fids + ".npz"
-        return splits + "_pose_maps/" + names, names
+    def posemap_names(splits: pa.Array, fids: pa.Array) -> tuple[pa.Array, pa.Array]:
+        """`posemap_name` of each row, column-wise in Arrow, and each map's file name (a
+        million rows formatted one by one took seconds)."""
+        names = pc.binary_join_element_wise(fids, ".npz", "")
+        return pc.binary_join_element_wise(splits, "_pose_maps/", names, ""), names
 
     def pairs_csv(self, split: str) -> DataPath:
         return self.root / f"{split}_img_pairs.csv"
