@@ -91,15 +91,20 @@ def _read_arrow_csv(path: str | os.PathLike, columns: list[str], types: dict) ->
     return table
 
 
-def read_image_list(path: str | os.PathLike, root: str | os.PathLike) -> list[str]:
-    """Legacy `*_img_list.csv` (header `img`): paths relative to the dataset root."""
+def read_image_list(
+    path: str | os.PathLike, root: str | os.PathLike, checked: bool = True
+) -> list[str]:
+    """Legacy `*_img_list.csv` (header `img`): paths relative to the dataset root, each
+    checked to stay inside it unless `checked` is false (a reader that opens no file by
+    these paths: they only select rows of a table whose paths were checked)."""
     try:
         listed = _read_arrow_csv(path, IMAGE_LIST_COLUMNS, {"img": pa.string()})["img"]
     except pa.ArrowInvalid as exc:
         raise DataError(f"{path}: not a readable image list ({exc})") from None
     # A line of spaces only is no image (the CSV reader skips only empty lines).
     paths = [p for p in pc.utf8_trim_whitespace(listed).to_pylist() if p]
-    check_paths(root, paths, str(path))
+    if checked:
+        check_paths(root, paths, str(path))
     return paths
 
 
