@@ -266,7 +266,8 @@ def decide(spec: StageSpec, cfg: Config, cache: ContentCache, plan: RunPlan) -> 
     fp = take_fingerprint(spec, cfg, cache, stored)
     if spec.name in plan.forced:
         return Decision(spec.name, "run", ["asked for (--force, --from or --only)"], True, fp)
-    damaged = unreadable_tables([*spec.outputs(cfg), *spec.previous(cfg)])
+    tables = spec.tables(cfg) if spec.tables else [*spec.outputs(cfg), *spec.previous(cfg)]
+    damaged = unreadable_tables(tables)
     if damaged:
         reasons = [f"{path} is unreadable ({why})" for path, why in damaged.items()]
         if spec.guarded:

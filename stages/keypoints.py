@@ -27,7 +27,7 @@ from pipeline.core.legacy_csv import (
     write_keypoints_csv,
 )
 from pipeline.core.object_path import DataPath, data_path
-from pipeline.core.paths import check_paths, file_id
+from pipeline.core.paths import check_paths, file_id, file_ids
 from pipeline.core.resumable import ResumableTable
 from pipeline.core.schemas import KEYPOINTS_SCHEMA, to_arrow
 from pipeline.pose.skeleton import MISSING, N_KEYPOINTS, valid_mask
@@ -52,7 +52,7 @@ def keypoints_table_from_csv(csv_path, images: pd.DataFrame, estimator: str = IM
     Python object per keypoint row (a million rows as arrays per row took gigabytes)."""
     legacy = read_keypoints_table(csv_path)
     images = sorted_by_path(images)
-    fids = pa.array(images["path"].map(file_id), pa.string())
+    fids = file_ids(pa.array(images["path"], pa.string()))
     # A file id's last row is its first in the reversed table (index_in finds the first).
     backwards = np.arange(len(legacy) - 1, -1, -1)
     at = pc.index_in(fids, value_set=legacy["file_id"].take(backwards))

@@ -20,7 +20,7 @@ from pipeline.core.config import Config
 from pipeline.core.errors import DataError
 from pipeline.core.layout import SPLITS, DatasetLayout
 from pipeline.core.legacy_csv import PAIRS_CSV_COLUMNS, append_rows, csv_text, read_image_list
-from pipeline.core.paths import identity_group
+from pipeline.core.paths import identity_groups
 from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, to_arrow
 from stages.spec import DATASET_ROOT, STORAGE_KEYS, StageSpec
 
@@ -119,7 +119,7 @@ def pair_blocks(
     ok, counts.excluded = eligible_images(keypoints, min_valid)
     if not ok["path"].is_monotonic_increasing:
         ok = ok.sort_values("path", ignore_index=True)
-    group = ok["path"].map(identity_group).to_numpy()
+    group = identity_groups(pa.array(ok["path"], pa.string())).to_numpy(zero_copy_only=False)
     # Membership hashed in Arrow: pandas' isin of a million paths took 370 MB.
     listed = pa.array(ok["path"], pa.string())
     for split, paths in splits.items():

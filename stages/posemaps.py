@@ -302,5 +302,6 @@ STAGE = StageSpec(
     },
     inputs=lambda cfg: [DatasetLayout(cfg.dataset.root).keypoints_table],
     outputs=lambda cfg: [DatasetLayout(cfg.dataset.root).posemap_dir(s) for s in SPLITS],
+    tables=lambda cfg: [DatasetLayout(cfg.dataset.root).posemap_index],
     previous=lambda cfg: [DatasetLayout(cfg.dataset.root).posemap_dir(s) for s in SPLITS],
 )

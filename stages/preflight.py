@@ -43,7 +43,8 @@ def preflight_problems(cfg: Config, selected: list[str]) -> list[str]:
     test_list = root / cfg.dataset.test_list
     if needs_test and test_list.is_file():
         try:
-            empty = not read_image_list(test_list, root)
+            # Whether it lists any image; the stage that reads the paths checks them.
+            empty = not read_image_list(test_list, root, checked=False)
         except DataError as exc:
             problems.append(str(exc))
         else:

@@ -67,6 +67,10 @@ class StageSpec:
     # Earlier outputs moved aside (never deleted) before a fresh run.
     previous: Callable[[Config], list[Path]] = _nothing
     needed: Callable[[Config], str | None] = _always_needed  # a reason to leave it out
+    # The Parquet tables it writes, checked for damage before it runs; None: every
+    # .parquet among its outputs and previous outputs (folders read two levels deep: a
+    # folder of a million pose maps is worth naming its one table instead).
+    tables: Callable[[Config], list[Path]] | None = None
     # True: a changed fingerprint stops the run instead of redoing the work (training).
     guarded: bool = False
     # A reason to resume a stage whose fingerprint matches (train.iterations raised).

@@ -224,3 +224,25 @@ def test_csv_rows_are_the_bytes_of_the_csv_module_and_pandas():
         text = io.StringIO(newline="")
         csv.writer(text).writerows([n, *v] for n, v in zip(names, numbers.tolist(), strict=True))
         assert out.getvalue() == text.getvalue().encode()
+
+
+def test_file_ids_and_identity_groups_column_wise_equal_the_published_ones():
+    """Arrow finds the file id and identity folder of plain paths; every other path (a
+    backslash, an empty or "." part, no extension, a dot file) goes through the
+    one-by-one functions, so the column is the same whatever the paths."""
+    import pyarrow as pa
+
+    from pipeline.core.paths import file_id, file_ids, identity_group, identity_groups
+
+    paths = [
+        "img/MEN/Denim/id_00000080/01_1_front.jpg", "a.jpg", "img/x/y.b.c", "img/x/.hidden",
+        "img/x/noext", "img\\MEN\\a.jpg", "/abs/a.jpg", "img//a.jpg", "./img/a.jpg",
+        "img/./a/b.jpg", "a/b.", "img", "MEN/Denim/id_1/a.png", "img/a/..b", "x/.a.b",
+        "img/a/b/", None, "imgx/a/b.jpg", "img/a.b/c",
+    ]  # fmt: skip
+    column = pa.array(paths, pa.string())
+    expected = [(None, None) if p is None else (file_id(p), identity_group(p)) for p in paths]
+    found = zip(file_ids(column).to_pylist(), identity_groups(column).to_pylist(), strict=True)
+    assert list(found) == expected
+    plain = pa.array(paths[:1] * 3, pa.string())
+    assert file_ids(plain).to_pylist() == ["imgMENDenimid_0000008001_1_front"] * 3

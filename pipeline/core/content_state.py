@@ -265,7 +265,7 @@ class ContentCache:
             if record in before:
                 continue
             rel = record_folder(record)
-            folder = os.path.join(key, rel) if rel else key
+            folder = os.path.join(key, rel.rstrip(os.sep)) if rel else key
             found = scan_folder(folder)
             if found is None:  # gone since the signature was taken
                 continue

@@ -24,6 +24,48 @@ def file_id(rel_path: str) -> str:
     return stem.replace("/", "")
 
 
+# Paths whose file id and identity group Arrow finds column-wise: no backslash, no empty
+# or "." part, a file name that does not start with a dot and has an extension. Others
+# (rare) go through file_id and identity_group one by one.
+_PLAIN_PATH = r"^([^/\\]+/)*[^./\\][^/\\]*\.[^./\\]*$"
+_ODD_PART = r"(^|/)\.?(/|$)"
+
+
+def _plain_rows(paths: pa.Array) -> np.ndarray:
+    plain = pc.and_(
+        pc.match_substring_regex(paths, _PLAIN_PATH),
+        pc.invert(pc.match_substring_regex(paths, _ODD_PART)),
+    )
+    return pc.fill_null(plain, False).to_numpy(zero_copy_only=False)
+
+
+def _by_rows(paths: pa.Array, fast: pa.Array, slow) -> pa.Array:
+    """`fast` where the path is plain, `slow(path)` elsewhere (nulls stay null)."""
+    plain = _plain_rows(paths)
+    if plain.all():
+        return fast
+    out = fast.to_pylist()
+    for i in np.flatnonzero(~plain):
+        p = paths[int(i)].as_py()
+        out[i] = None if p is None else slow(p)
+    return pa.array(out, pa.string())
+
+
+def file_ids(paths: pa.Array) -> pa.Array:
+    """file_id of each path, column-wise (a million paths: a Python call each took 1.5 s)."""
+    stem = pc.replace_substring_regex(paths, r"\.[^./]*$", "")
+    return _by_rows(paths, pc.replace_substring(stem, "/", ""), file_id)
+
+
+def identity_groups(paths: pa.Array) -> pa.Array:
+    """identity_group of each path, column-wise."""
+    folder = pc.if_else(
+        pc.match_substring(paths, "/"), pc.replace_substring_regex(paths, r"/[^/]*$", ""), ""
+    )
+    group = pc.replace_substring_regex(folder, r"^img(/|$)", "")
+    return _by_rows(paths, group, identity_group)
+
+
 def checkpoint_sort_key(ckpt_id: str) -> tuple:
     """Order checkpoint ids (iterations) numerically, non-numeric ids after them by name."""
     return (0, int(ckpt_id), "") if ckpt_id.isdigit() else (1, 0, ckpt_id)
