@@ -254,6 +254,9 @@ def test_a_recorded_listing_is_brought_up_to_date_by_scanning_only_changed_folde
         assert sorted(scanned) == ["id_0", "id_1", "id_9", "id_9/deep"], scanned
     with ContentCache(tmp_path / "fresh.sqlite") as fresh:
         assert dict(now) == dict(fresh.tree(root)) and now.digest == fresh.tree(root).digest
+    # What changed, known without comparing the two listings: id_1/0.jpg; id_0/3.jpg and
+    # id_9/deep/0.jpg; id_2's three files.
+    assert now.changes_since(digest) == (1, 2, 3) and now.changes_since("other") is None
     # Recorded under another digest (not the last walk's): the folder is walked whole.
     scanned.clear()
     (root / "id_4" / "9.jpg").write_bytes(b"9")

@@ -256,10 +256,13 @@ class ContentCache:
         self._signature(key)
         same = [r for r in self._records[key] if r in before]
         kept = {record_folder(r) for r in same}
-        out = Listing(
-            (rel, digest) for rel, digest in previous.items()
-            if rel[: rel.rfind(os.sep) + 1] in kept
-        )  # fmt: skip
+        out, before_here, now_here = Listing(), {}, {}  # the last two: of the other folders
+        for rel, digest in previous.items():
+            if rel[: rel.rfind(os.sep) + 1] in kept:
+                out[rel] = digest
+            else:
+                before_here[rel] = digest
+        del previous
         records = same
         for record in self._records[key]:
             if record in before:
@@ -274,9 +277,16 @@ class ContentCache:
             cached = self._cached_in(folder, [folder])
             for name, stat in files:
                 path = os.path.join(folder, name)
-                out[rel + name] = self._local_digest(
+                now_here[rel + name] = self._local_digest(
                     path, stat, self._new.get(path) or cached.get(path)
                 )
+        out.update(now_here)
+        common = now_here.keys() & before_here.keys()
+        out.since = (old[0], (
+            sum(1 for k in common if now_here[k] != before_here[k]),
+            len(now_here) - len(common),
+            len(before_here) - len(common),
+        ))  # fmt: skip
         self._walked_now(key, out, records)
 
     def _stored_records(self, key: str) -> tuple[str, list[str]] | None:
@@ -449,6 +459,14 @@ def listed_digest(uri: str, size: int, mtime_ns: int | None) -> str:
 class Listing(dict):
     """A folder's files (relative path -> digest) whose digest as a whole
     (`listing_digest`) is computed once."""
+
+    # (digest of the listing this one was made from, (changed, added, removed) files)
+    since: tuple[str, tuple[int, int, int]] | None = None
+
+    def changes_since(self, digest: str) -> tuple[int, int, int] | None:
+        """(changed, added, removed) files since the listing whose digest is `digest`,
+        when this one was made from it (`ContentCache.listed_before`); else None."""
+        return self.since[1] if self.since and self.since[0] == digest else None
 
     @cached_property
     def digest(self) -> str:
