@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from pipeline.cluster.stage_result import StageResult
 from pipeline.core import storage
-from pipeline.core.atomic_io import read_arrow_table, read_table, write_bytes_atomic, write_table
+from pipeline.core.atomic_io import read_arrow_table, write_bytes_atomic, write_table
 from pipeline.core.config import Config
 from pipeline.core.errors import DataError
 from pipeline.core.layout import SPLITS, DatasetLayout
@@ -95,35 +95,45 @@ def row_digests(rows: pa.Table, sigma: float | None) -> pa.Array:
     unchanged is up to date, however old its file."""
     if not len(rows):
         return pa.array([], pa.string())
-    # One int64 row per map, from Arrow's buffers, hashed row by row: a million rows in
-    # about a second.
-    sizes = [rows[c].to_numpy() for c in ("img_h", "img_w")]
-    xy = [list_values(rows[c]) for c in ("x", "y")]
-    values = np.column_stack([*sizes, *xy]).astype(np.int64)
     tail = repr(sigma).encode()
-    return pa.array(
-        [hashlib.blake2b(v.tobytes() + tail, digest_size=12).hexdigest() for v in values],
-        pa.string(),
-    )
+    digests = []
+    # One int64 row per map, from Arrow's buffers, hashed row by row, DIGEST_ROWS at a
+    # time (a million rows' matrix is 300 MB).
+    for start in range(0, len(rows), DIGEST_ROWS):
+        block = rows.slice(start, DIGEST_ROWS)
+        sizes = [block[c].to_numpy() for c in ("img_h", "img_w")]
+        xy = [list_values(block[c]) for c in ("x", "y")]
+        values = np.column_stack([*sizes, *xy]).astype(np.int64)
+        digests += [hashlib.blake2b(v.tobytes() + tail, digest_size=12).hexdigest()
+                    for v in values]  # fmt: skip
+    return pa.array(digests, pa.string())
 
 
-def read_index(layout: DatasetLayout) -> pd.DataFrame:
-    """The index of the maps on disk (target, digest, node), by target relative to the
-    layout's root. Indexes written before targets were relative held absolute paths: those
-    under this root are translated, others (a copied tree's original) are not ours and are
-    dropped, so nothing outside this root is ever deleted."""
+DIGEST_ROWS = 65_536
+
+
+def read_index(layout: DatasetLayout) -> pa.Table:
+    """The index of the maps on disk (target, digest, node), one row per target (its
+    last), targets relative to the layout's root. Indexes written before targets were
+    relative held absolute paths: those under this root are translated, others (a copied
+    tree's original) are not ours and are dropped, so nothing outside this root is ever
+    deleted. In Arrow: a million rows, no Python object each."""
     if not layout.posemap_index.is_file():
-        return pd.DataFrame(columns=POSEMAP_INDEX_SCHEMA.names).set_index("target")
-    index = read_table(layout.posemap_index, POSEMAP_INDEX_SCHEMA)
-    absolute = index["target"].map(os.path.isabs)
-    if absolute.any():
+        return POSEMAP_INDEX_SCHEMA.empty_table()
+    index = read_arrow_table(layout.posemap_index, POSEMAP_INDEX_SCHEMA)
+    absolute = pc.starts_with(index["target"], "/")
+    if pc.any(absolute).as_py():
         root = layout.root.resolve()
-        rel = [
-            relative_under(t, root) if a else t
-            for t, a in zip(index["target"], absolute, strict=True)
-        ]
-        index = index.assign(target=rel).dropna(subset=["target"])
-    return index.set_index("target")
+        rel = [relative_under(t, root) if t.startswith("/") else t
+               for t in index["target"].to_pylist()]  # fmt: skip
+        index = index.set_column(0, "target", pa.array(rel, pa.string()))
+        index = index.filter(pc.is_valid(index["target"]))
+    codes = pc.dictionary_encode(index["target"].combine_chunks())
+    if len(codes.dictionary) == len(index):
+        return index
+    last = np.full(len(codes.dictionary), -1)
+    np.maximum.at(last, codes.indices.to_numpy(), np.arange(len(index)))
+    return index.take(np.sort(last))
 
 
 # What planning reads of the keypoints table: no paths, scores or estimator.
@@ -147,10 +157,8 @@ def plan_posemaps(
     mapped = pa.table({"target": target, "digest": row_digests(rows, sigma)})
     todo = np.ones(len(rows), bool)
     if not force:
-        index = read_index(layout)["digest"]
-        index = index[~index.index.duplicated(keep="last")]
-        at = pc.index_in(target, value_set=pa.array(index.index, pa.string()))
-        indexed = pa.array(index.to_numpy(), pa.string()).take(at)
+        index = read_index(layout)
+        indexed = index["digest"].take(pc.index_in(target, value_set=index["target"]))
         # One listing per folder, not a stat (on S3 a request) per map.
         present = np.zeros(len(rows), bool)
         for split in SPLITS:
@@ -237,19 +245,21 @@ def run_posemaps(
     rows, mapped, excluded = plan_posemaps(table, layout, sigma, force)
     result.rows_in, result.skipped = len(table), excluded.get("up to date", 0)
     del table
-    outside, nodes = 0, read_index(layout)["node"]
+    outside, before = 0, read_index(layout)
+    # The node that wrote each map: the one recorded, or this run's.
+    node = before["node"].take(pc.index_in(mapped["target"], value_set=before["target"]))
     if len(rows):
         outside, written, where = write_maps(rows, layout, sigma, cfg, progress)
         result.notes.append(f"written {where}")
-        nodes = pd.concat([nodes, written])
-        nodes = nodes[~nodes.index.duplicated(keep="last")]
+        at = pc.index_in(mapped["target"], value_set=pa.array(written.index, pa.string()))
+        now = pa.array(written.to_numpy(), pa.string()).take(at)
+        node = pc.if_else(pc.is_valid(at), now, node)
     # Maps of images no longer in the table go; the index records what each map holds and
     # which node wrote it.
-    mapped = mapped.to_pandas()
-    gone = nodes.index.difference(mapped["target"])
-    for target in gone:
+    gone = before["target"].filter(pc.invert(pc.is_in(before["target"], mapped["target"])))
+    for target in gone.to_pylist():
         storage.delete(storage.safe_join(layout.root, target, "pose-map index"))
-    index = mapped[["target", "digest"]].assign(node=mapped["target"].map(nodes))
+    index = mapped.append_column("node", node)
     write_table(index, layout.posemap_index, POSEMAP_INDEX_SCHEMA)
     for split in SPLITS:
         meta = layout.posemap_dir(split) / POSEMAP_META

@@ -7,6 +7,7 @@ import os
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.core.atomic_io import read_table, write_table
@@ -110,3 +111,25 @@ def test_maps_written_in_ray_tasks_equal_those_written_in_process(
             assert index["node"].notna().all()  # the node of the task that wrote each map
         written[executor] = {t: load_posemap(root / t).tobytes() for t in sorted(index["target"])}
     assert written["in_process"] == written["ray"] and len(written["ray"]) > 5
+
+
+def test_the_map_index_keeps_each_targets_last_row_and_only_maps_under_its_root(tmp_path):
+    """read_index in Arrow: a target listed twice (an index written by an interrupted run
+    appended to) keeps its last row; an absolute target under the root becomes relative,
+    one outside it is dropped (never ours to delete)."""
+    from stages.posemaps import POSEMAP_INDEX_SCHEMA, read_index
+
+    layout = DatasetLayout(tmp_path)
+    rows = {
+        "target": ["train_pose_maps/a.npz", "test_pose_maps/b.npz", "train_pose_maps/a.npz",
+                   f"{tmp_path}/test_pose_maps/c.npz", "/elsewhere/test_pose_maps/d.npz"],
+        "digest": ["old", "b", "new", "c", "d"],
+        "node": [None, "n1", "n2", None, None],
+    }  # fmt: skip
+    write_table(pd.DataFrame(rows), layout.posemap_index, POSEMAP_INDEX_SCHEMA)
+    index = read_index(layout).to_pydict()
+    assert index == {
+        "target": ["test_pose_maps/b.npz", "train_pose_maps/a.npz", "test_pose_maps/c.npz"],
+        "digest": ["b", "new", "c"],
+        "node": ["n1", "n2", None],
+    }
