@@ -21,7 +21,7 @@ from pipeline.core.errors import DataError
 from pipeline.core.layout import SPLITS, DatasetLayout
 from pipeline.core.legacy_csv import PAIRS_CSV_COLUMNS, append_rows, csv_text, read_image_list
 from pipeline.core.paths import identity_groups
-from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA, to_arrow
+from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
 from stages.spec import DATASET_ROOT, STORAGE_KEYS, StageSpec
 
 PAIRING_COLUMNS = ["path", "file_id", "n_valid", "error"]
@@ -60,12 +60,12 @@ def ordered_pairs(group_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pairs_for_split(
-    images: pd.DataFrame, split: str, max_per_identity: int | None, seed: int
-) -> pd.DataFrame:
-    """All ordered pairs of distinct images per identity folder (`images` sorted by its
-    `group` column, then path); optionally a seeded, deterministic sample of at most
-    `max_per_identity` pairs per identity."""
-    paths, fids = images["path"].to_numpy(), images["file_id"].to_numpy()
+    images: pa.Table, split: str, max_per_identity: int | None, seed: int
+) -> pa.Table:
+    """All ordered pairs of distinct images per identity folder (`images`: path, file_id
+    and group, sorted by group, then path); optionally a seeded, deterministic sample of at
+    most `max_per_identity` pairs per identity. Arrow takes the strings of each pair: no
+    Python object per pair (a million images make 5.6 million)."""
     groups, sizes = np.unique(images["group"].to_numpy(), return_counts=True)
     a, b = ordered_pairs(sizes)
     pair_group = np.repeat(np.arange(len(groups)), sizes * (sizes - 1))
@@ -80,17 +80,16 @@ def pairs_for_split(
             chosen[rng.choice(n, size=max_per_identity, replace=False)] = True
             keep[first[g] : first[g] + n] = chosen
         a, b, pair_group = a[keep], b[keep], pair_group[keep]
-    return pd.DataFrame(
-        {
-            "imgA": paths[a],
-            "imgB": paths[b],
-            "fidA": fids[a],
-            "fidB": fids[b],
-            "group": groups[pair_group],
-            "split": split,
-        },
-        columns=PAIRS_SCHEMA.names,
-    )
+    paths, fids = images["path"], images["file_id"]
+    columns = {
+        "imgA": paths.take(a),
+        "imgB": paths.take(b),
+        "fidA": fids.take(a),
+        "fidB": fids.take(b),
+        "group": pa.array(groups, pa.string()).take(pair_group),
+        "split": pa.repeat(pa.scalar(split, pa.string()), len(a)),
+    }
+    return pa.table(columns, schema=PAIRS_SCHEMA)
 
 
 # Identities paired at a time: the pairs of a million images (5.6 million, each a row of
@@ -110,10 +109,11 @@ def pair_blocks(
     seed: int = 0,
     block: int = IDENTITY_BLOCK,
     counts: PairCounts | None = None,
-) -> Iterator[pd.DataFrame]:
+) -> Iterator[tuple[str, pa.Table]]:
     """The pure core: keypoints table + image lists (split -> paths) -> the pairs table in
     order (split by split, identity folder by identity folder), `block` identities at a
-    time; `counts` (when given) is filled in as they go."""
+    time, each with its split (an empty split: one empty block); `counts` (when given) is
+    filled in as they go."""
     counts = counts if counts is not None else PairCounts()
     counts.images = len(keypoints)
     ok, counts.excluded = eligible_images(keypoints, min_valid)
@@ -133,12 +133,13 @@ def pair_blocks(
         # Row where each `block`-th identity starts (an empty split: one empty block).
         starts = np.flatnonzero(images["group"].ne(images["group"].shift()).to_numpy())
         bounds = [0, *starts[block::block], len(images)]
+        columns = pa.table({c: pa.array(images[c], pa.string())
+                            for c in ("path", "file_id", "group")})  # fmt: skip
         counts.pairs[split] = 0
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            part = pairs_for_split(images.iloc[lo:hi], split, max_per_identity, seed)
-            part.attrs["split"] = split  # an empty block says its split too
+            part = pairs_for_split(columns.slice(lo, hi - lo), split, max_per_identity, seed)
             counts.pairs[split] += len(part)
-            yield part
+            yield split, part
 
 
 def make_pairs(
@@ -150,16 +151,13 @@ def make_pairs(
 ) -> tuple[pd.DataFrame, PairCounts]:
     """The whole pairs table at once (`pair_blocks`, for tables that fit in memory)."""
     counts = PairCounts()
-    frames = list(pair_blocks(keypoints, splits, min_valid, max_per_identity, seed,
-                              counts=counts))  # fmt: skip
-    table = (
-        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAIRS_SCHEMA.names)
-    )
-    return table, counts
+    parts = [part for _, part in pair_blocks(keypoints, splits, min_valid, max_per_identity,
+                                              seed, counts=counts)]  # fmt: skip
+    return pa.concat_tables([PAIRS_SCHEMA.empty_table(), *parts]).to_pandas(), counts
 
 
 def write_pair_blocks(
-    blocks: Iterable[pd.DataFrame],
+    blocks: Iterable[tuple[str, pa.Table]],
     layout: DatasetLayout,
     splits: list[str],
     per_row_group: int = ROW_GROUP_BLOCKS,
@@ -187,16 +185,14 @@ def write_pair_blocks(
                 writer.write_table(rows)
             group.clear()
 
-        for part in blocks:
-            split = part.attrs["split"]
+        for split, rows in blocks:
             if held[0] != split or held[1] == per_row_group:
                 flush()
                 held = (split, 0)
             held = (split, held[1] + 1)
-            rows = to_arrow(part, PAIRS_SCHEMA)
             group.append(rows)
             append_rows(csvs[split], {c: rows[c] for c in PAIRS_CSV_COLUMNS}, "\n")
-            written += len(part)
+            written += len(rows)
         flush()
         if written == 0:
             writer.write_table(PAIRS_SCHEMA.empty_table())
