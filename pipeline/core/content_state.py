@@ -67,8 +67,10 @@ class ContentCache:
         # Folder -> (stat signature, listing digest) of the last walk, and the listings a
         # stage recorded (`keep_listing`): a folder whose signature is still the same is
         # not walked with digests again after a stage that did not write in it.
-        self._walked: dict[str, tuple[str, str]] = {}
-        self._kept: dict[str, tuple[str, str, Callable[[], dict | None]]] = {}
+        # With what the walk found changed since a recorded listing (Listing.since), so
+        # that a later stage asking what changed since that same listing need not compare.
+        self._walked: dict[str, tuple[str, str, tuple | None]] = {}
+        self._kept: dict[str, tuple[str, str, tuple | None, Callable[[], dict | None]]] = {}
         self._signatures: dict[str, str] = {}  # taken since the last forget_trees
         # Folder -> its folders' records, taken with the signature; and those of the last
         # walk to save, with its listing digest. A listing recorded with that digest is
@@ -232,7 +234,7 @@ class ContentCache:
         self._records[key] = records
         self._new_trees[key] = (self._signatures[key], out.digest, len(out))
         self._new_records[key] = (out.digest, records)
-        self._walked[key] = (self._signatures[key], out.digest)
+        self._walked[key] = (self._signatures[key], out.digest, out.since)
 
     def listed_before(
         self, root: str | os.PathLike, digest: str, load: Callable[[], dict | None]
@@ -316,10 +318,11 @@ class ContentCache:
 
     def _kept_listing(self, key: str) -> Listing | None:
         # Kept after use: the stage after the next may ask again.
-        signature, digest, load = self._kept.get(key, (None, None, None))
+        signature, digest, since, load = self._kept.get(key, (None, None, None, None))
         if signature is None or self._signature(key) != signature or (files := load()) is None:
             return None
         listing = Listing(files)
+        listing.since = since
         listing.__dict__["digest"] = digest  # the cached_property, known: not hashed again
         self._tree_digests[key] = digest
         return listing
@@ -365,8 +368,11 @@ class ContentCache:
         """Walk folders again when next asked: something may have written there. With
         `written` (what a stage is about to write: files and folders), only the folders
         that hold one of them or lie inside one: the images a stage reads but never writes
-        keep their signature (at a million files, seconds per stage)."""
-        for known in (self._trees, self._tree_digests, self._signatures, self._records):
+        keep their signature (at a million files, seconds per stage). Listings are let go
+        whatever was written (a million files' listing is hundreds of MB; the stage needs
+        the memory, and `keep_listing` reads a recorded one back when asked)."""
+        self._trees.clear()
+        for known in (self._tree_digests, self._signatures, self._records):
             for key in list(known):
                 if written is None or not storage.is_local(key) or _touched(key, written):
                     del known[key]
