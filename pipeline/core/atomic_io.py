@@ -11,7 +11,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -235,15 +234,9 @@ def read_arrow_batches(
     """A Parquet table's `columns`, `rows` at a time, in table order: its row groups are
     read one after another, so a table of millions of rows is never whole in memory (on
     object storage: ranged reads of the object)."""
-    from pipeline.core import storage
-
-    loc = storage.resolve(path)
     with contextlib.ExitStack() as stack:
         try:
-            source = (
-                loc.path if loc.is_local else stack.enter_context(loc.fs.open_input_file(loc.path))
-            )
-            parquet = stack.enter_context(pq.ParquetFile(source))
+            parquet = stack.enter_context(_open_parquet(path))
         except FileNotFoundError:
             raise FileNotFoundError(f"table not found: {path}") from None
         except UNREADABLE_PARQUET as exc:
@@ -256,16 +249,23 @@ def read_arrow_batches(
             yield pa.Table.from_batches([batch]).cast(wanted)
 
 
+@contextlib.contextmanager
+def _open_parquet(path) -> Iterator[pq.ParquetFile]:
+    """A Parquet file, local or an object (read in ranges, never whole)."""
+    from pipeline.core import storage
+
+    loc = storage.resolve(path)
+    with contextlib.ExitStack() as stack:
+        source = loc.path if loc.is_local else stack.enter_context(loc.fs.open_input_file(loc.path))
+        yield stack.enter_context(pq.ParquetFile(source))
+
+
 STREAM_ROWS = 65_536
 
 
-def _read_streamed(source, columns: list[str] | None, remote: bool = False) -> pa.Table:
+def _read_streamed(path, columns: list[str] | None) -> pa.Table:
     """A Parquet table decoded in batches; of `columns`, those it has."""
-    if remote:
-        from pipeline.core import storage
-
-        source = pa.BufferReader(storage.read_bytes(source))
-    with pq.ParquetFile(source) as parquet:
+    with _open_parquet(path) as parquet:
         names = parquet.schema_arrow.names
         present = names if columns is None else [c for c in columns if c in names]
         batches = list(parquet.iter_batches(batch_size=STREAM_ROWS, columns=present))
@@ -299,7 +299,7 @@ def read_arrow_table(
 
         read, found = storage.read_table, storage.exists(remote)
     if streamed:
-        read = _read_streamed if remote is None else partial(_read_streamed, remote=True)
+        read = _read_streamed
     if not found:
         raise FileNotFoundError(f"table not found: {path}")
     try:
