@@ -252,29 +252,27 @@ class DagRun:
         """Move aside what the decision says, run the stage and record its fingerprint; a
         failure or Ctrl-C is recorded in its row and raised on."""
         cfg = self.cfg
+        decision.fingerprint.stage_listings()
+        self.cache.save()  # the digests survive a failing stage
+        # What the stage writes is walked again by later checks; the folders it only
+        # reads (the images) keep their signatures and listings.
+        self.cache.forget_trees([*spec.outputs(cfg), *spec.previous(cfg)])
         try:
-            decision.fingerprint.stage_listings()
-            self.cache.save()  # the digests survive a failing stage
-            # What the stage writes is walked again by later checks; the folders it only
-            # reads (the images) keep their signatures and listings.
-            self.cache.forget_trees([*spec.outputs(cfg), *spec.previous(cfg)])
-            try:
-                # The stage's own reads must see what its workers write.
-                with storage.remembering(False):
-                    self._move_aside(spec, decision, row)
-                    result = spec.run(cfg, decision.fresh)
-            except BaseException as exc:
-                self._failed(spec, exc, row, t0)
-                raise
-            result.finish()
-            release_memory()
-            self.echo(result.summary())
-            # The fingerprint was taken before running, from the inputs this run used.
-            save_state(cfg, spec.name, decision.fingerprint, self.run_id)
-            for key, folder in decision.fingerprint.listings.items():
-                self.cache.keep_listing(folder.root, partial(stored_listing, cfg, spec.name, key))
-        finally:
-            decision.fingerprint.drop_staged()  # recorded, or the run failed
+            # The stage's own reads must see what its workers write.
+            with storage.remembering(False):
+                self._move_aside(spec, decision, row)
+                result = spec.run(cfg, decision.fresh)
+        except BaseException as exc:
+            self._failed(spec, exc, row, t0)
+            raise
+        result.finish()
+        release_memory()
+        self.echo(result.summary())
+        # The fingerprint was taken before running, from the inputs this run used.
+        save_state(cfg, spec.name, decision.fingerprint, self.run_id)
+        for key, folder in decision.fingerprint.listings.items():
+            load = partial(stored_listing, cfg, spec.name, key, folder.digest)
+            self.cache.keep_listing(folder.root, load)
         self._record(
             row,
             t0,

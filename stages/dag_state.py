@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,7 +33,7 @@ class Fingerprint:
     inputs: dict[str, str]  # path -> content digest ("missing")
     listings: dict[str, Folder]  # the folders among the inputs
     record: dict[str, Any]
-    staged: Path | None = None  # the listings, written aside while the stage runs
+    listing_dir: Any = None  # where listings are kept by digest (`listing_path`)
 
     def digest(self) -> str:
         blob = json.dumps(
@@ -44,27 +42,20 @@ class Fingerprint:
         return listing_digest({"fingerprint": blob})[:20]
 
     def stage_listings(self) -> None:
-        """Before a stage that may write in its input folders runs: their listings as
-        digested now, written to a local temporary file (put in place by `save_state`) and
-        let go, so that the stage has the memory (a million files' listing is hundreds of
-        MB)."""
-        fd, name = tempfile.mkstemp(prefix="listings.", suffix=".json")
-        self.staged = Path(name)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                # json.dumps, not json.dump: only a one-shot encode takes the C encoder
-                # (52,712 files' listing: 0.16 s in the pure-Python one).
-                fh.write(json.dumps({k: folder.listing for k, folder in self.listings.items()}))
-        except BaseException:  # a walk interrupted or failing: no file left behind
-            self.drop_staged()
-            raise
+        """Before a stage runs: its input folders' listings as digested now, written under
+        their digest (a later run reads them back to scan only what changed) and let go,
+        so that the stage has the memory (a million files' listing is hundreds of MB). A
+        listing already kept under its digest (another stage's input too: the images) is
+        neither made nor written again. Written before the stage runs, they claim nothing:
+        the state file written after it does."""
         for folder in self.listings.values():
+            path = self.listing_dir / f"{folder.digest}.json"
+            if not path.exists():
+                with atomic_path(path) as tmp:
+                    # json.dumps, not json.dump: only a one-shot encode takes the C encoder
+                    # (52,712 files' listing: 0.16 s in the pure-Python one).
+                    tmp.write_text(json.dumps(folder.listing))
             folder.forget()
-
-    def drop_staged(self) -> None:
-        if self.staged is not None:
-            self.staged.unlink(missing_ok=True)
-            self.staged = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,7 +96,8 @@ def take_fingerprint(
     for path in spec.inputs(cfg):
         key = input_key(cfg, path)
         if key in recorded:
-            cache.listed_before(path, recorded[key], partial(stored_listing, cfg, spec.name, key))
+            load = partial(stored_listing, cfg, spec.name, key, recorded[key])
+            cache.listed_before(path, recorded[key], load)
         found = cache.state(path)
         if isinstance(found, Folder):
             listings[key] = found
@@ -113,7 +105,7 @@ def take_fingerprint(
         else:
             inputs[key] = found
     config = {k: _plain(config_value(cfg, k)) for k in spec.config_keys}
-    return Fingerprint(spec.version, config, inputs, listings, spec.record(cfg))
+    return Fingerprint(spec.version, config, inputs, listings, spec.record(cfg), listing_dir(cfg))
 
 
 def _plain(value: Any) -> Any:
@@ -124,7 +116,14 @@ def state_file(cfg: Config, name: str) -> Path:
     return OutputLayout(cfg.output.root).state / f"{name}.json"
 
 
-def listing_file(cfg: Config, name: str) -> Path:
+def listing_dir(cfg: Config) -> Path:
+    """Input folders' listings, each in a file named by its digest: a listing two stages
+    record (the images) is kept once, and its file says which listing it is."""
+    return OutputLayout(cfg.output.root).state / "listings"
+
+
+def legacy_listing_file(cfg: Config, name: str) -> Path:
+    """Where a stage's listings were kept, all in one file, before `listing_dir`."""
     return OutputLayout(cfg.output.root).state / f"{name}.inputs.json"
 
 
@@ -137,34 +136,58 @@ def stored_state(cfg: Config, name: str) -> dict[str, Any] | None:
     return state
 
 
-def stored_listings(cfg: Config, name: str) -> dict[str, dict[str, str]]:
-    path = listing_file(cfg, name)
-    listings = json.loads(path.read_text()) if path.exists() else {}
-    return {input_key(cfg, k): v for k, v in listings.items()}
-
-
-def stored_listing(cfg: Config, name: str, key: str) -> dict[str, str] | None:
-    """One input folder's listing as the stage recorded it (None: not recorded)."""
-    return stored_listings(cfg, name).get(key)
+def stored_listing(
+    cfg: Config, name: str, key: str, digest: str | None = None
+) -> dict[str, str] | None:
+    """One input folder's listing as the stage recorded it, whose digest is `digest` (by
+    default the one its state records); None: not recorded."""
+    if digest is None:
+        digest = ((stored_state(cfg, name) or {}).get("inputs") or {}).get(key)
+    if digest is None:
+        return None
+    path = listing_dir(cfg) / f"{digest}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    legacy = legacy_listing_file(cfg, name)
+    if legacy.exists():
+        found = json.loads(legacy.read_text())
+        return {input_key(cfg, k): v for k, v in found.items()}.get(key)
+    return None
 
 
 def save_state(cfg: Config, name: str, fp: Fingerprint, run_id: str) -> None:
     with atomic_path(state_file(cfg, name)) as tmp:
         tmp.write_text(json.dumps({**fp.to_json(), "run_id": run_id}, indent=1, default=str))
-    with atomic_path(listing_file(cfg, name)) as tmp:
-        if fp.staged is not None:
-            shutil.copyfile(fp.staged, tmp)
-        else:
-            tmp.write_text(json.dumps({k: folder.listing for k, folder in fp.listings.items()}))
-    fp.drop_staged()
+    # Its listings are kept by digest now (stage_listings).
+    legacy_listing_file(cfg, name).unlink(missing_ok=True)
+    drop_unrecorded_listings(cfg)
+
+
+def drop_unrecorded_listings(cfg: Config) -> None:
+    """Remove the kept listings no stage's state records any more (a listing staged for a
+    run that failed, or outdated by a later run)."""
+    folder, state = listing_dir(cfg), OutputLayout(cfg.output.root).state
+    if not folder.is_dir():
+        return
+    recorded = set()
+    for path in state.glob("*.json"):
+        if path.name.endswith(".inputs.json"):  # legacy listings, not states
+            continue
+        try:
+            recorded.update(str(v) for v in json.loads(path.read_text()).get("inputs", {}).values())
+        except (OSError, ValueError, AttributeError):
+            return  # a state file that cannot be read may record any of them: keep all
+    for path in folder.glob("*.json"):
+        if path.stem not in recorded:
+            path.unlink(missing_ok=True)
 
 
 def changes(
-    stored: dict[str, Any], fp: Fingerprint, old_listings: Callable[[], dict[str, dict[str, str]]]
+    stored: dict[str, Any], fp: Fingerprint, old_listing: Callable[[str, str], dict | None]
 ) -> tuple[list[str], list[str]]:
     """(output-defining changes: version and config keys, input changes), as sentences.
-    `old_listings` is read only when a listed folder changed (at a million images it is a
-    file of tens of megabytes)."""
+    `old_listing(key, digest)` reads a recorded folder listing back, only when the cache
+    cannot say what changed in it (at a million images it is a file of tens of MB)."""
     defining = []
     if stored.get("version") != fp.version:
         defining.append(f"stage version {stored.get('version')} -> {fp.version}")
@@ -176,18 +199,15 @@ def changes(
             defining.append(f"{key}: {old_config[key]!r} -> {fp.config[key]!r}")
     inputs = []
     old_inputs = stored.get("inputs", {})
-    listed: dict[str, dict[str, str]] | None = None
     for path in sorted(set(old_inputs) | set(fp.inputs)):
         old, new = old_inputs.get(path, "missing"), fp.inputs.get(path, "missing")
         if old == new:
             continue
         # A listing the cache brought up to date from the recorded one knows what changed;
         # otherwise the recorded one is read (at a million files, seconds) and compared.
-        counts = fp.listings[path].listing.changes_since(old) if path in fp.listings else None
-        if path in fp.listings and counts is None and listed is None:
-            listed = old_listings()
-        if counts is None and path in fp.listings and path in listed:
-            a, b = listed[path], fp.listings[path].listing
+        counts = fp.listings[path].changes_since(old) if path in fp.listings else None
+        if counts is None and path in fp.listings and (a := old_listing(path, old)) is not None:
+            b = fp.listings[path].listing
             counts = (
                 sum(1 for k in a.keys() & b.keys() if a[k] != b[k]),
                 len(b.keys() - a.keys()),
@@ -305,7 +325,7 @@ def decide(spec: StageSpec, cfg: Config, cache: ContentCache, plan: RunPlan) -> 
         return Decision(
             spec.name, "up to date", ["record of an earlier pipeline version adopted"], False, fp
         )
-    defining, inputs = changes(stored, fp, lambda: stored_listings(cfg, spec.name))
+    defining, inputs = changes(stored, fp, partial(stored_listing, cfg, spec.name))
     if spec.guarded and (defining or inputs) and spec.name not in plan.resumed:
         return Decision(
             spec.name,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from pipeline.core.content_state import ContentCache, file_digest, listing_digest
+import pytest
+
+from pipeline.core.content_state import ContentCache, Folder, file_digest, listing_digest
 
 
 def touch(path, seconds: int) -> None:
@@ -252,11 +254,16 @@ def test_a_recorded_listing_is_brought_up_to_date_by_scanning_only_changed_folde
         cache.listed_before(root, digest, lambda: dict(recorded))
         now = cache.tree(root)
         assert sorted(scanned) == ["id_0", "id_1", "id_9", "id_9/deep"], scanned
+        # Recorded by a stage, let go, and asked again by a later stage (the images, by
+        # generate): what changed is known without reading the listing back.
+        cache.keep_listing(root, lambda: pytest.fail("the kept listing was read back"))
+        cache.forget_trees([tmp_path / "elsewhere"])
+        assert Folder(cache, root).changes_since(digest) == (1, 2, 3)
     with ContentCache(tmp_path / "fresh.sqlite") as fresh:
         assert dict(now) == dict(fresh.tree(root)) and now.digest == fresh.tree(root).digest
     # What changed, known without comparing the two listings: id_1/0.jpg; id_0/3.jpg and
     # id_9/deep/0.jpg; id_2's three files.
-    assert now.changes_since(digest) == (1, 2, 3) and now.changes_since("other") is None
+    assert now.since == (digest, (1, 2, 3))
     # Recorded under another digest (not the last walk's): the folder is walked whole.
     scanned.clear()
     (root / "id_4" / "9.jpg").write_bytes(b"9")

@@ -4,10 +4,11 @@ pair rule (training stops; --force keeps the old run aside), dry runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pandas as pd
@@ -221,13 +222,17 @@ def test_without_exported_maps_generation_makes_the_same_images(tmp_path, ray_se
     assert (OutputLayout(out).train / "log.parquet").exists()
 
 
-def test_input_listings_are_set_aside_while_a_stage_runs_and_recorded_after(tmp_path, monkeypatch):
+def test_input_listings_are_kept_once_by_digest_and_dropped_when_no_state_records_them(
+    tmp_path,
+):
     """A stage runs without its input folders' listings in memory (a million files'
-    listing is hundreds of MB): they wait in a temporary file, become the recorded
-    listings once the stage has run, and a failed run leaves no temporary file."""
+    listing is hundreds of MB): they are written under their digest before it runs, and
+    read back from there. A listing two stages record (the images) is made and written
+    once; one no state records (a failed run's) is dropped; an interrupted write leaves
+    nothing; listings kept the earlier way (one file per stage) are still read."""
     from pipeline.core.content_state import ContentCache
     from stages.dag import BY_NAME, take_fingerprint
-    from stages.dag_state import listing_file, save_state, stored_listings
+    from stages.dag_state import legacy_listing_file, listing_dir, save_state, stored_listing
 
     root = tmp_path / "data"
     for rel in ("img/a/1.jpg", "img/b/2.jpg"):
@@ -239,30 +244,40 @@ def test_input_listings_are_set_aside_while_a_stage_runs_and_recorded_after(tmp_
     with ContentCache(tmp_path / "content.sqlite") as cache:
         fp = take_fingerprint(BY_NAME["keypoints"], cfg, cache)
         listings = {k: dict(folder.listing) for k, folder in fp.listings.items()}
-        assert any(len(v) == 2 for v in listings.values())
+        assert listings["dataset:img"] == {"a/1.jpg": ANY, "b/2.jpg": ANY}
         fp.stage_listings()
-        staged = fp.staged
-        assert staged.is_file()
+        digest = fp.inputs["dataset:img"]
+        assert sorted(p.name for p in listing_dir(cfg).iterdir()) == [f"{digest}.json"]
         assert all("listing" not in folder.__dict__ for folder in fp.listings.values())
         save_state(cfg, "keypoints", fp, "run-1")
-        assert not staged.exists() and listing_file(cfg, "keypoints").is_file()
-        assert stored_listings(cfg, "keypoints") == listings
+        assert stored_listing(cfg, "keypoints", "dataset:img") == listings["dataset:img"]
+    with ContentCache(tmp_path / "content.sqlite") as cache:
+        other = take_fingerprint(BY_NAME["generate"], cfg, cache)
+        assert other.inputs["dataset:img"] == digest
+        other.stage_listings()  # already kept under its digest: not listed again
+        assert "listing" not in other.listings["dataset:img"].__dict__
+        (root / "img" / "b" / "3.jpg").write_bytes(b"3")
+        cache.forget_trees()
         failed = take_fingerprint(BY_NAME["keypoints"], cfg, cache)
-        failed.stage_listings()
-        staged = failed.staged
-        failed.drop_staged()
-        assert not staged.exists()
+        failed.stage_listings()  # a run that fails after this records nothing
+        assert len(list(listing_dir(cfg).iterdir())) == 2
 
-    # A listing that fails while it is written (a folder gone unreadable, Ctrl-C during a
-    # walk of a million files) leaves no temporary file either.
-    class Interrupted:
-        @property
-        def listing(self):
-            raise KeyboardInterrupt
+        # A listing that fails while it is written (a folder gone unreadable, Ctrl-C
+        # during a walk of a million files) leaves no file.
+        class Interrupted:
+            digest = "0" * 32
 
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    failed.listings = {"dataset:img": Interrupted()}
-    with pytest.raises(KeyboardInterrupt):
-        failed.stage_listings()
-    assert failed.staged is None and not list((tmp_path / "tmp").iterdir())
+            @property
+            def listing(self):
+                raise KeyboardInterrupt
+
+        failed.listings = {"dataset:img": Interrupted()}
+        with pytest.raises(KeyboardInterrupt):
+            failed.stage_listings()
+        assert len(list(listing_dir(cfg).iterdir())) == 2
+    save_state(cfg, "generate", other, "run-1")
+    assert sorted(p.name for p in listing_dir(cfg).iterdir()) == [f"{digest}.json"]
+    # Kept the earlier way: every listing of a stage in one file.
+    (listing_dir(cfg) / f"{digest}.json").unlink()
+    legacy_listing_file(cfg, "keypoints").write_text(json.dumps(listings))
+    assert stored_listing(cfg, "keypoints", "dataset:img") == listings["dataset:img"]

@@ -327,6 +327,16 @@ class ContentCache:
         self._tree_digests[key] = digest
         return listing
 
+    def since(self, root: str | os.PathLike) -> tuple[str, tuple[int, int, int]] | None:
+        """`Listing.since` of `tree(root)`; for a listing a stage recorded this run
+        (`keep_listing`) and still current, known without reading it back (the images'
+        listing at a million files: seconds)."""
+        key = os.path.abspath(root) if storage.is_local(root) else str(root)
+        signature, _, since, _ = self._kept.get(key, (None, None, None, None))
+        if key not in self._trees and signature is not None and self._signature(key) == signature:
+            return since
+        return self.tree(root).since
+
     def _signature(self, key: str, files: int | None = None) -> str:
         """The folder's stat signature now (taken once until `forget_trees`), by several
         processes when it is known to hold PARALLEL_FILES or more."""
@@ -430,6 +440,13 @@ class Folder:
     def listing(self) -> Listing:
         return self._cache.tree(self.root)
 
+    def changes_since(self, digest: str) -> tuple[int, int, int] | None:
+        """(changed, added, removed) files since the listing whose digest is `digest`,
+        when the listing now was made from it (`ContentCache.listed_before`); else None."""
+        listing = self.__dict__.get("listing")
+        since = listing.since if listing is not None else self._cache.since(self.root)
+        return since[1] if since and since[0] == digest else None
+
     def forget(self) -> None:
         """Let go of the listing (made again if asked for)."""
         self.__dict__.pop("listing", None)
@@ -468,11 +485,6 @@ class Listing(dict):
 
     # (digest of the listing this one was made from, (changed, added, removed) files)
     since: tuple[str, tuple[int, int, int]] | None = None
-
-    def changes_since(self, digest: str) -> tuple[int, int, int] | None:
-        """(changed, added, removed) files since the listing whose digest is `digest`,
-        when this one was made from it (`ContentCache.listed_before`); else None."""
-        return self.since[1] if self.since and self.since[0] == digest else None
 
     @cached_property
     def digest(self) -> str:
