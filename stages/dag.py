@@ -257,6 +257,7 @@ class DagRun:
         # What the stage writes is walked again by later checks; the folders it only
         # reads (the images) keep their signatures and listings.
         self.cache.forget_trees([*spec.outputs(cfg), *spec.previous(cfg)])
+        release_memory()  # the listings just let go: a million files' walk is hundreds of MB
         try:
             # The stage's own reads must see what its workers write.
             with storage.remembering(False):
