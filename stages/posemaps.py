@@ -142,10 +142,11 @@ PLAN_COLUMNS = ["file_id", "split", "error", "img_h", "img_w", "x", "y"]
 
 def plan_posemaps(
     table: pa.Table, layout: DatasetLayout, sigma: float | None, force: bool
-) -> tuple[pd.DataFrame, pa.Table, dict[str, int]]:
+) -> tuple[pa.Table, pa.Table, dict[str, int]]:
     """(rows whose map must be (re)written, with MAP_COLUMNS; the target and digest of
     every row that has a map; rows left out counted by reason). In Arrow: a million
-    rows' keypoints never become a Python object each, only those of the maps to write."""
+    rows' keypoints never become a Python object each, only those of a batch being
+    written."""
     excluded: dict[str, int] = {}
     has_error = pc.is_valid(table["error"])
     excluded["keypoint error"] = pc.sum(has_error).as_py() or 0
@@ -178,16 +179,22 @@ def plan_posemaps(
         excluded["up to date"] = int(up_to_date.sum())
         todo = ~up_to_date
     rows = rows.filter(pa.array(todo)).append_column("target", target.filter(pa.array(todo)))
-    return rows.select(MAP_COLUMNS).to_pandas(), mapped, {k: v for k, v in excluded.items() if v}
+    return rows.select(MAP_COLUMNS), mapped, {k: v for k, v in excluded.items() if v}
 
 
 def write_maps(
-    rows: pd.DataFrame, layout: DatasetLayout, sigma: float | None, cfg: Config, progress: bool
+    rows: pa.Table, layout: DatasetLayout, sigma: float | None, cfg: Config, progress: bool
 ) -> tuple[int, pd.Series, str]:
     """Write the maps of `rows` in batches of posemaps.batch_size, in Ray tasks or in this
     process (`choose_executor`): (keypoints that fell outside their image, the node that
     wrote each map by target, where they were written)."""
-    from pipeline.cluster.batch_stream import Tasks, choose_executor, consume, run_batches
+    from pipeline.cluster.batch_stream import (
+        Tasks,
+        choose_executor,
+        consume,
+        map_ahead,
+        run_batches,
+    )
     from pipeline.cluster.runtime import init_ray
 
     opts = cfg.posemaps
@@ -206,19 +213,22 @@ def write_maps(
         init_ray(cfg.ray)
         step = Tasks(write_posemaps, {"sigma": sigma, "root": root}, batch_format="pandas",
                      num_cpus=1)  # fmt: skip
-        run_batches(rows[MAP_COLUMNS], opts.batch_size, [step], label="posemaps",
+        run_batches(rows.to_pandas(), opts.batch_size, [step], label="posemaps",
                     unit="map", handle=record, progress=progress,
                     stall_timeout=cfg.ray.stall_timeout_s)  # fmt: skip
     else:
         from concurrent.futures import ThreadPoolExecutor
 
-        batches = [rows[MAP_COLUMNS].iloc[i : i + opts.batch_size]
-                   for i in range(0, len(rows), opts.batch_size)]  # fmt: skip
+        # A batch becomes pandas (an array per keypoints cell) only when it is written: a
+        # million rows at once were 600 MB.
+        batches = (rows.slice(i, opts.batch_size).to_pandas()
+                   for i in range(0, len(rows), opts.batch_size))  # fmt: skip
         # zlib releases the GIL: threads compress maps side by side. Ctrl-C cancels the
         # batches not started and lets each thread finish the one it writes.
-        pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1))
+        threads = max(1, os.cpu_count() or 1)
+        pool = ThreadPoolExecutor(threads)
         try:
-            consume(pool.map(lambda b: write_posemaps(b, sigma, root), batches),
+            consume(map_ahead(pool, lambda b: write_posemaps(b, sigma, root), batches, 2 * threads),
                     total=len(rows), label="posemaps", unit="map", handle=record,
                     progress=progress, stall_timeout=cfg.ray.stall_timeout_s)  # fmt: skip
         finally:

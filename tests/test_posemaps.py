@@ -133,3 +133,23 @@ def test_the_map_index_keeps_each_targets_last_row_and_only_maps_under_its_root(
         "digest": ["b", "new", "c"],
         "node": ["n1", "n2", None],
     }
+
+
+def test_map_ahead_takes_items_only_a_window_ahead_of_the_results():
+    """The in-process writer makes a batch's pandas frame only a few batches ahead of the
+    one written (a million rows at once were 600 MB)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.cluster.batch_stream import map_ahead
+
+    taken = []
+
+    def items():
+        for i in range(10):
+            taken.append(i)
+            yield i
+
+    with ThreadPoolExecutor(2) as pool:
+        out = map_ahead(pool, lambda i: i * i, items(), 3)
+        assert next(out) == 0 and taken == [0, 1, 2]
+        assert list(out) == [i * i for i in range(1, 10)]

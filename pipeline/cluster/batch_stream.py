@@ -185,6 +185,20 @@ def as_numpy_batch(block: pd.DataFrame) -> dict[str, Any]:
     return {column: block[column].to_numpy() for column in block.columns}
 
 
+def map_ahead(
+    pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable, window: int
+) -> Iterator[Any]:
+    """`fn` of each item in `pool`, in order, with at most `window` items taken from
+    `items` ahead of the result handed on (Executor.map takes them all at once)."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def stream_in_process(units: pd.DataFrame, steps: BatchSteps) -> Iterator[pd.DataFrame]:
     """Rows of each block of `units` in order. Loading runs ahead and writing behind the
     model in threads (JPEG codecs, zlib and torch release the GIL), at most a few blocks
