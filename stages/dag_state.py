@@ -136,22 +136,20 @@ def stored_state(cfg: Config, name: str) -> dict[str, Any] | None:
     return state
 
 
-def stored_listing(
-    cfg: Config, name: str, key: str, digest: str | None = None
-) -> dict[str, str] | None:
-    """One input folder's listing as the stage recorded it, whose digest is `digest` (by
-    default the one its state records); None: not recorded."""
-    if digest is None:
-        digest = ((stored_state(cfg, name) or {}).get("inputs") or {}).get(key)
-    if digest is None:
-        return None
+def stored_listing(cfg: Config, name: str, key: str, digest: str) -> dict[str, str] | None:
+    """The listing of the stage's input folder `key` whose digest is `digest`, as kept
+    (`listing_dir`, or the stage's one file of earlier versions); None when it is not
+    kept, or damaged: the folder is then walked whole."""
     path = listing_dir(cfg) / f"{digest}.json"
-    if path.exists():
-        return json.loads(path.read_text())
     legacy = legacy_listing_file(cfg, name)
-    if legacy.exists():
-        found = json.loads(legacy.read_text())
-        return {input_key(cfg, k): v for k, v in found.items()}.get(key)
+    try:
+        if path.exists():
+            return json.loads(path.read_text())
+        if legacy.exists():
+            found = json.loads(legacy.read_text())
+            return {input_key(cfg, k): v for k, v in found.items()}.get(key)
+    except ValueError:  # not JSON (a disk that lost its tail)
+        return None
     return None
 
 

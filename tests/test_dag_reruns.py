@@ -250,7 +250,7 @@ def test_input_listings_are_kept_once_by_digest_and_dropped_when_no_state_record
         assert sorted(p.name for p in listing_dir(cfg).iterdir()) == [f"{digest}.json"]
         assert all("listing" not in folder.__dict__ for folder in fp.listings.values())
         save_state(cfg, "keypoints", fp, "run-1")
-        assert stored_listing(cfg, "keypoints", "dataset:img") == listings["dataset:img"]
+        assert stored_listing(cfg, "keypoints", "dataset:img", digest) == listings["dataset:img"]
     with ContentCache(tmp_path / "content.sqlite") as cache:
         other = take_fingerprint(BY_NAME["generate"], cfg, cache)
         assert other.inputs["dataset:img"] == digest
@@ -280,4 +280,6 @@ def test_input_listings_are_kept_once_by_digest_and_dropped_when_no_state_record
     # Kept the earlier way: every listing of a stage in one file.
     (listing_dir(cfg) / f"{digest}.json").unlink()
     legacy_listing_file(cfg, "keypoints").write_text(json.dumps(listings))
-    assert stored_listing(cfg, "keypoints", "dataset:img") == listings["dataset:img"]
+    assert stored_listing(cfg, "keypoints", "dataset:img", digest) == listings["dataset:img"]
+    legacy_listing_file(cfg, "keypoints").write_text('{"dataset:img": {"a/1.jpg"')  # cut short
+    assert stored_listing(cfg, "keypoints", "dataset:img", digest) is None
