@@ -33,7 +33,7 @@ class Fingerprint:
     inputs: dict[str, str]  # path -> content digest ("missing")
     listings: dict[str, Folder]  # the folders among the inputs
     record: dict[str, Any]
-    listing_dir: Any = None  # where listings are kept by digest (`listing_path`)
+    listing_dir: Any = None  # where listings are kept by digest (`listing_dir(cfg)`)
 
     def digest(self) -> str:
         blob = json.dumps(

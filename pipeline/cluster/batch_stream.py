@@ -189,7 +189,8 @@ def map_ahead(
     pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable, window: int
 ) -> Iterator[Any]:
     """`fn` of each item in `pool`, in order, with at most `window` items taken from
-    `items` ahead of the result handed on (Executor.map takes them all at once)."""
+    `items` ahead of the result handed on (Executor.map takes them all at once); while
+    the caller works on a result, `window` - 1 run."""
     pending: deque[Future] = deque()
     for item in items:
         pending.append(pool.submit(fn, item))
@@ -205,19 +206,14 @@ def stream_in_process(units: pd.DataFrame, steps: BatchSteps) -> Iterator[pd.Dat
     apart."""
     threads = max(1, min(8, (os.cpu_count() or 1) // 2))
     model = steps.model_cls(**steps.model_kwargs, actors_per_node=1)
-    todo = iter(split_blocks(units, steps.batch_size))
-    loads: deque[Future] = deque()
     writes: deque[Future] = deque()
     with ThreadPoolExecutor(threads) as loaders, ThreadPoolExecutor(threads) as writers:
 
-        def load_ahead() -> None:
-            while len(loads) <= threads and (block := next(todo, None)) is not None:
-                loads.append(loaders.submit(steps.load, as_numpy_batch(block), **steps.load_kwargs))
+        def load(block: pd.DataFrame) -> dict:
+            return steps.load(as_numpy_batch(block), **steps.load_kwargs)
 
-        load_ahead()
-        while loads:
-            batch = loads.popleft().result()
-            load_ahead()
+        # threads + 1 blocks load while the model runs on one.
+        for batch in map_ahead(loaders, load, split_blocks(units, steps.batch_size), threads + 2):
             written = model(batch)
             writes.append(writers.submit(steps.write, written, **steps.write_kwargs))
             while writes and (writes[0].done() or len(writes) > 2 * threads):
