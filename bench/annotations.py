@@ -25,7 +25,6 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cluster.runtime import init_ray  # noqa: E402
-from pipeline.core.atomic_io import write_table  # noqa: E402
 from pipeline.core.config import load_config  # noqa: E402
 from pipeline.core.layout import DatasetLayout
 from pipeline.core.paths import file_id  # noqa: E402
@@ -171,11 +170,12 @@ def published_posemaps(table: pd.DataFrame, out: Path) -> None:
 
 
 def bench_posemaps(tmp: Path, n: int) -> dict:
+    from stages.keypoints import keypoints_output
     from stages.posemaps import run_posemaps
 
     root = tmp / "pm"
     table = keypoint_table(n, np.random.default_rng(0))
-    write_table(table, DatasetLayout(root).keypoints_table, KEYPOINTS_SCHEMA)
+    keypoints_output(DatasetLayout(root)).commit(table)
     serial_dir = tmp / "serial"
     serial_dir.mkdir()
     t = time.perf_counter()

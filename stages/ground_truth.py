@@ -11,10 +11,10 @@ import pandas as pd
 from pipeline.core.atomic_io import write_table
 from pipeline.core.layout import SPLITS, DatasetLayout
 from pipeline.core.legacy_csv import read_image_list
-from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
+from pipeline.core.schemas import PAIRS_SCHEMA
 from pipeline.pose.posemap import write_posemap
 from pipeline.synthetic.tree import GROUND_TRUTH_CSV
-from stages.keypoints import keypoints_from_csv
+from stages.keypoints import keypoints_from_csv, keypoints_output
 from stages.pairs import make_pairs
 
 
@@ -26,7 +26,7 @@ def annotate_from_ground_truth(root: str | Path, min_valid: int = 8) -> Path:
         [(p, s) for s, ps in splits.items() for p in ps], columns=["path", "split"]
     )
     kp = keypoints_from_csv(root / GROUND_TRUTH_CSV, images)
-    write_table(kp, layout.keypoints_table, KEYPOINTS_SCHEMA)
+    keypoints_output(layout).commit(kp)
     for r in kp.itertuples():
         write_posemap(layout.posemap(r.split, r.file_id), r.x, r.y, r.img_h, r.img_w)
     pairs, _ = make_pairs(kp, splits, min_valid=min_valid)

@@ -27,7 +27,7 @@ from pipeline.core.legacy_csv import (
     write_keypoints_csv,
 )
 from pipeline.core.object_path import DataPath, data_path
-from pipeline.core.paths import check_paths, file_id, file_ids
+from pipeline.core.paths import check_paths, file_id, file_ids, identity_groups
 from pipeline.core.resumable import ResumableTable
 from pipeline.core.schemas import KEYPOINTS_SCHEMA, to_arrow
 from pipeline.pose.skeleton import MISSING, N_KEYPOINTS, valid_mask
@@ -224,9 +224,16 @@ def estimate_keypoints(
                        stall_timeout=cfg.ray.stall_timeout_s)  # fmt: skip
 
 
-def write_outputs(table: pa.Table, layout: DatasetLayout) -> dict[str, str]:
-    """The keypoints table (sorted by path) and the legacy CSV of each split."""
-    keypoints_output(layout).commit(table)
+def write_outputs(table: pa.Table, layout: DatasetLayout, notes: list[str]) -> dict[str, str]:
+    """The keypoints table (partitioned by identity, sorted by path) and the legacy CSV of
+    each split; says in `notes` how many of the table's parts were rewritten."""
+    output = keypoints_output(layout)
+    output.commit(table)
+    w = output.last_write
+    notes.append(
+        f"keypoints table: {w.written} of {w.written + w.kept} part(s) (buckets of identities) "
+        f"rewritten, {w.kept} unchanged" + (f", {w.removed} removed" if w.removed else "")
+    )
     outputs = {"keypoints_table": str(layout.keypoints_table)}
     for split in SPLITS:
         rows = pc.equal(table["split"], split)
@@ -237,10 +244,13 @@ def write_outputs(table: pa.Table, layout: DatasetLayout) -> dict[str, str]:
 
 
 def keypoints_output(layout: DatasetLayout) -> ResumableTable:
-    """The keypoints table, one row per image path, resumable (tables/keypoints.parts)."""
+    """The keypoints table, one row per image path, resumable (tables/keypoints.parts);
+    partitioned by identity folder, so that an update rewrites the parts of the identities
+    it touched only."""
     return ResumableTable(
-        layout.keypoints_table, KEYPOINTS_SCHEMA, ["path"], FLUSH_ROWS, FLUSH_SECONDS
-    )
+        layout.keypoints_table, KEYPOINTS_SCHEMA, ["path"], FLUSH_ROWS, FLUSH_SECONDS,
+        partition_keys=lambda t: identity_groups(t["path"].combine_chunks()), sort_by="path",
+    )  # fmt: skip
 
 
 SOURCES_SCHEMA = pa.schema([("path", pa.string()), ("digest", pa.string())])
@@ -361,7 +371,7 @@ def run_keypoints(
     result.rows_out = len(table)
     found = pc.is_null(table["error"])
     result.errors = len(table) - pc.sum(found).as_py() if len(table) else 0
-    result.outputs = write_outputs(table, layout)
+    result.outputs = write_outputs(table, layout, result.notes)
     if not annotations:
         paths = table["path"].to_pandas()
         write_table(

@@ -217,7 +217,7 @@ def run_pairs(
     result = StageResult("pairs")
     root = cfg.dataset.root
     source, layout = DatasetLayout(root), DatasetLayout(out or root)
-    if not source.keypoints_table.is_file():
+    if not source.keypoints_table.exists():
         raise DataError(
             f"no keypoints table at {source.keypoints_table}: run the keypoints stage first"
         )

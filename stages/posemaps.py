@@ -248,7 +248,7 @@ def run_posemaps(
     result = StageResult("posemaps")
     source = DatasetLayout(cfg.dataset.root)
     layout = DatasetLayout(out or cfg.dataset.root)
-    if not source.keypoints_table.is_file():
+    if not source.keypoints_table.exists():
         raise DataError(
             f"no keypoints table at {source.keypoints_table}: run the keypoints stage first"
         )

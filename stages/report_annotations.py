@@ -15,8 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageDraw
 
-from pipeline.core import storage
-from pipeline.core.atomic_io import read_arrow_batches, read_table
+from pipeline.core.atomic_io import read_arrow_batches, read_arrow_table, read_table
 from pipeline.core.config import Config, dataset_path
 from pipeline.core.layout import DatasetLayout
 from pipeline.core.legacy_csv import list_values, read_keypoints_csv
@@ -209,7 +208,7 @@ def read_annotations(cfg: Config) -> Annotations | None:
     worst = pa.array(worst_agreeing(found.qa)["path"] if found.qa is not None else [], pa.string())
     # The sample: every step-th readable row, the step from their count (the error
     # column alone, read first).
-    readable = storage.read_table(layout.keypoints_table, ["error"])["error"].null_count
+    readable = read_arrow_table(layout.keypoints_table, columns=["error"])["error"].null_count
     wanted = np.arange(0, readable, max(1, readable // SAMPLE_IMAGES))[:SAMPLE_IMAGES]
     seen = 0  # readable rows before the batch
     for batch in read_arrow_batches(

@@ -16,6 +16,7 @@ from pipeline.core.config import load_config
 from pipeline.core.content_state import file_digest
 from pipeline.core.layout import DatasetLayout
 from pipeline.core.legacy_csv import read_image_list, read_keypoints_csv, write_image_list
+from pipeline.core.partitioned import read_index
 from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.core.weights import KNOWN_WEIGHTS, WeightsError
 from pipeline.pose.openpifpaf_estimator import (
@@ -169,7 +170,7 @@ def test_keypoints_stage_on_ray_with_errors_and_resume(small_tree, random_checkp
     assert len(legacy) == int((fine["split"] == "train").sum())
 
     # An interrupted run: only part files with the first rows, no table yet.
-    layout.keypoints_table.unlink()
+    shutil.rmtree(layout.keypoints_table)  # a partitioned table: a folder
     write_table(fine.iloc[:4], layout.keypoints_parts / "interrupted.parquet", KEYPOINTS_SCHEMA)
     resumed = run_keypoints(cfg, checkpoint=str(random_checkpoint), progress=False)
     assert resumed.skipped == 4 and not layout.keypoints_parts.exists()
@@ -230,6 +231,21 @@ def test_annotations_import_gives_ground_truth(synth_root, tmp_path):
         legacy = read_keypoints_csv(DatasetLayout(root).keypoints_csv(split))
         assert len(legacy) == int((table["split"] == split).sum())
         assert (np.stack(legacy["x"]) == np.stack(truth.loc[legacy["file_id"], "x"])).all()
+    # The table is partitioned by identity: an import again rewrites no part, and one with
+    # one image's annotation moved rewrites that image's part only.
+    parts = len(read_index(DatasetLayout(root).keypoints_table).rows)
+    assert parts > 1
+    again = run_keypoints(cfg, annotations=str(root / GROUND_TRUTH_CSV))
+    assert f"keypoints table: 0 of {parts} part(s) (buckets of identities) rewritten" in str(
+        again.notes
+    )
+    lines = (root / GROUND_TRUTH_CSV).read_text().splitlines(keepends=True)
+    name, h, w, _, *xy = lines[-1].split(",")
+    lines[-1] = ",".join([name, h, w, "5", *xy])  # its first keypoint's x moved
+    (root / GROUND_TRUTH_CSV).write_text("".join(lines))
+    moved = run_keypoints(cfg, annotations=str(root / GROUND_TRUTH_CSV))
+    assert f"keypoints table: 1 of {parts} part(s)" in str(moved.notes), moved.notes
+    assert len(read_table(DatasetLayout(root).keypoints_table)) == len(table)
 
 
 def test_images_listed_out_of_order_and_twice_come_out_once_in_path_order(tmp_path):

@@ -145,7 +145,7 @@ def test_mediapipe_stage_on_ray_matches_bare_loop_with_errors_resume_and_qa(
     assert any(n.startswith("QA against reference.csv: PCKh") for n in result.notes)
 
     # An interrupted run: part files with the first rows only, no table.
-    layout.keypoints_table.unlink()
+    shutil.rmtree(layout.keypoints_table)  # a partitioned table: a folder
     write_table(
         table[table["error"].isna()].iloc[:3],
         layout.keypoints_parts / "interrupted.parquet",

@@ -15,6 +15,7 @@ from pipeline.core.config import load_config
 from pipeline.core.layout import DatasetLayout
 from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.pose.posemap import load_posemap, write_posemap
+from stages.keypoints import keypoints_output
 from stages.posemaps import run_posemaps
 
 
@@ -55,7 +56,7 @@ def test_stage_writes_skips_and_counts(annotated_root, tmp_path, ray_session):
     x0[first_valid] = 999  # outside the 176-wide image
     table.at[0, "x"] = x0
     table.at[1, "error"] = "not a readable image: test"
-    write_table(table, layout.keypoints_table, KEYPOINTS_SCHEMA)
+    keypoints_output(layout).commit(table)
     cfg = load_config(overrides=[f"dataset.root={root}", "posemaps.batch_size=5"])
 
     result = run_posemaps(cfg, progress=False)
@@ -84,7 +85,7 @@ def test_stage_writes_skips_and_counts(annotated_root, tmp_path, ray_session):
     x2[x2 >= 0] -= 1  # one row's keypoints move
     table.at[2, "x"] = x2
     gone = table.iloc[3]
-    write_table(table.drop(index=3), layout.keypoints_table, KEYPOINTS_SCHEMA)
+    keypoints_output(layout).commit(table.drop(index=3))
     assert run_posemaps(cfg, progress=False).rows_out == 1
     moved = load_posemap(old)
     assert sorted(np.nonzero(moved)[1].tolist()) == sorted(int(v) for v in x2 if 0 <= v < 176)

@@ -6,14 +6,15 @@ import re
 import shutil
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
-from pipeline.core.atomic_io import read_table, write_table
+from pipeline.core.atomic_io import read_table, read_table_batches
 from pipeline.core.config import load_config
 from pipeline.core.layout import DatasetLayout
 from pipeline.core.schemas import KEYPOINTS_SCHEMA
 from pipeline.synthetic.tree import GROUND_TRUTH_CSV
-from stages.keypoints import write_keypoint_qa
+from stages.keypoints import keypoints_output, write_keypoint_qa
 from stages.report_annotations import annotations_section
 from stages.report_render import Report, render_html, render_markdown, write_report
 
@@ -32,7 +33,7 @@ def test_annotations_section_shows_overlays_rates_and_images_without_a_person(
         np.asarray(table.at[0, "x"]) >= 0, np.asarray(table.at[0, "x"]) // 2, -1
     )
     table.at[1, "x"], table.at[1, "y"], table.at[1, "n_valid"] = [-1] * 18, [-1] * 18, 0
-    write_table(table, layout.keypoints_table, KEYPOINTS_SCHEMA)
+    keypoints_output(layout).commit(table)
     write_keypoint_qa(table, str(root / GROUND_TRUTH_CSV), layout)
     cfg = load_config(
         overrides=[f"dataset.root={root}", f"keypoints.compare={root / GROUND_TRUTH_CSV}"]
@@ -68,7 +69,7 @@ def test_annotations_read_in_batches_are_those_read_whole(annotated_root, tmp_pa
     table = read_table(layout.keypoints_table, KEYPOINTS_SCHEMA)
     table.loc[[0, 3, 4, 9], "error"] = "unreadable: test"
     table.at[5, "n_valid"] = 0
-    write_table(table, layout.keypoints_table, KEYPOINTS_SCHEMA)
+    keypoints_output(layout).commit(table)
     write_keypoint_qa(table, str(root / GROUND_TRUTH_CSV), layout)
     cfg = load_config(
         overrides=[f"dataset.root={root}", f"keypoints.compare={root / GROUND_TRUTH_CSV}"]
@@ -78,8 +79,11 @@ def test_annotations_read_in_batches_are_those_read_whole(annotated_root, tmp_pa
     batched = annotations_section(cfg)
     assert batched.html == whole.html and batched.files == whole.files
     assert f"{len(table)} images, 4 error rows" in whole.html
-    # Every step-th readable row, the step from their count, whatever the batches.
-    readable = table[table["error"].isna()]["path"].tolist()
+    # Every step-th readable row, the step from their count, whatever the batches; in the
+    # order batches come (a partitioned table's: part by part).
+    in_batches = pd.concat(read_table_batches(layout.keypoints_table, KEYPOINTS_SCHEMA,
+                                              ["path", "error"], 7))  # fmt: skip
+    readable = in_batches[in_batches["error"].isna()]["path"].tolist()
     step = len(readable) // section_module.SAMPLE_IMAGES
     sample = section_module.read_annotations(cfg).sample
     drawn = [p for part in sample for p in part["path"]]

@@ -11,11 +11,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import DataError, DiskFullError, UnreadableTableError
@@ -233,14 +235,25 @@ def read_arrow_batches(
 ) -> Iterator[pa.Table]:
     """A Parquet table's `columns`, `rows` at a time, in table order: its row groups are
     read one after another, so a table of millions of rows is never whole in memory (on
-    object storage: ranged reads of the object)."""
+    object storage: ranged reads of the object). A partitioned table (core.partitioned)
+    comes part by part, in bucket order."""
     with contextlib.ExitStack() as stack:
         try:
             parquet = stack.enter_context(_open_parquet(path))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"table not found: {path}") from None
         except UNREADABLE_PARQUET as exc:
-            raise _unreadable(path, exc) from None
+            # Only now is it looked for as a partitioned table (a folder cannot be opened
+            # as a file): reading a plain one costs no extra stat or HEAD.
+            if _table_kind(*_object_store(path)) != "partitioned":
+                if isinstance(exc, FileNotFoundError):
+                    raise FileNotFoundError(f"table not found: {path}") from None
+                raise _unreadable(path, exc) from None
+            parquet = None
+        if parquet is None:
+            from pipeline.core.partitioned import part_paths
+
+            for part in part_paths(path):
+                yield from read_arrow_batches(part, schema, columns, rows)
+            return
         missing = [c for c in columns if c not in parquet.schema_arrow.names]
         if missing:
             raise DataError(f"{path}: missing columns {missing}")
@@ -281,6 +294,27 @@ def read_table(
     return read_arrow_table(path, schema, columns).to_pandas()
 
 
+def _table_kind(path, remote) -> str | None:
+    """ "plain" (a Parquet file), "partitioned" (a folder with an index: core.partitioned)
+    or None (neither), from one stat (on object storage one HEAD, as an exists() was)."""
+    from pipeline.core.partitioned import INDEX
+
+    if remote is None:
+        path = Path(path)
+        if path.is_file():
+            return "plain"
+        return "partitioned" if (path / INDEX).is_file() else None
+    from pipeline.core import storage
+    from pipeline.core.object_path import data_path
+
+    found = storage.info(remote).type
+    if found == pafs.FileType.File:
+        return "plain"
+    if found == pafs.FileType.Directory and (data_path(path) / INDEX).is_file():
+        return "partitioned"
+    return None
+
+
 def read_arrow_table(
     path: str | os.PathLike,
     schema: pa.Schema | None = None,
@@ -291,19 +325,23 @@ def read_arrow_table(
     `streamed`: decoded STREAM_ROWS rows at a time (reading a million rows of keypoints
     whole peaked 650 MB above the table itself)."""
     path, remote = _object_store(path)
-    if remote is None:
-        path = Path(path)
-        read, found = pq.read_table, path.exists()
+    kind = _table_kind(path, remote)
+    if kind is None:
+        raise FileNotFoundError(f"table not found: {path}")
+    if kind == "partitioned":
+        from pipeline.core.partitioned import read_partitioned
+
+        read = partial(read_partitioned, streamed=streamed)
+    elif streamed:
+        read = _read_streamed
+    elif remote is None:
+        read = pq.read_table
     else:
         from pipeline.core import storage
 
-        read, found = storage.read_table, storage.exists(remote)
-    if streamed:
-        read = _read_streamed
-    if not found:
-        raise FileNotFoundError(f"table not found: {path}")
+        read = storage.read_table
     try:
-        table = read(path if remote is None else remote, columns=columns)
+        table = read(Path(path) if remote is None else remote, columns=columns)
     except UNREADABLE_PARQUET as exc:
         raise _unreadable(path, exc) from None
     if schema is not None:

@@ -7,12 +7,20 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable
 
 import pandas as pd
 import pyarrow as pa
 
 from pipeline.core.atomic_io import read_table, write_table
 from pipeline.core.object_path import DataPath, data_path
+from pipeline.core.partitioned import (
+    PartitionWrite,
+    is_partitioned,
+    read_partitioned,
+    write_partitioned,
+)
+from pipeline.core.schemas import to_arrow
 
 _last_counter = 0
 
@@ -34,7 +42,10 @@ def part_order(path: DataPath) -> tuple[int, str]:
 
 class ResumableTable:
     """A Parquet table under construction. `key` names the columns that identify a row: a
-    later row replaces an earlier one with the same key."""
+    later row replaces an earlier one with the same key. With `partition_keys` (a row's
+    partition key, e.g. its identity, from the table) it is committed as a partitioned
+    table (core.partitioned), sorted by `sort_by` within each part; `last_write` then says
+    how many parts the commit rewrote."""
 
     def __init__(
         self,
@@ -43,8 +54,12 @@ class ResumableTable:
         key: list[str],
         flush_rows: int = 256,
         flush_seconds: float = 30.0,
+        partition_keys: Callable[[pa.Table], pa.Array] | None = None,
+        sort_by: str | None = None,
     ):
         self.path = data_path(path)
+        self.partition_keys, self.sort_by = partition_keys, sort_by
+        self.last_write: PartitionWrite | None = None
         self.parts = self.path.with_suffix(".parts")
         self.schema, self.key = schema, key
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
@@ -55,8 +70,13 @@ class ResumableTable:
         """The table plus the parts an interrupted run left, later rows winning. Without
         `with_table` only the parts (a fresh run: the table, perhaps damaged, is replaced
         unread)."""
-        table = with_table and self.path.is_file()
-        frames = [read_table(self.path, self.schema)] if table else []
+        frames = []
+        if with_table and self.path.is_file():  # a plain table (one of an earlier version)
+            frames.append(read_table(self.path, self.schema))
+        elif with_table and self.partition_keys is not None and is_partitioned(self.path):
+            # Less the parts that are gone (moved aside as damaged): their rows are redone.
+            table = read_partitioned(self.path, skip_missing=True)
+            frames.append(table.to_pandas())
         # In the order they were written, which their names say; mtimes do not (a copy or a
         # restore resets them).
         parts = sorted(self.parts.glob("*.parquet"), key=part_order)
@@ -97,7 +117,14 @@ class ResumableTable:
 
     def commit(self, table: pd.DataFrame | pa.Table) -> pd.DataFrame | pa.Table:
         """Write the final table atomically, then drop the parts it holds."""
-        write_table(table, self.path, self.schema)
+        if self.partition_keys is None:
+            write_table(table, self.path, self.schema)
+        else:
+            rows = table if isinstance(table, pa.Table) else to_arrow(table, self.schema)
+            rows = rows.select(self.schema.names).cast(self.schema)
+            self.last_write = write_partitioned(
+                rows, self.path, self.partition_keys(rows), sort_by=self.sort_by
+            )
         self.discard()
         if self.parts.is_dir():
             self.parts.rmdir()
