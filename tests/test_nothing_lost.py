@@ -19,9 +19,11 @@ from click.testing import CliRunner
 from test_pipeline_run import TINY, random_checkpoint, run_cli
 
 from cli.main import cli
+from pipeline.core.atomic_io import read_table
 from pipeline.core.config import load_config
 from pipeline.core.errors import ConfigError
 from pipeline.core.layout import DatasetLayout, EvaluationLayout, OutputLayout
+from pipeline.core.partitioned import part_paths
 from pipeline.synthetic.tree import write_synthetic_tree
 from stages.dag import plan_run, run_dag
 
@@ -146,7 +148,8 @@ def test_damaged_tables_make_their_stage_stale_with_the_reason_and_are_moved_asi
     copy_tree(root, copy_root)
     copy_tree(out, copy_out)
     damaged = {
-        "keypoints": DatasetLayout(copy_root).keypoints_table,
+        # The keypoints table is partitioned (core.partitioned): one of its parts.
+        "keypoints": part_paths(DatasetLayout(copy_root).keypoints_table)[0],
         "generate": OutputLayout(copy_out).manifest,
         "evaluate": EvaluationLayout(OutputLayout(copy_out).evaluation).per_image("ssim"),
     }
@@ -176,7 +179,7 @@ def test_damaged_tables_make_their_stage_stale_with_the_reason_and_are_moved_asi
     truncate(damaged["keypoints"])
     res = CliRunner().invoke(cli, ["keypoints", "--force", *args])
     assert res.exit_code == 0, res.output
-    assert len(pd.read_parquet(damaged["keypoints"])) == 12
+    assert len(read_table(DatasetLayout(copy_root).keypoints_table)) == 12
 
 
 def test_preflight_refuses_a_missing_dataset_root_before_writing_anything(tmp_path):

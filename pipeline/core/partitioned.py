@@ -3,7 +3,7 @@
 folders, with an index written last that names the live part of every bucket:
 
     keypoints.parquet/
-        _index.parquet                   bucket, part, rows, digest; B and the sort column
+        _index.parquet                   bucket, part, rows, bytes, digest; B, the sort column
         bucket=07/part-<digest>.parquet  the rows of bucket 7, sorted
 
 A write serialises each bucket and leaves a bucket whose bytes have the digest the index
@@ -29,11 +29,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.core import storage
 from pipeline.core.object_path import DataPath, data_path
 
 INDEX = "_index.parquet"
 INDEX_SCHEMA = pa.schema(
-    [("bucket", pa.int32()), ("part", pa.string()), ("rows", pa.int64()), ("digest", pa.string())]
+    [
+        ("bucket", pa.int32()),
+        ("part", pa.string()),
+        ("rows", pa.int64()),
+        ("bytes", pa.int64()),
+        ("digest", pa.string()),
+    ]
 )
 # Ray Data's guidance is parts of 1 to 128 MiB: at 64 buckets a million keypoints rows are
 # parts of about 3 MiB, ten million of about 30.
@@ -151,6 +158,9 @@ def write_partitioned(
         digest = hashlib.sha256(data).hexdigest()[:20]
         return b, f"bucket={b:0{width}d}/part-{digest}.parquet", len(rows), digest, data
 
+    # What is there, from one listing: a part is kept only whole (a damaged one the DAG
+    # found is moved aside; one truncated since is rewritten), and the rest are stale.
+    present = {f.rel: f.size for f in storage.list_files(str(target))}
     index, written = [], 0
     filled = [b for b in range(buckets) if bounds[b + 1] > bounds[b]]
     # Parquet encoding and hashing release the GIL: a part per core at once, a few ahead
@@ -159,20 +169,20 @@ def write_partitioned(
     with ThreadPoolExecutor(threads) as pool:
         for lo in range(0, len(filled), 2 * threads):
             for b, name, rows, digest, data in pool.map(serialise, filled[lo : lo + 2 * threads]):
-                if held.get(b) != digest:
+                if held.get(b) != digest or present.get(name) != len(data):
                     write_bytes_atomic(target / name, data)
                     written += 1
-                index.append((b, name, rows, digest))
+                index.append((b, name, rows, len(data), digest))
     meta = {b"buckets": str(buckets).encode(), b"sort_by": (sort_by or "").encode()}
     frame = pd.DataFrame(index, columns=INDEX_SCHEMA.names)
     index_table = pa.Table.from_pandas(
         frame, INDEX_SCHEMA.with_metadata(meta), preserve_index=False
     )
     write_bytes_atomic(target / INDEX, _serialise(index_table))
-    live = {target / name for name in frame["part"]}
-    stale = [p for p in target.glob("bucket=*/part-*.parquet") if p not in live]
-    for part in stale:
-        part.unlink(missing_ok=True)
+    live = set(frame["part"])
+    stale = [rel for rel in present if rel.startswith("bucket=") and rel not in live]
+    for rel in stale:
+        (target / rel).unlink(missing_ok=True)
     if _local(root):
         for folder in target.glob("bucket=*"):
             if not any(folder.iterdir()):
