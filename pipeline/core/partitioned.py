@@ -109,9 +109,22 @@ def read_partitioned(
     if not parts:
         return pa.schema([]).empty_table()
     table = pa.concat_tables(parts, promote_options="permissive")
-    if sort_by and len(parts) > 1:
-        table = table.take(pc.sort_indices(table[sort_by]))
+    del parts
+    if sort_by and table.num_columns and len(paths) > 1:
+        table = _sorted(table, sort_by)
     return table.select(columns) if columns is not None and wanted != columns else table
+
+
+def _sorted(table: pa.Table, sort_by: str) -> pa.Table:
+    """`table` in `sort_by` order, a column at a time: each column's unsorted copy is let
+    go once its sorted one is made, so the peak is the table plus one column, not two
+    tables (at a million keypoints rows, about 100 MB instead of 300)."""
+    order = pc.sort_indices(table[sort_by])
+    schema, columns = table.schema, table.columns
+    del table
+    for i in range(len(columns)):
+        columns[i] = pc.take(columns[i], order)
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 @dataclass(frozen=True)
