@@ -151,6 +151,14 @@ def test_a_plain_table_of_an_earlier_version_becomes_the_folder(root):  # noqa: 
             if not f.rel.startswith("keypoints.parquet/")] == []  # fmt: skip
 
 
+def test_an_empty_table_reads_back_empty_with_its_columns(root):  # noqa: F811
+    path = storage.join(root, "keypoints.parquet")
+    empty = KEYPOINTS_SCHEMA.empty_table()
+    assert write_partitioned(empty, path, keys(empty), sort_by="path").written == 0
+    assert read_table(path, KEYPOINTS_SCHEMA).columns.tolist() == KEYPOINTS_SCHEMA.names
+    assert read_table(path, columns=["path"]).empty
+
+
 def test_pandas_and_ray_data_read_the_folder_as_one_dataset(tmp_path, ray_session):
     import ray
 

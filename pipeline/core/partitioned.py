@@ -65,6 +65,7 @@ class PartitionIndex:
     rows: pd.DataFrame  # INDEX_SCHEMA, one row per non-empty bucket
     buckets: int
     sort_by: str | None
+    schema: pa.Schema  # the table's (an empty table has no part to take it from)
 
     def digests(self) -> dict[int, str]:
         return dict(zip(self.rows["bucket"].tolist(), self.rows["digest"].tolist(), strict=True))
@@ -76,13 +77,18 @@ def read_index(path: str | os.PathLike | DataPath) -> PartitionIndex:
     table = read_arrow_table(data_path(path) / INDEX, INDEX_SCHEMA)
     meta = table.schema.metadata or {}
     sort_by = meta.get(b"sort_by", b"").decode() or None
-    return PartitionIndex(table.to_pandas(), int(meta.get(b"buckets", DEFAULT_BUCKETS)), sort_by)
+    schema = pa.ipc.read_schema(pa.py_buffer(meta[b"schema"]))
+    buckets = int(meta[b"buckets"])
+    return PartitionIndex(table.to_pandas(), buckets, sort_by, schema)
 
 
-def part_paths(path: str | os.PathLike | DataPath) -> list[DataPath]:
+def part_paths(
+    path: str | os.PathLike | DataPath, index: PartitionIndex | None = None
+) -> list[DataPath]:
     """The live parts, in bucket order."""
     root = data_path(path)
-    return [root / p for p in read_index(root).rows.sort_values("bucket")["part"]]
+    index = index or read_index(root)
+    return [root / p for p in index.rows.sort_values("bucket")["part"]]
 
 
 def read_partitioned(
@@ -102,12 +108,17 @@ def read_partitioned(
     wanted = columns
     if columns is not None and sort_by and sort_by not in columns:
         wanted = [*columns, sort_by]
-    paths = part_paths(path)
+    paths = part_paths(path, index)
     if skip_missing:
         paths = [p for p in paths if p.is_file()]
     parts = [read_arrow_table(p, None, wanted, streamed) for p in paths]
     if not parts:
-        return pa.schema([]).empty_table()
+        empty = index.schema.empty_table()
+        return (
+            empty
+            if columns is None
+            else empty.select([c for c in columns if c in empty.schema.names])
+        )
     table = pa.concat_tables(parts, promote_options="permissive")
     del parts
     if sort_by and table.num_columns and len(paths) > 1:
@@ -186,7 +197,11 @@ def write_partitioned(
                     write_bytes_atomic(target / name, data)
                     written += 1
                 index.append((b, name, rows, len(data), digest))
-    meta = {b"buckets": str(buckets).encode(), b"sort_by": (sort_by or "").encode()}
+    meta = {
+        b"buckets": str(buckets).encode(),
+        b"sort_by": (sort_by or "").encode(),
+        b"schema": table.schema.serialize().to_pybytes(),
+    }
     frame = pd.DataFrame(index, columns=INDEX_SCHEMA.names)
     index_table = pa.Table.from_pandas(
         frame, INDEX_SCHEMA.with_metadata(meta), preserve_index=False
