@@ -232,7 +232,7 @@ def write_outputs(table: pa.Table, layout: DatasetLayout, notes: list[str]) -> d
     w = output.last_write
     notes.append(
         f"keypoints table: {w.written} of {w.written + w.kept} part(s) (buckets of identities) "
-        f"rewritten, {w.kept} unchanged" + (f", {w.removed} removed" if w.removed else "")
+        f"rewritten, {w.kept} unchanged"
     )
     outputs = {"keypoints_table": str(layout.keypoints_table)}
     for split in SPLITS:

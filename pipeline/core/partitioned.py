@@ -43,7 +43,7 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 # Ray Data's guidance is parts of 1 to 128 MiB: at 64 buckets a million keypoints rows are
-# parts of about 3 MiB, ten million of about 30.
+# parts of 2.5 MiB (measured), ten million of about 25.
 DEFAULT_BUCKETS = 64
 
 
