@@ -89,7 +89,7 @@ def main() -> None:
                 lambda p=path: read_arrow_table(p, KEYPOINTS_SCHEMA, streamed=True)
             )
         out["plain_mib"] = plain.stat().st_size / 2**20
-        out["largest_part_mib"] = max(p.stat().st_size for p in parted.glob("bucket=*/*")) / 2**20
+        out["largest_part_mib"] = max(p.stat().st_size for p in parted.glob("part-*")) / 2**20
         out["write_ratio"] = out["partitioned_write_s"] / out["plain_write_s"]
         out["read_ratio"] = out["partitioned_read_s"] / out["plain_read_s"]
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}))

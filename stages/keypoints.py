@@ -231,7 +231,7 @@ def write_outputs(table: pa.Table, layout: DatasetLayout, notes: list[str]) -> d
     output.commit(table)
     w = output.last_write
     notes.append(
-        f"keypoints table: {w.written} of {w.written + w.kept} part(s) (buckets of identities) "
+        f"keypoints table: {w.written} of {w.written + w.kept} part(s) (of whole identities) "
         f"rewritten, {w.kept} unchanged"
     )
     outputs = {"keypoints_table": str(layout.keypoints_table)}

@@ -233,10 +233,9 @@ def test_annotations_import_gives_ground_truth(synth_root, tmp_path):
         assert (np.stack(legacy["x"]) == np.stack(truth.loc[legacy["file_id"], "x"])).all()
     # The table is partitioned by identity: an import again rewrites no part, and one with
     # one image's annotation moved rewrites that image's part only.
-    parts = len(read_index(DatasetLayout(root).keypoints_table).rows)
-    assert parts > 1
+    parts = len(read_index(DatasetLayout(root).keypoints_table).parts())
     again = run_keypoints(cfg, annotations=str(root / GROUND_TRUTH_CSV))
-    assert f"keypoints table: 0 of {parts} part(s) (buckets of identities) rewritten" in str(
+    assert f"keypoints table: 0 of {parts} part(s) (of whole identities) rewritten" in str(
         again.notes
     )
     lines = (root / GROUND_TRUTH_CSV).read_text().splitlines(keepends=True)

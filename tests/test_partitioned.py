@@ -1,12 +1,11 @@
 """Partitioned tables (pipeline.core.partitioned) on a local folder, a file:// URI and a real
-S3 server: read back whole and in batches as the plain table would, an update rewrites the
-parts of the buckets it touched only, a part an interrupted write left is never read, a
-plain table of an earlier version becomes the folder, and other readers (pandas, Ray Data)
-read the folder as one dataset."""
+S3 server: read back whole and in batches as the plain table would; an update rewrites the
+parts of the identities it touched only (new ones fill the newest part, then new parts);
+a part an interrupted write left is never read, a damaged one is rewritten; a plain table
+of an earlier version becomes the folder; pandas and Ray Data read the folder as one
+dataset."""
 
 from __future__ import annotations
-
-import zlib
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,7 @@ from pipeline.core.atomic_io import read_arrow_batches, read_arrow_table, read_t
 from pipeline.core.object_path import data_path
 from pipeline.core.partitioned import (
     INDEX,
-    buckets_of,
+    assign_slots,
     is_partitioned,
     read_index,
     write_partitioned,
@@ -61,21 +60,24 @@ def assert_same_rows(got: pd.DataFrame, want: pd.DataFrame) -> None:
     assert got["error"].tolist() == want["error"].tolist()
 
 
-def test_buckets_are_stable_and_keep_an_identity_together():
-    keys_ = pa.array(["MEN/Denim/id_1", "MEN/Denim/id_2", "MEN/Denim/id_1"])
-    got = buckets_of(keys_, 64)
-    assert got[0] == got[2] and got.dtype == np.int32 and ((got >= 0) & (got < 64)).all()
-    # crc32 of the UTF-8 key: the same in every process and version (no salted hash()).
-    assert got[1] == zlib.crc32(b"MEN/Denim/id_2") % 64
+def test_slots_keep_their_keys_and_new_keys_fill_the_newest_then_new_slots():
+    held = {"a": 0, "b": 1}
+    slots = assign_slots(["d", "a", "c", "b", "e"], np.array([3, 5, 2, 4, 6]), held, part_rows=6)
+    # a, b keep theirs; slot 1 (the newest, 4 rows) takes c (then full), d opens slot 2,
+    # which, under 6 rows, takes e too (a key is never split).
+    assert slots.tolist() == [2, 0, 1, 1, 2]
+    assert assign_slots(["x", "y"], np.array([1, 1]), {}, part_rows=6).tolist() == [0, 0]
+    assert assign_slots([], np.zeros(0, int), {}).tolist() == []
 
 
 def test_written_whole_read_back_sorted_whole_and_in_batches(root):  # noqa: F811
     rows = identities(40)
     path = storage.join(root, "tables", "keypoints.parquet")
-    done = write_partitioned(arrow(rows), path, keys(arrow(rows)), buckets=8, sort_by="path")
+    done = write_partitioned(arrow(rows), path, keys(arrow(rows)), sort_by="path", part_rows=20)
     index = read_index(path)
-    assert is_partitioned(path) and index.buckets == 8 and index.sort_by == "path"
-    assert done.written == len(index.rows) and done.kept == 0 and index.rows["rows"].sum() == 120
+    assert is_partitioned(path) and index.sort_by == "path" and len(index.rows) == 40
+    parts = index.parts()
+    assert done.written == len(parts) == 6 and done.kept == 0 and parts["rows"].sum() == 120
     assert_same_rows(read_table(path, KEYPOINTS_SCHEMA), sorted_rows(rows))
     # Columns only, the sort column left out: still in path order.
     ids = read_table(path, columns=["file_id"])["file_id"].tolist()
@@ -84,51 +86,61 @@ def test_written_whole_read_back_sorted_whole_and_in_batches(root):  # noqa: F81
     assert sorted(pa.concat_tables(batches)["path"].to_pylist()) == sorted(rows["path"])
     # Each part sorted, and every identity's rows in one part.
     seen = []
-    for part in index.rows["part"]:
+    for part in parts["part"]:
         got = read_arrow_table(storage.join(path, part))
         assert got["path"].to_pylist() == sorted(got["path"].to_pylist())
         seen.append(set(keys(got).to_pylist()))
     assert sum(map(len, seen)) == len(set().union(*seen)) == 40
 
 
-def test_an_update_rewrites_the_buckets_it_touched_only(root):  # noqa: F811
+def test_an_update_rewrites_the_parts_it_touched_only(root):  # noqa: F811
     rows = identities(40)
     path = storage.join(root, "keypoints.parquet")
-    write_partitioned(arrow(rows), path, keys(arrow(rows)), buckets=16, sort_by="path")
-    before = read_index(path).rows.set_index("bucket")
+    write_partitioned(arrow(rows), path, keys(arrow(rows)), sort_by="path", part_rows=20)
+    before = read_index(path).parts().set_index("slot")
     stats = {p: storage.stat(storage.join(path, p)) for p in before["part"]}
-    added = pd.concat([rows, identities(1, start=1000)], ignore_index=True)
-    done = write_partitioned(arrow(added), path, keys(arrow(added)), buckets=16, sort_by="path")
-    after = read_index(path).rows.set_index("bucket")
-    changed = [b for b in after.index if before["digest"].get(b) != after.loc[b, "digest"]]
-    assert done.written == len(changed) == 1 and done.kept == len(after) - 1
-    assert done.removed == (1 if changed[0] in before.index else 0)
-    for part in set(before["part"]) & set(after["part"]):  # untouched parts: not rewritten
+    # Identities added: they fill the newest part (12 of 20 rows) and open one more; the
+    # other five parts are neither written nor touched.
+    added = pd.concat([rows, identities(4, start=1000)], ignore_index=True)
+    done = write_partitioned(arrow(added), path, keys(arrow(added)), sort_by="path", part_rows=20)
+    after = read_index(path).parts().set_index("slot")
+    assert (done.written, done.kept, done.removed) == (2, 5, 1)
+    assert list(after.index) == [*before.index, before.index.max() + 1]
+    for part in set(before["part"]) & set(after["part"]):
         assert storage.stat(storage.join(path, part)) == stats[part]
     assert_same_rows(read_table(path, KEYPOINTS_SCHEMA), sorted_rows(added))
-    # Rows of one identity removed: its bucket shrinks; a bucket left empty goes.
-    last = added[~added["path"].str.contains("id_00001000")]
-    done = write_partitioned(arrow(last), path, keys(arrow(last)), buckets=16, sort_by="path")
-    assert done.written + done.removed >= 1
+    # One identity's rows changed: its part only.
+    changed = added.copy()
+    changed.at[changed.index[changed["path"].str.contains("id_00000007")][0], "n_valid"] = 3
+    done = write_partitioned(arrow(changed), path, keys(arrow(changed)), sort_by="path",
+                             part_rows=20)  # fmt: skip
+    assert (done.written, done.removed) == (1, 1)
+    # Identities removed: a part left without rows goes, the rest stay.
+    held = read_index(path).rows
+    first = held.loc[held["key"] == "WOMEN/Tees/id_00000000", "slot"].iloc[0]
+    gone = set(held.loc[held["slot"] == first, "key"])
+    last = changed[~keys(arrow(changed)).to_pandas().isin(gone).to_numpy()]
+    done = write_partitioned(arrow(last), path, keys(arrow(last)), sort_by="path", part_rows=20)
+    assert (done.written, done.removed) == (0, 1)
     assert_same_rows(read_table(path, KEYPOINTS_SCHEMA), sorted_rows(last))
-    parts = {p.relative_to(data_path(path)).as_posix() for p in data_path(path).glob("bucket=*/*")}
-    assert parts == set(read_index(path).rows["part"])
+    files = {p.relative_to(data_path(path)).as_posix() for p in data_path(path).glob("part-*")}
+    assert files == set(read_index(path).parts()["part"])
 
 
 def test_a_part_an_interrupted_write_left_is_never_read_and_a_damaged_one_is_rewritten(root):  # noqa: F811
     rows = identities(10)
     path = storage.join(root, "keypoints.parquet")
-    write_partitioned(arrow(rows), path, keys(arrow(rows)), buckets=4, sort_by="path")
+    write_partitioned(arrow(rows), path, keys(arrow(rows)), sort_by="path", part_rows=6)
     # An interrupted write: its new part is there, the index it would have written is not.
-    stray = storage.join(path, "bucket=0", "part-interrupted.parquet")
+    stray = storage.join(path, "part-000000-interrupted.parquet")
     write_table(arrow(identities(2, start=500)), stray, KEYPOINTS_SCHEMA)
     assert_same_rows(read_table(path, KEYPOINTS_SCHEMA), sorted_rows(rows))
-    write_partitioned(arrow(rows), path, keys(arrow(rows)), buckets=4, sort_by="path")
+    write_partitioned(arrow(rows), path, keys(arrow(rows)), sort_by="path", part_rows=6)
     assert not storage.exists(stray)
     # A part damaged since (its index entry unchanged) is written again, not trusted.
     part = storage.join(path, read_index(path).rows["part"].iloc[0])
     storage.write_bytes(part, storage.read_bytes(part)[:100])
-    done = write_partitioned(arrow(rows), path, keys(arrow(rows)), buckets=4, sort_by="path")
+    done = write_partitioned(arrow(rows), path, keys(arrow(rows)), sort_by="path", part_rows=6)
     assert done.written == 1
     assert_same_rows(read_table(path, KEYPOINTS_SCHEMA), sorted_rows(rows))
 
@@ -164,11 +176,10 @@ def test_pandas_and_ray_data_read_the_folder_as_one_dataset(tmp_path, ray_sessio
 
     rows = identities(30)
     path = tmp_path / "keypoints.parquet"
-    write_partitioned(arrow(rows), path, keys(arrow(rows)), buckets=8, sort_by="path")
+    write_partitioned(arrow(rows), path, keys(arrow(rows)), sort_by="path")
     assert (path / INDEX).is_file()
     by_pandas = pd.read_parquet(path)
     assert sorted(by_pandas["path"]) == sorted(rows["path"])
-    # The hive folder names come back as a column, the index file is skipped.
-    assert set(by_pandas["bucket"].astype(int)) == set(read_index(path).rows["bucket"])
+    assert list(by_pandas.columns) == KEYPOINTS_SCHEMA.names  # the index file is skipped
     by_ray = ray.data.read_parquet(str(path)).to_pandas()
     assert sorted(by_ray["path"]) == sorted(rows["path"])
