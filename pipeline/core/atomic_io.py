@@ -158,7 +158,7 @@ def _object_store(path: str | os.PathLike) -> tuple[str | os.PathLike, Location 
     return (loc.path, None) if loc.is_local else (path, loc)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes | pa.Buffer) -> None:
     path, remote = _object_store(path)
     if remote is not None:
         from pipeline.core import storage
@@ -167,6 +167,14 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         return
     with atomic_path(path, needed=len(data)) as tmp:
         Path(tmp).write_bytes(data)
+
+
+def parquet_bytes(table: pa.Table) -> pa.Buffer:
+    """`table` as the bytes of a Parquet file, in memory without a copy (what one PUT of it
+    sends; what a partitioned table's part is digested by)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue()
 
 
 def write_table(df: pd.DataFrame | pa.Table, path: str | os.PathLike, schema: pa.Schema) -> None:
@@ -236,7 +244,7 @@ def read_arrow_batches(
     """A Parquet table's `columns`, `rows` at a time, in table order: its row groups are
     read one after another, so a table of millions of rows is never whole in memory (on
     object storage: ranged reads of the object). A partitioned table (core.partitioned)
-    comes part by part, in bucket order."""
+    comes part by part, in slot order."""
     with contextlib.ExitStack() as stack:
         try:
             parquet = stack.enter_context(_open_parquet(path))

@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.core import storage
 from pipeline.core.object_path import DataPath, data_path
@@ -142,12 +141,6 @@ class PartitionWrite:
     removed: int  # part files the index no longer names, deleted
 
 
-def _serialise(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
 def assign_slots(
     keys: list[str], rows: np.ndarray, held: dict[str, int], part_rows: int = PART_ROWS
 ) -> np.ndarray:
@@ -178,7 +171,7 @@ def write_partitioned(
     """Write `table` (sorted by `sort_by` within each part) as the partitioned table at
     `path`, a part per slot of `keys` (each row's key: its identity); see the module doc.
     A plain Parquet file at `path` (an earlier version's table) is replaced by the folder."""
-    from pipeline.core.atomic_io import write_bytes_atomic
+    from pipeline.core.atomic_io import parquet_bytes, write_bytes_atomic
 
     root = data_path(path)
     plain = root.is_file()
@@ -199,9 +192,9 @@ def write_partitioned(
     slots, starts = np.unique(slot_of_row[order], return_index=True)
     ends = [*starts[1:], len(order)]
 
-    def serialise(i: int) -> tuple[int, str, int, str, bytes]:
+    def serialise(i: int) -> tuple[int, str, int, str, pa.Buffer]:
         rows = order[starts[i] : ends[i]]
-        data = _serialise(table.take(pa.array(rows)))
+        data = parquet_bytes(table.take(pa.array(rows)))
         digest = hashlib.sha256(data).hexdigest()[:20]
         slot = int(slots[i])
         return slot, f"part-{slot:06d}-{digest}.parquet", len(rows), digest, data
@@ -226,7 +219,7 @@ def write_partitioned(
     frame = pd.DataFrame(per_key, columns=INDEX_SCHEMA.names)
     index_table = pa.Table.from_pandas(frame, INDEX_SCHEMA.with_metadata(meta),
                                        preserve_index=False)  # fmt: skip
-    write_bytes_atomic(target / INDEX, _serialise(index_table))
+    write_bytes_atomic(target / INDEX, parquet_bytes(index_table))
     live = {name for name, *_ in parts.values()}
     stale = [rel for rel in present if rel.startswith("part-") and rel not in live]
     for rel in stale:

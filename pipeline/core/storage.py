@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.core.atomic_io import atomic_path, write_bytes_atomic
+from pipeline.core.atomic_io import atomic_path, parquet_bytes, write_bytes_atomic
 from pipeline.core.config import StorageConfig, check_endpoint
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.paths import MANGLED_URI, RootGuard, relative_posix
@@ -651,9 +651,7 @@ def write_table(table: pa.Table, target: Target, storage_cfg: StorageConfig | No
         with atomic_path(loc.path, needed=table.nbytes) as tmp:
             pq.write_table(table, tmp)
         return
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    _put(loc, sink.getvalue())
+    _put(loc, parquet_bytes(table))
 
 
 def read_table(
