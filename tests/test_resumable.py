@@ -34,3 +34,14 @@ def test_part_names_list_in_the_order_they_were_written(tmp_path):
         (new,) = set(table.parts.glob("*.parquet")) - before
         written.append(new.name)
     assert sorted(written) == written
+
+
+def test_a_part_whose_write_was_killed_does_not_block_the_commit(tmp_path):
+    table = ResumableTable(tmp_path / "t.parquet", SCHEMA, ["key"], flush_rows=1)
+    table.add(pd.DataFrame({"key": ["a"], "value": [1]}))
+    # What a SIGKILL in the middle of atomic_io's write leaves beside the parts.
+    (table.parts / ".00000000000000000002-abcd1234.parquet.k3j2h1.tmp").write_bytes(b"PAR1")
+    assert table.done()["key"].tolist() == ["a"]
+    table.commit(table.done())
+    assert not table.parts.exists()
+    assert pd.read_parquet(tmp_path / "t.parquet")["key"].tolist() == ["a"]

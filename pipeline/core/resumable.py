@@ -110,9 +110,10 @@ class ResumableTable:
         self._buffer, self._last = [], time.monotonic()
 
     def discard(self) -> None:
-        """Forget the parts (a fresh run)."""
+        """Forget the parts (a fresh run), and the temporary file of a part whose write was
+        killed (atomic_io names it `.<part>.<random>.tmp`): it never became a part."""
         self._buffer = []
-        for part in self.parts.glob("*.parquet"):
+        for part in [*self.parts.glob("*.parquet"), *self.parts.glob(".*.parquet.*.tmp")]:
             part.unlink()
 
     def commit(self, table: pd.DataFrame | pa.Table) -> pd.DataFrame | pa.Table:
