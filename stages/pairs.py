@@ -101,19 +101,33 @@ IDENTITY_BLOCK = 5_000
 ROW_GROUP_BLOCKS = 4
 
 
-def pair_blocks(
+@dataclass
+class SplitImages:
+    """A split's images usable in pairs, by identity folder, then path (columns path,
+    file_id and group), and the row where each block of identities starts (then the end)."""
+
+    columns: pa.Table
+    bounds: list[int]
+
+    def planned_pairs(self, max_per_identity: int | None) -> int:
+        """How many pairs these images make, without making them."""
+        _, sizes = np.unique(self.columns["group"].to_numpy(zero_copy_only=False),
+                             return_counts=True)  # fmt: skip
+        per_identity = sizes * (sizes - 1)
+        if max_per_identity is not None:
+            per_identity = np.minimum(per_identity, max_per_identity)
+        return int(per_identity.sum())
+
+
+def split_images(
     keypoints: pd.DataFrame,
     splits: dict[str, list[str]],
     min_valid: int,
-    max_per_identity: int | None = None,
-    seed: int = 0,
     block: int = IDENTITY_BLOCK,
     counts: PairCounts | None = None,
-) -> Iterator[tuple[str, pa.Table]]:
-    """The pure core: keypoints table + image lists (split -> paths) -> the pairs table in
-    order (split by split, identity folder by identity folder), `block` identities at a
-    time, each with its split (an empty split: one empty block); `counts` (when given) is
-    filled in as they go."""
+) -> dict[str, SplitImages]:
+    """The images of each split that pairs are made of (`counts`, when given, gets the
+    images and the excluded ones by reason)."""
     counts = counts if counts is not None else PairCounts()
     counts.images = len(keypoints)
     ok, counts.excluded = eligible_images(keypoints, min_valid)
@@ -122,6 +136,7 @@ def pair_blocks(
     group = identity_groups(pa.array(ok["path"], pa.string())).to_numpy(zero_copy_only=False)
     # Membership hashed in Arrow: pandas' isin of a million paths took 370 MB.
     listed = pa.array(ok["path"], pa.string())
+    out = {}
     for split, paths in splits.items():
         member = pc.is_in(listed, value_set=pa.array(paths, pa.string()))
         member = member.to_numpy(zero_copy_only=False)
@@ -132,12 +147,28 @@ def pair_blocks(
         images = images.iloc[np.argsort(codes, kind="stable")].reset_index(drop=True)
         # Row where each `block`-th identity starts (an empty split: one empty block).
         starts = np.flatnonzero(images["group"].ne(images["group"].shift()).to_numpy())
-        bounds = [0, *starts[block::block], len(images)]
         columns = pa.table({c: pa.array(images[c], pa.string())
                             for c in ("path", "file_id", "group")})  # fmt: skip
+        out[split] = SplitImages(columns, [0, *starts[block::block], len(images)])
+    return out
+
+
+def pair_blocks(
+    images: dict[str, SplitImages],
+    max_per_identity: int | None = None,
+    seed: int = 0,
+    counts: PairCounts | None = None,
+) -> Iterator[tuple[str, pa.Table]]:
+    """The pure core: the images of each split (`split_images`) -> the pairs table in
+    order (split by split, identity folder by identity folder), a block of identities at a
+    time, each with its split (an empty split: one empty block); `counts` (when given)
+    gets the pairs of each split as they go."""
+    counts = counts if counts is not None else PairCounts()
+    for split, these in images.items():
         counts.pairs[split] = 0
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            part = pairs_for_split(columns.slice(lo, hi - lo), split, max_per_identity, seed)
+        for lo, hi in zip(these.bounds[:-1], these.bounds[1:], strict=True):
+            part = pairs_for_split(these.columns.slice(lo, hi - lo), split, max_per_identity,
+                                   seed)  # fmt: skip
             counts.pairs[split] += len(part)
             yield split, part
 
@@ -151,8 +182,8 @@ def make_pairs(
 ) -> tuple[pd.DataFrame, PairCounts]:
     """The whole pairs table at once (`pair_blocks`, for tables that fit in memory)."""
     counts = PairCounts()
-    parts = [part for _, part in pair_blocks(keypoints, splits, min_valid, max_per_identity,
-                                              seed, counts=counts)]  # fmt: skip
+    images = split_images(keypoints, splits, min_valid, counts=counts)
+    parts = [part for _, part in pair_blocks(images, max_per_identity, seed, counts)]
     return pa.concat_tables([PAIRS_SCHEMA.empty_table(), *parts]).to_pandas(), counts
 
 
@@ -161,16 +192,17 @@ def write_pair_blocks(
     layout: DatasetLayout,
     splits: list[str],
     per_row_group: int = ROW_GROUP_BLOCKS,
+    csv: bool = True,
 ) -> int:
-    """The pairs table and the legacy CSV of each split, written block by block, each
-    file atomically (it appears whole or not at all), `per_row_group` blocks of a split
-    to a row group; returns the pairs written."""
+    """The pairs table and (with `csv`) the legacy CSV of each split, written block by
+    block, each file atomically (it appears whole or not at all), `per_row_group` blocks of
+    a split to a row group; returns the pairs written."""
     written = 0
     with contextlib.ExitStack() as files:
         table = files.enter_context(atomic_path(layout.pairs_table))
         writer = files.enter_context(pq.ParquetWriter(table, PAIRS_SCHEMA))
         csvs = {}
-        for split in splits:
+        for split in splits if csv else ():
             tmp = files.enter_context(atomic_path(layout.pairs_csv(split)))
             csvs[split] = files.enter_context(open(tmp, "wb"))
             # As pandas' to_csv wrote them: "\n" line ends, minimal quoting.
@@ -191,12 +223,35 @@ def write_pair_blocks(
                 held = (split, 0)
             held = (split, held[1] + 1)
             group.append(rows)
-            append_rows(csvs[split], {c: rows[c] for c in PAIRS_CSV_COLUMNS}, "\n")
+            if csv:
+                append_rows(csvs[split], {c: rows[c] for c in PAIRS_CSV_COLUMNS}, "\n")
             written += len(rows)
         flush()
         if written == 0:
             writer.write_table(PAIRS_SCHEMA.empty_table())
     return written
+
+
+# pairs.export auto writes the legacy CSVs up to this many pairs (about 200 MB of text;
+# DeepFashion's 52,712 images make 300,000, a million images 5.6 million).
+CSV_MAX_PAIRS = 2_000_000
+
+
+def csv_not_exported(layout: DatasetLayout, splits: list[str], planned: int, export) -> list[str]:
+    """Remove the CSVs of an earlier run, which would no longer match the table (they are
+    exports of it, made again with pairs.export: true); say so."""
+    why = (
+        "pairs.export: false"
+        if export is False
+        else (f"pairs.export auto: {planned:,} pairs > {CSV_MAX_PAIRS:,}")
+    )
+    lines = [f"legacy pair CSVs not written ({why}; pairs.export: true writes them)"]
+    for split in splits:
+        stale = layout.pairs_csv(split)
+        if stale.is_file():
+            stale.unlink()
+            lines.append(f"{stale} removed: it no longer matches the pairs table")
+    return lines
 
 
 def pairs_report(counts: PairCounts) -> list[str]:
@@ -234,15 +289,19 @@ def run_pairs(
     min_valid = cfg.pairs.min_valid_keypoints if min_valid is None else min_valid
     max_per_identity = max_per_identity or cfg.pairs.max_pairs_per_identity
     counts = PairCounts()
-    blocks = pair_blocks(keypoints, splits, min_valid, max_per_identity, cfg.pairs.seed,
-                         counts=counts)  # fmt: skip
-    written = write_pair_blocks(blocks, layout, list(splits))
+    images = split_images(keypoints, splits, min_valid, counts=counts)
+    planned = sum(these.planned_pairs(max_per_identity) for these in images.values())
+    csv = cfg.pairs.export is True or (cfg.pairs.export == "auto" and planned <= CSV_MAX_PAIRS)
+    blocks = pair_blocks(images, max_per_identity, cfg.pairs.seed, counts)
+    written = write_pair_blocks(blocks, layout, list(splits), csv=csv)
     unlisted = len(set().union(*splits.values()) - set(keypoints["path"]))
     if unlisted:
         counts.excluded["listed but not in the keypoints table"] = unlisted
     result.outputs = {"pairs_table": str(layout.pairs_table)}
-    for split in splits:
+    for split in splits if csv else ():
         result.outputs[f"{split}_csv"] = str(layout.pairs_csv(split))
+    if not csv:
+        result.notes += csv_not_exported(layout, list(splits), planned, cfg.pairs.export)
     result.rows_in, result.rows_out = len(keypoints), written
     result.skipped = sum(counts.excluded.values())
     result.notes += pairs_report(counts)
@@ -263,6 +322,7 @@ STAGE = StageSpec(
         "pairs.min_valid_keypoints",
         "pairs.max_pairs_per_identity",
         "pairs.seed",
+        "pairs.export",
     ),
     ignored_keys={**DATASET_ROOT, **STORAGE_KEYS},
     inputs=lambda cfg: [

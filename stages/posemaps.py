@@ -252,7 +252,9 @@ def run_posemaps(
         raise DataError(
             f"no keypoints table at {source.keypoints_table}: run the keypoints stage first"
         )
-    table = read_arrow_table(source.keypoints_table, KEYPOINTS_SCHEMA, PLAN_COLUMNS, streamed=True)
+    # In any order: the maps and their index are keyed by target.
+    table = read_arrow_table(source.keypoints_table, KEYPOINTS_SCHEMA, PLAN_COLUMNS,
+                             streamed=True, ordered=False)  # fmt: skip
     sigma = sigma if sigma is not None else cfg.posemaps.gaussian_sigma
     wanted = posemap_kind(sigma)
     rows, mapped, excluded = plan_posemaps(table, layout, sigma, force)

@@ -15,7 +15,7 @@ from pipeline.core.config import load_config
 from pipeline.core.layout import DatasetLayout
 from pipeline.core.paths import identity_group
 from pipeline.core.schemas import KEYPOINTS_SCHEMA, PAIRS_SCHEMA
-from stages.pairs import make_pairs, ordered_pairs, pair_blocks, run_pairs
+from stages.pairs import make_pairs, ordered_pairs, pair_blocks, run_pairs, split_images
 
 
 def test_ordered_pairs_lists_every_pair_within_groups():
@@ -85,6 +85,34 @@ def test_stage_writes_table_and_legacy_csvs(annotated_root, tmp_path):
     assert any("train:" in n for n in result.notes)
 
 
+def test_legacy_csvs_are_exported_up_to_a_size_and_stale_ones_removed(
+    annotated_root, tmp_path, monkeypatch
+):
+    """pairs.export auto writes the CSVs while the pairs number at most CSV_MAX_PAIRS; above
+    that, CSVs of an earlier (smaller) run are removed, since they no longer match the
+    table; export true writes them whatever the size."""
+    import stages.pairs
+
+    root = tmp_path / "data"
+    shutil.copytree(
+        annotated_root, root, ignore=shutil.ignore_patterns("*_pose_maps", "pairs.parquet")
+    )
+    layout = DatasetLayout(root)
+    cfg = load_config(overrides=[f"dataset.root={root}"])
+    run_pairs(cfg, min_valid=8)
+    assert layout.pairs_csv("train").is_file()
+    monkeypatch.setattr(stages.pairs, "CSV_MAX_PAIRS", 8 * 12 - 1)  # one fewer than made
+    result = run_pairs(cfg, min_valid=8)
+    assert result.rows_out == len(read_table(layout.pairs_table, PAIRS_SCHEMA)) == 8 * 12
+    assert not layout.pairs_csv("train").exists() and not layout.pairs_csv("test").exists()
+    assert any("96 pairs > 95" in n for n in result.notes)
+    assert sum("no longer matches the pairs table" in n for n in result.notes) == 2
+    forced = run_pairs(load_config(overrides=[f"dataset.root={root}", "pairs.export=true"]),
+                       min_valid=8)  # fmt: skip
+    written = sum(len(pd.read_csv(layout.pairs_csv(s))) for s in ("train", "test"))
+    assert written == forced.rows_out == 8 * 12
+
+
 def test_unknown_keypoints_table_is_a_clear_error(tmp_path):
     import pytest
 
@@ -124,7 +152,7 @@ def test_pairs_made_a_few_identities_at_a_time_equal_the_whole_table(annotated_r
     splits = splits_of(annotated_root)
     for sample in (None, 3):
         whole, counts = make_pairs(kp, splits, 8, max_per_identity=sample, seed=4)
-        parts = list(pair_blocks(kp, splits, 8, max_per_identity=sample, seed=4, block=block))
+        parts = list(pair_blocks(split_images(kp, splits, 8, block), sample, seed=4))
         assert len(parts) > len(splits)  # really made in blocks
         joined = pa.concat_tables([part for _, part in parts]).to_pandas()
         pd.testing.assert_frame_equal(joined, whole)
@@ -145,11 +173,13 @@ def test_row_groups_gather_blocks_so_the_bytes_do_not_depend_on_the_block_size(
     written = {}
     for block, per_group in ((1, 2), (2, 1)):
         layout = DatasetLayout(tmp_path / f"b{block}")
-        blocks = pair_blocks(kp, splits, 8, block=block)
+        blocks = pair_blocks(split_images(kp, splits, 8, block))
         written[block] = write_pair_blocks(blocks, layout, list(splits), per_row_group=per_group)
     assert written[1] == written[2] > 0
     for name in ("tables/pairs.parquet", "train_img_pairs.csv", "test_img_pairs.csv"):
         assert (tmp_path / "b1" / name).read_bytes() == (tmp_path / "b2" / name).read_bytes()
     single = DatasetLayout(tmp_path / "single")
-    write_pair_blocks(pair_blocks(kp, splits, 8, block=1), single, list(splits), per_row_group=1)
+    write_pair_blocks(
+        pair_blocks(split_images(kp, splits, 8, 1)), single, list(splits), per_row_group=1
+    )
     assert single.pairs_table.read_bytes() != (tmp_path / "b1/tables/pairs.parquet").read_bytes()

@@ -84,6 +84,9 @@ def test_written_whole_read_back_sorted_whole_and_in_batches(root):  # noqa: F81
     assert ids == sorted_rows(rows)["file_id"].tolist()
     batches = list(read_arrow_batches(path, KEYPOINTS_SCHEMA, ["path", "error"], 7))
     assert sorted(pa.concat_tables(batches)["path"].to_pylist()) == sorted(rows["path"])
+    # Unordered: part by part, the same rows as the batches.
+    unordered = read_arrow_table(path, KEYPOINTS_SCHEMA, ["path"], ordered=False)["path"]
+    assert unordered.to_pylist() == pa.concat_tables(batches)["path"].to_pylist()
     # Each part sorted, and every identity's rows in one part.
     seen = []
     for part in parts["part"]:

@@ -328,10 +328,12 @@ def read_arrow_table(
     schema: pa.Schema | None = None,
     columns: list[str] | None = None,
     streamed: bool = False,
+    ordered: bool = True,
 ) -> pa.Table:
     """read_table in Arrow (a million rows of keypoints, without a Python object each).
     `streamed`: decoded STREAM_ROWS rows at a time (reading a million rows of keypoints
-    whole peaked 650 MB above the table itself)."""
+    whole peaked 650 MB above the table itself). Without `ordered`, a partitioned table
+    comes in slot order, not sorted back (core.partitioned)."""
     path, remote = _object_store(path)
     kind = _table_kind(path, remote)
     if kind is None:
@@ -339,7 +341,7 @@ def read_arrow_table(
     if kind == "partitioned":
         from pipeline.core.partitioned import read_partitioned
 
-        read = partial(read_partitioned, streamed=streamed)
+        read = partial(read_partitioned, streamed=streamed, ordered=ordered)
     elif streamed:
         read = _read_streamed
     elif remote is None:

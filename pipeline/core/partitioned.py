@@ -92,15 +92,18 @@ def read_partitioned(
     columns: list[str] | None = None,
     streamed: bool = False,
     skip_missing: bool = False,
+    ordered: bool = True,
 ) -> pa.Table:
     """The whole table (of `columns`, those it has), in the order of the sort column the
-    index records, as a plain table of the same rows would read. `skip_missing`: without
-    the parts that are gone (a damaged one the DAG moved aside), for the table's own stage,
-    which makes their rows again; every other reader fails on them."""
+    index records, as a plain table of the same rows would read; without `ordered`, part by
+    part in slot order (for a reader that needs no order: the sort costs more than the
+    read). `skip_missing`: without the parts that are gone (a damaged one the DAG moved
+    aside), for the table's own stage, which makes their rows again; every other reader
+    fails on them."""
     from pipeline.core.atomic_io import read_arrow_table
 
     index = read_index(path)
-    sort_by = index.sort_by
+    sort_by = index.sort_by if ordered else None
     wanted = columns
     if columns is not None and sort_by and sort_by not in columns:
         wanted = [*columns, sort_by]
